@@ -1,0 +1,71 @@
+"""The `convis-db` command line: parses options, calls the library, formats results."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from convis_db import __version__
+from convis_db.cli.context import App, configure_logging
+from convis_db.errors import ConvisError
+from convis_db.paths import DEFAULT_DB
+
+
+class ConvisGroup(click.Group):
+    """Turns ConvisError into one clear line on stderr and exit code 2 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConvisError as exc:
+            click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=ConvisGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--db", envvar="CONVIS_DB", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
+              help="The DuckDB database file. Env: CONVIS_DB.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only.")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(__version__, prog_name="convis-db")
+@click.pass_context
+def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
+    """convis-db: explain CLIP image embeddings with WordNet concepts, stored in DuckDB.
+
+    \b
+    Quick start:
+      convis-db demo --pretrained none          # offline smoke run on the sample images
+      convis-db --db my.duckdb init --model ViT-B-32 --pretrained openai
+      convis-db --db my.duckdb ingest photos/ --recursive
+      convis-db --db my.duckdb search dog.n.01
+    """
+    configure_logging(verbose, quiet)
+    ctx.obj = App(db=db, quiet=quiet, verbose=verbose)
+
+
+def _register() -> None:
+    from convis_db.cli import cmd_concepts, cmd_init, cmd_sql, cmd_stats
+
+    for module in (cmd_init, cmd_concepts, cmd_sql, cmd_stats):
+        cli.add_command(module.command)
+    try:
+        from convis_db.cli import cmd_demo, cmd_explain, cmd_ingest, cmd_map, cmd_regions, cmd_search
+    except ImportError:  # pragma: no cover - during development only some commands may exist
+        return
+    for module in (cmd_ingest, cmd_map, cmd_search, cmd_regions, cmd_explain, cmd_demo):
+        cli.add_command(module.command)
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="convis-db")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

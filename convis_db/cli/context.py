@@ -1,0 +1,53 @@
+"""Options shared by commands, and the object passed between the group and its commands."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import click
+
+from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED
+from convis_db.progress import Progress, tqdm_progress
+
+
+@dataclass
+class App:
+    db: str
+    quiet: bool
+    verbose: int
+
+    @property
+    def progress(self) -> Progress:
+        return tqdm_progress(enabled=not self.quiet)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def model_options(default_model: str | None = DEFAULT_MODEL, default_pretrained: str | None = DEFAULT_PRETRAINED):
+    """--model (also CONVIS_MODEL) and --pretrained (also CONVIS_PRETRAINED)."""
+
+    def decorate(f):
+        f = click.option("--pretrained", envvar="CONVIS_PRETRAINED", default=default_pretrained, show_default=True,
+                         help="open_clip tag (openai), a local checkpoint path, or 'none' for seeded random "
+                              "(meaningless) weights. Env: CONVIS_PRETRAINED.")(f)
+        f = click.option("--model", envvar="CONVIS_MODEL", default=default_model, show_default=True,
+                         help="open_clip model name (ViT-B-32) or a path to an open_clip model config JSON. "
+                              "Env: CONVIS_MODEL.")(f)
+        return f
+
+    return decorate
+
+
+def device_option(f):
+    return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                        help="Where CLIP runs: auto picks cuda when a GPU is visible.")(f)
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if quiet:
+        level = logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("convis_db").setLevel(level)

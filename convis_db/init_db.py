@@ -1,0 +1,93 @@
+"""`init`: build T for a vocabulary, register a model, and embed every definition with it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from convis_db.errors import DatabaseError
+from convis_db.models.clip import load_model
+from convis_db.models.registry import ModelSpec
+from convis_db.progress import Progress, no_progress
+from convis_db.store.db import connect
+from convis_db.store.hierarchy_store import stored_vocabulary, write_hierarchy
+from convis_db.store.model_store import find_model_id, has_definition_embeddings, register_model, write_definition_embeddings
+from convis_db.wordnet.hierarchy import build_hierarchy
+from convis_db.wordnet.source import open_wordnet
+from convis_db.wordnet.vocab import load_vocabulary
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InitReport:
+    db: str
+    vocabulary: str
+    n_synsets: int
+    n_edges: int
+    n_closure_pairs: int
+    missing_words: list[str] = field(default_factory=list)
+    model: str = ""
+    model_id: int = 0
+    is_random: bool = False
+    built_hierarchy: bool = False
+    embedded_definitions: int = 0
+
+
+def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: torch.device,
+               batch_size: int = 256, progress: Progress = no_progress) -> InitReport:
+    """Create or extend a database. Idempotent: a second run with the same arguments changes nothing."""
+    con = connect(db_path, write=True, create=True)
+    try:
+        stored = stored_vocabulary(con)
+        built = False
+        if stored is None:
+            vocab = load_vocabulary(vocab_spec)
+            wn = open_wordnet()
+            h = build_hierarchy(wn, vocab)
+            write_hierarchy(con, h, vocab, wn.get_version())
+            built = True
+        else:
+            wanted = load_vocabulary(vocab_spec).name
+            if wanted != stored["name"]:
+                raise DatabaseError(
+                    f"{db_path} already holds vocabulary {stored['name']!r}; one database holds one vocabulary. "
+                    f"Use another --db for {wanted!r}."
+                )
+        model_id, embedded = _ensure_model(con, spec, device, batch_size, progress)
+        counts = con.execute(
+            "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"
+        ).fetchone()
+        vocab_row = stored_vocabulary(con)
+        return InitReport(
+            db=str(db_path), vocabulary=vocab_row["name"], n_synsets=counts[0], n_edges=counts[1],
+            n_closure_pairs=counts[2], missing_words=list(vocab_row["missing_words"]), model=spec.label,
+            model_id=model_id, is_random=spec.is_random, built_hierarchy=built, embedded_definitions=embedded,
+        )
+    finally:
+        con.close()
+
+
+def _ensure_model(con, spec: ModelSpec, device: torch.device, batch_size: int,
+                  progress: Progress) -> tuple[int, int]:
+    """Register the model and embed definitions if needed: (model_id, definitions embedded now)."""
+    mid = find_model_id(con, spec)
+    if mid is not None and has_definition_embeddings(con, mid):
+        return mid, 0
+    loaded = load_model(spec, device)
+    definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
+    with progress("Embedding definitions", len(definitions), "synsets") as tick:
+        emb = loaded.encode_text(definitions, batch_size=batch_size, progress=tick)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        mid = register_model(con, loaded)
+        write_definition_embeddings(con, mid, emb)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    log.info("embedded %d definitions with %s", len(definitions), spec.label)
+    return mid, len(definitions)

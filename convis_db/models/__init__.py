@@ -1,0 +1,1 @@
+"""CLIP models: resolving --model/--pretrained, loading with open_clip, and encoding text and images."""

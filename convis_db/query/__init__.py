@@ -1,0 +1,1 @@
+"""Read-only questions asked of a database: concepts, search, regions, explain, stats."""

@@ -1,0 +1,30 @@
+"""What a database holds, for `stats` and for people deciding whether a file is what they think."""
+
+from __future__ import annotations
+
+import os
+
+import duckdb
+
+COUNTED_TABLES = ("synsets", "isa_edges", "closure", "models", "definition_embeddings", "images", "windows",
+                  "image_scores", "window_concepts", "ingest_failures")
+
+
+def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    out: dict = {"db": str(path), "file_bytes": os.path.getsize(path) if os.path.exists(path) else 0}
+    version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] if "schema_migrations" in tables else None
+    out["schema_version"] = version
+    if "vocabulary" in tables:
+        row = con.execute("SELECT name, n_words, len(missing_words), n_synsets, wordnet_version FROM vocabulary").fetchone()
+        if row:
+            out.update(vocabulary=row[0], vocabulary_words=row[1], missing_words=row[2], wordnet_version=row[4])
+    for table in COUNTED_TABLES:
+        if table in tables:
+            out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # names from the allowlist above
+    if "models" in tables:
+        out["models_list"] = [f"{n} / {p}" + (" (random weights)" if r else "")
+                              for n, p, r in con.execute("SELECT name, pretrained, is_random FROM models ORDER BY model_id").fetchall()]
+    if out.get("images"):
+        out["bytes_per_image"] = int(out["file_bytes"] / out["images"])
+    return out

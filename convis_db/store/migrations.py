@@ -1,0 +1,102 @@
+"""Apply schema/NNN_name.sql in order, each in its own transaction, recorded in schema_migrations.
+
+Re-applying is a no-op. A database whose recorded version is newer than the newest file we ship was
+written by a newer convis-db, and is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from convis_db.errors import DatabaseError
+from convis_db.paths import schema_dir
+
+log = logging.getLogger(__name__)
+_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+    @property
+    def sql(self) -> str:
+        return self.path.read_text(encoding="utf-8")
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+
+def available_migrations(folder: Path | None = None) -> list[Migration]:
+    folder = folder or schema_dir()
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise DatabaseError(f"schema file {path.name} is not named NNN_name.sql; rename it.")
+        found.append(Migration(int(match.group(1)), match.group(2), path))
+    versions = [m.version for m in found]
+    if len(set(versions)) != len(versions):
+        raise DatabaseError(f"duplicate schema versions in {folder}: {versions}")
+    if not found:
+        raise DatabaseError(f"no schema files found in {folder}; the installation is broken, reinstall convis-db.")
+    return found
+
+
+def _ensure_table(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, checksum VARCHAR NOT NULL,
+               applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)"""
+    )
+
+
+def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()[0]
+    if not exists:
+        return {}
+    return dict(con.execute("SELECT version, name FROM schema_migrations").fetchall())
+
+
+def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
+    newest = max(m.version for m in available_migrations())
+    applied = applied_versions(con)
+    if applied and max(applied) > newest:
+        raise DatabaseError(
+            f"{db_path} has schema version {max(applied)}, newer than this convis-db knows ({newest}). "
+            "Upgrade convis-db (pip install -U convis-db) to open it."
+        )
+
+
+def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
+    """Apply pending migrations; returns the versions applied now."""
+    check_not_newer(con, db_path)
+    _ensure_table(con)
+    done = applied_versions(con)
+    applied_now = []
+    for mig in available_migrations():
+        if mig.version in done:
+            continue
+        log.info("applying schema %03d_%s", mig.version, mig.name)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(mig.sql)
+            con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+                        [mig.version, mig.name, mig.checksum])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied_now.append(mig.version)
+    return applied_now
