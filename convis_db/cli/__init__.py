@@ -47,17 +47,14 @@ def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
     ctx.obj = App(db=db, quiet=quiet, verbose=verbose)
 
 
-def _register() -> None:
-    from convis_db.cli import cmd_concepts, cmd_init, cmd_sql, cmd_stats
+COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_concepts", "cmd_sql", "cmd_stats", "cmd_demo")
 
-    for module in (cmd_init, cmd_concepts, cmd_sql, cmd_stats):
-        cli.add_command(module.command)
-    try:
-        from convis_db.cli import cmd_demo, cmd_explain, cmd_ingest, cmd_map, cmd_regions, cmd_search
-    except ImportError:  # pragma: no cover - during development only some commands may exist
-        return
-    for module in (cmd_ingest, cmd_map, cmd_search, cmd_regions, cmd_explain, cmd_demo):
-        cli.add_command(module.command)
+
+def _register() -> None:
+    import importlib
+
+    for name in COMMAND_MODULES:
+        cli.add_command(importlib.import_module(f"convis_db.cli.{name}").command)
 
 
 _register()

@@ -168,3 +168,14 @@ def find_synset_name(con: duckdb.DuckDBPyConnection, name: str) -> int:
 def _looks_like_synset(name: str) -> bool:
     parts = name.split(".")
     return len(parts) == 3 and parts[1] in ("n", "v", "a", "r", "s") and parts[2].isdigit()
+
+
+def descendant_ids(con: duckdb.DuckDBPyConnection, synset_id: int) -> np.ndarray:
+    """The synset and all its descendants in T (from the closure table)."""
+    rows = con.execute("SELECT descendant_id FROM closure WHERE ancestor_id = ? ORDER BY descendant_id",
+                       [synset_id]).fetchnumpy()
+    return rows["descendant_id"].astype(np.int64)
+
+
+def synset_name(con: duckdb.DuckDBPyConnection, synset_id: int) -> str:
+    return con.execute("SELECT name FROM synsets WHERE synset_id = ?", [synset_id]).fetchone()[0]

@@ -9,6 +9,7 @@ import pyarrow as pa
 from convis_db.errors import DatabaseError, did_you_mean
 from convis_db.models.clip import LoadedModel
 from convis_db.models.registry import ModelSpec
+from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
 
 
 def find_model_id(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> int | None:
@@ -43,8 +44,7 @@ def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, e
     table = pa.table({
         "model_id": pa.array(np.full(len(embeddings), model_id, np.int32)),
         "synset_id": pa.array(np.arange(len(embeddings), dtype=np.int32)),
-        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(embeddings.astype(np.float32).ravel()),
-                                                       embeddings.shape[1]).cast(pa.list_(pa.float32())),
+        "embedding": matrix_to_list_array(embeddings),
     })
     con.register("_defemb", table)
     try:
@@ -59,17 +59,11 @@ def has_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int) -> 
 
 def load_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int) -> np.ndarray:
     """The (|T|, D) float32 matrix of definition embeddings, row = synset_id."""
-    tbl = con.execute(
-        "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id", [model_id]
-    ).arrow()
-    if hasattr(tbl, "read_all"):
-        tbl = tbl.read_all()
-    col = tbl.column("embedding").combine_chunks()
-    n = len(col)
-    if n == 0:
+    tbl = fetch_arrow(con, "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id",
+                      [model_id])
+    if tbl.num_rows == 0:
         raise DatabaseError(f"model {model_id} has no definition embeddings; run convis-db init with that model.")
-    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    return flat.reshape(n, -1)
+    return list_column_to_matrix(tbl.column("embedding"))
 
 
 def list_models(con: duckdb.DuckDBPyConnection) -> list[dict]:

@@ -1,0 +1,63 @@
+"""convis-db ingest"""
+
+from __future__ import annotations
+
+import click
+
+from convis_db.cli.context import App, device_option, pass_app
+from convis_db.cli.output import Result, emit
+from convis_db.ingest import Ingestor, parse_settings
+from convis_db.models.device import resolve_device
+
+
+def settings_options(f):
+    """--stride/--small/--large/--max-pixels/--top-k; unset means the database's (or the paper's)."""
+    f = click.option("--top-k", type=click.IntRange(1), default=None, help="Top concepts stored per window [100].")(f)
+    f = click.option("--max-pixels", type=click.IntRange(1), default=None,
+                     help="Working-image size in pixels [300000].")(f)
+    f = click.option("--large", type=click.IntRange(1), default=None, help="Large patch side [128].")(f)
+    f = click.option("--small", type=click.IntRange(1), default=None, help="Small patch side [64].")(f)
+    f = click.option("--stride", type=click.IntRange(1), default=None, help="Window stride in pixels [16].")(f)
+    return f
+
+
+@click.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("-r", "--recursive", is_flag=True, help="Descend into folders.")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1),
+              help="Windows per encoder batch (two patches each).")
+@click.option("--retry-failed", is_flag=True, help="Try again files that failed in an earlier run.")
+@click.option("--model", envvar="CONVIS_MODEL", default=None,
+              help="Model to use (default: the database's). Env: CONVIS_MODEL.")
+@click.option("--pretrained", envvar="CONVIS_PRETRAINED", default=None, help="Weights of --model.")
+@device_option
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file outcomes and summary as JSON.")
+@pass_app
+def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrained, device, stride, small, large,
+            max_pixels, top_k, as_json) -> None:
+    """Explain images and store every concept's score, idempotently (files already stored are skipped).
+
+    A file that cannot be used is recorded with its reason and the run goes on.
+
+    \b
+    Example:
+      convis-db --db x.duckdb ingest photos/ --recursive
+      convis-db --db x.duckdb ingest a.jpg b.png --stride 32 --max-pixels 100000
+    """
+    settings = parse_settings(stride, small, large, max_pixels, top_k)
+    with Ingestor(app.db, model=model, pretrained=pretrained, device=resolve_device(device), settings=settings,
+                  batch_size=batch_size, progress=app.progress, retry_failed=retry_failed) as ingestor:
+        report = ingestor.run(paths, recursive=recursive)
+    summary = report.summary()
+    rows = [o.__dict__ for o in report.outcomes]
+    text_lines = [f"{o.status:8s} {o.path}" + (f"  (image {o.image_id})" if o.image_id else "")
+                  + (f"  {o.reason}" if o.reason else "") for o in report.outcomes if o.status != "ingested"]
+    text_lines.append(
+        f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
+        f"{summary['windows']} windows in {summary['seconds']:.1f} s ({summary['windows_per_s']} windows/s, "
+        f"{summary['images_per_s']} images/s)" + ("; INTERRUPTED" if report.interrupted else ""))
+    emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
+         "json" if as_json else "table")
+    if report.interrupted:
+        raise SystemExit(130)

@@ -1,0 +1,61 @@
+"""convis-db map"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+
+from convis_db.cli.context import App, device_option, pass_app
+from convis_db.cli.output import Result, emit
+from convis_db.engine.render import STYLES, render
+from convis_db.errors import UsageError
+from convis_db.models.device import resolve_device
+from convis_db.query.maps import MapService
+from convis_db.store.db import connect, require_initialised
+
+
+@click.command("map")
+@click.argument("image")
+@click.argument("concept")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the map as a PNG over the image.")
+@click.option("--style", type=click.Choice(STYLES), default="mask", show_default=True,
+              help="mask: the paper's white mask; heatmap: a colour-map overlay.")
+@click.option("--npy", type=click.Path(dir_okay=False), help="Write the raw float32 map (working resolution).")
+@click.option("--only-self", is_flag=True, help="Use rank_sim of the synset alone instead of its descendants too.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Hide normalised values below this in the PNG.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print the map's summary as JSON.")
+@pass_app
+def command(app: App, image, concept, output, style, npy, only_self, threshold, device, as_json) -> None:
+    """Saliency map of CONCEPT on IMAGE: a stored image (id, path or sha256; no model run) or a new file.
+
+    \b
+    Example:
+      convis-db map 1 dog.n.01 -o dog.png
+      convis-db map photo.jpg animal.n.01 -o animal.png --style heatmap --npy animal.npy
+    """
+    if not output and not npy and not as_json:
+        raise UsageError("say where the map goes: -o out.png and/or --npy raw.npy (or --json for its summary).")
+    con = connect(app.db)
+    try:
+        require_initialised(con, app.db)
+        cmap = MapService(con, resolve_device(device)).for_ref(image, concept, only_self)
+    finally:
+        con.close()
+    if npy:
+        np.save(npy, cmap.saliency)
+    if output:
+        picture = render(cmap.original_pixels(), cmap.saliency, style, threshold)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(picture).save(output)
+    info = {"image_id": cmap.image_id, "image": cmap.image_path, "synset": cmap.synset, "source": cmap.source,
+            "only_self": cmap.only_self, "work_width": cmap.grid.width, "work_height": cmap.grid.height,
+            "peak": cmap.peak, "output": output, "npy": npy}
+    text = (f"{cmap.synset} on {cmap.image_path} ({cmap.source}): peak {cmap.peak['score']:.4f} at "
+            f"({cmap.peak['x_orig']}, {cmap.peak['y_orig']}) original pixels"
+            + (f"; wrote {output}" if output else "") + (f"; wrote {npy}" if npy else ""))
+    emit(Result(rows=[info], data=info, text=text), "json" if as_json else "table")

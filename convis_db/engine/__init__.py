@@ -1,0 +1,1 @@
+"""The Concept Visualization engine: windows, encoding, ranking, propagation up T, saliency maps."""

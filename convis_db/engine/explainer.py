@@ -1,0 +1,172 @@
+"""One batched pass per image: every window encoded once, ranked against all of T, every concept scored.
+
+This replaces the reference method's one CLIP pass per window *and per concept*: after this pass the
+saliency map of any concept is a cheap function of the stored window embeddings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convis_db.engine.propagate import Propagator
+from convis_db.engine.ranking import SynsetRanker
+from convis_db.engine.saliency import Peaks, full_map, peaks
+from convis_db.engine.settings import Settings
+from convis_db.engine.windows import PatchCutter, WindowGrid, normalise, working_size
+from convis_db.models.clip import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageExplanation:
+    grid: WindowGrid
+    width: int           # original
+    height: int
+    embeddings: np.ndarray      # (W, D) float32, e = (E_I(S) + E_I(L)) / 2
+    boxes: np.ndarray           # (W, 4) int32 large-patch boxes, working pixels
+    scores: Peaks               # per synset, max_rank_sim maps
+    self_scores: Peaks          # per synset, rank_sim maps (the synset alone)
+    top_ids: np.ndarray         # (W, K) int32
+    top_rank_sim: np.ndarray    # (W, K) float32
+    n_synsets: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def scale(self) -> float:
+        """Original pixels per working pixel."""
+        return self.width / self.grid.width
+
+
+class Timer:
+    """Accumulates wall time per stage, synchronising CUDA so GPU work is charged to its stage."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.times: dict[str, float] = {}
+
+    def stage(self, name: str):
+        timer = self
+
+        class _Stage:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                if timer.device.type == "cuda":
+                    torch.cuda.synchronize(timer.device)
+                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t0
+
+        return _Stage()
+
+
+class ConceptEngine:
+    """Everything needed to explain images with one model against one hierarchy."""
+
+    def __init__(self, model: LoadedModel, definitions: np.ndarray, levels: list, settings: Settings,
+                 batch_size: int = 128):
+        self.model = model
+        self.settings = settings
+        self.batch_size = batch_size
+        self.device = model.device
+        self.ranker = SynsetRanker(definitions, self.device)
+        self.propagator = Propagator(levels, self.device)
+        self.n = self.ranker.n
+
+    # -- stages ---------------------------------------------------------------------------------
+    def working_image(self, pixels: np.ndarray) -> tuple[torch.Tensor, WindowGrid]:
+        """Resize (on the device) to about max_pixels and normalise; returns the image and its grid."""
+        h, w = pixels.shape[:2]
+        ww, wh = working_size(w, h, self.settings.max_pixels)
+        t = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)
+        if (wh, ww) != (h, w):
+            t = F.interpolate(t[None].float(), size=(wh, ww), mode="bicubic", align_corners=False,
+                              antialias=True)[0].clamp_(0, 255)
+        img = normalise(t, self.model.mean, self.model.std)
+        s = self.settings
+        return img, WindowGrid(wh, ww, s.stride, s.small, s.large)
+
+    @torch.inference_mode()
+    def encode_windows(self, img: torch.Tensor, grid: WindowGrid, timer: Timer | None = None,
+                       on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
+        """(W, D) float32 window embeddings e = (E_I(S) + E_I(L)) / 2, each E_I L2-normalised."""
+        timer = timer or Timer(self.device)
+        cutter = PatchCutter(img, grid, self.model.image_size)
+        out = torch.empty(grid.n_windows, self.model.embed_dim, dtype=torch.float32, device=self.device)
+        for start in range(0, grid.n_windows, self.batch_size):
+            stop = min(start + self.batch_size, grid.n_windows)
+            with timer.stage("cut_resize"):
+                batch = torch.cat([cutter.patches(grid.small, start, stop), cutter.patches(grid.large, start, stop)])
+            with timer.stage("encode"):
+                feats = self.model.encode_image_batch(batch)
+                n = stop - start
+                out[start:stop] = (feats[:n] + feats[n:]) / 2
+            if on_batch:
+                on_batch(stop - start)
+        return out
+
+    @torch.inference_mode()
+    def explain_pixels(self, pixels: np.ndarray, on_batch: Callable[[int], None] | None = None) -> ImageExplanation:
+        timer = Timer(self.device)
+        with timer.stage("cut_resize"):
+            img, grid = self.working_image(pixels)
+        emb = self.encode_windows(img, grid, timer, on_batch)
+        result = self.explain_embeddings(emb, grid, timer)
+        result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
+        return result
+
+    @torch.inference_mode()
+    def explain_embeddings(self, emb: torch.Tensor, grid: WindowGrid, timer: Timer | None = None) -> ImageExplanation:
+        timer = timer or Timer(self.device)
+        with timer.stage("rank"):
+            ranking = self.ranker.rank(emb, self.settings.top_k)
+        with timer.stage("aggregate"):
+            best = self.propagator.max_over_descendants(ranking.rank_less)
+            scores = peaks(best, grid, self.n)
+            self_scores = peaks(ranking.rank_less, grid, self.n)
+        return ImageExplanation(
+            grid=grid, width=grid.width, height=grid.height,
+            embeddings=emb.cpu().numpy(), boxes=grid.boxes(), scores=scores, self_scores=self_scores,
+            top_ids=ranking.top_ids.to(torch.int32).cpu().numpy(),
+            top_rank_sim=(ranking.top_rank_less.double() / self.n).float().cpu().numpy(),
+            n_synsets=self.n, timings=timer.times,
+        )
+
+    @property
+    def mapper(self) -> ConceptMapper:
+        return ConceptMapper(self.ranker)
+
+
+class ConceptMapper:
+    """Single-concept saliency maps from window embeddings (stored or fresh): no model needed."""
+
+    def __init__(self, ranker: SynsetRanker):
+        self.ranker = ranker
+        self.n = ranker.n
+
+    @torch.inference_mode()
+    def concept_counts(self, emb: torch.Tensor | np.ndarray, synset_ids: np.ndarray) -> torch.Tensor:
+        """Per window, |T| * max over `synset_ids` of rank_sim: the count of synsets whose cosine is
+        below the best of them.
+
+        rank_sim is monotone in the cosine, so the max over a concept's descendants is the rank of the
+        descendant with the highest cosine; no full sort is needed. Pass the descendants for
+        max_rank_sim, or the synset alone for rank_sim.
+        """
+        if isinstance(emb, np.ndarray):
+            emb = torch.from_numpy(emb)
+        z = self.ranker.similarities(emb.to(self.ranker.device))
+        ids = torch.as_tensor(np.asarray(synset_ids), device=z.device, dtype=torch.long)
+        best = z[:, ids].max(dim=1).values
+        return (z < best[:, None]).sum(dim=1).to(torch.int64)
+
+    def concept_map(self, emb: torch.Tensor | np.ndarray, grid: WindowGrid, synset_ids: np.ndarray) -> np.ndarray:
+        """(H, W) float32 saliency map in working pixels (the formula's raw values, not normalised)."""
+        return full_map(self.concept_counts(emb, synset_ids), grid, self.n)

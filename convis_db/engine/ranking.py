@@ -1,0 +1,96 @@
+"""Rank window embeddings against every synset of T: rank_sim(e, s) = |{s' : z(e,s') < z(e,s)}| / |T|.
+
+FAISS computes the exact inner products of L2-normalised vectors (cosines) between windows and the
+synset definitions (`pairwise_distances` on the CPU, `pairwise_distance_gpu` on a GPU). The full
+ranking needs k = |T| (about 7,300), beyond the GPU k-selection limit of 2048, so ranks come from one
+full sort of each row on the same device. Ties are exact: a synset's count is the number of synsets
+with a strictly smaller cosine, so equal cosines share a rank, as in the paper's strict '<'.
+
+Ranks are kept as integer counts (`rank_less`); rank_sim = rank_less / |T|. Integers make the later
+sums over windows exact.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ranking:
+    rank_less: torch.Tensor   # (W, n) int32: number of synsets with a smaller cosine
+    top_ids: torch.Tensor     # (W, K) int64: the K synsets with the highest cosine, best first
+    top_rank_less: torch.Tensor  # (W, K) int32
+
+
+def _faiss_gpu_available() -> bool:
+    try:
+        import faiss
+
+        return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+class SynsetRanker:
+    """Holds the definition matrix on the device and ranks batches of window embeddings against it."""
+
+    def __init__(self, definitions: np.ndarray, device: torch.device):
+        self.n = int(definitions.shape[0])
+        self.device = device
+        self.definitions = np.array(definitions, dtype=np.float32, order="C", copy=True)
+        self._defs_t = torch.from_numpy(self.definitions).to(device)
+        self._gpu_res = None
+        if device.type == "cuda" and _faiss_gpu_available():
+            import faiss
+
+            self._gpu_res = faiss.StandardGpuResources()
+        elif device.type == "cuda":
+            log.warning("faiss has no GPU support here; similarities are computed with torch on %s", device)
+
+    def similarities(self, emb: torch.Tensor) -> torch.Tensor:
+        """(W, n) float32 cosines z(e, s) on the ranker's device."""
+        if self.device.type == "cuda":
+            emb = emb.to(self.device, torch.float32).contiguous()
+            if self._gpu_res is not None:
+                import faiss
+                import faiss.contrib.torch_utils  # noqa: F401 - lets faiss take torch GPU tensors
+
+                return faiss.pairwise_distance_gpu(self._gpu_res, emb, self._defs_t,
+                                                   metric=faiss.METRIC_INNER_PRODUCT)
+            prev = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return emb @ self._defs_t.T
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = prev
+        import faiss
+
+        emb_np = np.ascontiguousarray(emb.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(faiss.pairwise_distances(emb_np, self.definitions, metric=faiss.METRIC_INNER_PRODUCT))
+
+    def rank(self, emb: torch.Tensor, top_k: int) -> Ranking:
+        z = self.similarities(emb)
+        return rank_from_similarities(z, top_k)
+
+
+def rank_from_similarities(z: torch.Tensor, top_k: int) -> Ranking:
+    """Tie-aware strict-less counts for every entry of each row, plus the top-k by similarity."""
+    n = z.shape[1]
+    values, order = torch.sort(z, dim=1)  # ascending
+    positions = torch.arange(n, device=z.device).expand_as(order)
+    new_value = torch.ones_like(values, dtype=torch.bool)
+    new_value[:, 1:] = values[:, 1:] != values[:, :-1]
+    # For each sorted position, the first position holding the same value = count of smaller values.
+    run_start = torch.where(new_value, positions, torch.zeros_like(positions)).cummax(dim=1).values
+    rank_less = torch.empty_like(order, dtype=torch.int32)
+    rank_less.scatter_(1, order, run_start.to(torch.int32))
+    k = min(top_k, n)
+    top_ids = order[:, -k:].flip(1)
+    top_rank_less = run_start[:, -k:].flip(1).to(torch.int32)
+    return Ranking(rank_less, top_ids, top_rank_less)

@@ -1,0 +1,34 @@
+"""The method's settings, validated once."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from convis_db.errors import UsageError
+
+PAPER = dict(max_pixels=300_000, stride=16, small=64, large=128)
+#: A lighter preset for 2-core CPUs: a smaller working image and a coarser stride.
+CPU_FAST = dict(max_pixels=50_000, stride=32, small=64, large=128)
+
+
+@dataclass(frozen=True)
+class Settings:
+    max_pixels: int = 300_000
+    stride: int = 16
+    small: int = 64
+    large: int = 128
+    top_k: int = 100
+
+    def __post_init__(self) -> None:
+        if self.stride < 1:
+            raise UsageError(f"--stride {self.stride} must be at least 1.")
+        if not (1 <= self.small <= self.large):
+            raise UsageError(f"--small {self.small} and --large {self.large} need 1 <= small <= large.")
+        if self.max_pixels < self.large * self.large:
+            raise UsageError(f"--max-pixels {self.max_pixels} is smaller than one large patch ({self.large}x{self.large}); "
+                             f"use at least {self.large * self.large}.")
+        if self.top_k < 1:
+            raise UsageError(f"--top-k {self.top_k} must be at least 1.")
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,277 @@
+"""`ingest`: explain image files and store them, idempotently (by content hash), one transaction each.
+
+A bad file is recorded in ingest_failures with its reason and the run goes on. Files that failed
+before are skipped unless `retry_failed`. Decoding runs in background threads so the model never
+waits for the disk; an interrupt stops after the image in hand, which is either whole or absent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
+from convis_db.engine.settings import Settings
+from convis_db.errors import ConvisError, DatabaseError, UsageError
+from convis_db.models.clip import load_model
+from convis_db.models.registry import ModelSpec, resolve_model
+from convis_db.progress import Progress, no_progress
+from convis_db.store.db import connect, require_initialised
+from convis_db.store.hierarchy_store import load_hierarchy
+from convis_db.store.image_store import failed_paths, find_by_sha, record_failure, stored_profile, write_image
+from convis_db.store.model_store import find_model_id, load_definition_embeddings, model_row, pick_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestOutcome:
+    path: str
+    status: str              # ingested | skipped | failed
+    image_id: int | None = None
+    n_windows: int = 0
+    seconds: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class IngestReport:
+    outcomes: list[IngestOutcome] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+    model: str = ""
+    settings: dict = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def windows(self) -> int:
+        return sum(o.n_windows for o in self.outcomes if o.status == "ingested")
+
+    def summary(self) -> dict:
+        secs = max(self.seconds, 1e-9)
+        return {
+            "ingested": self.count("ingested"), "skipped": self.count("skipped"), "failed": self.count("failed"),
+            "windows": self.windows, "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.count("ingested") / secs, 3), "windows_per_s": round(self.windows / secs, 1),
+            "interrupted": self.interrupted, "model": self.model, "settings": self.settings,
+            "stage_seconds": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[list[Path], list[IngestOutcome]]:
+    """Expand files and folders into image paths (sorted per folder); report inputs that cannot be used.
+
+    Symlinked folders are followed once each (by real path), so symlink loops end.
+    """
+    files: list[Path] = []
+    problems: list[IngestOutcome] = []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            if not recursive:
+                entries = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
+                if not entries:
+                    problems.append(IngestOutcome(str(p), "failed", reason="folder holds no image files at its top "
+                                                  "level; pass --recursive to look in subfolders."))
+                files.extend(entries)
+                continue
+            seen: set[str] = set()
+            for root, dirs, names in os.walk(p, followlinks=True):
+                real = os.path.realpath(root)
+                if real in seen:
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                dirs.sort()
+                for name in sorted(names):
+                    f = Path(root) / name
+                    if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                        files.append(f)
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            problems.append(IngestOutcome(str(p), "failed", reason="no such file or folder."))
+    return files, problems
+
+
+class Ingestor:
+    """Holds the database connection, the model and the engine for one ingest run."""
+
+    def __init__(self, db_path: str | Path, *, model: str | None = None, pretrained: str | None = None,
+                 device: torch.device, settings: Settings | None = None, batch_size: int = 128,
+                 progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2):
+        self.db_path = str(db_path)
+        self.device = device
+        self.batch_size = batch_size
+        self.progress = progress
+        self.retry_failed = retry_failed
+        self.decode_threads = decode_threads
+        self.con = connect(db_path, write=True)
+        try:
+            require_initialised(self.con, db_path)
+            self.model_id, self.spec = self._choose_model(model, pretrained)
+            self.settings = self._choose_settings(settings)
+        except Exception:
+            self.con.close()
+            raise
+        self._engine: ConceptEngine | None = None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> Ingestor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- configuration ---------------------------------------------------------------------------
+    def _choose_model(self, model: str | None, pretrained: str | None) -> tuple[int, ModelSpec]:
+        if model:
+            spec = resolve_model(model, pretrained or "openai")
+            mid = find_model_id(self.con, spec)
+            if mid is None:
+                raise DatabaseError(
+                    f"model {spec.label} is not in {self.db_path}. Embed its definitions first: "
+                    f"convis-db --db {self.db_path} init --model {model} --pretrained {spec.pretrained}"
+                )
+            pick_model(self.con, spec)
+        else:
+            mid = pick_model(self.con, None)
+            row = model_row(self.con, mid)
+            spec = _spec_from_row(row)
+        profile = stored_profile(self.con)
+        if profile and profile[0] != mid:
+            other = model_row(self.con, profile[0])
+            raise DatabaseError(
+                f"{self.db_path} holds images explained with {other['name']} / {other['pretrained']}; one database "
+                f"holds one model's explanations. Use that model, or another --db for {spec.label}."
+            )
+        return mid, spec
+
+    def _choose_settings(self, requested: Settings | None) -> Settings:
+        profile = stored_profile(self.con)
+        if profile is None:
+            return requested or Settings()
+        stored = profile[1]
+        if requested is not None and requested != stored:
+            raise DatabaseError(
+                f"{self.db_path} holds images ingested with {stored.as_dict()}; asked for {requested.as_dict()}. "
+                "Scores are only comparable under one setting: drop the options, or use another --db."
+            )
+        return stored
+
+    def engine(self) -> ConceptEngine:
+        if self._engine is None:
+            loaded = load_model(self.spec, self.device)
+            defs = load_definition_embeddings(self.con, self.model_id)
+            levels = load_hierarchy(self.con).propagation_levels
+            self._engine = ConceptEngine(loaded, defs, levels, self.settings, batch_size=self.batch_size)
+        return self._engine
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, inputs: Iterable[str | Path], recursive: bool = False) -> IngestReport:
+        t0 = time.perf_counter()
+        files, problems = collect_image_paths(inputs, recursive)
+        report = IngestReport(outcomes=list(problems), model=self.spec.label, settings=self.settings.as_dict())
+        previously_failed = set() if self.retry_failed else failed_paths(self.con)
+        with self.progress("Ingesting", len(files), "img") as tick:
+            try:
+                for path, decoded in self._decoded(files):
+                    outcome = self._one(path, decoded, previously_failed, report)
+                    report.outcomes.append(outcome)
+                    secs = max(time.perf_counter() - t0, 1e-9)
+                    tick(1, windows_per_s=f"{report.windows / secs:.0f}")
+            except KeyboardInterrupt:
+                report.interrupted = True
+                log.warning("interrupted: stopped after %d files; every stored image is whole", len(report.outcomes))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future]]:
+        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads."""
+        ahead = max(1, self.decode_threads * 2)
+        with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
+            futures: list[tuple[Path, Future]] = []
+            for path in files:
+                futures.append((path, pool.submit(read_image, path)))
+                if len(futures) > ahead:
+                    yield futures.pop(0)
+            while futures:
+                yield futures.pop(0)
+
+    def _one(self, path: Path, decoded: Future, previously_failed: set[str], report: IngestReport) -> IngestOutcome:
+        key = str(path.absolute())
+        if key in previously_failed:
+            return IngestOutcome(key, "skipped", reason="failed before; re-run with --retry-failed to try again.")
+        t0 = time.perf_counter()
+        try:
+            image: DecodedImage = decoded.result()
+        except ConvisError as exc:
+            record_failure(self.con, key, None, str(exc))
+            return IngestOutcome(key, "failed", reason=str(exc))
+        existing = find_by_sha(self.con, image.sha256)
+        if existing is not None:
+            return IngestOutcome(key, "skipped", existing.image_id,
+                                 reason=f"already stored as image {existing.image_id} ({existing.path}).")
+        try:
+            exp = self.engine().explain_pixels(image.pixels)
+            image_id = write_image(self.con, exp, image.sha256, key, self.model_id, self.settings)
+        except ConvisError as exc:
+            record_failure(self.con, key, image.sha256, str(exc))
+            return IngestOutcome(key, "failed", reason=str(exc))
+        except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image
+            log.exception("failed on %s", key)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            record_failure(self.con, key, image.sha256, reason)
+            return IngestOutcome(key, "failed", reason=reason)
+        for stage, secs in exp.timings.items():
+            report.timings[stage] = report.timings.get(stage, 0.0) + secs
+        return IngestOutcome(key, "ingested", image_id, exp.grid.n_windows, time.perf_counter() - t0)
+
+
+def _spec_from_row(row: dict) -> ModelSpec:
+    """Rebuild the ModelSpec of a stored model (a config-file model needs its config re-registered)."""
+    import json
+    import tempfile
+
+    import open_clip
+
+    name = row["name"]
+    config_path = None
+    if name not in open_clip.list_models():
+        folder = Path(tempfile.gettempdir()) / "convis-db-configs"
+        folder.mkdir(exist_ok=True)
+        config_path = folder / f"{name}.json"
+        config_path.write_text(json.dumps(json.loads(row["config_json"])))
+    return ModelSpec(name=name, pretrained=row["pretrained"], config_path=str(config_path) if config_path else None,
+                     config_json=row["config_json"], weights_sha256=row["weights_sha256"])
+
+
+def parse_settings(stride: int | None, small: int | None, large: int | None, max_pixels: int | None,
+                   top_k: int | None, base: Settings | None = None) -> Settings | None:
+    """Settings from CLI options; None when no option was given (use the database's or the defaults)."""
+    if all(v is None for v in (stride, small, large, max_pixels, top_k)):
+        return base
+    b = base or Settings()
+    try:
+        return Settings(
+            max_pixels=max_pixels if max_pixels is not None else b.max_pixels,
+            stride=stride if stride is not None else b.stride,
+            small=small if small is not None else b.small,
+            large=large if large is not None else b.large,
+            top_k=top_k if top_k is not None else b.top_k,
+        )
+    except UsageError:
+        raise

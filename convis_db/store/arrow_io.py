@@ -1,0 +1,31 @@
+"""Arrow conversions between DuckDB results and numpy matrices (list columns of float32 vectors)."""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    rel = con.sql(sql, params=params or None)
+    if hasattr(rel, "to_arrow_table"):
+        return rel.to_arrow_table()
+    return rel.arrow()  # DuckDB < 1.4
+
+
+def list_column_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of equal-length float lists -> (rows, dim) float32."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1)
+
+
+def matrix_to_list_array(matrix: np.ndarray) -> pa.Array:
+    """(rows, dim) float32 -> a list<float> Arrow array, without per-row Python work."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(matrix.ravel()), matrix.shape[1])
+    return fixed.cast(pa.list_(pa.float32()))
