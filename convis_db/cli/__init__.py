@@ -47,7 +47,8 @@ def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
     ctx.obj = App(db=db, quiet=quiet, verbose=verbose)
 
 
-COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_concepts", "cmd_sql", "cmd_stats", "cmd_demo")
+COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_search", "cmd_regions", "cmd_explain", "cmd_concepts",
+                   "cmd_sql", "cmd_stats", "cmd_demo")
 
 
 def _register() -> None:

@@ -100,3 +100,36 @@ def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20) -
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r} by name, lemma or definition words{hint}.")
     return [idx.describe(i) for i in ids]
+
+
+def _one_synset(idx: ConceptIndex, query: str) -> int:
+    ids = idx.search(query, limit=2)
+    if query.strip() in idx.id_of:
+        return idx.id_of[query.strip()]
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        close = idx.suggestions(query)
+        hint = f"; nearest: {', '.join(close)}" if close else ""
+        raise NotFoundError(f"no concept matches {query!r}{hint}.")
+    names = ", ".join(idx.names[i] for i in idx.search(query, limit=8))
+    raise NotFoundError(f"{query!r} matches several synsets; name one of: {names}")
+
+
+def concept_children(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+    """The direct is-a children of one synset, with their own child and descendant counts."""
+    idx = ConceptIndex(con)
+    sid = _one_synset(idx, query)
+    rows = []
+    for c in sorted(idx.children[sid], key=lambda c: idx.names[c]):
+        d = idx.describe(c)
+        rows.append({"parent": idx.names[sid], **{k: d[k] for k in ("synset", "definition", "n_children", "n_descendants")}})
+    return rows
+
+
+def concept_ancestors(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+    """Every ancestor of one synset up to entity.n.01 (all DAG paths), nearest first."""
+    idx = ConceptIndex(con)
+    sid = _one_synset(idx, query)
+    return [{"synset": idx.names[a], "distance": d, "depth": idx.depth[a],
+             "definition": idx.describe(a)["definition"]} for a, d in idx.ancestors(sid)]

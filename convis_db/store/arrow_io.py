@@ -20,7 +20,7 @@ def list_column_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     n = len(arr)
     if n == 0:
         return np.zeros((0, 0), np.float32)
-    flat = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    flat = np.array(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32)  # writable copy
     return flat.reshape(n, -1)
 
 

@@ -1,0 +1,62 @@
+"""`regions`: the parts of images where a concept's saliency reaches a threshold, as boxes.
+
+A region is a connected component (4-connectivity) of the pixels whose saliency is at least
+`min_score`; its box is given in original-image pixels with the component's peak value. The map of an
+image can only reach `min_score` if the image's stored score (the map's maximum) does, so across a
+collection only images with score >= min_score are mapped: the pruning is exact.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+from scipy import ndimage
+
+from convis_db.query.maps import ConceptMap, MapService
+from convis_db.store.hierarchy_store import find_synset_name
+from convis_db.store.image_store import get_image
+
+DEFAULT_MIN_SCORE = 0.95
+
+
+def regions_of_map(cmap: ConceptMap, min_score: float) -> list[dict]:
+    mask = cmap.saliency >= min_score
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return []
+    out = []
+    slices = ndimage.find_objects(labels)
+    peaks = ndimage.maximum(cmap.saliency, labels, index=np.arange(1, n + 1))
+    areas = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+    s = cmap.scale
+    for i, sl in enumerate(slices):
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        out.append({
+            "image_id": cmap.image_id, "path": cmap.image_path, "synset": cmap.synset,
+            "score": float(peaks[i]),
+            "x0": int(np.floor(x0 * s)), "y0": int(np.floor(y0 * s)),
+            "x1": min(cmap.width, int(np.ceil(x1 * s))), "y1": min(cmap.height, int(np.ceil(y1 * s))),
+            "area_fraction": float(areas[i]) / mask.size,
+        })
+    out.sort(key=lambda r: (-r["score"], -r["area_fraction"]))
+    return out
+
+
+def find_regions(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = DEFAULT_MIN_SCORE,
+                 image: str | None = None, limit: int = 100, service: MapService | None = None) -> list[dict]:
+    service = service or MapService(con)
+    sid = find_synset_name(con, concept)
+    if image is not None:
+        images = [get_image(con, image)]
+    else:
+        ids = [r[0] for r in con.execute(
+            "SELECT image_id FROM image_scores WHERE synset_id = ? AND score >= ? ORDER BY score DESC, image_id",
+            [sid, float(min_score)]).fetchall()]
+        images = [get_image(con, i) for i in ids]
+    found: list[dict] = []
+    for img in images:
+        found.extend(regions_of_map(service.for_stored(img, concept), min_score))
+        if len(found) >= limit and image is None:
+            break
+    found.sort(key=lambda r: (-r["score"], r["image_id"] or 0))
+    return found[:limit]
