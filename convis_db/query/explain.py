@@ -31,27 +31,48 @@ class ImageTree:
         self.score[ids] = rows["score"]
         self.self_score[ids] = rows["self_score"]
         self.peak[ids, 0], self.peak[ids, 1] = rows["peak_x"], rows["peak_y"]
-        names = con.execute("SELECT name, definition FROM synsets ORDER BY synset_id").fetchall()
-        self.names = [r[0] for r in names]
-        self.definitions = [r[1] for r in names]
-        self.children: list[list[int]] = [[] for _ in range(n)]
-        for p, c in con.execute("SELECT parent_id, child_id FROM isa_edges").fetchall():
-            self.children[p].append(c)
-        self.id_of = {name: i for i, name in enumerate(self.names)}
+        self.con = con
+        self.names = con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchnumpy()["name"].tolist()
+        edges = con.execute("SELECT parent_id, child_id FROM isa_edges ORDER BY parent_id").fetchnumpy()
+        parents, kids = edges["parent_id"], edges["child_id"]
+        bounds = np.searchsorted(parents, np.arange(n + 1))
+        self.children = [kids[bounds[i]:bounds[i + 1]].tolist() for i in range(n)]
+
+    def definitions(self, ids: list[int]) -> dict[int, str]:
+        """Definitions of the given synsets, in one query."""
+        rows = self.con.execute("SELECT synset_id, definition FROM synsets WHERE list_contains(?, synset_id)",
+                                [sorted(set(ids))]).fetchall()
+        return dict(rows)
 
     def node(self, sid: int) -> dict:
         s = self.image.scale
-        return {"synset": self.names[sid], "score": float(self.score[sid]), "self_score": float(self.self_score[sid]),
+        return {"synset": self.names[sid], "synset_id": sid, "score": float(self.score[sid]),
+                "self_score": float(self.self_score[sid]),
                 "peak_x": int(round((self.peak[sid, 0] + 0.5) * s - 0.5)),
                 "peak_y": int(round((self.peak[sid, 1] + 0.5) * s - 0.5)),
-                "definition": self.definitions[sid], "n_children": len(self.children[sid])}
+                "n_children": len(self.children[sid])}
 
     def ranked_children(self, sid: int) -> list[int]:
         return sorted(self.children[sid], key=lambda c: (-self.score[c], -self.self_score[c], self.names[c]))
 
     def tree(self, root: int, depth: int, top: int) -> dict:
+        """The tree below `root`, `top` best children per node, `depth` levels, with definitions."""
+        tree = self._subtree(root, depth, top)
+        nodes: list[dict] = []
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack.extend(node["children"])
+        defs = self.definitions([n["synset_id"] for n in nodes])
+        for node in nodes:
+            node["definition"] = defs[node["synset_id"]]
+        return tree
+
+    def _subtree(self, root: int, depth: int, top: int) -> dict:
         node = self.node(root)
-        node["children"] = [self.tree(c, depth - 1, top) for c in self.ranked_children(root)[:top]] if depth > 0 else []
+        node["children"] = ([self._subtree(c, depth - 1, top) for c in self.ranked_children(root)[:top]]
+                            if depth > 0 else [])
         return node
 
 

@@ -21,8 +21,8 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
                    CAST(round((sc.{px} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_x,
                    CAST(round((sc.{py} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_y,
                    i.width, i.height
-            FROM image_scores sc JOIN images i ON i.image_id = sc.image_id
-            WHERE sc.synset_id = ? AND sc.{score} >= ?
+            FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
+            WHERE sc.{score} >= ?
             ORDER BY sc.{score} DESC, i.image_id
             LIMIT ?""",  # column names from the fixed tuples above
         [sid, float(min_score), int(limit)],

@@ -1,0 +1,92 @@
+"""Query speed on a generated collection: `search` and `explain` over 10,000 images' stored rows.
+
+No model runs: the hierarchy is built from WordNet (physical-objects, ~7,300 synsets), and the
+image rows and every image's score for every concept are generated in SQL (random values), which is
+what the queries read. Targets (issue 4, 2-core CPU): search < 100 ms, explain < 50 ms.
+
+    python benchmarks/bench_queries.py --images 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header, timeit  # noqa: E402
+
+from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
+from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
+from convis_db.wordnet.hierarchy import build_hierarchy  # noqa: E402
+from convis_db.wordnet.source import open_wordnet  # noqa: E402
+from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
+
+
+def build(db: Path, n_images: int) -> float:
+    t0 = time.perf_counter()
+    con = connect(db, write=True, create=True)
+    vocab = load_vocabulary("physical-objects")
+    wn = open_wordnet()
+    write_hierarchy(con, build_hierarchy(wn, vocab), vocab, wn.get_version())
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    con.execute("""INSERT INTO models (name, pretrained, is_random, config_json, embed_dim, image_size, image_mean, image_std)
+                   VALUES ('generated', 'none', true, '{}', 512, 224, [0.5,0.5,0.5], [0.5,0.5,0.5])""")
+    con.execute(f"""INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
+                        small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
+                    SELECT sha256(i::VARCHAR), 'generated/' || i || '.jpg', 1, 800, 600, 632, 474, 800.0 / 632, 16, 64,
+                           128, 300000, 100, 30, 40, 1200
+                    FROM range(1, {n_images + 1}) t(i)""")
+    # Scores per image in image order, as ingestion writes them (one image per transaction).
+    con.execute(f"""INSERT INTO image_scores
+                    SELECT i, s, 0.9 + 0.1 * random(), (random() * 632)::INT, (random() * 474)::INT,
+                           random(), (random() * 632)::INT, (random() * 474)::INT
+                    FROM range(1, {n_images + 1}) t(i), range(0, {n}) u(s) ORDER BY i, s""")
+    refresh_concept_index(con)  # as `ingest` does at the end of a run
+    con.execute("CHECKPOINT")
+    con.close()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--db", type=Path, help="Reuse or create the generated DB here (default: a temp dir).")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    header(f"bench_queries: {args.images} generated images")
+    tmp = tempfile.TemporaryDirectory()
+    db = args.db or Path(tmp.name) / "bench.duckdb"
+    if not db.exists():
+        secs = build(db, args.images)
+        print(f"built {db} in {secs:.1f} s ({db.stat().st_size / 1e6:.0f} MB)")
+    from convis_db.query.explain import explain_image
+    from convis_db.query.search import search_images
+
+    con = connect(db)
+    n_scores = con.execute("SELECT count(*) FROM image_scores").fetchone()[0]
+    concepts = ["dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01"]
+    results = {"images": args.images, "image_score_rows": n_scores}
+    for c in concepts:
+        results[f"search {c} (top 20)"] = timeit(lambda c=c: search_images(con, c, 0.0, 20))
+    results["search dog.n.01 --min-score 0.99"] = timeit(lambda: search_images(con, "dog.n.01", 0.99, 20))
+    mid = args.images // 2
+    results["explain (depth 4, top 3)"] = timeit(lambda: explain_image(con, str(mid), 4, 3))
+    results["explain (depth 8, top 5)"] = timeit(lambda: explain_image(con, str(mid), 8, 5))
+    con.close()
+    for k, v in results.items():
+        if isinstance(v, dict):
+            print(f"{k:40s} median {v['median_ms']:8.2f} ms   min {v['min_ms']:8.2f} ms")
+        else:
+            print(f"{k:40s} {v}")
+    if args.json:
+        print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

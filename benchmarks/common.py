@@ -1,0 +1,58 @@
+"""Shared helpers for the benchmarks: machine description, timing, and a small model DB builder."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = ""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = ", GPU " + torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
+
+
+def git_rev() -> str:
+    try:
+        return subprocess.check_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], text=True).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> dict:
+    """Median and min wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": repeat}
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"# machine: {machine()}; commit {git_rev()}; date {time.strftime('%Y-%m-%d')}")

@@ -1,0 +1,58 @@
+"""Maintain concept_index, the concept-sorted copy of image_scores (see schema/004_concept_index.sql)."""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+
+log = logging.getLogger(__name__)
+
+#: Rebuild into one sorted run when more runs than this have been appended.
+MAX_RUNS = 8
+
+
+def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RUNS) -> int:
+    """Append the images past the watermark as one sorted run; rebuild when runs pile up.
+
+    Returns the number of images indexed now. Safe to call at any time; each step is one transaction.
+    """
+    watermark, runs = con.execute("SELECT indexed_through, runs FROM concept_index_state").fetchone()
+    newest = con.execute("SELECT coalesce(max(image_id), 0), count(*) FILTER (WHERE image_id > ?) FROM images",
+                         [watermark]).fetchone()
+    top, pending = int(newest[0]), int(newest[1])
+    if pending:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(
+                """INSERT INTO concept_index
+                   SELECT synset_id, image_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y
+                   FROM image_scores WHERE image_id > ? AND image_id <= ?
+                   ORDER BY synset_id, score DESC, image_id""", [watermark, top])
+            con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        runs += 1
+        log.info("concept index: appended %d images as run %d", pending, runs)
+    if runs > max_runs:
+        rebuild_concept_index(con)
+    return pending
+
+
+def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite concept_index as a single run sorted by (synset_id, score DESC)."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("CREATE TEMP TABLE _ci AS SELECT * FROM concept_index ORDER BY synset_id, score DESC, image_id")
+        con.execute("DELETE FROM concept_index")
+        con.execute("INSERT INTO concept_index SELECT * FROM _ci ORDER BY synset_id, score DESC, image_id")
+        con.execute("DROP TABLE _ci")
+        con.execute("UPDATE concept_index_state SET runs = 1")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("CHECKPOINT")
+    log.info("concept index rebuilt as one sorted run")
