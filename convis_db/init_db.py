@@ -40,23 +40,21 @@ class InitReport:
 def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: torch.device,
                batch_size: int = 256, progress: Progress = no_progress) -> InitReport:
     """Create or extend a database. Idempotent: a second run with the same arguments changes nothing."""
+    vocab = load_vocabulary(vocab_spec)  # before creating anything: a bad --vocab leaves no file behind
     con = connect(db_path, write=True, create=True)
     try:
         stored = stored_vocabulary(con)
         built = False
         if stored is None:
-            vocab = load_vocabulary(vocab_spec)
             wn = open_wordnet()
             h = build_hierarchy(wn, vocab)
             write_hierarchy(con, h, vocab, wn.get_version())
             built = True
-        else:
-            wanted = load_vocabulary(vocab_spec).name
-            if wanted != stored["name"]:
-                raise DatabaseError(
-                    f"{db_path} already holds vocabulary {stored['name']!r}; one database holds one vocabulary. "
-                    f"Use another --db for {wanted!r}."
-                )
+        elif vocab.fingerprint != stored["words_sha256"]:
+            raise DatabaseError(
+                f"{db_path} already holds vocabulary {stored['name']!r} ({stored['source']}); one database holds "
+                f"one vocabulary, and {vocab.source} has other words. Use another --db for it."
+            )
         model_id, embedded = _ensure_model(con, spec, device, batch_size, progress)
         counts = con.execute(
             "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"

@@ -5,6 +5,7 @@ CREATE TABLE vocabulary (
     vocab_id        INTEGER PRIMARY KEY,
     name            VARCHAR NOT NULL,          -- physical-objects, all-nouns, or a word file's stem
     source          VARCHAR NOT NULL,          -- builtin:... or the word file's absolute path
+    words_sha256    VARCHAR NOT NULL,          -- hash of the word list: identifies the vocabulary
     n_words         INTEGER NOT NULL,
     missing_words   VARCHAR[] NOT NULL,        -- vocabulary words with no WordNet noun sense
     n_synsets       INTEGER NOT NULL,

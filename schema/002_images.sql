@@ -42,22 +42,23 @@ CREATE TABLE windows (
 CREATE TABLE image_scores (
     image_id    INTEGER NOT NULL,
     synset_id   INTEGER NOT NULL,
-    score       FLOAT NOT NULL,
+    score       DOUBLE NOT NULL,
     peak_x      INTEGER NOT NULL,
     peak_y      INTEGER NOT NULL,
-    self_score  FLOAT NOT NULL,
+    self_score  DOUBLE NOT NULL,
     self_peak_x INTEGER NOT NULL,
     self_peak_y INTEGER NOT NULL
 );
 
--- Each window's top_k synsets by rank_sim (k = 1 is the best). Every synset missing from a window's
--- list has rank_sim <= 1 - top_k / |T|.
+-- Each window's top_k synsets by cosine (k = 1 is the best), with rank_less = |T| * rank_sim, the exact
+-- number of synsets with a smaller cosine (the view window_top_concepts adds rank_sim). Every synset
+-- missing from a window's list has rank_sim <= 1 - top_k / |T|.
 CREATE TABLE window_concepts (
     image_id   INTEGER NOT NULL,
     window_idx INTEGER NOT NULL,
     k          SMALLINT NOT NULL,
     synset_id  INTEGER NOT NULL,
-    rank_sim   FLOAT NOT NULL
+    rank_less  INTEGER NOT NULL
 );
 
 -- Files that could not be ingested, with the reason; re-tried only with `ingest --retry-failed`.

@@ -13,7 +13,8 @@ JOIN synsets s ON s.synset_id = sc.synset_id;
 
 -- Each window's stored top concepts (k = 1 is the best), with its large-patch box in original pixels.
 CREATE VIEW window_top_concepts AS
-SELECT wc.image_id, wc.window_idx, wc.k, s.name AS synset, wc.synset_id, wc.rank_sim,
+SELECT wc.image_id, wc.window_idx, wc.k, s.name AS synset, wc.synset_id,
+       wc.rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS rank_sim,
        CAST(floor(w.x0 * i.scale) AS INTEGER) AS x0, CAST(floor(w.y0 * i.scale) AS INTEGER) AS y0,
        CAST(least(ceil(w.x1 * i.scale), i.width) AS INTEGER) AS x1,
        CAST(least(ceil(w.y1 * i.scale), i.height) AS INTEGER) AS y1

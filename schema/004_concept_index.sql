@@ -9,10 +9,10 @@
 CREATE TABLE concept_index (
     synset_id   INTEGER NOT NULL,
     image_id    INTEGER NOT NULL,
-    score       FLOAT NOT NULL,
+    score       DOUBLE NOT NULL,
     peak_x      INTEGER NOT NULL,
     peak_y      INTEGER NOT NULL,
-    self_score  FLOAT NOT NULL,
+    self_score  DOUBLE NOT NULL,
     self_peak_x INTEGER NOT NULL,
     self_peak_y INTEGER NOT NULL
 );

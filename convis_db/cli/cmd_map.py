@@ -19,7 +19,10 @@ from convis_db.store.db import connect, require_initialised
 
 @click.command("map")
 @click.argument("image")
-@click.argument("concept")
+@click.argument("concept", required=False)
+@click.option("--method", type=click.Choice(["convis", "grad-eclip"]), default="convis", show_default=True,
+              help="convis: Concept Visualization; grad-eclip: Grad-ECLIP (ViT models) of CONCEPT's definition or --text.")
+@click.option("--text", default=None, help="grad-eclip: explain this text instead of CONCEPT's definition.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the map as a PNG over the image.")
 @click.option("--style", type=click.Choice(STYLES), default="mask", show_default=True,
               help="mask: the paper's white mask; heatmap: a colour-map overlay.")
@@ -30,16 +33,25 @@ from convis_db.store.db import connect, require_initialised
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the map's summary as JSON.")
 @pass_app
-def command(app: App, image, concept, output, style, npy, only_self, threshold, device, as_json) -> None:
+def command(app: App, image, concept, method, text, output, style, npy, only_self, threshold, device, as_json) -> None:
     """Saliency map of CONCEPT on IMAGE: a stored image (id, path or sha256; no model run) or a new file.
 
     \b
     Example:
       convis-db map 1 dog.n.01 -o dog.png
       convis-db map photo.jpg animal.n.01 -o animal.png --style heatmap --npy animal.npy
+      convis-db map photo.jpg --method grad-eclip --text "a photo of a dog" -o dog-ge.png
     """
     if not output and not npy and not as_json:
         raise UsageError("say where the map goes: -o out.png and/or --npy raw.npy (or --json for its summary).")
+    if method == "grad-eclip":
+        if only_self:
+            raise UsageError("--only-self is a convis option; drop it with --method grad-eclip.")
+        return _grad_eclip(app, image, concept, text, output, style, npy, threshold, device, as_json)
+    if concept is None:
+        raise UsageError("give the CONCEPT to map, a synset name such as dog.n.01.")
+    if text is not None:
+        raise UsageError("--text is for --method grad-eclip; a convis map is of a CONCEPT.")
     con = connect(app.db)
     try:
         require_initialised(con, app.db)
@@ -47,7 +59,7 @@ def command(app: App, image, concept, output, style, npy, only_self, threshold, 
     finally:
         con.close()
     if npy:
-        np.save(npy, cmap.saliency)
+        np.save(npy, cmap.saliency.astype(np.float32))
     if output:
         picture = render(cmap.original_pixels(), cmap.saliency, style, threshold)
         Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -59,3 +71,28 @@ def command(app: App, image, concept, output, style, npy, only_self, threshold, 
             f"({cmap.peak['x_orig']}, {cmap.peak['y_orig']}) original pixels"
             + (f"; wrote {output}" if output else "") + (f"; wrote {npy}" if npy else ""))
     emit(Result(rows=[info], data=info, text=text), "json" if as_json else "table")
+
+
+def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:
+    from convis_db.explainers.grad_eclip import GradEclipService
+
+    con = connect(app.db)
+    try:
+        require_initialised(con, app.db)
+        gmap = GradEclipService(con, resolve_device(device)).for_ref(image, concept, text)
+    finally:
+        con.close()
+    if npy:
+        np.save(npy, gmap.saliency)
+    if output:
+        from convis_db.engine.images import read_image
+
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render(read_image(gmap.image_path).pixels, gmap.saliency, style, threshold)).save(output)
+    info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
+            "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,
+            "patch_grid": list(gmap.patch_map.shape), "peak": gmap.peak, "output": output, "npy": npy}
+    text_out = (f"grad-eclip of {gmap.text!r} on {gmap.image_path}: cosine {gmap.cosine:.4f}, peak at "
+                f"({gmap.peak['x_orig']}, {gmap.peak['y_orig']}) original pixels"
+                + (f"; wrote {output}" if output else "") + (f"; wrote {npy}" if npy else ""))
+    emit(Result(rows=[info], data=info, text=text_out), "json" if as_json else "table")

@@ -35,7 +35,7 @@ class ImageExplanation:
     scores: Peaks               # per synset, max_rank_sim maps
     self_scores: Peaks          # per synset, rank_sim maps (the synset alone)
     top_ids: np.ndarray         # (W, K) int32
-    top_rank_sim: np.ndarray    # (W, K) float32
+    top_rank_less: np.ndarray   # (W, K) int32, |T| * rank_sim (exact)
     n_synsets: int
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -43,6 +43,11 @@ class ImageExplanation:
     def scale(self) -> float:
         """Original pixels per working pixel."""
         return self.width / self.grid.width
+
+    @property
+    def top_rank_sim(self) -> np.ndarray:
+        """(W, K) float64 rank_sim of each window's top concepts."""
+        return self.top_rank_less / self.n_synsets
 
 
 class Timer:
@@ -128,14 +133,15 @@ class ConceptEngine:
         with timer.stage("rank"):
             ranking = self.ranker.rank(emb, self.settings.top_k)
         with timer.stage("aggregate"):
-            best = self.propagator.max_over_descendants(ranking.rank_less)
-            scores = peaks(best, grid, self.n)
-            self_scores = peaks(ranking.rank_less, grid, self.n)
+            ranks_t = ranking.rank_less.T.contiguous()  # synset-major: one row of window values per synset
+            best_t = self.propagator.max_over_descendants_t(ranks_t)
+            scores = peaks(best_t, grid, self.n)
+            self_scores = peaks(ranks_t, grid, self.n)
         return ImageExplanation(
             grid=grid, width=grid.width, height=grid.height,
             embeddings=emb.cpu().numpy(), boxes=grid.boxes(), scores=scores, self_scores=self_scores,
             top_ids=ranking.top_ids.to(torch.int32).cpu().numpy(),
-            top_rank_sim=(ranking.top_rank_less.double() / self.n).float().cpu().numpy(),
+            top_rank_less=ranking.top_rank_less.cpu().numpy(),
             n_synsets=self.n, timings=timer.times,
         )
 
@@ -168,5 +174,5 @@ class ConceptMapper:
         return (z < best[:, None]).sum(dim=1).to(torch.int64)
 
     def concept_map(self, emb: torch.Tensor | np.ndarray, grid: WindowGrid, synset_ids: np.ndarray) -> np.ndarray:
-        """(H, W) float32 saliency map in working pixels (the formula's raw values, not normalised)."""
+        """(H, W) float64 saliency map in working pixels (the formula's raw values, not normalised)."""
         return full_map(self.concept_counts(emb, synset_ids), grid, self.n)

@@ -54,19 +54,30 @@ def grid_segments(grid: WindowGrid) -> tuple[AxisSegments, AxisSegments]:
             axis_segments(grid.width, grid.stride, grid.large, grid.cols))
 
 
-def segment_means(values: torch.Tensor, grid: WindowGrid, denominator: int) -> torch.Tensor:
-    """(n_windows, K) integer counts -> (n_seg_y, n_seg_x, K) float64 map values (count sums / windows / n)."""
+def coverage_matrix(segments: AxisSegments, n_windows: int) -> np.ndarray:
+    """(n_segments, n_windows) 0/1 matrix: entry [g, r] is 1 when window r covers segment g."""
+    r = np.arange(n_windows)
+    return ((r[None, :] >= segments.lo[:, None]) & (r[None, :] <= segments.hi[:, None])).astype(np.float64)
+
+
+def segment_means(values_t: torch.Tensor, grid: WindowGrid, denominator: int) -> torch.Tensor:
+    """(K, n_windows) integer counts, synset-major -> (K, n_seg_y, n_seg_x) float64 map values.
+
+    The sum over the covering windows of each segment pair is A_y @ V @ A_x^T with 0/1 coverage
+    matrices. The inputs are integers, so the products are exact in float32 while every partial sum
+    stays below 2**24 (checked), and in float64 otherwise.
+    """
     ys, xs = grid_segments(grid)
-    k = values.shape[1]
-    v = values.reshape(grid.rows, grid.cols, k).to(torch.int64)
-    prefix = torch.zeros(grid.rows + 1, grid.cols + 1, k, dtype=torch.int64, device=values.device)
-    prefix[1:, 1:] = v.cumsum(0).cumsum(1)
-    dev = values.device
-    ly, hy = torch.from_numpy(ys.lo).to(dev), torch.from_numpy(ys.hi + 1).to(dev)
-    lx, hx = torch.from_numpy(xs.lo).to(dev), torch.from_numpy(xs.hi + 1).to(dev)
-    sums = prefix[hy][:, hx] - prefix[ly][:, hx] - prefix[hy][:, lx] + prefix[ly][:, lx]
-    counts = torch.from_numpy(np.outer(ys.counts, xs.counts)).to(dev, torch.float64)
-    return sums.to(torch.float64) / (counts[..., None] * denominator)
+    k = values_t.shape[0]
+    per_pixel_max = int(ys.counts.max()) * int(xs.counts.max()) * int(denominator)
+    dtype = torch.float32 if per_pixel_max < 2**24 else torch.float64
+    dev = values_t.device
+    ay = torch.from_numpy(coverage_matrix(ys, grid.rows)).to(dev, dtype)
+    ax = torch.from_numpy(coverage_matrix(xs, grid.cols)).to(dev, dtype)
+    v = values_t.reshape(k, grid.rows, grid.cols).to(dtype)
+    sums = torch.matmul(torch.matmul(ay, v), ax.T)  # (K, n_seg_y, n_seg_x), exact integers
+    counts = torch.from_numpy(np.outer(ys.counts, xs.counts).astype(np.float64)).to(dev)
+    return sums.to(torch.float64) / (counts * denominator)
 
 
 @dataclass
@@ -76,15 +87,17 @@ class Peaks:
     y: np.ndarray
 
 
-def peaks(values: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int = 1024) -> Peaks:
-    """The maximum of every column's saliency map and where it is (first in row-major order on ties)."""
+def peaks(values_t: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int = 2048) -> Peaks:
+    """The maximum of every row's saliency map (synset-major input) and where it is.
+
+    Ties resolve to the first segment in row-major order.
+    """
     ys, xs = grid_segments(grid)
     n_x = len(xs.start)
     score, px, py = [], [], []
-    for start in range(0, values.shape[1], chunk):
-        means = segment_means(values[:, start:start + chunk], grid, denominator)
-        flat = means.reshape(-1, means.shape[-1])
-        best, where = flat.max(dim=0)
+    for start in range(0, values_t.shape[0], chunk):
+        means = segment_means(values_t[start:start + chunk], grid, denominator)
+        best, where = means.reshape(means.shape[0], -1).max(dim=1)
         where = where.cpu().numpy()
         score.append(best.cpu().numpy())
         py.append(ys.centres[where // n_x])
@@ -93,9 +106,9 @@ def peaks(values: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int =
 
 
 def full_map(window_values: np.ndarray | torch.Tensor, grid: WindowGrid, denominator: int) -> np.ndarray:
-    """(H, W) float32 saliency map of one concept from its per-window integer counts."""
+    """(H, W) float64 saliency map of one concept from its per-window integer counts (exact ratios)."""
     if not isinstance(window_values, torch.Tensor):
         window_values = torch.from_numpy(np.asarray(window_values))
-    means = segment_means(window_values.reshape(-1, 1), grid, denominator)[..., 0].cpu().numpy()
+    means = segment_means(window_values.reshape(1, -1), grid, denominator)[0].cpu().numpy()
     ys, xs = grid_segments(grid)
-    return np.repeat(np.repeat(means, ys.lengths, axis=0), xs.lengths, axis=1).astype(np.float32)
+    return np.repeat(np.repeat(means, ys.lengths, axis=0), xs.lengths, axis=1)

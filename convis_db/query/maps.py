@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class ConceptMap:
     synset: str
     synset_id: int
-    saliency: np.ndarray            # (work_h, work_w) float32, raw values of the formula
+    saliency: np.ndarray            # (work_h, work_w) float64, raw values of the formula (exact ratios)
     grid: WindowGrid
     width: int                      # original image size
     height: int

@@ -39,8 +39,8 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
-            "INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, current_timestamp)",
-            [vocab.name, vocab.source, h.n_words, h.missing_words, h.size, wordnet_version],
+            "INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+            [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version],
         )
         con.register("_synsets", synsets)
         con.execute("INSERT INTO synsets SELECT * FROM _synsets")
@@ -59,11 +59,11 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
 
 def stored_vocabulary(con: duckdb.DuckDBPyConnection) -> dict | None:
     row = con.execute(
-        "SELECT name, source, n_words, missing_words, n_synsets, wordnet_version FROM vocabulary"
+        "SELECT name, source, n_words, missing_words, n_synsets, wordnet_version, words_sha256 FROM vocabulary"
     ).fetchone()
     if row is None:
         return None
-    keys = ("name", "source", "n_words", "missing_words", "n_synsets", "wordnet_version")
+    keys = ("name", "source", "n_words", "missing_words", "n_synsets", "wordnet_version", "words_sha256")
     return dict(zip(keys, row))
 
 

@@ -113,9 +113,9 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
         scores = pa.table({
             "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
             "synset_id": np.arange(n_syn, dtype=np.int32),
-            "score": exp.scores.score.astype(np.float32),
+            "score": exp.scores.score.astype(np.float64),
             "peak_x": exp.scores.x, "peak_y": exp.scores.y,
-            "self_score": exp.self_scores.score.astype(np.float32),
+            "self_score": exp.self_scores.score.astype(np.float64),
             "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
         })
         k = exp.top_ids.shape[1]
@@ -124,7 +124,7 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
             "window_idx": np.repeat(widx, k),
             "k": np.tile(np.arange(1, k + 1, dtype=np.int16), nw),
             "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
-            "rank_sim": exp.top_rank_sim.reshape(-1).astype(np.float32),
+            "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
         })
         for name, table in (("windows", windows), ("image_scores", scores), ("window_concepts", concepts)):
             con.register("_rows", table)
@@ -151,7 +151,7 @@ def record_failure(con: duckdb.DuckDBPyConnection, path: str, sha256: str | None
     con.execute(
         """INSERT INTO ingest_failures (path, sha256, error) VALUES (?, ?, ?)
            ON CONFLICT (path) DO UPDATE SET error = excluded.error, sha256 = excluded.sha256,
-               attempts = ingest_failures.attempts + 1, last_attempt = current_timestamp""",
+               attempts = ingest_failures.attempts + 1, last_attempt = now()""",
         [path, sha256, error],
     )
 

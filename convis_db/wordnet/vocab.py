@@ -33,6 +33,13 @@ class Vocabulary:
     def is_all_nouns(self) -> bool:
         return self.name == ALL_NOUNS
 
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the word list (and of the name for all-nouns): what identifies a vocabulary."""
+        import hashlib
+
+        return hashlib.sha256("\n".join([self.name if self.is_all_nouns else "", *self.words]).encode()).hexdigest()
+
 
 def read_word_file(path: Path) -> list[str]:
     """Words of a vocabulary file: one per line, blank lines and '#' comments skipped, order kept, unique."""

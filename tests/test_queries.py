@@ -1,0 +1,304 @@
+"""search, regions, explain and concepts browsing, checked against brute force over the stored rows.
+
+The brute force recomputes every map from the stored window embeddings and definition embeddings
+with the equations (numpy, window by window), independent of the engine's shortcuts (segment sums,
+monotone ranks, the concept index).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import ndimage
+
+QUERY_WORDS = ["dog", "cat", "bird", "sparrow", "car", "bicycle", "apple", "pizza", "tree", "boat"]
+
+
+@pytest.fixture(scope="session")
+def query_db(tmp_path_factory, tiny_spec) -> Path:
+    """Six generated images ingested with the tiny checkpoint (small settings, read-only for tests)."""
+    from convis_db.engine.settings import Settings
+    from convis_db.ingest import Ingestor
+    from convis_db.init_db import initialise
+
+    root = tmp_path_factory.mktemp("querydb")
+    vocab = root / "words.txt"
+    vocab.write_text("\n".join(QUERY_WORDS))
+    db = root / "q.duckdb"
+    initialise(db, str(vocab), tiny_spec, torch.device("cpu"))
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(6):
+        h, w = (120, 160) if i % 2 else (150, 110)
+        arr = np.full((h, w, 3), rng.integers(0, 255, 3), np.uint8)
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        arr[y:y + h // 3, x:x + w // 3] = rng.integers(0, 255, 3)
+        arr = np.clip(arr.astype(int) + rng.integers(-20, 20, arr.shape), 0, 255).astype(np.uint8)
+        p = root / f"img{i}.png"
+        Image.fromarray(arr).save(p)
+        paths.append(p)
+    with Ingestor(db, device=torch.device("cpu"),
+                  settings=Settings(max_pixels=12_000, stride=16, small=32, large=48, top_k=8)) as ing:
+        report = ing.run(paths)
+    assert report.count("ingested") == 6
+    return db
+
+
+def brute_force_maps(con, image_id: int, synset_ids: list[int]) -> dict[int, np.ndarray]:
+    """Every requested concept's map for one image, straight from the equations and the stored rows."""
+    img = con.execute("SELECT work_width, work_height, model_id FROM images WHERE image_id = ?", [image_id]).fetchone()
+    ww, wh, model_id = img
+    wins = con.execute("SELECT x0, y0, x1, y1, embedding FROM windows WHERE image_id = ? ORDER BY window_idx",
+                       [image_id]).fetchall()
+    emb = np.array([w[4] for w in wins], np.float32)
+    defs = np.array([r[0] for r in con.execute(
+        "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id", [model_id]).fetchall()],
+        np.float32)
+    n = len(defs)
+    z = emb @ defs.T  # the same float32 product FAISS's pairwise_distances computes
+    # Integer counts |{s': z(s') < z(s)}| = n * rank_sim, summed exactly and divided once at the end.
+    rank = np.array([[np.count_nonzero(row < v) for v in row] for row in z])
+    maps = {}
+    for sid in synset_ids:
+        desc = [r[0] for r in con.execute("SELECT descendant_id FROM closure WHERE ancestor_id = ?", [sid]).fetchall()]
+        mrs = rank[:, desc].max(axis=1)
+        total = np.zeros((wh, ww), np.int64)
+        count = np.zeros((wh, ww), np.int64)
+        for (x0, y0, x1, y1, _), value in zip(wins, mrs):
+            total[y0:min(y1, wh), x0:min(x1, ww)] += value
+            count[y0:min(y1, wh), x0:min(x1, ww)] += 1
+        maps[sid] = total / (count * n)
+    return maps
+
+
+def _sid(con, name):
+    return con.execute("SELECT synset_id FROM synsets WHERE name = ?", [name]).fetchone()[0]
+
+
+@pytest.mark.parametrize("concept", ["dog.n.01", "animal.n.01", "entity.n.01", "bird.n.01"])
+def test_search_matches_brute_force(query_db, concept):
+    from convis_db.query.search import search_images
+    from convis_db.store.db import connect
+
+    con = connect(query_db)
+    sid = _sid(con, concept)
+    expected = {}
+    for (image_id,) in con.execute("SELECT image_id FROM images").fetchall():
+        expected[image_id] = brute_force_maps(con, image_id, [sid])[sid].max()
+    rows = search_images(con, concept, 0.0, 100)
+    assert [r["image_id"] for r in rows] == sorted(expected, key=lambda i: (-np.float32(expected[i]), i))
+    for r in rows:
+        assert r["score"] == pytest.approx(expected[r["image_id"]], abs=1e-6)
+    threshold = float(np.float32(np.median(list(expected.values()))))  # a value a FLOAT column can hold
+    filtered = search_images(con, concept, threshold, 100)
+    assert {r["image_id"] for r in filtered} == {i for i, v in expected.items() if np.float32(v) >= np.float32(threshold)}
+    con.close()
+
+
+def test_search_only_self_uses_the_synset_alone(query_db):
+    from convis_db.query.search import search_images
+    from convis_db.store.db import connect
+
+    con = connect(query_db)
+    sid = _sid(con, "animal.n.01")
+    rows = search_images(con, "animal.n.01", 0.0, 100, only_self=True)
+    for r in rows:
+        # rank_sim of the synset alone: the map of a one-synset "descendant set".
+        desc = brute_force_self(con, r["image_id"], sid)
+        assert r["score"] == pytest.approx(desc, abs=1e-6)
+    con.close()
+
+
+def brute_force_self(con, image_id, sid):
+    img = con.execute("SELECT work_width, work_height, model_id FROM images WHERE image_id = ?", [image_id]).fetchone()
+    ww, wh, model_id = img
+    wins = con.execute("SELECT x0, y0, x1, y1, embedding FROM windows WHERE image_id = ? ORDER BY window_idx",
+                       [image_id]).fetchall()
+    emb = np.array([w[4] for w in wins], np.float32)
+    defs = np.array([r[0] for r in con.execute(
+        "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id", [model_id]).fetchall()],
+        np.float32)
+    z = emb @ defs.T
+    values = (z < z[:, [sid]]).sum(axis=1)
+    total = np.zeros((wh, ww), np.int64)
+    count = np.zeros((wh, ww), np.int64)
+    for (x0, y0, x1, y1, _), v in zip(wins, values):
+        total[y0:y1, x0:x1] += v
+        count[y0:y1, x0:x1] += 1
+    return (total / (count * len(defs))).max()
+
+
+def test_search_sees_images_not_yet_in_the_concept_index(query_db, tmp_path):
+    """A crash between an image's commit and the index refresh must not hide the image from search."""
+    import shutil
+
+    from convis_db.query.search import search_images
+    from convis_db.store.db import connect
+
+    copy = tmp_path / "copy.duckdb"
+    shutil.copyfile(query_db, copy)
+    con = connect(copy, write=True)
+    before = search_images(con, "dog.n.01", 0.0, 100)
+    con.execute("DELETE FROM concept_index WHERE image_id > 3")
+    con.execute("UPDATE concept_index_state SET indexed_through = 3")
+    assert search_images(con, "dog.n.01", 0.0, 100) == before
+    from convis_db.store.concept_index import refresh_concept_index, rebuild_concept_index
+
+    assert refresh_concept_index(con) == 3
+    assert search_images(con, "dog.n.01", 0.0, 100) == before
+    rebuild_concept_index(con)
+    assert con.execute("SELECT count(*) FROM concept_index").fetchone()[0] == \
+        con.execute("SELECT count(*) FROM image_scores").fetchone()[0]
+    assert search_images(con, "dog.n.01", 0.0, 100) == before
+    con.close()
+
+
+@pytest.mark.parametrize("concept", ["animal.n.01", "entity.n.01"])
+def test_regions_match_brute_force_components(query_db, concept):
+    from convis_db.query.regions import find_regions
+    from convis_db.store.db import connect
+
+    con = connect(query_db)
+    sid = _sid(con, concept)
+    scores = dict(con.execute("SELECT image_id, score FROM image_scores WHERE synset_id = ?", [sid]).fetchall())
+    threshold = float(np.percentile(list(scores.values()), 40))
+    found = find_regions(con, concept, threshold, limit=10_000)
+    expected = []
+    for image_id, (w, h, ww, wh) in {r[0]: r[1:] for r in con.execute(
+            "SELECT image_id, width, height, work_width, work_height FROM images").fetchall()}.items():
+        m = brute_force_maps(con, image_id, [sid])[sid]
+        labels, n = ndimage.label(m >= threshold)
+        scale = w / ww
+        for sl in ndimage.find_objects(labels):
+            expected.append((image_id, int(np.floor(sl[1].start * scale)), int(np.floor(sl[0].start * scale)),
+                             min(w, int(np.ceil(sl[1].stop * scale))), min(h, int(np.ceil(sl[0].stop * scale)))))
+    got = sorted((r["image_id"], r["x0"], r["y0"], r["x1"], r["y1"]) for r in found)
+    assert got == sorted(expected)
+    assert all(r["score"] >= threshold for r in found)
+    # Pruning by the stored score is exact: no image below the threshold has a region.
+    assert {r["image_id"] for r in found} == {i for i, s in scores.items() if s >= threshold}
+    con.close()
+
+
+def test_explain_ranks_children_by_score(query_db):
+    from convis_db.query.explain import explain_image
+    from convis_db.store.db import connect
+
+    con = connect(query_db)
+    result = explain_image(con, "2", depth=3, top=2)
+    tree = result["tree"]
+    assert tree["synset"] == "entity.n.01"
+    rows = con.execute("SELECT s.name, sc.score, sc.self_score FROM image_scores sc JOIN synsets s USING (synset_id) "
+                       "WHERE image_id = 2").fetchall()
+    scores = {r[0]: r[1] for r in rows}
+    self_scores = {r[0]: r[2] for r in rows}
+
+    def check(node, depth):
+        assert node["score"] == pytest.approx(scores[node["synset"]], abs=1e-6)
+        children = [r[0] for r in con.execute("SELECT name FROM children(?)", [node["synset"]]).fetchall()]
+        # Ties on score go to the higher self_score, then the name.
+        best = sorted(children, key=lambda c: (-scores[c], -self_scores[c], c))[:2]
+        assert [c["synset"] for c in node["children"]] == (best if depth > 0 else [])
+        # A parent's score covers its descendants, so it is never below a child's.
+        for c in node["children"]:
+            assert c["score"] <= node["score"] + 1e-9
+            check(c, depth - 1)
+
+    check(tree, 3)
+    con.close()
+
+
+def test_query_commands_cli(query_db, run_cli):
+    res = run_cli("--db", query_db, "search", "dog.n.01", "--json")
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows and set(rows[0]) >= {"image_id", "path", "score", "peak_x", "peak_y", "synset"}
+    res = run_cli("--db", query_db, "search", "dog.n.01", "--csv")
+    assert res.stdout.splitlines()[0] == "image_id,score,peak_x,peak_y,path"
+    res = run_cli("--db", query_db, "regions", "entity.n.01", "--image", "1", "--min-score", "0", "--json")
+    assert res.exit_code == 0, res.output
+    regions = json.loads(res.stdout)
+    assert len(regions) == 1 and regions[0]["x0"] == 0 and regions[0]["y0"] == 0  # the whole image
+    res = run_cli("--db", query_db, "explain", "1", "--depth", "2", "--json")
+    assert json.loads(res.stdout)["tree"]["synset"] == "entity.n.01"
+    res = run_cli("--db", query_db, "explain", "1", "--depth", "2")
+    assert "entity.n.01" in res.stdout and "physical_entity.n.01" in res.stdout
+    res = run_cli("--db", query_db, "concepts", "animal.n.01", "--children", "--json")
+    assert {r["synset"] for r in json.loads(res.stdout)} >= {"chordate.n.01"}
+    res = run_cli("--db", query_db, "concepts", "dog.n.01", "--ancestors", "--json")
+    ancestors = json.loads(res.stdout)
+    assert ancestors[-1]["synset"] == "entity.n.01" and ancestors[0]["distance"] == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["search", "dgo.n.01"], "dog.n.01"),
+    (["regions", "animl.n.01"], "animal.n.01"),
+    (["search", "zebra.n.01"], "not in this database's vocabulary"),
+    (["explain", "999"], "no stored image"),
+    (["search", "dog"], "pick a sense"),
+])
+def test_query_errors_are_clear(query_db, run_cli, args, needle):
+    res = run_cli("--db", query_db, *args)
+    assert res.exit_code == 2
+    assert needle in res.stderr
+    assert "Traceback" not in res.output
+
+
+def readme_sql_examples() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Querying with SQL", 1)[1].split("\n## ", 1)[0]
+    blocks = []
+    for chunk in section.split("```sql")[1:]:
+        blocks.append(chunk.split("```", 1)[0].strip())
+    return blocks
+
+
+def test_readme_has_at_least_six_sql_examples():
+    assert len(readme_sql_examples()) >= 6
+
+
+@pytest.mark.parametrize("index", range(len(readme_sql_examples())))
+def test_readme_sql_example_runs(query_db, run_cli, index):
+    """Each README example runs through `convis-db sql` (read-only) and returns rows."""
+    sql = readme_sql_examples()[index]
+    res = run_cli("--db", query_db, "sql", "--json", "--", sql)  # '--': the SQL starts with a comment
+    assert res.exit_code == 0, res.stderr
+    rows = json.loads(res.stdout)
+    assert isinstance(rows, list)
+    if "vehicle.n.01' AND a.synset" not in sql:  # that comparison may legitimately be empty
+        assert rows, f"example {index} returned no rows:\n{sql}"
+
+
+def test_regions_with_is_exact_above_its_bound(query_db):
+    """regions_with from stored top-K equals windows whose max_rank_sim (recomputed) reaches the threshold,
+    for thresholds above 1 - top_k/|T|."""
+    from convis_db.store.db import connect
+
+    con = connect(query_db)
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    top_k = con.execute("SELECT max(top_k) FROM images").fetchone()[0]
+    bound = 1 - top_k / n
+    sid = _sid(con, "entity.n.01")
+    for concept in ("entity.n.01", "animal.n.01", "artifact.n.01"):
+        sid = _sid(con, concept)
+        desc = [r[0] for r in con.execute("SELECT descendant_id FROM closure WHERE ancestor_id = ?", [sid]).fetchall()]
+        for threshold in (bound + 1e-6, (bound + 1) / 2):
+            got = set(con.execute("SELECT image_id, window_idx FROM regions_with(?, ?)", [concept, threshold]).fetchall())
+            expected = set()
+            for (image_id, model_id) in con.execute("SELECT image_id, model_id FROM images").fetchall():
+                emb = np.array([r[0] for r in con.execute(
+                    "SELECT embedding FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id]).fetchall()], np.float32)
+                defs = np.array([r[0] for r in con.execute(
+                    "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id",
+                    [model_id]).fetchall()], np.float32)
+                z = emb @ defs.T
+                best = z[:, desc].max(axis=1)
+                mrs = (z < best[:, None]).sum(axis=1) / n
+                expected |= {(image_id, w) for w in np.flatnonzero(np.float32(mrs) >= np.float32(threshold))}
+            assert got == expected, (concept, threshold)
+    con.close()
