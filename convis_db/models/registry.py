@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from convis_db.errors import ModelError, did_you_mean
+from convis_db.errors import ModelError, did_you_mean, nearest
 
 RANDOM_WEIGHTS = "none"
 RANDOM_SEED = 0
@@ -107,6 +107,10 @@ def resolve_model(model: str, pretrained: str) -> ModelSpec:
                 raise ModelError(
                     f"--pretrained {pretrained!r}: model {name} has no published tags; pass a local checkpoint path or 'none'."
                 )
-            raise ModelError(did_you_mean(pretrained, tags, f"pretrained tag for {name}", "(or a checkpoint path, or 'none')."))
+            if nearest(pretrained, tags):
+                raise ModelError(did_you_mean(pretrained, tags, f"pretrained tag for {name}", "(or a checkpoint path, or 'none')."))
+            # Nothing close: list every tag (did_you_mean stops listing past 20 choices; ViT-B-32 has 22).
+            raise ModelError(f"unknown pretrained tag for {name} {pretrained!r}; valid tags: {', '.join(tags)} "
+                             "(or a checkpoint path, or 'none').")
     return ModelSpec(name=name, pretrained=pretrained, config_path=config_path, config_json=config_json,
                      weights_sha256=weights_sha)
