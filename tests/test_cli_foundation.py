@@ -320,3 +320,25 @@ def test_group_help_and_version(run_cli):
     assert result.exit_code == 0 and "CONVIS_DB" in result.stdout
     result = run_cli("--version")
     assert result.exit_code == 0 and "convis-db" in result.stdout
+
+
+def test_init_with_a_missing_vocab_file_leaves_no_database(run_cli, tiny_config, tmp_path):
+    db = tmp_path / "never.duckdb"
+    res = run_cli("--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab", tmp_path / "nosuch.txt")
+    assert res.exit_code == 2 and "--vocab" in res.stderr
+    assert not db.exists()
+
+
+def test_init_refuses_another_word_list_under_the_same_name(run_cli, tiny_config, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "words.txt").write_text("dog\ncat\n")
+    (tmp_path / "b" / "words.txt").write_text("car\nboat\n")
+    db = tmp_path / "v.duckdb"
+    args = ["--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab"]
+    assert run_cli(*args, tmp_path / "a" / "words.txt").exit_code == 0
+    res = run_cli(*args, tmp_path / "b" / "words.txt")
+    assert res.exit_code == 2 and "one vocabulary" in res.stderr
+    # The same words from another path are the same vocabulary.
+    (tmp_path / "c.txt").write_text("dog\ncat\n")
+    assert run_cli(*args, tmp_path / "c.txt").exit_code == 0
