@@ -24,6 +24,9 @@ class Settings:
             raise UsageError(f"--stride {self.stride} must be at least 1.")
         if not (1 <= self.small <= self.large):
             raise UsageError(f"--small {self.small} and --large {self.large} need 1 <= small <= large.")
+        if self.stride > self.large:
+            raise UsageError(f"--stride {self.stride} is larger than --large {self.large}: the pixels between "
+                             "windows would be covered by no window. Use a stride of at most the large side.")
         if self.max_pixels < self.large * self.large:
             raise UsageError(f"--max-pixels {self.max_pixels} is smaller than one large patch ({self.large}x{self.large}); "
                              f"use at least {self.large * self.large}.")

@@ -8,6 +8,10 @@ import pyarrow as pa
 
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    if hasattr(con, "complete"):
+        # DuckDB >= 2 refuses a relation query while an earlier execute() result is unread (a fetchone()
+        # leaves it open); finish that statement first, as DuckDB 1.x did implicitly.
+        con.complete()
     rel = con.sql(sql, params=params or None)
     if hasattr(rel, "to_arrow_table"):
         return rel.to_arrow_table()
