@@ -2,19 +2,28 @@
 
 A bad file is recorded in ingest_failures with its reason and the run goes on. Files that failed
 before are skipped unless `retry_failed`. Decoding runs in background threads so the model never
-waits for the disk; an interrupt stops after the image in hand, which is either whole or absent.
+waits for the disk.
+
+Crash safety: each image (its row, windows, scores and window concepts) is written in one
+transaction, so a killed process leaves every stored image whole, and a re-run skips what is stored
+(by content hash) and does the rest. A first Ctrl-C (SIGINT) lets the image in hand finish and stops
+before the next one; a second one stops at once (the open transaction is rolled back).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import torch
 
 from convis_db.engine.explainer import ConceptEngine
@@ -24,6 +33,7 @@ from convis_db.errors import ConvisError, DatabaseError, UsageError
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec, resolve_model
 from convis_db.progress import Progress, no_progress
+from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import load_hierarchy
 from convis_db.store.image_store import failed_paths, find_by_sha, record_failure, stored_profile, write_image
@@ -72,7 +82,9 @@ class IngestReport:
 def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[list[Path], list[IngestOutcome]]:
     """Expand files and folders into image paths (sorted per folder); report inputs that cannot be used.
 
-    Symlinked folders are followed once each (by real path), so symlink loops end.
+    Symlinked folders are followed once each (by real path), so symlink loops end. A symlink named
+    like an image whose target is missing is kept, so that it is reported rather than silently
+    dropped.
     """
     files: list[Path] = []
     problems: list[IngestOutcome] = []
@@ -80,7 +92,7 @@ def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[
         p = Path(raw).expanduser()
         if p.is_dir():
             if not recursive:
-                entries = sorted(c for c in p.iterdir() if c.is_file() and c.suffix.lower() in IMAGE_SUFFIXES)
+                entries = sorted(c for c in p.iterdir() if _is_candidate(c))
                 if not entries:
                     problems.append(IngestOutcome(str(p), "failed", reason="folder holds no image files at its top "
                                                   "level; pass --recursive to look in subfolders."))
@@ -96,7 +108,7 @@ def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[
                 dirs.sort()
                 for name in sorted(names):
                     f = Path(root) / name
-                    if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():
+                    if _is_candidate(f):
                         files.append(f)
         elif p.exists() or p.is_symlink():
             files.append(p)
@@ -105,12 +117,51 @@ def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[
     return files, problems
 
 
+def _is_candidate(path: Path) -> bool:
+    """An image file by its suffix: a regular file, or a symlink (a broken one is reported later)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
+
+
+class _StopOnSigint:
+    """While active (main thread only), a first SIGINT sets `requested` instead of raising; the
+    previous handler is put back at once, so a second SIGINT raises KeyboardInterrupt as usual."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._previous = None
+        self._installed = False
+
+    def _handle(self, signum, frame) -> None:
+        self.requested.set()
+        signal.signal(signal.SIGINT, self._previous)
+        log.warning("interrupt: finishing the current image, then stopping (press Ctrl-C again to stop at once)")
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            try:
+                self._previous = signal.signal(signal.SIGINT, self._handle)
+                self._installed = True
+            except ValueError:  # not allowed here (e.g. an embedded interpreter)
+                self._installed = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._installed and signal.getsignal(signal.SIGINT) == self._handle:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 class Ingestor:
-    """Holds the database connection, the model and the engine for one ingest run."""
+    """Holds the database connection, the model and the engine for one ingest run.
+
+    `settings` are complete settings to use; `options` are the settings options the user gave (None
+    for one not given), completed from the database's stored settings when it has images, so that
+    repeating one of them is not mistaken for a change.
+    """
 
     def __init__(self, db_path: str | Path, *, model: str | None = None, pretrained: str | None = None,
                  device: torch.device, settings: Settings | None = None, batch_size: int = 128,
-                 progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2):
+                 progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2,
+                 options: dict[str, int | None] | None = None):
         self.db_path = str(db_path)
         self.device = device
         self.batch_size = batch_size
@@ -121,10 +172,11 @@ class Ingestor:
         try:
             require_initialised(self.con, db_path)
             self.model_id, self.spec = self._choose_model(model, pretrained)
-            self.settings = self._choose_settings(settings)
-        except Exception:
+            self.settings = self._choose_settings(settings, options)
+        except BaseException:
             self.con.close()
             raise
+        log.info("opened %s for writing (other processes can open it once this run ends)", self.db_path)
         self._engine: ConceptEngine | None = None
 
     def close(self) -> None:
@@ -160,15 +212,22 @@ class Ingestor:
             )
         return mid, spec
 
-    def _choose_settings(self, requested: Settings | None) -> Settings:
+    def _choose_settings(self, requested: Settings | None, options: dict[str, int | None] | None = None) -> Settings:
+        given = {k: v for k, v in (options or {}).items() if v is not None}
         profile = stored_profile(self.con)
         if profile is None:
-            return requested or Settings()
+            if requested is not None:
+                return requested
+            return parse_settings(**_option_args(given)) or Settings()
         stored = profile[1]
-        if requested is not None and requested != stored:
+        asked = requested if requested is not None else (
+            parse_settings(**_option_args(given), base=stored) if given else None)
+        if asked is not None and asked != stored:
+            old, new = stored.as_dict(), asked.as_dict()
+            diff = ", ".join(f"{k} {new[k]} (stored: {old[k]})" for k in old if old[k] != new[k])
             raise DatabaseError(
-                f"{self.db_path} holds images ingested with {stored.as_dict()}; asked for {requested.as_dict()}. "
-                "Scores are only comparable under one setting: drop the options, or use another --db."
+                f"{self.db_path} holds images ingested with {old}; asked for {diff}. Scores are only comparable "
+                "under one setting: drop those options (the stored ones are used), or use another --db."
             )
         return stored
 
@@ -186,41 +245,70 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, settings=self.settings.as_dict())
         previously_failed = set() if self.retry_failed else failed_paths(self.con)
-        with self.progress("Ingesting", len(files), "img") as tick:
+        with self.progress("Ingesting", len(files), "img") as tick, _StopOnSigint() as stop:
             try:
-                for path, decoded in self._decoded(files):
-                    outcome = self._one(path, decoded, previously_failed, report)
-                    report.outcomes.append(outcome)
-                    secs = max(time.perf_counter() - t0, 1e-9)
-                    tick(1, windows_per_s=f"{report.windows / secs:.0f}")
+                with closing(self._decoded(files, previously_failed)) as queue:
+                    for path, decoded in queue:
+                        if stop.requested.is_set():
+                            break
+                        outcome = self._one(path, decoded, previously_failed, report)
+                        report.outcomes.append(outcome)
+                        secs = max(time.perf_counter() - t0, 1e-9)
+                        tick(1, windows_per_s=f"{report.windows / secs:.0f}")
             except KeyboardInterrupt:
+                self._rollback_open_transaction()
                 report.interrupted = True
-                log.warning("interrupted: stopped after %d files; every stored image is whole", len(report.outcomes))
+            if stop.requested.is_set():
+                report.interrupted = True
+        if report.interrupted:
+            log.info("interrupted: stopped after %d of %d files; every stored image is whole",
+                        len(report.outcomes) - len(problems), len(files))
+        if report.count("ingested") or not report.interrupted:
+            with self.progress("Indexing concepts", 1, "run") as tick:
+                refresh_concept_index(self.con)
+                tick(1)
         report.seconds = time.perf_counter() - t0
         return report
 
-    def _decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future]]:
-        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads."""
+    def _rollback_open_transaction(self) -> None:
+        """After a KeyboardInterrupt inside write_image: drop its half-written transaction, if any."""
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # no transaction was open
+
+    def _decoded(self, files: list[Path], skip: set[str]) -> Iterator[tuple[Path, Future | None]]:
+        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads; files in
+        `skip` (failed before) are not read at all (their future is None)."""
         ahead = max(1, self.decode_threads * 2)
         with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
-            futures: list[tuple[Path, Future]] = []
-            for path in files:
-                futures.append((path, pool.submit(read_image, path)))
-                if len(futures) > ahead:
+            futures: list[tuple[Path, Future | None]] = []
+            try:
+                for path in files:
+                    skipped = str(path.absolute()) in skip
+                    futures.append((path, None if skipped else pool.submit(read_image, path)))
+                    if len(futures) > ahead:
+                        yield futures.pop(0)
+                while futures:
                     yield futures.pop(0)
-            while futures:
-                yield futures.pop(0)
+            finally:  # stopped early: do not decode what will not be used
+                for _, future in futures:
+                    if future is not None:
+                        future.cancel()
 
-    def _one(self, path: Path, decoded: Future, previously_failed: set[str], report: IngestReport) -> IngestOutcome:
+    def _one(self, path: Path, decoded: Future | None, previously_failed: set[str],
+             report: IngestReport) -> IngestOutcome:
         key = str(path.absolute())
-        if key in previously_failed:
+        if decoded is None or key in previously_failed:
             return IngestOutcome(key, "skipped", reason="failed before; re-run with --retry-failed to try again.")
         t0 = time.perf_counter()
         try:
             image: DecodedImage = decoded.result()
         except ConvisError as exc:
-            record_failure(self.con, key, None, str(exc))
-            return IngestOutcome(key, "failed", reason=str(exc))
+            reason = str(exc)
+            record_failure(self.con, key, None, reason)
+            log.info("failed %s: %s", key, reason)
+            return IngestOutcome(key, "failed", reason=reason)
         existing = find_by_sha(self.con, image.sha256)
         if existing is not None:
             return IngestOutcome(key, "skipped", existing.image_id,
@@ -229,8 +317,16 @@ class Ingestor:
             exp = self.engine().explain_pixels(image.pixels)
             image_id = write_image(self.con, exp, image.sha256, key, self.model_id, self.settings)
         except ConvisError as exc:
-            record_failure(self.con, key, image.sha256, str(exc))
-            return IngestOutcome(key, "failed", reason=str(exc))
+            reason = str(exc)
+            record_failure(self.con, key, image.sha256, reason)
+            return IngestOutcome(key, "failed", reason=reason)
+        except duckdb.InterruptException as exc:  # DuckDB noticed a (second) Ctrl-C; it rolled back
+            raise KeyboardInterrupt from exc
+        except duckdb.Error as exc:  # the database itself failed (disk full, ...): later images would too
+            raise DatabaseError(
+                f"writing {key} to {self.db_path} failed ({str(exc).splitlines()[0]}); that image was rolled "
+                "back and every image stored before it is whole. Fix the cause and run the same command again."
+            ) from exc
         except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image
             log.exception("failed on %s", key)
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -238,7 +334,18 @@ class Ingestor:
             return IngestOutcome(key, "failed", reason=reason)
         for stage, secs in exp.timings.items():
             report.timings[stage] = report.timings.get(stage, 0.0) + secs
+        log.info("ingested %s as image %d (%d windows)", key, image_id, exp.grid.n_windows)
         return IngestOutcome(key, "ingested", image_id, exp.grid.n_windows, time.perf_counter() - t0)
+
+
+_OPTION_NAMES = ("stride", "small", "large", "max_pixels", "top_k")
+
+
+def _option_args(given: dict[str, int]) -> dict[str, int | None]:
+    unknown = set(given) - set(_OPTION_NAMES)
+    if unknown:
+        raise UsageError(f"unknown settings {sorted(unknown)}; valid: {', '.join(_OPTION_NAMES)}.")
+    return {k: given.get(k) for k in _OPTION_NAMES}
 
 
 def _spec_from_row(row: dict) -> ModelSpec:

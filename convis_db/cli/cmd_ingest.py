@@ -6,7 +6,7 @@ import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, emit
-from convis_db.ingest import Ingestor, parse_settings
+from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
 
 
@@ -38,15 +38,18 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
             max_pixels, top_k, as_json) -> None:
     """Explain images and store every concept's score, idempotently (files already stored are skipped).
 
-    A file that cannot be used is recorded with its reason and the run goes on.
+    A file that cannot be used is recorded with its reason and the run goes on; it is tried again
+    only with --retry-failed. Each image is stored in one transaction, so an interrupted or killed
+    run leaves whole images only: run the same command again to do the rest. Ctrl-C stops after the
+    current image (exit code 130); a second Ctrl-C stops at once.
 
     \b
     Example:
       convis-db --db x.duckdb ingest photos/ --recursive
       convis-db --db x.duckdb ingest a.jpg b.png --stride 32 --max-pixels 100000
     """
-    settings = parse_settings(stride, small, large, max_pixels, top_k)
-    with Ingestor(app.db, model=model, pretrained=pretrained, device=resolve_device(device), settings=settings,
+    options = dict(stride=stride, small=small, large=large, max_pixels=max_pixels, top_k=top_k)
+    with Ingestor(app.db, model=model, pretrained=pretrained, device=resolve_device(device), options=options,
                   batch_size=batch_size, progress=app.progress, retry_failed=retry_failed) as ingestor:
         report = ingestor.run(paths, recursive=recursive)
     summary = report.summary()
@@ -60,4 +63,6 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
     if report.interrupted:
-        raise SystemExit(130)
+        click.echo(f"interrupted: stopped after the current image; {summary['ingested']} images stored in this run, "
+                   "each one whole. Run the same command again to ingest the rest.", err=True)
+        click.get_current_context().exit(130)

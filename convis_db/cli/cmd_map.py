@@ -21,12 +21,13 @@ from convis_db.store.db import connect, require_initialised
 @click.argument("image")
 @click.argument("concept", required=False)
 @click.option("--method", type=click.Choice(["convis", "grad-eclip"]), default="convis", show_default=True,
-              help="convis: Concept Visualization; grad-eclip: Grad-ECLIP (ViT models) of CONCEPT's definition or --text.")
+              help="convis: Concept Visualization; grad-eclip: Grad-ECLIP (ViT models) of CONCEPT's "
+                   "definition or of --text.")
 @click.option("--text", default=None, help="grad-eclip: explain this text instead of CONCEPT's definition.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the map as a PNG over the image.")
 @click.option("--style", type=click.Choice(STYLES), default="mask", show_default=True,
               help="mask: the paper's white mask; heatmap: a colour-map overlay.")
-@click.option("--npy", type=click.Path(dir_okay=False), help="Write the raw float32 map (working resolution).")
+@click.option("--npy", type=click.Path(dir_okay=False), help="Write the raw map (convis: working resolution; grad-eclip: normalised, image size).")
 @click.option("--only-self", is_flag=True, help="Use rank_sim of the synset alone instead of its descendants too.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Hide normalised values below this in the PNG.")

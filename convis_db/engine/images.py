@@ -8,7 +8,9 @@ photo) are refused before decoding.
 from __future__ import annotations
 
 import hashlib
-import warnings
+import os
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,8 @@ from convis_db.errors import ImageError
 
 #: Refuse images with more pixels than this (PIL's own bomb limit is ~179 Mpx for an error).
 MAX_IMAGE_PIXELS = 120_000_000
+#: Refuse files larger than this before reading them into memory.
+MAX_FILE_BYTES = 1 << 30
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
 
@@ -57,45 +61,89 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"))
 
 
+def _bomb_message(path: str, pixels: int, size: str = "") -> str:
+    return (f"{path}: declared size {size or f'{pixels} pixels'} ({pixels / 1e6:.0f} Mpx) exceeds the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression bomb?). Resize it first.")
+
+
+_PIL_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
 def decode_bytes(data: bytes, path: str) -> DecodedImage:
-    """Decode image bytes (first frame, upright RGB). Raises ImageError naming the file and the fix."""
+    """Decode image bytes (first frame, upright RGB). Raises ImageError naming the file and the fix.
+
+    Whatever the bytes hold, the only exception that leaves is ImageError: a malformed file can make
+    PIL raise nearly anything (struct.error, IndexError, ...), and one bad file must not stop a batch.
+    The declared size is checked before any pixel is decoded. (Warning filters are not touched: they
+    are process-wide, and decoding runs in several threads.)
+    """
     import io
 
     if not data:
         raise ImageError(f"{path}: empty file (0 bytes). Replace it with a real image or remove it.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise ImageError(f"{path}: declared size {w}x{h} ({w * h / 1e6:.0f} Mpx) exceeds the "
-                                 f"{MAX_IMAGE_PIXELS / 1e6:.0f} Mpx limit (a decompression bomb?). Resize it first.")
-            img.seek(0)
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            pixels = _to_rgb(img)
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ImageError(_bomb_message(path, w * h, f"{w}x{h}"))
+        if w < 1 or h < 1:
+            raise ImageError(f"{path}: declared size {w}x{h} has no pixels. Re-export it.")
+        img.seek(0)
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        pixels = _to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"{path}: too many pixels ({exc}). Resize it first.") from exc
+    except Image.DecompressionBombError as exc:
+        match = _PIL_BOMB_SIZE.search(str(exc))
+        raise ImageError(_bomb_message(path, int(match.group(1))) if match
+                         else f"{path}: too many pixels ({exc}). Resize it first.") from exc
     except UnidentifiedImageError as exc:
         raise ImageError(f"{path}: not an image file PIL can read. Check the file (is it really an image?).") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"{path}: cannot decode ({exc}). The file may be truncated or corrupt; re-export it.") from exc
+    except MemoryError as exc:
+        raise ImageError(f"{path}: out of memory while decoding. Resize it first.") from exc
+    except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError and anything a fuzzed file triggers
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageError(f"{path}: cannot decode ({detail}). "
+                         "The file may be truncated or corrupt; re-export it.") from exc
     if pixels.ndim != 3 or pixels.shape[0] < 1 or pixels.shape[1] < 1:
         raise ImageError(f"{path}: decoded to an empty image. Re-export it.")
-    return DecodedImage(path=path, sha256=file_sha256(data), pixels=np.ascontiguousarray(pixels))
+    # PIL's arrays are read-only views; torch wants writable memory.
+    if not (pixels.flags.writeable and pixels.flags.c_contiguous and pixels.dtype == np.uint8):
+        pixels = np.array(pixels, dtype=np.uint8, order="C")
+    return DecodedImage(path=path, sha256=file_sha256(data), pixels=pixels)
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return "?"
 
 
 def read_image(path: str | Path) -> DecodedImage:
+    """Read and decode one file. Anything unusable (missing, unreadable, not a regular file, too
+    large, not an image) raises ImageError with the reason and the fix."""
     path = Path(path)
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            if stat.S_ISDIR(info.st_mode):
+                raise ImageError(f"{path}: is a directory; pass --recursive to ingest the images inside it.")
+            raise ImageError(f"{path}: not a regular file (a pipe, socket or device). Copy the image to a file.")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(f"{path}: {info.st_size / 2**20:.0f} MiB is larger than the {MAX_FILE_BYTES / 2**20:.0f} "
+                             "MiB limit for one image file. Is it really an image? Resize it first.")
         data = path.read_bytes()
     except PermissionError as exc:
         raise ImageError(f"{path}: permission denied. Make it readable (chmod +r) or skip it.") from exc
     except IsADirectoryError as exc:
         raise ImageError(f"{path}: is a directory; pass --recursive to ingest the images inside it.") from exc
+    except FileNotFoundError as exc:
+        if path.is_symlink():
+            raise ImageError(f"{path}: broken symbolic link (its target {_link_target(path)!r} does not exist). "
+                             "Fix or remove the link.") from exc
+        raise ImageError(f"{path}: no such file (was it moved or deleted?).") from exc
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror}).") from exc
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc}).") from exc
     return decode_bytes(data, str(path))

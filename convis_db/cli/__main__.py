@@ -1,0 +1,6 @@
+"""`python -m convis_db.cli ...` runs the convis-db command line."""
+
+from convis_db.cli import main
+
+if __name__ == "__main__":
+    main()

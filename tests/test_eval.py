@@ -1,0 +1,573 @@
+"""The evaluation harness: metrics, dataset readers, WSOL and OOD on a toy colour encoder, and `eval` end to end.
+
+The toy encoder embeds a patch by the fraction of its pixels that are clearly red / clearly blue, and
+the definition matrix puts "red" and "blue" synsets on those axes among random distractors, so the
+real ConceptEngine produces maps that localise red objects: the metrics are exercised on maps with
+real structure, with controls (misplaced boxes, identical in/out sets) that must score low or 0.5.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from itertools import product
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy.stats import rankdata
+
+from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.images import read_image
+from convis_db.engine.settings import Settings
+from convis_db.errors import NotFoundError, UsageError
+from convis_db.evaluation import metrics
+from convis_db.evaluation.datasets import (imagenet_classes, load_coco, load_cub, load_wsol_dataset, offset_to_wnid,
+                                           parse_category_map)
+from convis_db.evaluation.explainers import ConVisExplainer, image_embedding
+from convis_db.evaluation.ood import WordNetLabeller, evaluate_ood
+from convis_db.evaluation.wsol import evaluate_wsol
+
+CPU = torch.device("cpu")
+
+
+# =========================================================================== toy encoder and data
+class ToyColourModel:
+    """What ConceptEngine uses of a LoadedModel; embeds a patch by its red and blue pixel fractions."""
+
+    device = CPU
+    image_size = 8
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+    embed_dim = 3
+
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        rgb = pixels.float() * 0.5 + 0.5
+        r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        red = ((r > 0.6) & (g < 0.4) & (b < 0.4)).float().mean((1, 2))
+        blue = ((b > 0.6) & (r < 0.4) & (g < 0.4)).float().mean((1, 2))
+        emb = torch.stack([red, blue, (1 - red - blue).clamp(min=0) + 0.05], dim=1)
+        return torch.nn.functional.normalize(emb, dim=-1)
+
+
+RED, BLUE = 0, 1
+TOY_CONCEPTS = {"red.n.01": (RED, np.array([RED])), "blue.n.01": (BLUE, np.array([BLUE]))}
+
+
+def toy_definitions(n_distractors: int = 40, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    d = np.vstack([[1, 0, 0], [0, 1, 0], [0, 0, 1], np.abs(rng.normal(size=(n_distractors, 3)))]).astype(np.float32)
+    return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def toy_engine() -> ConceptEngine:
+    # Originals are 96x72; the working image is about 68x51, so boxes must be rescaled to be right.
+    settings = Settings(max_pixels=3456, stride=4, small=8, large=16, top_k=5)
+    return ConceptEngine(ToyColourModel(), toy_definitions(), [], settings)
+
+
+@pytest.fixture
+def toy_convis(toy_engine) -> ConVisExplainer:
+    return ConVisExplainer(toy_engine, lambda c: TOY_CONCEPTS[c])
+
+
+W, H = 96, 72
+CORNERS = [(6, 5), (60, 6), (7, 42), (62, 40)]   # top-left corners of the objects, one per quadrant
+
+
+def scene(rng, objects: list[tuple[tuple[int, int, int, int], str]], w: int = W, h: int = H) -> np.ndarray:
+    """A greenish noisy background with solid-ish red or blue rectangles (x0, y0, x1, y1)."""
+    img = np.empty((h, w, 3), np.uint8)
+    img[..., 0] = rng.integers(0, 120, (h, w))
+    img[..., 1] = rng.integers(80, 220, (h, w))
+    img[..., 2] = rng.integers(0, 120, (h, w))
+    for (x0, y0, x1, y1), colour in objects:
+        shape = (y1 - y0, x1 - x0)
+        hot, cold = rng.integers(180, 256, shape), rng.integers(0, 60, shape + (2,))
+        if colour == "red":
+            img[y0:y1, x0:x1, 0], img[y0:y1, x0:x1, 1:] = hot, cold
+        else:
+            img[y0:y1, x0:x1, 2], img[y0:y1, x0:x1, :2] = hot, cold
+    return img
+
+
+def object_box(i: int, rng, corner: int | None = None) -> tuple[int, int, int, int]:
+    x, y = CORNERS[(i if corner is None else corner) % 4]
+    x, y = x + int(rng.integers(0, 4)), y + int(rng.integers(0, 4))
+    return (x, y, min(W, x + 26 + (i % 3) * 2), min(H, y + 22 + (i % 2) * 3))
+
+
+def write_cub(root: Path, images: list[np.ndarray], boxes: list[tuple], split: list[int] | None = None,
+              suffix: str = ".png") -> Path:
+    (root / "images" / "001.Thing").mkdir(parents=True, exist_ok=True)
+    lines, box_lines = [], []
+    for i, (img, (x0, y0, x1, y1)) in enumerate(zip(images, boxes), 1):
+        rel = f"001.Thing/thing_{i:03d}{suffix}"
+        Image.fromarray(img).save(root / "images" / rel)
+        lines.append(f"{i} {rel}")
+        box_lines.append(f"{i} {x0:.1f} {y0:.1f} {x1 - x0:.1f} {y1 - y0:.1f}")
+    (root / "images.txt").write_text("\n".join(lines) + "\n")
+    (root / "bounding_boxes.txt").write_text("\n".join(box_lines) + "\n")
+    if split is not None:
+        (root / "train_test_split.txt").write_text("".join(f"{i} {s}\n" for i, s in enumerate(split, 1)))
+    return root
+
+
+@pytest.fixture(scope="module")
+def red_scenes() -> tuple[list[np.ndarray], list[tuple]]:
+    rng = np.random.default_rng(7)
+    boxes = [object_box(i, rng) for i in range(8)]
+    return [scene(rng, [(b, "red")]) for b in boxes], boxes
+
+
+# =========================================================================== metrics
+def brute_force_auroc(pos, neg) -> float:
+    pairs = [(p > n) + 0.5 * (p == n) for p, n in product(pos, neg)]
+    return float(np.mean(pairs))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_auroc_equals_pairwise_count_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    n_pos, n_neg = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+    # Few distinct values, so ties within and across groups are common.
+    pos = rng.integers(0, 6, n_pos).astype(float)
+    neg = rng.integers(0, 6, n_neg).astype(float) - (seed % 3)
+    assert metrics.auroc(pos, neg) == pytest.approx(brute_force_auroc(pos, neg), abs=1e-12)
+
+
+def test_auroc_edges_and_errors():
+    assert metrics.auroc([2, 3], [0, 1]) == 1.0
+    assert metrics.auroc([0, 1], [2, 3]) == 0.0
+    assert metrics.auroc([1, 1, 1], [1, 1]) == 0.5
+    assert metrics.auroc([0.5], [0.5 - 1e-9]) == 1.0
+    with pytest.raises(UsageError, match="both groups"):
+        metrics.auroc([], [1.0])
+    with pytest.raises(ValueError):
+        metrics.auroc([np.nan], [1.0])
+
+
+def test_midranks_match_scipy():
+    x = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], float)
+    np.testing.assert_array_equal(metrics.midranks(x), rankdata(x, method="average"))
+
+
+def test_threshold_grid():
+    taus = metrics.thresholds(0.01)
+    assert len(taus) == 100 and taus[0] == 0.0 and taus[-1] == 0.99 and taus[29] == 0.29
+    assert list(metrics.thresholds(0.25)) == [0.0, 0.25, 0.5, 0.75]
+    with pytest.raises(UsageError):
+        metrics.thresholds(0.0)
+
+
+def test_box_iou_and_conversion():
+    assert metrics.xywh_to_box(10, 20, 30, 40) == (10, 20, 40, 60)
+    assert metrics.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert metrics.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert metrics.box_iou((0, 0, 10, 10), (10, 10, 20, 20)) == 0.0
+    assert metrics.best_iou(None, np.array([[0, 0, 1, 1]])) == 0.0
+    assert metrics.best_iou((0, 0, 10, 10), np.array([[50, 50, 60, 60], [0, 0, 10, 10]])) == 1.0
+
+
+def test_largest_component_box():
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 3:6] = True           # 9 pixels
+    mask[10:18, 12:20] = True       # 64 pixels: the largest
+    mask[9, 11] = True              # touches the big one diagonally: 8-connected, so part of it
+    assert metrics.largest_component_box(mask) == (11, 9, 20, 18)
+    assert metrics.largest_component_box(np.zeros((4, 4), bool)) is None
+
+
+def test_threshold_boxes_shrink_and_constant_maps():
+    yy, xx = np.mgrid[0:40, 0:50]
+    bump = np.exp(-((xx - 30) ** 2 + (yy - 15) ** 2) / 50.0)
+    taus = metrics.thresholds(0.1)
+    boxes = metrics.threshold_boxes(bump, taus)
+    assert boxes[0] == (0, 0, 50, 40)
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    assert areas == sorted(areas, reverse=True) and areas[-1] < 50
+    for tau, box in zip(taus, boxes):   # the count cache gives the same boxes as a direct computation
+        assert box == metrics.largest_component_box(metrics.normalise01(bump) >= tau)
+    assert metrics.threshold_boxes(np.ones((5, 6)), taus) == [(0, 0, 6, 5)] + [None] * (len(taus) - 1)
+
+
+# =========================================================================== dataset readers
+def test_cub_reader_splits_and_order(tmp_path, red_scenes):
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images[:4], boxes[:4], split=[1, 0, 0, 1])
+    auto = load_cub(root, "red.n.01")
+    assert auto.info["split"] == "test" and [s.key for s in auto.samples] == ["2", "3"]
+    assert [s.key for s in load_cub(root, split="train").samples] == ["1", "4"]
+    everything = load_cub(root, split="all", n=3)
+    assert [s.key for s in everything.samples] == ["1", "2", "3"]
+    x0, y0, x1, y1 = boxes[0]
+    np.testing.assert_allclose(everything.samples[0].boxes, [[x0, y0, x1, y1]])
+    assert everything.samples[0].image_path == root / "images" / "001.Thing" / "thing_001.png"
+    assert everything.samples[0].concept == "bird.n.01"
+
+
+def test_cub_reader_errors(tmp_path, red_scenes):
+    with pytest.raises(UsageError, match="images.txt"):
+        load_cub(tmp_path)
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images[:2], boxes[:2])
+    assert load_cub(root).info["split"] == "all"   # no train_test_split.txt
+    with pytest.raises(UsageError, match="train_test_split"):
+        load_cub(root, split="test")
+    (root / "bounding_boxes.txt").write_text("1 1 2 3\n")
+    with pytest.raises(UsageError, match=r"bounding_boxes.txt:1"):
+        load_cub(root)
+    (root / "bounding_boxes.txt").write_text("1 1 2 3 4\n")
+    with pytest.raises(UsageError, match="no box for image 2"):
+        load_cub(root)
+
+
+def write_coco(root: Path, rng, n_images: int = 4) -> tuple[Path, Path]:
+    """Images each with a red and a blue object in different quadrants; plus a crowd box and a distractor."""
+    img_dir = root / "val"
+    img_dir.mkdir(parents=True)
+    images, anns = [], []
+    for i in range(n_images):
+        red, blue = object_box(i, rng), object_box(i + 1, rng, corner=i + 2)
+        name = f"{1000 + i:012d}.png"
+        Image.fromarray(scene(rng, [(red, "red"), (blue, "blue")])).save(img_dir / name)
+        images.append({"id": 1000 + i, "file_name": name, "width": W, "height": H})
+        for cat, (x0, y0, x1, y1) in ((1, red), (2, blue)):
+            anns.append({"id": len(anns) + 1, "image_id": 1000 + i, "category_id": cat, "iscrowd": 0,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    anns.append({"id": 999, "image_id": 1000, "category_id": 1, "iscrowd": 1, "bbox": [0, 0, 96, 72]})
+    anns.append({"id": 998, "image_id": 1001, "category_id": 3, "iscrowd": 0, "bbox": [0, 0, 5, 5]})
+    data = {"images": images, "annotations": anns,
+            "categories": [{"id": 1, "name": "red thing"}, {"id": 2, "name": "blue thing"}, {"id": 3, "name": "ghost"}]}
+    path = root / "instances.json"
+    path.write_text(json.dumps(data))
+    return path, img_dir
+
+
+def test_category_map_parsing(tmp_path):
+    f = tmp_path / "map.json"
+    f.write_text(json.dumps({"red thing": "red.n.01"}))
+    assert parse_category_map([str(f), "blue thing=blue.n.01"]) == {"red thing": "red.n.01", "blue thing": "blue.n.01"}
+    for bad in ("nonsense", "=dog.n.01"):
+        with pytest.raises(UsageError, match="category-map"):
+            parse_category_map([bad])
+    f.write_text("[1, 2]")
+    with pytest.raises(UsageError, match="JSON object"):
+        parse_category_map([str(f)])
+
+
+def test_coco_reader(tmp_path):
+    ann, img_dir = write_coco(tmp_path, np.random.default_rng(0))
+    data = load_coco(ann, img_dir, {"red thing": "red.n.01", "blue thing": "blue.n.01"})
+    assert len(data.samples) == 8 and data.info["images"] == 4 and data.info["crowd_annotations_skipped"] == 1
+    first = data.samples[0]
+    assert first.key == "1000:red thing" and first.concept == "red.n.01" and first.boxes.shape == (1, 4)
+    assert (first.width, first.height) == (W, H)
+    assert data.concepts == ["blue.n.01", "red.n.01"]
+    assert len(load_coco(ann, img_dir, {"blue thing": "blue.n.01"}, n=2).samples) == 2
+    with pytest.raises(UsageError, match="did you mean: red thing"):
+        load_coco(ann, img_dir, {"red thin": "red.n.01"})
+    with pytest.raises(UsageError, match="--category-map"):
+        load_coco(ann, img_dir, {})
+    with pytest.raises(UsageError, match="--images"):
+        load_wsol_dataset(ann)
+
+
+def test_imagenet_folders(tmp_path):
+    for d in ("n00000001", "n00000002", "notes", "n123"):
+        (tmp_path / d).mkdir()
+    for i in range(3):
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "n00000001" / f"{i}.png")
+    (tmp_path / "n00000001" / "readme.txt").write_text("x")
+    classes, ignored = imagenet_classes(tmp_path, per_class=2)
+    assert list(classes) == ["n00000001", "n00000002"] and ignored == ["n123", "notes"]
+    assert [p.name for p in classes["n00000001"]] == ["0.png", "1.png"]
+    assert offset_to_wnid(1530575) == "n01530575"
+    with pytest.raises(UsageError, match="WordNet id"):
+        imagenet_classes(tmp_path / "notes")
+
+
+# =========================================================================== WSOL on the toy encoder
+def test_wsol_toy_cub_localises_red_objects(tmp_path, red_scenes, toy_convis):
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images, boxes)
+    report = evaluate_wsol(load_cub(root, "red.n.01"), toy_convis)
+    assert report.n == 8 and report.failures == []
+    assert report.max_box_acc >= 0.8
+    assert 0.0 < report.best_tau < 1.0
+    assert report.accuracy[0] == 0.0            # tau = 0 boxes the whole image
+    assert report.best_tau == report.taus[int(np.argmax(report.accuracy))]
+    payload = report.as_dict()
+    assert len(payload["per_tau"]) == 100 and payload["max_box_acc"] == report.max_box_acc
+    json.dumps(payload)
+
+
+def test_wsol_controls_score_low(tmp_path, red_scenes, toy_convis):
+    images, boxes = red_scenes[0][:4], red_scenes[1][:4]   # one object per quadrant
+    # Boxes given to the wrong images (each object sits in another quadrant), and boxes moved away.
+    shuffled = write_cub(tmp_path / "shuffled", images, boxes[1:] + boxes[:1])
+    assert evaluate_wsol(load_cub(shuffled, "red.n.01"), toy_convis).max_box_acc <= 0.25
+    moved = [((x0 + 40) % 60, y0, (x0 + 40) % 60 + (x1 - x0), y1) for x0, y0, x1, y1 in boxes]
+    moved_root = write_cub(tmp_path / "moved", images, moved)
+    assert evaluate_wsol(load_cub(moved_root, "red.n.01"), toy_convis).max_box_acc <= 0.25
+    # Asking for the wrong concept: there is nothing blue, the maps carry no location.
+    assert evaluate_wsol(load_cub(write_cub(tmp_path / "blue", images, boxes), "blue.n.01"),
+                         toy_convis).max_box_acc <= 0.25
+
+
+def test_wsol_unreadable_images_are_listed_not_fatal(tmp_path, red_scenes, toy_convis):
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images[:3], boxes[:3])
+    (root / "images" / "001.Thing" / "thing_002.png").write_bytes(b"not a png")
+    report = evaluate_wsol(load_cub(root, "red.n.01"), toy_convis)
+    assert report.n == 2 and len(report.failures) == 1 and report.failures[0]["key"] == "2"
+    for i in (1, 3):
+        (root / "images" / "001.Thing" / f"thing_{i:03d}.png").unlink()
+    with pytest.raises(UsageError, match="could be evaluated"):
+        evaluate_wsol(load_cub(root, "red.n.01"), toy_convis)
+
+
+def test_wsol_toy_coco_per_category(tmp_path, toy_convis):
+    ann, img_dir = write_coco(tmp_path, np.random.default_rng(3))
+    report = evaluate_wsol(load_coco(ann, img_dir, {"red thing": "red.n.01", "blue thing": "blue.n.01"}), toy_convis)
+    assert report.n == 8 and report.max_box_acc >= 0.8
+    per = report.per_concept()
+    assert set(per) == {"red.n.01", "blue.n.01"} and all(v["max_box_acc"] >= 0.8 for v in per.values())
+    # One encoding per image although each image answers two concepts.
+    assert toy_convis.encoded == 4
+    # Swapped synsets: red boxes judged against the blue map and vice versa.
+    swapped = evaluate_wsol(load_coco(ann, img_dir, {"red thing": "blue.n.01", "blue thing": "red.n.01"}), toy_convis)
+    assert swapped.max_box_acc <= 0.25
+
+
+def test_wsol_rejects_size_mismatch(tmp_path, toy_convis):
+    ann, img_dir = write_coco(tmp_path, np.random.default_rng(4), n_images=1)
+    data = json.loads(ann.read_text())
+    data["images"][0]["width"] = 200
+    ann.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match="could be evaluated.*annotated 200x72"):
+        evaluate_wsol(load_coco(ann, img_dir, {"red thing": "red.n.01"}), toy_convis)
+
+
+# =========================================================================== OOD on the toy encoder
+def write_class(folder: Path, rng, colour: str, n: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        box = object_box(i, rng, corner=int(rng.integers(0, 4)))
+        Image.fromarray(scene(rng, [(box, colour)])).save(folder / f"{i:03d}.png")
+
+
+RED_WNID, BLUE_WNID, OTHER_WNID = "n00000001", "n00000002", "n00000003"
+TOY_LABELS = {RED_WNID: ("in", "red.n.01"), BLUE_WNID: ("out", "blue.n.01"), OTHER_WNID: (None, "other.n.01")}
+
+
+def test_ood_toy_colour_separable(tmp_path, toy_convis):
+    rng = np.random.default_rng(11)
+    write_class(tmp_path / "train" / RED_WNID, rng, "red", 3)
+    write_class(tmp_path / "train" / BLUE_WNID, rng, "blue", 2)     # not in-distribution: not a reference
+    for wnid, colour in ((RED_WNID, "red"), (BLUE_WNID, "blue"), (OTHER_WNID, "blue")):
+        write_class(tmp_path / "test" / wnid, rng, colour, 4)
+    train, _ = imagenet_classes(tmp_path / "train")
+    test, _ = imagenet_classes(tmp_path / "test")
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, negative="blue.n.01")
+    out = report.as_dict()
+    assert out["n_train"] == 3 and out["n_test_in"] == 4 and out["n_test_out"] == 4
+    assert {c["wnid"]: c["label"] for c in out["classes"]} == {RED_WNID: "in", BLUE_WNID: "out", OTHER_WNID: "ignored"}
+    for name, value in out["auroc"].items():
+        assert value >= 0.9, (name, value)
+    rows = {r["score"]: r for r in out["scores"]}
+    assert rows["max_rank_sim"]["mean_in"] > rows["max_rank_sim"]["mean_out"]
+    # The image-level ConVis score is the peak of the map, exactly.
+    item = next(i for i in report.items if i.label == "in")
+    assert item.scores["max_rank_sim"] == pytest.approx(
+        toy_convis.saliency(read_image(item.path), "red.n.01").max())
+    json.dumps(out)
+
+
+def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
+    rng = np.random.default_rng(12)
+    write_class(tmp_path / "train" / RED_WNID, rng, "red", 2)
+    write_class(tmp_path / "test" / RED_WNID, rng, "red", 3)
+    shutil.copytree(tmp_path / "test" / RED_WNID, tmp_path / "test" / BLUE_WNID)   # "OOD" = the same images
+    train, _ = imagenet_classes(tmp_path / "train")
+    test, _ = imagenet_classes(tmp_path / "test")
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__)
+    assert report.auroc == {"max_rank_sim": 0.5, "rank_sim": 0.5, "clip_image_baseline": 0.5}
+
+
+def test_ood_needs_both_groups_and_a_reference(tmp_path, toy_convis):
+    rng = np.random.default_rng(13)
+    write_class(tmp_path / "train" / BLUE_WNID, rng, "blue", 1)
+    write_class(tmp_path / "test" / RED_WNID, rng, "red", 1)
+    train, _ = imagenet_classes(tmp_path / "train")
+    test, _ = imagenet_classes(tmp_path / "test")
+    with pytest.raises(UsageError, match="no training image is in-distribution"):
+        evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__)
+    with pytest.raises(UsageError, match="out-of-distribution"):
+        evaluate_ood(toy_convis, "red.n.01", test, test, TOY_LABELS.__getitem__)
+
+
+def test_image_embedding_is_clip_preprocessing(toy_engine):
+    pixels = np.zeros((30, 60, 3), np.uint8)
+    pixels[:, 15:45, 0] = 255          # a red square in the centre, blue bands at the sides
+    pixels[:, :15, 2] = pixels[:, 45:, 2] = 255
+    emb = image_embedding(toy_engine.model, pixels)
+    assert emb.shape == (3,) and np.linalg.norm(emb) == pytest.approx(1.0)
+    assert emb[RED] > 0.9 and emb[BLUE] < 0.1   # the centre crop keeps the red square only
+
+
+# =========================================================================== with a real (tiny) database
+EVAL_WORDS = ["bird", "dog", "hunting dog", "cat"]
+
+
+@pytest.fixture(scope="module")
+def eval_db(tmp_path_factory, tiny_spec) -> Path:
+    """bird/dog/hunting dog/cat with the tiny model, and one ingested image that fixes light settings."""
+    from convis_db.ingest import Ingestor
+    from convis_db.init_db import initialise
+
+    folder = tmp_path_factory.mktemp("evaldb")
+    words = folder / "words.txt"
+    words.write_text("\n".join(EVAL_WORDS) + "\n")
+    db = folder / "eval.duckdb"
+    initialise(db, str(words), tiny_spec, CPU)
+    seed_image = folder / "seed.png"
+    Image.fromarray(scene(np.random.default_rng(0), [((10, 10, 40, 40), "red")])).save(seed_image)
+    with Ingestor(db, device=CPU, settings=Settings(max_pixels=16384, stride=32, small=64, large=128)) as ing:
+        assert ing.run([seed_image]).summary()["ingested"] == 1
+    return db
+
+
+def _offset(db: Path, name: str) -> int:
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT wn_offset FROM synsets WHERE name = ?", [name]).fetchone()[0]
+    finally:
+        con.close()
+
+
+def test_wordnet_labeller(eval_db, wn):
+    from convis_db.store.db import connect
+
+    beagle = offset_to_wnid(wn.synset("beagle.n.01").offset())   # a hunting dog that is not in T
+    con = connect(eval_db)
+    try:
+        labeller = WordNetLabeller(con, "bird.n.01", "hunting_dog.n.01")
+        assert labeller(offset_to_wnid(_offset(eval_db, "bird.n.01"))) == ("in", "bird.n.01")
+        assert labeller(offset_to_wnid(_offset(eval_db, "hunting_dog.n.01"))) == ("out", "hunting_dog.n.01")
+        assert labeller(beagle) == ("out", "beagle.n.01")
+        assert labeller(offset_to_wnid(_offset(eval_db, "cat.n.01"))) == (None, "cat.n.01")
+        assert labeller("n99999999") == (None, None)
+        assert WordNetLabeller(con, "bird.n.01")(offset_to_wnid(_offset(eval_db, "cat.n.01"))) == ("out", "cat.n.01")
+        with pytest.raises(NotFoundError, match="not a WordNet noun synset"):
+            WordNetLabeller(con, "bird.n.01", "hunting_dogg.n.01")
+    finally:
+        con.close()
+
+
+def test_database_convis_reuses_stored_windows(eval_db):
+    from convis_db.evaluation.explainers import convis_for_database
+    from convis_db.query.maps import MapService
+    from convis_db.store.db import connect
+
+    seed = eval_db.parent / "seed.png"
+    con = connect(eval_db)
+    try:
+        explainer = convis_for_database(con, CPU)
+        decoded = read_image(seed)
+        saliency = explainer.saliency(decoded, "bird.n.01")
+        assert explainer.reused == 1 and explainer.encoded == 0
+        np.testing.assert_array_equal(saliency, MapService(con, CPU).for_file(seed, "bird.n.01").saliency)
+        other = read_image(eval_db.parent / "seed.png")
+        other.sha256 = "0" * 64     # the same pixels as a new file: encoded with the stored profile
+        np.testing.assert_allclose(explainer.saliency(other, "bird.n.01"), saliency, atol=1e-6)
+        assert explainer.encoded == 1
+    finally:
+        con.close()
+
+
+def _json(result):
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    return json.loads(result.stdout)
+
+
+def test_cli_eval_wsol_cub_both_methods(run_cli, eval_db, tmp_path, red_scenes):
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images[:3], boxes[:3], split=[0, 1, 0], suffix=".jpg")
+    out = _json(run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--json"))
+    assert out["dataset"] == "cub" and out["split"] == "test" and out["n"] == 2
+    assert out["method"] == "convis (max_rank_sim)" and out["concept"] == "bird.n.01"
+    assert len(out["per_tau"]) == 100 and 0 <= out["max_box_acc"] <= 1
+    assert out["best_tau"] in [r["tau"] for r in out["per_tau"]]
+    assert max(r["box_acc"] for r in out["per_tau"]) == out["max_box_acc"]
+
+    ge = _json(run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--method", "grad-eclip", "--text",
+                       "a photo of a bird", "--n", "1", "--tau-step", "0.1", "--json"))
+    assert ge["method"] == "grad-eclip (text: 'a photo of a bird')" and ge["n"] == 1 and len(ge["per_tau"]) == 10
+
+    text = run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--only-self", "--split", "all")
+    assert text.exit_code == 0, text.stderr
+    assert text.stdout.startswith("MaxBoxAcc ") and "rank_sim of the synset alone" in text.stdout
+    assert "<- best" in text.stdout
+
+
+def test_cli_eval_wsol_coco(run_cli, eval_db, tmp_path):
+    ann, img_dir = write_coco(tmp_path, np.random.default_rng(5), n_images=2)
+    mapping = tmp_path / "map.json"
+    mapping.write_text(json.dumps({"red thing": "bird.n.01"}))
+    out = _json(run_cli("-q", "--db", eval_db, "eval", "wsol", ann, "--images", img_dir, "--category-map", mapping,
+                        "--category-map", "blue thing=cat.n.01", "--json"))
+    assert out["dataset"] == "coco" and out["n"] == 4 and set(out["per_concept"]) == {"bird.n.01", "cat.n.01"}
+    assert out["crowd_annotations_skipped"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "convis", "--text", "x"], "--text"),
+    (["--method", "grad-eclip", "--only-self"], "--only-self"),
+    (["--concept", "birdd.n.01"], "did you mean"),
+])
+def test_cli_eval_wsol_usage_errors(run_cli, eval_db, tmp_path, red_scenes, args, message):
+    images, boxes = red_scenes
+    root = write_cub(tmp_path / "cub", images[:1], boxes[:1])
+    result = run_cli("-q", "--db", eval_db, "eval", "wsol", root, *args)
+    assert result.exit_code == 2 and message in result.stderr, result.stderr
+
+
+def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
+    rng = np.random.default_rng(21)
+    bird = offset_to_wnid(_offset(eval_db, "bird.n.01"))
+    hunting = offset_to_wnid(_offset(eval_db, "hunting_dog.n.01"))
+    beagle = offset_to_wnid(wn.synset("beagle.n.01").offset())
+    cat = offset_to_wnid(_offset(eval_db, "cat.n.01"))
+    write_class(tmp_path / "train" / bird, rng, "red", 2)
+    for wnid, colour, n in ((bird, "red", 2), (hunting, "blue", 1), (beagle, "blue", 1), (cat, "blue", 1)):
+        write_class(tmp_path / "test" / wnid, rng, colour, n)
+    (tmp_path / "test" / "README").mkdir()
+    scores = tmp_path / "scores.csv"
+    out = _json(run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test",
+                        tmp_path / "test", "--positive", "bird.n.01", "--negative", "hunting_dog.n.01",
+                        "--scores", scores, "--json"))
+    assert out["n_train"] == 2 and out["n_test_in"] == 2 and out["n_test_out"] == 2
+    assert set(out["auroc"]) == {"max_rank_sim", "rank_sim", "clip_image_baseline"}
+    assert all(0 <= v <= 1 for v in out["auroc"].values())
+    labels = {c["wnid"]: c["label"] for c in out["classes"]}
+    assert labels == {bird: "in", hunting: "out", beagle: "out", cat: "ignored"}
+    assert out["ignored_folders"] == ["test/README"]
+    with open(scores, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"}
+
+    text = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
+                   "--positive", "bird.n.01")
+    assert text.exit_code == 0, text.stderr
+    assert "clip_image_baseline" in text.stdout and "out = every other class" in text.stdout
+
+    bad = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
+                  "--positive", "cat.n.01", "--negative", "bird.n.01")
+    assert bad.exit_code == 2 and "no training image is in-distribution" in bad.stderr
