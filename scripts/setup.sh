@@ -8,6 +8,11 @@ if command -v apt-get >/dev/null && [ ! -f /usr/share/wordnet/data.noun ]; then
     $SUDO apt-get update -q
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q wordnet-base wordnet-sense-index
 fi
+# Debian's Chromium for the explorer's browser test (tests/test_web_browser.py drives it with Playwright).
+if command -v apt-get >/dev/null && [ ! -x /usr/bin/chromium ]; then
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium
+fi
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv

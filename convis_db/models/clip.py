@@ -49,17 +49,27 @@ class LoadedModel:
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256,
                     progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """L2-normalised text embeddings (float32, one row per text)."""
+        """L2-normalised text embeddings (float32, one row per text).
+
+        Texts are encoded in order of token length, each batch cut to its longest text: with a causal
+        text tower pooled at the end-of-text token, the padding after it cannot change the result,
+        and definitions are far shorter than the 77-token context (about 4x less work).
+        """
         out = np.empty((len(texts), self.embed_dim), np.float32)
+        tokens = self.tokenizer(list(texts))
+        lengths = _token_lengths(self.model, tokens)
+        order = np.argsort(lengths, kind="stable") if lengths is not None else np.arange(len(texts))
         for start in range(0, len(texts), batch_size):
-            chunk = list(texts[start:start + batch_size])
-            tokens = self.tokenizer(chunk).to(self.device)
+            idx = order[start:start + batch_size]
+            batch = tokens[torch.from_numpy(idx)]
+            if lengths is not None:
+                batch = batch[:, : int(lengths[idx].max())]
+            batch = batch.to(self.device)
             with self.autocast():
-                feats = self.model.encode_text(tokens)
-            feats = torch.nn.functional.normalize(feats.float(), dim=-1)
-            out[start:start + len(chunk)] = feats.cpu().numpy()
+                feats = _encode_text_truncated(self.model, batch) if lengths is not None else self.model.encode_text(batch)
+            out[idx] = torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
             if progress:
-                progress(len(chunk))
+                progress(len(idx))
         return out
 
     @torch.inference_mode()
@@ -68,6 +78,38 @@ class LoadedModel:
         with self.autocast():
             feats = self.model.encode_image(pixels)
         return torch.nn.functional.normalize(feats.float(), dim=-1)
+
+
+def _token_lengths(model: torch.nn.Module, tokens: torch.Tensor) -> np.ndarray | None:
+    """Per text, the number of tokens up to and including end-of-text, when truncation is exact.
+
+    That holds for open_clip's standard CLIP text tower: causal attention mask, argmax (EOT) pooling,
+    positional embeddings added by position. Other towers get None (encoded at full length).
+    """
+    from open_clip.model import CLIP
+
+    if not isinstance(model, CLIP) or getattr(model, "text_pool_type", None) != "argmax":
+        return None
+    mask = getattr(model, "attn_mask", None)
+    if mask is None or mask.shape[0] != tokens.shape[1]:
+        return None
+    return (tokens.argmax(dim=-1) + 1).numpy()
+
+
+def _encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """open_clip's CLIP.encode_text on a sequence cut after its last end-of-text token."""
+    from open_clip.transformer import text_global_pool
+
+    n = tokens.shape[1]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:n].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type)
+    if model.text_projection is not None:
+        x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else x @ model.text_projection
+    return x
 
 
 @contextlib.contextmanager

@@ -1,0 +1,501 @@
+"""The read side of the visual explorer: what the web API returns, computed from stored data only.
+
+One `Explorer` holds one read-only DuckDB connection (DuckDB connections are not thread-safe, so every
+use of it takes `_db_lock`), the hierarchy T in memory (names, lemmas, definitions, is-a lists), and
+caches:
+
+* `saliency`: raw maps (the formula's values) at working resolution, keyed by (image, synset, only_self);
+* `png`: rendered pictures, keyed by (image, synset, only_self, style, threshold, size);
+* `similarities`: per image, the window x synset cosine matrix (and, once an image has been asked for
+  a few concepts, each row sorted), so that the many maps of one tree level cost one matrix product;
+* `pictures`: the original image resized to the sizes asked for; `scores`: an image's stored scores.
+
+Maps equal `MapService.for_stored(...).saliency` exactly (the tests check it): the per-window count of
+synsets with a smaller cosine than the concept's best is the same whether it is counted directly or
+found by binary search in the sorted row. No model is loaded.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from convis_db.engine.images import read_image
+from convis_db.engine.render import STYLES, _lut, render
+from convis_db.engine.saliency import full_map
+from convis_db.errors import ImageError, NotFoundError, UsageError
+from convis_db.query.concepts import ConceptIndex
+from convis_db.query.maps import MapService
+from convis_db.query.search import search_images
+from convis_db.query.stats import database_stats
+from convis_db.store.db import connect, require_initialised
+from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
+from convis_db.store.image_store import StoredImage, get_image, load_window_embeddings
+from convis_db.web.cache import LRUCache
+
+log = logging.getLogger(__name__)
+
+ROOT = "entity.n.01"
+MIN_SIZE, MAX_SIZE = 16, 2048
+#: After this many concepts asked of one image, its similarity rows are sorted once so that each further
+#: map is a binary search per window instead of a pass over every synset.
+SORT_AFTER = 2
+MB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CacheBudget:
+    """Byte budgets of the explorer's caches."""
+
+    saliency: int = 128 * MB
+    png: int = 64 * MB
+    similarities: int = 512 * MB
+    pictures: int = 64 * MB
+    scores: int = 64 * MB
+
+
+def clean_threshold(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"threshold {value} is outside [0, 1].")
+    return round(float(value), 2)
+
+
+def clean_size(value: int) -> int:
+    if not MIN_SIZE <= value <= MAX_SIZE:
+        raise UsageError(f"size {value} is outside [{MIN_SIZE}, {MAX_SIZE}] pixels.")
+    return int(value)
+
+
+def clean_style(value: str) -> str:
+    if value not in STYLES:
+        raise UsageError(f"style {value!r} is not one of: {', '.join(STYLES)}.")
+    return value
+
+
+class _Similarities:
+    """One image's (W, |T|) cosines; rows sorted lazily for fast per-concept counts."""
+
+    def __init__(self, z: torch.Tensor):
+        self.z = z.contiguous()
+        self.sorted: torch.Tensor | None = None
+        self.uses = 0
+
+    @property
+    def nbytes(self) -> int:
+        n = self.z.numel() * self.z.element_size()
+        return n * 2 if self.sorted is not None else n
+
+    @torch.inference_mode()
+    def counts(self, synset_ids: np.ndarray) -> torch.Tensor:
+        """Per window, the number of synsets whose cosine is below the best of `synset_ids` (int64)."""
+        ids = torch.as_tensor(np.asarray(synset_ids), dtype=torch.long)
+        best = self.z[:, ids].max(dim=1).values
+        self.uses += 1
+        if self.sorted is None and self.uses > SORT_AFTER:
+            self.sorted = torch.sort(self.z, dim=1).values
+        if self.sorted is not None:
+            return torch.searchsorted(self.sorted, best[:, None].contiguous(), side="left")[:, 0].to(torch.int64)
+        return (self.z < best[:, None]).sum(dim=1).to(torch.int64)
+
+
+@dataclass
+class _ImageScores:
+    score: np.ndarray
+    self_score: np.ndarray
+    peak: np.ndarray  # (n, 2) working pixels
+
+    @property
+    def nbytes(self) -> int:
+        return self.score.nbytes + self.self_score.nbytes + self.peak.nbytes
+
+
+class Explorer:
+    """Everything the web app shows, from one database opened read-only."""
+
+    def __init__(self, db_path: str | Path, budget: CacheBudget | None = None):
+        self.db_path = str(db_path)
+        self.con = connect(db_path)
+        try:
+            require_initialised(self.con, db_path)
+            self._load(budget or CacheBudget())
+        except Exception:
+            self.con.close()
+            raise
+
+    def _load(self, budget: CacheBudget) -> None:
+        self._db_lock = threading.RLock()
+        self._map_lock = threading.Lock()
+        con = self.con
+        self.index = ConceptIndex(con)
+        rows = con.execute(
+            "SELECT lemmas, definition, lexname, is_word_sense FROM synsets ORDER BY synset_id").fetchall()
+        self.names = self.index.names
+        self.lemmas = [list(r[0]) for r in rows]
+        self.definitions = [r[1] for r in rows]
+        self.lexnames = [r[2] for r in rows]
+        self.word_sense = [bool(r[3]) for r in rows]
+        self.n_synsets = len(self.names)
+        keys: dict[tuple[str, int], None] = {}
+        for sid, name in enumerate(self.names):
+            keys[(name.lower(), sid)] = None
+            for lemma in self.lemmas[sid]:
+                keys[(lemma.lower(), sid)] = None
+        self._keys = sorted(keys)
+        self._key_strings = [k for k, _ in self._keys]
+        self.models = {r[0]: {"model_id": r[0], "name": r[1], "pretrained": r[2], "is_random": bool(r[3])}
+                       for r in con.execute("SELECT model_id, name, pretrained, is_random FROM models").fetchall()}
+        # The rows of one concept: the concept-sorted copy where the schema has one (what search reads).
+        has_rows = con.execute(
+            "SELECT count(*) FROM duckdb_functions() WHERE function_name = 'concept_rows'").fetchone()[0]
+        self._scores_of_concept = ("concept_rows(?)" if has_rows
+                                   else "(SELECT * FROM image_scores WHERE synset_id = ?)")
+        self.image_models = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM images").fetchall()]
+        st = os.stat(self.db_path)
+        self._identity = f"{os.path.abspath(self.db_path)}:{st.st_mtime_ns}:{st.st_size}"
+        self._maps = MapService(con)
+        self._images: dict[int, StoredImage] = {}
+        self._descendants: dict[int, np.ndarray] = {}
+        self._file_status: dict[int, str] = {}
+        self.saliency_cache = LRUCache("saliency", budget.saliency)
+        self.png_cache = LRUCache("png", budget.png)
+        self.similarity_cache = LRUCache("similarities", budget.similarities)
+        self.picture_cache = LRUCache("pictures", budget.pictures)
+        self.score_cache = LRUCache("scores", budget.scores)
+
+    def close(self) -> None:
+        with self._db_lock:
+            self.con.close()
+
+    # -- lookups ----------------------------------------------------------------------------------
+    def image(self, image_id: int) -> StoredImage:
+        image = self._images.get(image_id)
+        if image is None:
+            with self._db_lock:
+                image = get_image(self.con, str(int(image_id)))
+            if image.image_id != image_id:  # get_image also matches paths; an id in a URL is only an id
+                raise NotFoundError(f"no stored image with id {image_id}.")
+            self._images[image_id] = image
+        return image
+
+    def synset_id(self, name: str) -> int:
+        """The id of an exact synset name; otherwise the store's error (nearest names, or the senses of a word)."""
+        name = (name or "").strip()
+        if not name:
+            raise UsageError("name a concept (a synset such as dog.n.01).")
+        sid = self.index.id_of.get(name)
+        if sid is None:
+            with self._db_lock:
+                sid = find_synset_name(self.con, name)
+        return sid
+
+    def descendants(self, sid: int) -> np.ndarray:
+        ids = self._descendants.get(sid)
+        if ids is None:
+            with self._db_lock:
+                ids = descendant_ids(self.con, sid)
+            if len(self._descendants) > 4096:
+                self._descendants.clear()
+            self._descendants[sid] = ids
+        return ids
+
+    def scores(self, image: StoredImage) -> _ImageScores:
+        cached = self.score_cache.get(image.image_id)
+        if cached is not None:
+            return cached
+        with self._db_lock:
+            rows = self.con.execute(
+                "SELECT synset_id, score, peak_x, peak_y, self_score FROM image_scores WHERE image_id = ?",
+                [image.image_id]).fetchnumpy()
+        n = self.n_synsets
+        out = _ImageScores(np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64))
+        ids = rows["synset_id"].astype(np.int64)
+        out.score[ids] = rows["score"]
+        out.self_score[ids] = rows["self_score"]
+        out.peak[ids, 0], out.peak[ids, 1] = rows["peak_x"], rows["peak_y"]
+        self.score_cache.put(image.image_id, out, out.nbytes)
+        return out
+
+    # -- JSON-ready answers -----------------------------------------------------------------------
+    def concept(self, sid: int) -> dict:
+        return {"synset": self.names[sid], "lemmas": self.lemmas[sid], "definition": self.definitions[sid],
+                "depth": self.index.depth[sid], "lexname": self.lexnames[sid],
+                "is_word_sense": self.word_sense[sid], "n_children": len(self.index.children[sid])}
+
+    def node(self, image: StoredImage, scores: _ImageScores, sid: int) -> dict:
+        s = image.scale
+        return {"synset": self.names[sid], "score": float(scores.score[sid]),
+                "self_score": float(scores.self_score[sid]),
+                "peak_x": int(round((scores.peak[sid, 0] + 0.5) * s - 0.5)),
+                "peak_y": int(round((scores.peak[sid, 1] + 0.5) * s - 0.5)),
+                "definition": self.definitions[sid], "lemmas": self.lemmas[sid], "depth": self.index.depth[sid],
+                "n_children": len(self.index.children[sid])}
+
+    def ranked_children(self, scores: _ImageScores, sid: int) -> list[int]:
+        """Children by the image's score (ties: own score, then name), as `explain` ranks them."""
+        return sorted(self.index.children[sid],
+                      key=lambda c: (-scores.score[c], -scores.self_score[c], self.names[c]))
+
+    def path(self, sid: int) -> list[int]:
+        """The shortest is-a path from entity.n.01 down to the synset."""
+        return [self.index.id_of[n] for n in reversed(self.index.path_to_root(sid))]
+
+    def chain(self, trail: list[str], sid: int) -> list[int]:
+        """`trail` as ids when it is an is-a chain from the root to `sid`; else the shortest path."""
+        ids = [self.index.id_of.get(t) for t in trail]
+        if (ids and None not in ids and ids[-1] == sid and not self.index.parents[ids[0]]
+                and all(b in self.index.children[a] for a, b in zip(ids, ids[1:]))):
+            return ids
+        return self.path(sid)
+
+    def stats(self) -> dict:
+        with self._db_lock:
+            out = database_stats(self.con, self.db_path)
+        used = [self.models[m] for m in self.image_models if m in self.models]
+        out["model"] = ", ".join(f"{m['name']} / {m['pretrained']}" for m in used) or None
+        out["random_weights"] = any(m["is_random"] for m in used)
+        out["root"] = ROOT
+        out["cache"] = {c.name: c.info() for c in (self.saliency_cache, self.png_cache, self.similarity_cache,
+                                                   self.picture_cache, self.score_cache)}
+        return out
+
+    def list_images(self, offset: int, limit: int) -> dict:
+        with self._db_lock:
+            total = self.con.execute("SELECT count(*) FROM images").fetchone()[0]
+            rows = self.con.execute(
+                "SELECT image_id, path, width, height FROM images ORDER BY image_id LIMIT ? OFFSET ?",
+                [limit, offset]).fetchall()
+            ids = [r[0] for r in rows]
+            tops = dict()
+            if ids:
+                tops = {r[0]: (r[1], float(r[2])) for r in self.con.execute(
+                    """SELECT sc.image_id, s.name, sc.self_score FROM image_scores sc JOIN synsets s USING (synset_id)
+                       WHERE sc.image_id IN (SELECT unnest(?::INTEGER[]))
+                       QUALIFY row_number() OVER (PARTITION BY sc.image_id
+                                                  ORDER BY sc.self_score DESC, s.depth DESC, s.name) = 1""",
+                    [ids]).fetchall()}
+        images = []
+        for image_id, path, w, h in rows:
+            top = tops.get(image_id)
+            images.append({"image_id": image_id, "path": path, "name": os.path.basename(path), "width": w,
+                           "height": h, "top_concept": {"synset": top[0], "self_score": top[1]} if top else None})
+        return {"total": total, "offset": offset, "limit": limit, "images": images}
+
+    def image_detail(self, image_id: int) -> dict:
+        image = self.image(image_id)
+        with self._db_lock:
+            tops = self.con.execute(
+                """SELECT s.name, sc.self_score, sc.score FROM image_scores sc JOIN synsets s USING (synset_id)
+                   WHERE sc.image_id = ? ORDER BY sc.self_score DESC, s.depth DESC, s.name LIMIT 5""",
+                [image.image_id]).fetchall()
+        model = self.models.get(image.model_id, {})
+        return {"image_id": image.image_id, "path": image.path, "name": os.path.basename(image.path),
+                "sha256": image.sha256, "width": image.width, "height": image.height,
+                "work_width": image.work_width, "work_height": image.work_height, "scale": image.scale,
+                "n_windows": image.n_windows, "settings": image.settings.as_dict(),
+                "model": f"{model.get('name')} / {model.get('pretrained')}",
+                "random_weights": bool(model.get("is_random")),
+                "file_status": self.file_status(image),
+                "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc)} for n, ss, sc in tops]}
+
+    def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
+        image = self.image(image_id)
+        sid = self.synset_id(synset)
+        scores = self.scores(image)
+        kids = self.ranked_children(scores, sid)
+        crumbs = self.chain(trail or [], sid)
+        return {"image_id": image.image_id, "node": self.node(image, scores, sid),
+                "breadcrumbs": [{"synset": self.names[c], "score": float(scores.score[c])} for c in crumbs],
+                "n_children": len(kids),
+                "children": [self.node(image, scores, c) | {"rank": i + 1} for i, c in enumerate(kids[:limit])]}
+
+    def suggest(self, query: str, limit: int = 10) -> dict:
+        """Synsets whose name or a lemma equals, starts with, or (3+ letters) contains the query."""
+        q = re.sub(r"\s+", "_", (query or "").strip().lower())
+        out: dict[int, tuple] = {}
+        if q:
+            keys = self._key_strings
+            i = bisect.bisect_left(keys, q)
+            n_seen = 0
+            while i < len(keys) and keys[i].startswith(q) and n_seen < 5000:
+                key, sid = self._keys[i]
+                rank = (0 if key == q else 1, self._head(sid) != key, len(key), self.names[sid])
+                if sid not in out or rank < out[sid]:
+                    out[sid] = rank
+                i += 1
+                n_seen += 1
+            if len(out) < limit and len(q) >= 3:
+                for key, sid in self._keys:
+                    if q in key and sid not in out:
+                        out[sid] = (2, self._head(sid) != key, len(key), self.names[sid])
+        match = {0: "exact", 1: "prefix", 2: "substring"}
+        best = sorted(out, key=out.__getitem__)[:limit]
+        return {"query": query, "concepts": [self.concept(s) | {"match": match[out[s][0]]} for s in best]}
+
+    def _head(self, sid: int) -> str:
+        return self.names[sid].rsplit(".", 2)[0].lower()
+
+    def concept_detail(self, synset: str) -> dict:
+        sid = self.synset_id(synset)
+        with self._db_lock:
+            n_desc = self.con.execute("SELECT count(*) - 1 FROM closure WHERE ancestor_id = ?", [sid]).fetchone()[0]
+        return self.concept(sid) | {
+            "path": [self.names[i] for i in self.path(sid)],
+            "parents": [self.names[p] for p in sorted(self.index.parents[sid], key=lambda p: self.names[p])],
+            "children": [{"synset": self.names[c], "n_children": len(self.index.children[c]),
+                          "definition": self.definitions[c]}
+                         for c in sorted(self.index.children[sid], key=lambda c: self.names[c])],
+            "n_descendants": int(n_desc)}
+
+    def search(self, synset: str, limit: int = 24, offset: int = 0, min_score: float = 0.0,
+               only_self: bool = False) -> dict:
+        sid = self.synset_id(synset)
+        name = self.names[sid]
+        column = "self_score" if only_self else "score"
+        with self._db_lock:
+            rows = search_images(self.con, name, min_score, offset + limit, only_self)[offset:]
+            total = self.con.execute(
+                f"SELECT count(*) FROM {self._scores_of_concept} WHERE {column} >= ?",  # fixed names
+                [sid, float(min_score)]).fetchone()[0]
+        results = [{"rank": offset + i + 1, "image_id": r["image_id"], "path": r["path"],
+                    "name": os.path.basename(r["path"]), "score": float(r["score"]), "peak_x": r["peak_x"],
+                    "peak_y": r["peak_y"], "width": r["width"], "height": r["height"]} for i, r in enumerate(rows)]
+        return {"synset": name, "concept": self.concept(sid), "total": int(total), "offset": offset, "limit": limit,
+                "min_score": min_score, "only_self": only_self, "results": results}
+
+    # -- maps and pictures ------------------------------------------------------------------------
+    def saliency(self, image: StoredImage, sid: int, only_self: bool = False) -> np.ndarray:
+        """The raw working-resolution map, equal to MapService.for_stored(image, name).saliency."""
+        key = (image.image_id, sid, bool(only_self))
+        hit = self.saliency_cache.get(key)
+        if hit is not None:
+            return hit
+        with self._map_lock:  # one map computation at a time; a waiting request finds it cached
+            hit = self.saliency_cache.get(key, count=False)
+            if hit is not None:
+                return hit
+            ids = np.array([sid], np.int64) if only_self else self.descendants(sid)
+            sims = self._similarities(image)
+            counts = sims.counts(ids)
+            self.similarity_cache.put(image.image_id, sims, sims.nbytes)  # size grows once rows are sorted
+            saliency = full_map(counts, image.grid, int(sims.z.shape[1]))
+            self.saliency_cache.put(key, saliency, saliency.nbytes)
+            return saliency
+
+    def _similarities(self, image: StoredImage) -> _Similarities:
+        sims = self.similarity_cache.get(image.image_id)
+        if sims is None:
+            with self._db_lock:
+                emb = load_window_embeddings(self.con, image.image_id)
+                mapper = self._maps.mapper(image.model_id)
+            with torch.inference_mode():
+                z = mapper.ranker.similarities(torch.from_numpy(emb)).cpu()
+            sims = _Similarities(z)
+        return sims
+
+    def file_status(self, image: StoredImage) -> str:
+        """'ok', 'missing' (unreadable now) or 'changed' (its content differs from what was ingested)."""
+        status = self._file_status.get(image.image_id)
+        return status if status is not None else self._original(image)[1]
+
+    def _original(self, image: StoredImage) -> tuple[np.ndarray | None, str]:
+        status = self._file_status.get(image.image_id)
+        if status is not None and status != "ok":
+            return None, status
+        try:
+            decoded = read_image(image.path)
+        except ImageError as exc:
+            log.info("image %s: %s", image.image_id, exc)
+            self._file_status[image.image_id] = "missing"
+            return None, "missing"
+        status = "ok" if decoded.sha256 == image.sha256 else "changed"
+        self._file_status[image.image_id] = status
+        return (decoded.pixels if status == "ok" else None), status
+
+    def picture(self, image: StoredImage, size: int) -> np.ndarray:
+        """The original image fitted into size x size (never enlarged); a grey canvas if the file is gone."""
+        key = ("picture", image.image_id, size)
+        hit = self.picture_cache.get(key)
+        if hit is not None:
+            return hit
+        scale = min(1.0, size / max(image.width, image.height))
+        tw, th = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        pixels, _ = self._original(image)
+        if pixels is None:
+            out = np.full((th, tw, 3), 150, np.uint8)
+        elif (tw, th) == (pixels.shape[1], pixels.shape[0]):
+            out = pixels
+        else:
+            out = np.asarray(Image.fromarray(pixels).resize((tw, th), Image.Resampling.LANCZOS))
+        self.picture_cache.put(key, out, out.nbytes)
+        return out
+
+    def map_png(self, image_id: int, synset: str, style: str = "mask", threshold: float = 0.0, size: int = 256,
+                only_self: bool = False) -> tuple[bytes, str]:
+        """(PNG bytes, ETag) of the concept's map over the image, fitted into size x size."""
+        style, threshold, size = clean_style(style), clean_threshold(threshold), clean_size(size)
+        image = self.image(image_id)
+        sid = self.synset_id(synset)
+        key = (image.image_id, sid, bool(only_self), style, threshold, size)
+        etag = self._etag("map", image.sha256, *key)
+        png = self.png_cache.get(key)
+        if png is None:
+            saliency = self.saliency(image, sid, only_self)
+            picture = render_map(self.picture(image, size), saliency, style, threshold)
+            png = _encode(picture, "PNG")
+            self.png_cache.put(key, png, len(png))
+        return png, etag
+
+    def thumbnail_jpeg(self, image_id: int, size: int = 256) -> tuple[bytes, str]:
+        size = clean_size(size)
+        image = self.image(image_id)
+        key = ("jpeg", image.image_id, size)
+        data = self.png_cache.get(key)
+        if data is None:
+            data = _encode(self.picture(image, size), "JPEG")
+            self.png_cache.put(key, data, len(data))
+        return data, self._etag("thumb", image.sha256, image.image_id, size)
+
+    def _etag(self, *parts) -> str:
+        return hashlib.sha1(repr((self._identity, *parts)).encode()).hexdigest()[:24]
+
+
+def render_map(picture: np.ndarray, saliency: np.ndarray, style: str, threshold: float) -> np.ndarray:
+    """`render`, except for a flat map, which is drawn at its raw level everywhere.
+
+    Min-max normalisation has nothing to stretch in a flat map, and `render` draws it as 0 (a white mask).
+    Flat maps are common near the root of T: the best descendant of entity.n.01 is every window's top
+    synset, so its map is (|T| - 1) / |T| everywhere. Drawn at that level, the concept shows as present
+    everywhere, which is what the map says.
+    """
+    lo, hi = float(saliency.min()), float(saliency.max())
+    if hi - lo >= 1e-12:
+        return render(picture, saliency, style, threshold)
+    level = float(np.clip(hi, 0.0, 1.0))
+    if level < threshold:
+        level = 0.0
+    img = picture.astype(np.float32)
+    if style == "mask":
+        out = level * img + (1.0 - level) * 255.0
+    else:
+        out = 0.5 * img + 0.5 * _lut()[int(np.clip(level * 255, 0, 255))]
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def _encode(pixels: np.ndarray, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    if fmt == "JPEG":
+        Image.fromarray(pixels).save(buf, "JPEG", quality=85)
+    else:
+        Image.fromarray(pixels).save(buf, "PNG", compress_level=1)  # fast; these are local
+    return buf.getvalue()
