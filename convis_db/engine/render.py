@@ -25,9 +25,15 @@ def _lut() -> np.ndarray:
 
 
 def normalise_map(saliency: np.ndarray) -> np.ndarray:
+    """Min-max normalised to [0, 1]; a flat map keeps its raw level (clipped to [0, 1]).
+
+    Flat maps are common near the root of T: the best descendant of entity.n.01 is every window's top
+    synset, so its map is (|T| - 1) / |T| everywhere. Stretching would draw it as absent (0); drawn at
+    its level, the concept shows as present everywhere, which is what the map says.
+    """
     lo, hi = float(saliency.min()), float(saliency.max())
     if hi - lo < 1e-12:
-        return np.zeros_like(saliency, dtype=np.float32)
+        return np.full(saliency.shape, np.clip(hi, 0.0, 1.0), dtype=np.float32)
     return ((saliency - lo) / (hi - lo)).astype(np.float32)
 
 

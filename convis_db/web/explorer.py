@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from convis_db.engine.images import read_image
-from convis_db.engine.render import STYLES, _lut, render
+from convis_db.engine.render import STYLES, render
 from convis_db.engine.saliency import full_map
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.concepts import ConceptIndex
@@ -451,7 +451,7 @@ class Explorer:
         png = self.png_cache.get(key)
         if png is None:
             saliency = self.saliency(image, sid, only_self)
-            picture = render_map(self.picture(image, size), saliency, style, threshold)
+            picture = render(self.picture(image, size), saliency, style, threshold)
             png = _encode(picture, "PNG")
             self.png_cache.put(key, png, len(png))
         return png, etag
@@ -468,28 +468,6 @@ class Explorer:
 
     def _etag(self, *parts) -> str:
         return hashlib.sha1(repr((self._identity, *parts)).encode()).hexdigest()[:24]
-
-
-def render_map(picture: np.ndarray, saliency: np.ndarray, style: str, threshold: float) -> np.ndarray:
-    """`render`, except for a flat map, which is drawn at its raw level everywhere.
-
-    Min-max normalisation has nothing to stretch in a flat map, and `render` draws it as 0 (a white mask).
-    Flat maps are common near the root of T: the best descendant of entity.n.01 is every window's top
-    synset, so its map is (|T| - 1) / |T| everywhere. Drawn at that level, the concept shows as present
-    everywhere, which is what the map says.
-    """
-    lo, hi = float(saliency.min()), float(saliency.max())
-    if hi - lo >= 1e-12:
-        return render(picture, saliency, style, threshold)
-    level = float(np.clip(hi, 0.0, 1.0))
-    if level < threshold:
-        level = 0.0
-    img = picture.astype(np.float32)
-    if style == "mask":
-        out = level * img + (1.0 - level) * 255.0
-    else:
-        out = 0.5 * img + 0.5 * _lut()[int(np.clip(level * 255, 0, 255))]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 def _encode(pixels: np.ndarray, fmt: str) -> bytes:
