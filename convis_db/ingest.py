@@ -150,6 +150,70 @@ class _StopOnSigint:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class _PipelinedWriter:
+    """Writes one image while the next is being explained: a single database-writer thread with its
+    own connection (a DuckDB cursor), at most one write in flight.
+
+    Each write is still one transaction (write_image), so crash safety is unchanged; outcomes are
+    recorded in file order because the caller waits for write i before handing over write i+1.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection):
+        self._con = con
+        self._cursor: duckdb.DuckDBPyConnection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: tuple | None = None
+
+    def __enter__(self) -> _PipelinedWriter:
+        self._cursor = self._con.cursor()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-write")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pending is not None:  # only after an error: let the write end before closing
+            self.abort()
+        self._pool.shutdown(wait=True)
+        self._cursor.close()
+
+    @property
+    def pending_sha(self) -> str | None:
+        return self._pending[1] if self._pending else None
+
+    def submit(self, sha: str, key: str, exp, t0: float, write) -> None:
+        assert self._pending is None, "wait() for the write in flight first"
+        future = self._pool.submit(write, self._cursor)
+        self._pending = (key, sha, exp, t0, future)
+
+    def wait(self):
+        """(key, sha, explanation, t0, result) of the write in flight, after it ends; None if none.
+        `result()` returns the image id or raises what the write raised."""
+        if self._pending is None:
+            return None
+        key, sha, exp, t0, future = self._pending
+        self._pending = None
+        future.exception()  # wait; a KeyboardInterrupt here leaves the write to abort()
+        return key, sha, exp, t0, future.result
+
+    def abort(self) -> None:
+        """Interrupt the write in flight (its transaction rolls back) and wait for the thread."""
+        if self._pending is None:
+            return
+        future = self._pending[-1]
+        self._pending = None
+        try:
+            self._cursor.interrupt()
+        except duckdb.Error:
+            pass
+        try:
+            future.result()
+        except BaseException:  # noqa: BLE001 - interrupted on purpose
+            pass
+        try:
+            self._cursor.execute("ROLLBACK")
+        except duckdb.Error:
+            pass  # the transaction had committed or rolled back already
+
+
 class Ingestor:
     """Holds the database connection, the model and the engine for one ingest run.
 
@@ -178,6 +242,7 @@ class Ingestor:
             raise
         log.info("opened %s for writing (other processes can open it once this run ends)", self.db_path)
         self._engine: ConceptEngine | None = None
+        self._stop: threading.Event | None = None
 
     def close(self) -> None:
         self.con.close()
@@ -245,17 +310,22 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, settings=self.settings.as_dict())
         previously_failed = set() if self.retry_failed else failed_paths(self.con)
-        with self.progress("Ingesting", len(files), "img") as tick, _StopOnSigint() as stop:
+        with self.progress("Ingesting", len(files), "img") as tick, _StopOnSigint() as stop, \
+                _PipelinedWriter(self.con) as writer:
+            self._stop = stop.requested
             try:
                 with closing(self._decoded(files, previously_failed)) as queue:
                     for path, decoded in queue:
                         if stop.requested.is_set():
                             break
-                        outcome = self._one(path, decoded, previously_failed, report)
-                        report.outcomes.append(outcome)
+                        outcome = self._one(path, decoded, previously_failed, report, writer)
+                        if outcome is not None:
+                            report.outcomes.append(outcome)
                         secs = max(time.perf_counter() - t0, 1e-9)
                         tick(1, windows_per_s=f"{report.windows / secs:.0f}")
+                    self._settle(writer, report)  # the last image's write
             except KeyboardInterrupt:
+                writer.abort()
                 self._rollback_open_transaction()
                 report.interrupted = True
             if stop.requested.is_set():
@@ -297,7 +367,9 @@ class Ingestor:
                         future.cancel()
 
     def _one(self, path: Path, decoded: Future | None, previously_failed: set[str],
-             report: IngestReport) -> IngestOutcome:
+             report: IngestReport, writer: _PipelinedWriter) -> IngestOutcome | None:
+        """Explain one file and hand its write to `writer`; returns the outcome of a skipped or failed
+        file, or None for one being written (its outcome is appended when the write completes)."""
         key = str(path.absolute())
         if decoded is None or key in previously_failed:
             return IngestOutcome(key, "skipped", reason="failed before; re-run with --retry-failed to try again.")
@@ -309,17 +381,45 @@ class Ingestor:
             record_failure(self.con, key, None, reason)
             log.info("failed %s: %s", key, reason)
             return IngestOutcome(key, "failed", reason=reason)
+        if writer.pending_sha == image.sha256:  # the same bytes as the image being written now
+            self._settle(writer, report)
         existing = find_by_sha(self.con, image.sha256)
         if existing is not None:
             return IngestOutcome(key, "skipped", existing.image_id,
                                  reason=f"already stored as image {existing.image_id} ({existing.path}).")
         try:
             exp = self.engine().explain_pixels(image.pixels)
-            image_id = write_image(self.con, exp, image.sha256, key, self.model_id, self.settings)
         except ConvisError as exc:
             reason = str(exc)
             record_failure(self.con, key, image.sha256, reason)
             return IngestOutcome(key, "failed", reason=reason)
+        except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image
+            log.exception("failed on %s", key)
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            record_failure(self.con, key, image.sha256, reason)
+            return IngestOutcome(key, "failed", reason=reason)
+        # The previous image's write has overlapped this image's compute; wait for it, then hand
+        # this one over, so at most one write is in flight and outcomes stay in order.
+        self._settle(writer, report)
+        if self._stop is not None and self._stop.is_set():
+            return None  # Ctrl-C came during this image's compute: stop after the write in flight
+        writer.submit(image.sha256, key, exp, t0,
+                      lambda cursor: write_image(cursor, exp, image.sha256, key, self.model_id, self.settings))
+        return None
+
+    def _settle(self, writer: _PipelinedWriter, report: IngestReport) -> None:
+        """Wait for the write in flight, if any, and record its outcome."""
+        done = writer.wait()
+        if done is None:
+            return
+        key, sha, exp, t0, result = done
+        try:
+            image_id = result()
+        except ConvisError as exc:
+            reason = str(exc)
+            record_failure(self.con, key, sha, reason)
+            report.outcomes.append(IngestOutcome(key, "failed", reason=reason))
+            return
         except duckdb.InterruptException as exc:  # DuckDB noticed a (second) Ctrl-C; it rolled back
             raise KeyboardInterrupt from exc
         except duckdb.Error as exc:  # the database itself failed (disk full, ...): later images would too
@@ -327,15 +427,10 @@ class Ingestor:
                 f"writing {key} to {self.db_path} failed ({str(exc).splitlines()[0]}); that image was rolled "
                 "back and every image stored before it is whole. Fix the cause and run the same command again."
             ) from exc
-        except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image
-            log.exception("failed on %s", key)
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            record_failure(self.con, key, image.sha256, reason)
-            return IngestOutcome(key, "failed", reason=reason)
         for stage, secs in exp.timings.items():
             report.timings[stage] = report.timings.get(stage, 0.0) + secs
         log.info("ingested %s as image %d (%d windows)", key, image_id, exp.grid.n_windows)
-        return IngestOutcome(key, "ingested", image_id, exp.grid.n_windows, time.perf_counter() - t0)
+        report.outcomes.append(IngestOutcome(key, "ingested", image_id, exp.grid.n_windows, time.perf_counter() - t0))
 
 
 _OPTION_NAMES = ("stride", "small", "large", "max_pixels", "top_k")
