@@ -49,18 +49,23 @@ def query_db(tmp_path_factory, tiny_spec) -> Path:
     return db
 
 
-def brute_force_maps(con, image_id: int, synset_ids: list[int]) -> dict[int, np.ndarray]:
-    """Every requested concept's map for one image, straight from the equations and the stored rows."""
-    img = con.execute("SELECT work_width, work_height, model_id FROM images WHERE image_id = ?", [image_id]).fetchone()
-    ww, wh, model_id = img
+def stored_image(con, image_id: int):
+    """(work width, work height, window rows, cosines z) of a stored image, from its stored rows."""
+    ww, wh, model_id = con.execute("SELECT work_width, work_height, model_id FROM images WHERE image_id = ?",
+                                   [image_id]).fetchone()
     wins = con.execute("SELECT x0, y0, x1, y1, embedding FROM windows WHERE image_id = ? ORDER BY window_idx",
                        [image_id]).fetchall()
     emb = np.array([w[4] for w in wins], np.float32)
     defs = np.array([r[0] for r in con.execute(
         "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id", [model_id]).fetchall()],
         np.float32)
-    n = len(defs)
-    z = emb @ defs.T  # the same float32 product FAISS's pairwise_distances computes
+    return ww, wh, wins, emb @ defs.T  # the same float32 product FAISS's pairwise_distances computes
+
+
+def brute_force_maps(con, image_id: int, synset_ids: list[int]) -> dict[int, np.ndarray]:
+    """Every requested concept's map for one image, straight from the equations and the stored rows."""
+    ww, wh, wins, z = stored_image(con, image_id)
+    n = z.shape[1]
     # Integer counts |{s': z(s') < z(s)}| = n * rank_sim, summed exactly and divided once at the end.
     rank = np.array([[np.count_nonzero(row < v) for v in row] for row in z])
     maps = {}
@@ -115,22 +120,14 @@ def test_search_only_self_uses_the_synset_alone(query_db):
 
 
 def brute_force_self(con, image_id, sid):
-    img = con.execute("SELECT work_width, work_height, model_id FROM images WHERE image_id = ?", [image_id]).fetchone()
-    ww, wh, model_id = img
-    wins = con.execute("SELECT x0, y0, x1, y1, embedding FROM windows WHERE image_id = ? ORDER BY window_idx",
-                       [image_id]).fetchall()
-    emb = np.array([w[4] for w in wins], np.float32)
-    defs = np.array([r[0] for r in con.execute(
-        "SELECT embedding FROM definition_embeddings WHERE model_id = ? ORDER BY synset_id", [model_id]).fetchall()],
-        np.float32)
-    z = emb @ defs.T
+    ww, wh, wins, z = stored_image(con, image_id)
     values = (z < z[:, [sid]]).sum(axis=1)
     total = np.zeros((wh, ww), np.int64)
     count = np.zeros((wh, ww), np.int64)
     for (x0, y0, x1, y1, _), v in zip(wins, values):
         total[y0:y1, x0:x1] += v
         count[y0:y1, x0:x1] += 1
-    return (total / (count * len(defs))).max()
+    return (total / (count * z.shape[1])).max()
 
 
 def test_search_sees_images_not_yet_in_the_concept_index(query_db, tmp_path):
