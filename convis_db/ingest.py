@@ -446,15 +446,16 @@ def _option_args(given: dict[str, int]) -> dict[str, int | None]:
 def _spec_from_row(row: dict) -> ModelSpec:
     """Rebuild the ModelSpec of a stored model (a config-file model needs its config re-registered)."""
     import json
-    import tempfile
 
     import open_clip
+
+    from convis_db.paths import cache_dir
 
     name = row["name"]
     config_path = None
     if name not in open_clip.list_models():
-        folder = Path(tempfile.gettempdir()) / "convis-db-configs"
-        folder.mkdir(exist_ok=True)
+        folder = cache_dir() / "model-configs"
+        folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / f"{name}.json"
         config_path.write_text(json.dumps(json.loads(row["config_json"])))
     return ModelSpec(name=name, pretrained=row["pretrained"], config_path=str(config_path) if config_path else None,

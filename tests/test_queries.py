@@ -235,7 +235,8 @@ def test_query_commands_cli(query_db, run_cli):
 @pytest.mark.parametrize("args, needle", [
     (["search", "dgo.n.01"], "dog.n.01"),
     (["regions", "animl.n.01"], "animal.n.01"),
-    (["search", "zebra.n.01"], "not in this database's vocabulary"),
+    (["search", "zebra.n.01"], "is a WordNet synset but not in this database's vocabulary"),
+    (["search", "dgo.n.01"], "did you mean"),
     (["explain", "999"], "no stored image"),
     (["search", "dog"], "pick a sense"),
 ])

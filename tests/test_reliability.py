@@ -518,13 +518,14 @@ def test_readers_share_the_file_and_a_writer_is_refused(stored_db, run_cli):
 def test_unknown_concept_gets_nearest_matches(stored_db, run_cli):
     err = _user_error(run_cli("--db", stored_db, "map", "1", "dgo.n.01", "--json"), "unknown concept", "dgo.n.01")
     assert "did you mean" in err and "dog.n.01" in err.split("did you mean")[1]
+    assert "vocabulary" not in err  # a typo is not mistaken for a synset outside T
 
 
 def test_concept_outside_the_stored_vocabulary(stored_db, run_cli, wn):
     assert wn.synset("zebra.n.01").name() == "zebra.n.01"  # a real WordNet synset ...
     assert query(stored_db, "SELECT count(*) FROM synsets WHERE name = 'zebra.n.01'") == [(0,)]  # ... not in T
     _user_error(run_cli("--db", stored_db, "map", "1", "zebra.n.01", "--json"), "zebra.n.01",
-                "not in this database's vocabulary")
+                "is a WordNet synset but not in this database's vocabulary")
 
 
 def test_ingest_with_other_settings_is_refused(stored_copy, tmp_path, run_cli):

@@ -160,9 +160,23 @@ def find_synset_name(con: duckdb.DuckDBPyConnection, name: str) -> int:
         raise UsageError(f"{name!r} is a word, not a synset name; pick a sense: {names}")
     all_names = [r[0] for r in con.execute("SELECT name FROM synsets").fetchall()]
     msg = did_you_mean(name, all_names, "concept")
-    if _looks_like_synset(name):
-        msg += " It is not in this database's vocabulary (T); rebuild with a vocabulary that contains it (init --vocab)."
+    if _looks_like_synset(name) and _in_wordnet(name):
+        vocab = con.execute("SELECT name FROM vocabulary").fetchone()
+        msg = (f"{name} is a WordNet synset but not in this database's vocabulary"
+               f"{f' ({vocab[0]})' if vocab else ''}, so it has no scores here. Build a database whose vocabulary "
+               "contains one of its words (init --vocab FILE, or --vocab all-nouns).")
     raise NotFoundError(msg)
+
+
+def _in_wordnet(name: str) -> bool:
+    """Whether WordNet knows the synset (only asked on the error path; False when WordNet is absent)."""
+    try:
+        from convis_db.wordnet.source import open_wordnet
+
+        open_wordnet().synset(name)
+        return True
+    except Exception:  # noqa: BLE001 - no WordNet here, or no such synset: either way, not known
+        return False
 
 
 def _looks_like_synset(name: str) -> bool:
