@@ -179,20 +179,20 @@ class _PipelinedWriter:
     def pending_sha(self) -> str | None:
         return self._pending[1] if self._pending else None
 
-    def submit(self, sha: str, key: str, exp, t0: float, write) -> None:
+    def submit(self, outcome, sha: str, exp, t0: float, write) -> None:
         assert self._pending is None, "wait() for the write in flight first"
         future = self._pool.submit(write, self._cursor)
-        self._pending = (key, sha, exp, t0, future)
+        self._pending = (outcome, sha, exp, t0, future)
 
     def wait(self):
-        """(key, sha, explanation, t0, result) of the write in flight, after it ends; None if none.
+        """(outcome, sha, explanation, t0, result) of the write in flight, after it ends; None if none.
         `result()` returns the image id or raises what the write raised."""
         if self._pending is None:
             return None
-        key, sha, exp, t0, future = self._pending
+        outcome, sha, exp, t0, future = self._pending
         self._pending = None
         future.exception()  # wait; a KeyboardInterrupt here leaves the write to abort()
-        return key, sha, exp, t0, future.result
+        return outcome, sha, exp, t0, future.result
 
     def abort(self) -> None:
         """Interrupt the write in flight (its transaction rolls back) and wait for the thread."""
@@ -243,6 +243,8 @@ class Ingestor:
         log.info("opened %s for writing (other processes can open it once this run ends)", self.db_path)
         self._engine: ConceptEngine | None = None
         self._stop: threading.Event | None = None
+        self._group: list[tuple[IngestOutcome, DecodedImage, float]] = []  # small images explained together
+        self._group_windows = 0
 
     def close(self) -> None:
         self.con.close()
@@ -318,11 +320,11 @@ class Ingestor:
                     for path, decoded in queue:
                         if stop.requested.is_set():
                             break
-                        outcome = self._one(path, decoded, previously_failed, report, writer)
-                        if outcome is not None:
-                            report.outcomes.append(outcome)
+                        report.outcomes.append(self._one(path, decoded, previously_failed, report, writer))
                         secs = max(time.perf_counter() - t0, 1e-9)
                         tick(1, windows_per_s=f"{report.windows / secs:.0f}")
+                    if not stop.requested.is_set():
+                        self._flush(writer, report)  # the last group of small images
                     self._settle(writer, report)  # the last image's write
             except KeyboardInterrupt:
                 writer.abort()
@@ -330,6 +332,9 @@ class Ingestor:
                 report.interrupted = True
             if stop.requested.is_set():
                 report.interrupted = True
+            self._group = []
+            # Files read but never explained or written (a stop came first) are not reported as done.
+            report.outcomes = [o for o in report.outcomes if o.status != "pending"]
         if report.interrupted:
             log.info("interrupted: stopped after %d of %d files; every stored image is whole",
                         len(report.outcomes) - len(problems), len(files))
@@ -367,9 +372,10 @@ class Ingestor:
                         future.cancel()
 
     def _one(self, path: Path, decoded: Future | None, previously_failed: set[str],
-             report: IngestReport, writer: _PipelinedWriter) -> IngestOutcome | None:
-        """Explain one file and hand its write to `writer`; returns the outcome of a skipped or failed
-        file, or None for one being written (its outcome is appended when the write completes)."""
+             report: IngestReport, writer: _PipelinedWriter) -> IngestOutcome:
+        """The outcome of one file: final for a skipped or failed file; "pending" for an image queued
+        for explaining (with other small images, in shared encoder batches) and writing, updated in
+        place when its write completes."""
         key = str(path.absolute())
         if decoded is None or key in previously_failed:
             return IngestOutcome(key, "skipped", reason="failed before; re-run with --retry-failed to try again.")
@@ -381,44 +387,78 @@ class Ingestor:
             record_failure(self.con, key, None, reason)
             log.info("failed %s: %s", key, reason)
             return IngestOutcome(key, "failed", reason=reason)
-        if writer.pending_sha == image.sha256:  # the same bytes as the image being written now
+        if image.sha256 in {queued.sha256 for _, queued, _ in self._group} or writer.pending_sha == image.sha256:
+            self._flush(writer, report)  # its twin is on its way into the database: let it arrive
             self._settle(writer, report)
         existing = find_by_sha(self.con, image.sha256)
         if existing is not None:
             return IngestOutcome(key, "skipped", existing.image_id,
                                  reason=f"already stored as image {existing.image_id} ({existing.path}).")
+        outcome = IngestOutcome(key, "pending")
+        self._group.append((outcome, image, t0))
+        self._group_windows += self._windows_of(image)
+        if self._group_windows >= self.batch_size:
+            self._flush(writer, report)
+        return outcome
+
+    def _windows_of(self, image: DecodedImage) -> int:
+        from convis_db.engine.windows import WindowGrid, working_size
+
+        w, h = working_size(image.width, image.height, self.settings.max_pixels)
+        s = self.settings
+        return WindowGrid(h, w, s.stride, s.small, s.large).n_windows
+
+    def _flush(self, writer: _PipelinedWriter, report: IngestReport) -> None:
+        """Explain the queued images together, then hand each one's write to the writer in order."""
+        group, self._group, self._group_windows = self._group, [], 0
+        if not group:
+            return
         try:
-            exp = self.engine().explain_pixels(image.pixels)
+            explanations = self.engine().explain_many([image.pixels for _, image, _ in group])
+        except (ConvisError, RuntimeError, ValueError, MemoryError):
+            if len(group) == 1:
+                explanations = [self._explain_alone(*group[0])]
+            else:  # find the image at fault: explain them one by one
+                explanations = [self._explain_alone(*item) for item in group]
+        for (outcome, image, t0), exp in zip(group, explanations):
+            if exp is None:
+                continue
+            # The previous image's write has overlapped this compute; wait for it, then hand this one
+            # over, so at most one write is in flight and outcomes are final in file order.
+            self._settle(writer, report)
+            if self._stop is not None and self._stop.is_set():
+                return  # Ctrl-C came during the compute: stop after the write in flight
+            key, sha = outcome.path, image.sha256
+            writer.submit(outcome, sha, exp, t0,
+                          lambda cursor, exp=exp, sha=sha, key=key: write_image(cursor, exp, sha, key, self.model_id,
+                                                                                self.settings))
+
+    def _explain_alone(self, outcome: IngestOutcome, image: DecodedImage, t0: float):
+        """explain_pixels for one image; a failure is recorded on its outcome (returns None)."""
+        try:
+            return self.engine().explain_pixels(image.pixels)
         except ConvisError as exc:
             reason = str(exc)
-            record_failure(self.con, key, image.sha256, reason)
-            return IngestOutcome(key, "failed", reason=reason)
         except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image
-            log.exception("failed on %s", key)
+            log.exception("failed on %s", outcome.path)
             reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            record_failure(self.con, key, image.sha256, reason)
-            return IngestOutcome(key, "failed", reason=reason)
-        # The previous image's write has overlapped this image's compute; wait for it, then hand
-        # this one over, so at most one write is in flight and outcomes stay in order.
-        self._settle(writer, report)
-        if self._stop is not None and self._stop.is_set():
-            return None  # Ctrl-C came during this image's compute: stop after the write in flight
-        writer.submit(image.sha256, key, exp, t0,
-                      lambda cursor: write_image(cursor, exp, image.sha256, key, self.model_id, self.settings))
+        record_failure(self.con, outcome.path, image.sha256, reason)
+        outcome.status, outcome.reason = "failed", reason
         return None
 
     def _settle(self, writer: _PipelinedWriter, report: IngestReport) -> None:
-        """Wait for the write in flight, if any, and record its outcome."""
+        """Wait for the write in flight, if any, and complete its outcome."""
         done = writer.wait()
         if done is None:
             return
-        key, sha, exp, t0, result = done
+        outcome, sha, exp, t0, result = done
+        key = outcome.path
         try:
             image_id = result()
         except ConvisError as exc:
             reason = str(exc)
             record_failure(self.con, key, sha, reason)
-            report.outcomes.append(IngestOutcome(key, "failed", reason=reason))
+            outcome.status, outcome.reason = "failed", reason
             return
         except duckdb.InterruptException as exc:  # DuckDB noticed a (second) Ctrl-C; it rolled back
             raise KeyboardInterrupt from exc
@@ -430,7 +470,8 @@ class Ingestor:
         for stage, secs in exp.timings.items():
             report.timings[stage] = report.timings.get(stage, 0.0) + secs
         log.info("ingested %s as image %d (%d windows)", key, image_id, exp.grid.n_windows)
-        report.outcomes.append(IngestOutcome(key, "ingested", image_id, exp.grid.n_windows, time.perf_counter() - t0))
+        outcome.status, outcome.image_id = "ingested", image_id
+        outcome.n_windows, outcome.seconds = exp.grid.n_windows, time.perf_counter() - t0
 
 
 _OPTION_NAMES = ("stride", "small", "large", "max_pixels", "top_k")

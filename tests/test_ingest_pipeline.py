@@ -85,3 +85,42 @@ def test_a_failed_write_is_recorded_and_the_run_goes_on(tiny_db_copy, tmp_path, 
             assert con.execute("SELECT count(*) FROM image_scores WHERE image_id = ?", [image_id]).fetchone()[0] == n
     finally:
         con.close()
+
+
+def test_small_images_share_encoder_batches_without_changing_results(tiny_db, tmp_path):
+    """With room for many windows per batch, several small images are explained in one group, and
+    their stored scores match those of images explained one per batch."""
+    from convis_db.engine.explainer import ConceptEngine
+    from convis_db.store.db import connect
+
+    paths = _images(tmp_path, 5, seed=3)
+    groups = []
+    real = ConceptEngine.explain_many
+
+    def spy(self, pixels_list):
+        groups.append(len(pixels_list))
+        return real(self, pixels_list)
+
+    ConceptEngine.explain_many = spy
+    try:
+        scores = {}
+        for batch in (1, 256):
+            db = tmp_path / f"b{batch}.duckdb"
+            shutil.copyfile(tiny_db, db)
+            with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=batch) as ing:
+                assert ing.run(paths).count("ingested") == 5
+            con = connect(db)
+            scores[batch] = con.execute("SELECT image_id, synset_id, score, self_score FROM image_scores "
+                                        "ORDER BY image_id, synset_id").fetchnumpy()
+            n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+            con.close()
+    finally:
+        ConceptEngine.explain_many = real
+    assert max(groups) > 1  # shared batches happened with batch_size 256 ...
+    assert groups[:5] == [1, 1, 1, 1, 1]  # ... and not with batch_size 1
+    for key in ("image_id", "synset_id"):
+        np.testing.assert_array_equal(scores[1][key], scores[256][key])
+    # Batch composition can move float32 embeddings by ~1e-7, which can swap two near-tied cosines:
+    # allow one rank step (1/|T|), no more.
+    for key in ("score", "self_score"):
+        np.testing.assert_allclose(scores[1][key], scores[256][key], atol=1.0 / n + 1e-12)

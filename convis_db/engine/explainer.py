@@ -102,20 +102,74 @@ class ConceptEngine:
     def encode_windows(self, img: torch.Tensor, grid: WindowGrid, timer: Timer | None = None,
                        on_batch: Callable[[int], None] | None = None) -> torch.Tensor:
         """(W, D) float32 window embeddings e = (E_I(S) + E_I(L)) / 2, each E_I L2-normalised."""
+        return self.encode_many([(img, grid)], timer, on_batch)[0]
+
+    @torch.inference_mode()
+    def encode_many(self, images: list[tuple[torch.Tensor, WindowGrid]], timer: Timer | None = None,
+                    on_batch: Callable[[int], None] | None = None) -> list[torch.Tensor]:
+        """Window embeddings of several working images, their windows packed into shared batches of
+        `batch_size` windows (2 x batch_size patches per forward), so small images fill the encoder too."""
         timer = timer or Timer(self.device)
-        cutter = PatchCutter(img, grid, self.model.image_size)
-        out = torch.empty(grid.n_windows, self.model.embed_dim, dtype=torch.float32, device=self.device)
-        for start in range(0, grid.n_windows, self.batch_size):
-            stop = min(start + self.batch_size, grid.n_windows)
+        cutters = [PatchCutter(img, grid, self.model.image_size) for img, grid in images]
+        outs = [torch.empty(grid.n_windows, self.model.embed_dim, dtype=torch.float32, device=self.device)
+                for _, grid in images]
+        # (image, start, stop) pieces, cut so that each batch holds at most batch_size windows.
+        pieces: list[tuple[int, int, int]] = []
+        room = self.batch_size
+        for i, (_, grid) in enumerate(images):
+            start = 0
+            while start < grid.n_windows:
+                stop = min(grid.n_windows, start + room)
+                pieces.append((i, start, stop))
+                room -= stop - start
+                start = stop
+                if room == 0:
+                    pieces.append((-1, 0, 0))  # batch boundary
+                    room = self.batch_size
+        batch: list[tuple[int, int, int]] = []
+        for piece in pieces + [(-1, 0, 0)]:
+            if piece[0] >= 0:
+                batch.append(piece)
+                continue
+            if not batch:
+                continue
             with timer.stage("cut_resize"):
-                batch = torch.cat([cutter.patches(grid.small, start, stop), cutter.patches(grid.large, start, stop)])
+                small = [cutters[i].patches(images[i][1].small, a, b) for i, a, b in batch]
+                large = [cutters[i].patches(images[i][1].large, a, b) for i, a, b in batch]
+                patches = torch.cat(small + large)
             with timer.stage("encode"):
-                feats = self.model.encode_image_batch(batch)
-                n = stop - start
-                out[start:stop] = (feats[:n] + feats[n:]) / 2
+                feats = self.model.encode_image_batch(patches)
+                n = sum(b - a for _, a, b in batch)
+                e = (feats[:n] + feats[n:]) / 2
+                offset = 0
+                for i, a, b in batch:
+                    outs[i][a:b] = e[offset:offset + b - a]
+                    offset += b - a
             if on_batch:
-                on_batch(stop - start)
-        return out
+                on_batch(n)
+            batch = []
+        return outs
+
+    @torch.inference_mode()
+    def explain_many(self, pixels_list: list[np.ndarray]) -> list[ImageExplanation]:
+        """explain_pixels for several images, encoding their windows in shared batches.
+
+        Stage timings of the shared steps are split between the images by their window counts.
+        """
+        timer = Timer(self.device)
+        with timer.stage("cut_resize"):
+            prepared = [self.working_image(p) for p in pixels_list]
+        embeddings = self.encode_many(prepared, timer)
+        total = sum(grid.n_windows for _, grid in prepared)
+        results = []
+        for pixels, (_, grid), emb in zip(pixels_list, prepared, embeddings):
+            share = grid.n_windows / total
+            result = self.explain_embeddings(emb, grid)
+            for stage, secs in timer.times.items():
+                result.timings[stage] = result.timings.get(stage, 0.0) + secs * share
+            result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
+            results.append(result)
+        return results
 
     @torch.inference_mode()
     def explain_pixels(self, pixels: np.ndarray, on_batch: Callable[[int], None] | None = None) -> ImageExplanation:
