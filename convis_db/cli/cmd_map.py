@@ -59,12 +59,7 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
         cmap = MapService(con, resolve_device(device)).for_ref(image, concept, only_self)
     finally:
         con.close()
-    if npy:
-        np.save(npy, cmap.saliency.astype(np.float32))
-    if output:
-        picture = render(cmap.original_pixels(), cmap.saliency, style, threshold)
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(picture).save(output)
+    _write_outputs(cmap.saliency, cmap.image_path, output, style, npy, threshold)
     info = {"image_id": cmap.image_id, "image": cmap.image_path, "synset": cmap.synset, "source": cmap.source,
             "only_self": cmap.only_self, "work_width": cmap.grid.width, "work_height": cmap.grid.height,
             "peak": cmap.peak, "output": output, "npy": npy}
@@ -72,6 +67,18 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
             f"({cmap.peak['x_orig']}, {cmap.peak['y_orig']}) original pixels"
             + (f"; wrote {output}" if output else "") + (f"; wrote {npy}" if npy else ""))
     emit(Result(rows=[info], data=info, text=text), "json" if as_json else "table")
+
+
+def _write_outputs(saliency: np.ndarray, image_path: str, output: str | None, style: str, npy: str | None,
+                   threshold: float) -> None:
+    """The raw map as float32 .npy and/or the picture over the original image as PNG."""
+    if npy:
+        np.save(npy, saliency.astype(np.float32))
+    if output:
+        from convis_db.engine.images import read_image
+
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(render(read_image(image_path).pixels, saliency, style, threshold)).save(output)
 
 
 def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:
@@ -83,13 +90,7 @@ def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, d
         gmap = GradEclipService(con, resolve_device(device)).for_ref(image, concept, text)
     finally:
         con.close()
-    if npy:
-        np.save(npy, gmap.saliency)
-    if output:
-        from convis_db.engine.images import read_image
-
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(render(read_image(gmap.image_path).pixels, gmap.saliency, style, threshold)).save(output)
+    _write_outputs(gmap.saliency, gmap.image_path, output, style, npy, threshold)
     info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
             "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,
             "patch_grid": list(gmap.patch_map.shape), "peak": gmap.peak, "output": output, "npy": npy}
