@@ -26,5 +26,6 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
         out["models_list"] = [f"{n} / {p}" + (" (random weights)" if r else "")
                               for n, p, r in con.execute("SELECT name, pretrained, is_random FROM models ORDER BY model_id").fetchall()]
     if out.get("images"):
-        out["bytes_per_image"] = int(out["file_bytes"] / out["images"])
+        # Rows per image, by construction: windows, |T| scores, windows x top_k concepts.
+        out["windows_per_image"] = round(out["windows"] / out["images"], 1)
     return out
