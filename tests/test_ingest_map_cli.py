@@ -233,3 +233,26 @@ def test_demo_runs_offline_in_a_temporary_folder(run_cli, tmp_path: Path, monkey
         assert len(image["top_concepts"]) == 5
         assert all(0 <= t["self_score"] <= t["score"] < 1 for t in image["top_concepts"])
     assert sorted(q.name for q in tmp_path.iterdir()) == ["demo.duckdb", "maps"]
+
+
+def test_ingest_preset_sets_the_cpu_fast_settings(tiny_db_copy, tmp_path, run_cli):
+    from PIL import Image
+
+    from convis_db.store.db import connect
+
+    img = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(img)
+    res = run_cli("--db", tiny_db_copy, "ingest", img, "--preset", "cpu-fast", "--top-k", "7", "--json")
+    assert res.exit_code == 0, res.stderr
+    con = connect(tiny_db_copy)
+    try:
+        assert con.execute("SELECT max_pixels, stride, small, large, top_k FROM images").fetchone() == \
+            (50_000, 32, 64, 128, 7)
+    finally:
+        con.close()
+    # Repeating the preset on the same database is no change of settings.
+    res = run_cli("--db", tiny_db_copy, "ingest", img, "--preset", "cpu-fast", "--top-k", "7")
+    assert res.exit_code == 0, res.stderr
+    # The paper's settings are refused there, naming what differs.
+    res = run_cli("--db", tiny_db_copy, "ingest", img, "--preset", "paper")
+    assert res.exit_code == 2 and "stride 16 (stored: 32)" in res.stderr
