@@ -10,7 +10,6 @@ import shutil
 import threading
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

@@ -7,7 +7,6 @@ import click
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
 from convis_db.query.concepts import concept_ancestors, concept_children, find_concepts
-from convis_db.store.db import connect, require_initialised
 
 
 @click.command("concepts")
@@ -29,15 +28,11 @@ def command(app: App, query: str, children: bool, ancestors: bool, limit: int) -
     """
     if children and ancestors:
         raise click.UsageError("--children and --ancestors are exclusive; pick one.")
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         if children:
             return Result(rows=concept_children(con, query),
                           columns=["synset", "n_children", "n_descendants", "definition"])
         if ancestors:
             return Result(rows=concept_ancestors(con, query), columns=["synset", "distance", "depth", "definition"])
         rows = find_concepts(con, query, limit)
-    finally:
-        con.close()
     return Result(rows=rows, columns=["synset", "definition", "n_children", "n_descendants", "path"])

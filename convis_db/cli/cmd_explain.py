@@ -7,7 +7,6 @@ import click
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
 from convis_db.query.explain import explain_image, render_tree
-from convis_db.store.db import connect, require_initialised
 
 
 def _flatten(node: dict, level: int = 0, out: list | None = None) -> list[dict]:
@@ -33,12 +32,8 @@ def command(app: App, image: str, depth: int, top: int, root: str) -> Result:
       convis-db explain 1 --depth 6 --top 2
       convis-db explain photos/cat.jpg --root animal.n.01 --json
     """
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         result = explain_image(con, image, depth, top, root)
-    finally:
-        con.close()
     rows = _flatten(result["tree"])
     return Result(rows=rows, data=result, title=f"image {result['image_id']}: {result['path']}",
                   text="\n".join(render_tree(result["tree"])),

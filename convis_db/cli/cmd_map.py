@@ -14,7 +14,6 @@ from convis_db.engine.render import STYLES, render
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
 from convis_db.query.maps import MapService
-from convis_db.store.db import connect, require_initialised
 
 
 @click.command("map")
@@ -53,12 +52,8 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
         raise UsageError("give the CONCEPT to map, a synset name such as dog.n.01.")
     if text is not None:
         raise UsageError("--text is for --method grad-eclip; a convis map is of a CONCEPT.")
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         cmap = MapService(con, resolve_device(device)).for_ref(image, concept, only_self)
-    finally:
-        con.close()
     _write_outputs(cmap.saliency, cmap.image_path, output, style, npy, threshold)
     info = {"image_id": cmap.image_id, "image": cmap.image_path, "synset": cmap.synset, "source": cmap.source,
             "only_self": cmap.only_self, "work_width": cmap.grid.width, "work_height": cmap.grid.height,
@@ -84,12 +79,8 @@ def _write_outputs(saliency: np.ndarray, image_path: str, output: str | None, st
 def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:
     from convis_db.explainers.grad_eclip import GradEclipService
 
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         gmap = GradEclipService(con, resolve_device(device)).for_ref(image, concept, text)
-    finally:
-        con.close()
     _write_outputs(gmap.saliency, gmap.image_path, output, style, npy, threshold)
     info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
             "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,

@@ -9,7 +9,6 @@ from convis_db.cli.output import Result, query_output
 from convis_db.models.device import resolve_device
 from convis_db.query.maps import MapService
 from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
-from convis_db.store.db import connect, require_initialised
 
 
 @click.command("regions")
@@ -29,10 +28,6 @@ def command(app: App, concept: str, image: str | None, min_score: float, limit: 
       convis-db regions dog.n.01 --min-score 0.98
       convis-db regions animal.n.01 --image 3 --json
     """
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         rows = find_regions(con, concept, min_score, image, limit, MapService(con, resolve_device(device)))
-    finally:
-        con.close()
     return Result(rows=rows, columns=["image_id", "score", "x0", "y0", "x1", "y1", "area_fraction", "path"])

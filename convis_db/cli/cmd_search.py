@@ -7,7 +7,6 @@ import click
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
 from convis_db.query.search import search_images
-from convis_db.store.db import connect, require_initialised
 
 
 @click.command("search")
@@ -26,10 +25,6 @@ def command(app: App, concept: str, min_score: float, limit: int, only_self: boo
       convis-db search dog.n.01 --limit 10
       convis-db search animal.n.01 --min-score 0.99 --csv
     """
-    con = connect(app.db)
-    try:
-        require_initialised(con, app.db)
+    with app.reader() as con:
         rows = search_images(con, concept, min_score, limit, only_self)
-    finally:
-        con.close()
     return Result(rows=rows, columns=["image_id", "score", "peak_x", "peak_y", "path"])

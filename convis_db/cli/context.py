@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+import duckdb
 
 import click
 
 from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from convis_db.progress import Progress, tqdm_progress
+from convis_db.store.db import connect, require_initialised
 
 
 @dataclass
@@ -20,6 +25,16 @@ class App:
     @property
     def progress(self) -> Progress:
         return tqdm_progress(enabled=not self.quiet)
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The database opened read-only for a query command, checked to hold a hierarchy, then closed."""
+        con = connect(self.db)
+        try:
+            require_initialised(con, self.db)
+            yield con
+        finally:
+            con.close()
 
 
 pass_app = click.make_pass_decorator(App)
