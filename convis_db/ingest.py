@@ -245,6 +245,7 @@ class Ingestor:
         self._stop: threading.Event | None = None
         self._group: list[tuple[IngestOutcome, DecodedImage, float]] = []  # small images explained together
         self._group_windows = 0
+        self._windows_explained = 0  # for the progress bar's windows/s (queued images count when explained)
 
     def close(self) -> None:
         self.con.close()
@@ -322,7 +323,7 @@ class Ingestor:
                             break
                         report.outcomes.append(self._one(path, decoded, previously_failed, report, writer))
                         secs = max(time.perf_counter() - t0, 1e-9)
-                        tick(1, windows_per_s=f"{report.windows / secs:.0f}")
+                        tick(1, windows_per_s=f"{self._windows_explained / secs:.0f}")
                     if not stop.requested.is_set():
                         self._flush(writer, report)  # the last group of small images
                     self._settle(writer, report)  # the last image's write
@@ -423,6 +424,7 @@ class Ingestor:
         for (outcome, image, t0), exp in zip(group, explanations):
             if exp is None:
                 continue
+            self._windows_explained += exp.grid.n_windows
             # The previous image's write has overlapped this compute; wait for it, then hand this one
             # over, so at most one write is in flight and outcomes are final in file order.
             self._settle(writer, report)
