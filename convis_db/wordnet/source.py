@@ -1,9 +1,10 @@
 """Locate a WordNet 3.0 database and open it with nltk's reader.
 
-Order of attempts: nltk's own data directories; nltk's downloader (works only with a network); a
-system WordNet 3.0 database such as Debian's /usr/share/wordnet. nltk's reader needs the
+Order of attempts: CONVIS_WORDNET; nltk's own data directories; the copy an earlier run left in the
+user cache; nltk's downloader (works only with a network; given 15 s); a system WordNet 3.0 database
+such as Debian's /usr/share/wordnet. nltk's reader needs the
 `lexnames` table, which Debian lacks, so a system database is assembled into an nltk-style copy in
-the user cache (symlinks to the system files plus the shipped lexnames).
+the user cache (copies of the system files plus the shipped lexnames).
 """
 
 from __future__ import annotations
@@ -86,14 +87,29 @@ def _try_nltk_download() -> Path | None:
     """nltk's downloader; quietly gives up without a network (the usual case offline)."""
     if os.environ.get("CONVIS_NO_DOWNLOAD"):
         return None
+    import contextlib
+    import io
+    import socket
+
+    previous_timeout = socket.getdefaulttimeout()
+    chatter = io.StringIO()
     try:
         import nltk
 
         target = _nltk_cache_root()
-        ok = nltk.download("wordnet", download_dir=str(target), quiet=True, raise_on_error=False)
+        target.mkdir(parents=True, exist_ok=True)
+        socket.setdefaulttimeout(15)  # offline, fail in seconds rather than hang
+        with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ok = nltk.download("wordnet", download_dir=str(target), quiet=True, raise_on_error=False,
+                               print_error_to=chatter)
     except Exception as exc:  # noqa: BLE001 - any failure here just means "not this way"
         log.debug("nltk downloader failed: %s", exc)
         return None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+        if chatter.getvalue():
+            log.debug("nltk downloader said: %s", chatter.getvalue().strip())
     if not ok:
         return None
     folder = target / "corpora" / "wordnet"
@@ -156,7 +172,11 @@ def find_wordnet_dir(allow_download: bool = True) -> Path:
         return found
     cached = _nltk_cache_root() / "corpora" / "wordnet"
     if (cached / "data.noun").is_file() and (cached / "lexnames").is_file() and _version_of(cached) == "3.0":
-        return cached
+        return cached  # downloaded or assembled by an earlier run
+    if allow_download:
+        found = _try_nltk_download()
+        if found is not None:
+            return found
     for candidate in SYSTEM_CANDIDATES:
         path = Path(candidate)
         if _is_wordnet_dir(path):
@@ -165,10 +185,6 @@ def find_wordnet_dir(allow_download: bool = True) -> Path:
                 log.warning("skipping %s: WordNet %s, convis-db needs 3.0", path, version)
                 continue
             return assemble_from_system(path)
-    if allow_download:
-        found = _try_nltk_download()
-        if found is not None:
-            return found
     raise WordNetUnavailableError(HOW_TO_GET_WORDNET)
 
 
