@@ -41,6 +41,9 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
                batch_size: int = 256, progress: Progress = no_progress) -> InitReport:
     """Create or extend a database. Idempotent: a second run with the same arguments changes nothing."""
     vocab = load_vocabulary(vocab_spec)  # before creating anything: a bad --vocab leaves no file behind
+    # A new database needs the model: load it first, so that weights that cannot be had (offline)
+    # fail before any file is made or any minute is spent on the hierarchy.
+    preloaded = None if Path(db_path).exists() else load_model(spec, device)
     con = connect(db_path, write=True, create=True)
     try:
         stored = stored_vocabulary(con)
@@ -55,7 +58,7 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
                 f"{db_path} already holds vocabulary {stored['name']!r} ({stored['source']}); one database holds "
                 f"one vocabulary, and {vocab.source} has other words. Use another --db for it."
             )
-        model_id, embedded = _ensure_model(con, spec, device, batch_size, progress)
+        model_id, embedded = _ensure_model(con, spec, device, batch_size, progress, preloaded)
         counts = con.execute(
             "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"
         ).fetchone()
@@ -69,13 +72,13 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
         con.close()
 
 
-def _ensure_model(con, spec: ModelSpec, device: torch.device, batch_size: int,
-                  progress: Progress) -> tuple[int, int]:
+def _ensure_model(con, spec: ModelSpec, device: torch.device, batch_size: int, progress: Progress,
+                  preloaded=None) -> tuple[int, int]:
     """Register the model and embed definitions if needed: (model_id, definitions embedded now)."""
     mid = find_model_id(con, spec)
     if mid is not None and has_definition_embeddings(con, mid):
         return mid, 0
-    loaded = load_model(spec, device)
+    loaded = preloaded or load_model(spec, device)
     definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
     with progress("Embedding definitions", len(definitions), "synsets") as tick:
         emb = loaded.encode_text(definitions, batch_size=batch_size, progress=tick)

@@ -342,3 +342,19 @@ def test_init_refuses_another_word_list_under_the_same_name(run_cli, tiny_config
     # The same words from another path are the same vocabulary.
     (tmp_path / "c.txt").write_text("dog\ncat\n")
     assert run_cli(*args, tmp_path / "c.txt").exit_code == 0
+
+
+def test_init_with_weights_that_cannot_be_had_leaves_no_file(run_cli, tmp_path, monkeypatch):
+    """Offline, a tag fails before any file is made, with the recipe for --pretrained PATH or none."""
+    import open_clip
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("Failed to download weights for tag 'openai': no network. Last error: again no network")
+
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    db = tmp_path / "offline.duckdb"
+    res = run_cli("--db", db, "init", "--model", "ViT-B-32", "--pretrained", "openai")
+    assert res.exit_code == 2
+    assert "--pretrained PATH" in res.stderr and "--pretrained none" in res.stderr
+    assert "Last error" not in res.stderr  # the hub's repetition is trimmed
+    assert not db.exists()

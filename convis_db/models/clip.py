@@ -113,14 +113,18 @@ def _encode_text_truncated(model: torch.nn.Module, tokens: torch.Tensor) -> torc
 
 
 @contextlib.contextmanager
-def _quiet_root_warnings():
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(logging.ERROR)
+def _quiet_loader_logs():
+    """open_clip and the hub client log their own warnings and errors on the root logger while
+    loading; a failure becomes our ModelError (with the offline recipe), so they only add noise."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    previous = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        root.setLevel(previous)
+        for lg, level in zip(loggers, previous):
+            lg.setLevel(level)
 
 
 def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
@@ -133,16 +137,18 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
         if spec.is_random:
             # Seeded without touching the caller's global RNG state; open_clip's own "initialized
             # randomly" warning is replaced by ours.
-            with torch.random.fork_rng(devices=[]), _quiet_root_warnings():
+            with torch.random.fork_rng(devices=[]), _quiet_loader_logs():
                 torch.manual_seed(RANDOM_SEED)
                 model = open_clip.create_model(spec.name, pretrained=None, device="cpu")
         else:
-            model = open_clip.create_model(spec.name, pretrained=spec.pretrained, device="cpu",
-                                           require_pretrained=True)
+            with _quiet_loader_logs():
+                model = open_clip.create_model(spec.name, pretrained=spec.pretrained, device="cpu",
+                                               require_pretrained=True)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - hub, file and state-dict errors all land here
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = msg.split(". Last error:")[0].rstrip(".")  # the hub's message repeats itself
         if spec.is_local_checkpoint:
             raise ModelError(
                 f"could not load checkpoint {spec.pretrained} into {spec.name}: {msg}. "
