@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import TINY_CONFIG, header, timeit  # noqa: E402
 from reference_loop import reference_concept_map  # noqa: E402
 
-from convis_db.engine.explainer import ConceptEngine, Timer  # noqa: E402
+from convis_db.engine.explainer import ConceptEngine  # noqa: E402
 from convis_db.engine.images import read_image  # noqa: E402
 from convis_db.engine.settings import CPU_FAST, PAPER, Settings  # noqa: E402
 from convis_db.engine.windows import working_size  # noqa: E402
