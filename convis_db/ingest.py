@@ -37,7 +37,7 @@ from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import load_hierarchy
 from convis_db.store.image_store import failed_paths, find_by_sha, record_failure, stored_profile, write_image
-from convis_db.store.model_store import find_model_id, load_definition_embeddings, model_row, pick_model
+from convis_db.store.model_store import find_model_id, load_definition_embeddings, model_row, pick_model, spec_from_row
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class Ingestor:
         else:
             mid = pick_model(self.con, None)
             row = model_row(self.con, mid)
-            spec = _spec_from_row(row)
+            spec = spec_from_row(row)
         profile = stored_profile(self.con)
         if profile and profile[0] != mid:
             other = model_row(self.con, profile[0])
@@ -484,25 +484,6 @@ def _option_args(given: dict[str, int]) -> dict[str, int | None]:
     if unknown:
         raise UsageError(f"unknown settings {sorted(unknown)}; valid: {', '.join(_OPTION_NAMES)}.")
     return {k: given.get(k) for k in _OPTION_NAMES}
-
-
-def _spec_from_row(row: dict) -> ModelSpec:
-    """Rebuild the ModelSpec of a stored model (a config-file model needs its config re-registered)."""
-    import json
-
-    import open_clip
-
-    from convis_db.paths import cache_dir
-
-    name = row["name"]
-    config_path = None
-    if name not in open_clip.list_models():
-        folder = cache_dir() / "model-configs"
-        folder.mkdir(parents=True, exist_ok=True)
-        config_path = folder / f"{name}.json"
-        config_path.write_text(json.dumps(json.loads(row["config_json"])))
-    return ModelSpec(name=name, pretrained=row["pretrained"], config_path=str(config_path) if config_path else None,
-                     config_json=row["config_json"], weights_sha256=row["weights_sha256"])
 
 
 def parse_settings(stride: int | None, small: int | None, large: int | None, max_pixels: int | None,

@@ -11,7 +11,6 @@ from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, emit
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
-from convis_db.store.db import connect, require_initialised
 
 
 @click.group("eval")
@@ -22,16 +21,6 @@ def command() -> None:
     windows). With random weights every number is meaningless. See docs/evaluation.md.
     """
 
-
-def _open(db: str):
-    """The database read-only (connect turns DuckDB's stdout progress bar off)."""
-    con = connect(db)
-    try:
-        require_initialised(con, db)
-    except Exception:
-        con.close()
-        raise
-    return con
 
 
 def _random_weights_note(con) -> list[str]:
@@ -89,15 +78,12 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
     data = load_wsol_dataset(dataset, images=image_dir, concept=concept, category_map=mapping, n=n, split=split)
     if text is not None and data.kind != "cub":
         raise UsageError("--text works with one concept (CUB); COCO categories use their synsets' definitions.")
-    con = _open(app.db)
-    try:
+    with app.reader() as con:
         dev = resolve_device(device)
         explainer = (convis_for_database(con, dev, only_self) if method == "convis"
                      else grad_eclip_for_database(con, dev, text))
         report = evaluate_wsol(data, explainer, tau_step=tau_step, iou_threshold=iou_threshold, progress=app.progress)
         notes = _random_weights_note(con)
-    finally:
-        con.close()
     payload = report.as_dict()
     if report.failures:
         notes.append(f"{len(report.failures)} images could not be evaluated (listed under 'failures' in --json).")
@@ -147,8 +133,7 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
 
     train, ignored_train = imagenet_classes(train_dir, per_class)
     test, ignored_test = imagenet_classes(test_dir, per_class)
-    con = _open(app.db)
-    try:
+    with app.reader() as con:
         labeller = WordNetLabeller(con, positive, negative)
         explainer = convis_for_database(con, resolve_device(device))
         explainer.prepare([positive])
@@ -157,8 +142,6 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
                               + [f"test/{d}" for d in ignored_test],
                               progress=app.progress)
         notes = _random_weights_note(con)
-    finally:
-        con.close()
     payload = report.as_dict()
     if scores_csv:
         Path(scores_csv).parent.mkdir(parents=True, exist_ok=True)

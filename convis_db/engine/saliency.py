@@ -10,6 +10,7 @@ prefix sums of the integer rank counts, so every map value is an exact ratio of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -49,7 +50,9 @@ def axis_segments(length: int, stride: int, large: int, n_windows: int) -> AxisS
     return AxisSegments(start, stop, lo[start], hi[start])
 
 
+@lru_cache(maxsize=64)
 def grid_segments(grid: WindowGrid) -> tuple[AxisSegments, AxisSegments]:
+    """(row segments, column segments) of a grid; cached, since every chunk and map of an image asks."""
     return (axis_segments(grid.height, grid.stride, grid.large, grid.rows),
             axis_segments(grid.width, grid.stride, grid.large, grid.cols))
 

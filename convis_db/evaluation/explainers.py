@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import DecodedImage
-from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid, normalise
-from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, load_database_model, text_embedding
+from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, text_embedding
+from convis_db.query.maps import engine_for_database
+from convis_db.store.model_store import load_database_model
 
 log = logging.getLogger(__name__)
 
@@ -147,19 +148,7 @@ def image_embedding(model, pixels: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ with a database
-def engine_for_database(con, device: torch.device, batch_size: int = 128) -> tuple[ConceptEngine, int]:
-    """The engine MapService uses for new files: the model and settings of the stored images (one
-    profile per database), else the database's model with the paper's settings."""
-    from convis_db.store.hierarchy_store import load_hierarchy
-    from convis_db.store.image_store import stored_profile
-    from convis_db.store.model_store import load_definition_embeddings
 
-    profile = stored_profile(con)
-    model_id, loaded = load_database_model(con, device)
-    settings = profile[1] if profile else Settings()
-    defs = load_definition_embeddings(con, model_id)
-    engine = ConceptEngine(loaded, defs, load_hierarchy(con).propagation_levels, settings, batch_size=batch_size)
-    return engine, model_id
 
 
 def database_concept_ids(con) -> ConceptIds:

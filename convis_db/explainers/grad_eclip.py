@@ -242,16 +242,7 @@ def text_embedding(loaded: LoadedModel, text: str) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ with a database
-def load_database_model(con, device: torch.device) -> tuple[int, LoadedModel]:
-    """The model a database's maps use: the one its images were ingested with, else its only model."""
-    from convis_db.ingest import _spec_from_row
-    from convis_db.models.clip import load_model
-    from convis_db.store.image_store import stored_profile
-    from convis_db.store.model_store import model_row, pick_model
 
-    profile = stored_profile(con)
-    model_id = profile[0] if profile else pick_model(con, None)
-    return model_id, load_model(_spec_from_row(model_row(con, model_id)), device)
 
 
 class GradEclipService:
@@ -269,6 +260,8 @@ class GradEclipService:
     @property
     def model(self) -> LoadedModel:
         if self._model is None:
+            from convis_db.store.model_store import load_database_model
+
             self._model_id, self._model = load_database_model(self.con, self.device)
             _vit_parts(self._model.model)  # refuse early, before any image is read
         return self._model

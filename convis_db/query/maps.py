@@ -16,10 +16,9 @@ from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import NotFoundError
-from convis_db.models.clip import load_model
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name, load_hierarchy
 from convis_db.store.image_store import StoredImage, find_by_sha, get_image, load_window_embeddings, stored_profile
-from convis_db.store.model_store import load_definition_embeddings, model_row, pick_model
+from convis_db.store.model_store import load_database_model, load_definition_embeddings
 
 log = logging.getLogger(__name__)
 
@@ -102,12 +101,16 @@ class MapService:
 
     def _model_engine(self) -> ConceptEngine:
         if self._engine is None:
-            from convis_db.ingest import _spec_from_row
-
-            profile = stored_profile(self.con)
-            model_id = profile[0] if profile else pick_model(self.con, None)
-            settings = profile[1] if profile else Settings()
-            loaded = load_model(_spec_from_row(model_row(self.con, model_id)), self.device)
-            defs = load_definition_embeddings(self.con, model_id)
-            self._engine = ConceptEngine(loaded, defs, load_hierarchy(self.con).propagation_levels, settings)
+            self._engine, _ = engine_for_database(self.con, self.device)
         return self._engine
+
+
+def engine_for_database(con, device: torch.device, batch_size: int = 128) -> tuple[ConceptEngine, int]:
+    """The engine for new files: the model and settings of the stored images (one profile per
+    database), else the database's model with the paper's settings. Returns it with the model id."""
+    profile = stored_profile(con)
+    model_id, loaded = load_database_model(con, device)
+    settings = profile[1] if profile else Settings()
+    defs = load_definition_embeddings(con, model_id)
+    engine = ConceptEngine(loaded, defs, load_hierarchy(con).propagation_levels, settings, batch_size=batch_size)
+    return engine, model_id

@@ -102,3 +102,32 @@ def pick_model(con: duckdb.DuckDBPyConnection, requested: ModelSpec | None) -> i
     if not models:
         raise DatabaseError("the database has no model embeddings yet; run convis-db init --model ... --pretrained ...")
     return int(models[0]["model_id"])
+
+
+def spec_from_row(row: dict) -> ModelSpec:
+    """Rebuild the ModelSpec of a stored model (a config-file model needs its config re-registered)."""
+    import json
+
+    import open_clip
+
+    from convis_db.paths import cache_dir
+
+    name = row["name"]
+    config_path = None
+    if name not in open_clip.list_models():
+        folder = cache_dir() / "model-configs"
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path = folder / f"{name}.json"
+        config_path.write_text(json.dumps(json.loads(row["config_json"])))
+    return ModelSpec(name=name, pretrained=row["pretrained"], config_path=str(config_path) if config_path else None,
+                     config_json=row["config_json"], weights_sha256=row["weights_sha256"])
+
+
+def load_database_model(con: duckdb.DuckDBPyConnection, device) -> tuple[int, LoadedModel]:
+    """The model a database's maps use: the one its images were ingested with, else its only model."""
+    from convis_db.models.clip import load_model
+    from convis_db.store.image_store import stored_profile
+
+    profile = stored_profile(con)
+    model_id = profile[0] if profile else pick_model(con, None)
+    return model_id, load_model(spec_from_row(model_row(con, model_id)), device)
