@@ -43,7 +43,18 @@ class SynsetRanker:
     def __init__(self, definitions: np.ndarray, device: torch.device):
         self.n = int(definitions.shape[0])
         self.device = device
-        self.definitions = np.array(definitions, dtype=np.float32, order="C", copy=True)
+        # Synsets whose definitions embed to the same vector must tie exactly. BLAS kernels may round
+        # two equal rows differently (edge tiles take another code path), so similarities are computed
+        # against the distinct rows only and expanded back: equal inputs give equal cosines.
+        distinct, inverse = np.unique(np.asarray(definitions, dtype=np.float32), axis=0, return_inverse=True)
+        if len(distinct) < self.n:
+            self.definitions = np.ascontiguousarray(distinct)
+            self._expand = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
+            log.info("%d of %d definition embeddings are exact duplicates; they share their ranks",
+                     self.n - len(distinct), self.n)
+        else:
+            self.definitions = np.array(definitions, dtype=np.float32, order="C", copy=True)
+            self._expand = None
         self._defs_t = torch.from_numpy(self.definitions).to(device)
         self._gpu_res = None
         if device.type == "cuda" and _faiss_gpu_available():
@@ -55,6 +66,10 @@ class SynsetRanker:
 
     def similarities(self, emb: torch.Tensor) -> torch.Tensor:
         """(W, n) float32 cosines z(e, s) on the ranker's device."""
+        z = self._distinct_similarities(emb)
+        return z if self._expand is None else z.index_select(1, self._expand)
+
+    def _distinct_similarities(self, emb: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda":
             emb = emb.to(self.device, torch.float32).contiguous()
             if self._gpu_res is not None:
