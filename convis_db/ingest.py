@@ -26,6 +26,7 @@ from pathlib import Path
 import duckdb
 import torch
 
+from convis_db.engine.capacity import check_fits
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
 from convis_db.engine.settings import Settings
@@ -57,6 +58,7 @@ class IngestReport:
     outcomes: list[IngestOutcome] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_by: str | None = None   # SIGINT or SIGTERM when a signal stopped the run
     model: str = ""
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -74,7 +76,7 @@ class IngestReport:
             "ingested": self.count("ingested"), "skipped": self.count("skipped"), "failed": self.count("failed"),
             "windows": self.windows, "seconds": round(self.seconds, 3),
             "images_per_s": round(self.count("ingested") / secs, 3), "windows_per_s": round(self.windows / secs, 1),
-            "interrupted": self.interrupted, "model": self.model, "settings": self.settings,
+            "interrupted": self.interrupted, "stopped_by": self.stopped_by, "model": self.model, "settings": self.settings,
             "stage_seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -122,32 +124,43 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
 
 
-class _StopOnSigint:
-    """While active (main thread only), a first SIGINT sets `requested` instead of raising; the
-    previous handler is put back at once, so a second SIGINT raises KeyboardInterrupt as usual."""
+class _StopOnSignal:
+    """While active (main thread only), a first SIGINT (Ctrl-C) or SIGTERM (kill, a scheduler's stop)
+    sets `requested` instead of ending the process, so the image in hand is finished and stored; the
+    previous handlers are put back at once, so a second signal acts as usual (Ctrl-C raises
+    KeyboardInterrupt, a second SIGTERM terminates; the open transaction is then rolled back)."""
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 
     def __init__(self) -> None:
         self.requested = threading.Event()
-        self._previous = None
-        self._installed = False
+        self.signal_name: str | None = None
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
         self.requested.set()
-        signal.signal(signal.SIGINT, self._previous)
-        log.warning("interrupt: finishing the current image, then stopping (press Ctrl-C again to stop at once)")
+        self.signal_name = signal.Signals(signum).name
+        self._restore()
+        again = "press Ctrl-C again" if signum == signal.SIGINT else "send SIGTERM again"
+        log.warning("%s: finishing the current image, then stopping (%s to stop at once)", self.signal_name, again)
 
-    def __enter__(self) -> _StopOnSigint:
+    def _restore(self) -> None:
+        for signum, previous in self._previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, previous)
+        self._previous = {}
+
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
-            try:
-                self._previous = signal.signal(signal.SIGINT, self._handle)
-                self._installed = True
-            except ValueError:  # not allowed here (e.g. an embedded interpreter)
-                self._installed = False
+            for signum in self.SIGNALS:
+                try:
+                    self._previous[signum] = signal.signal(signum, self._handle)
+                except ValueError:  # not allowed here (e.g. an embedded interpreter)
+                    pass
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._installed and signal.getsignal(signal.SIGINT) == self._handle:
-            signal.signal(signal.SIGINT, self._previous)
+        self._restore()
 
 
 class _PipelinedWriter:
@@ -234,9 +247,10 @@ class Ingestor:
         self.decode_threads = decode_threads
         self.con = connect(db_path, write=True)
         try:
-            require_initialised(self.con, db_path)
+            n_synsets = require_initialised(self.con, db_path)
             self.model_id, self.spec = self._choose_model(model, pretrained)
             self.settings = self._choose_settings(settings, options)
+            check_fits(self.settings, n_synsets)
         except BaseException:
             self.con.close()
             raise
@@ -313,7 +327,7 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, settings=self.settings.as_dict())
         previously_failed = set() if self.retry_failed else failed_paths(self.con)
-        with self.progress("Ingesting", len(files), "img") as tick, _StopOnSigint() as stop, \
+        with self.progress("Ingesting", len(files), "img") as tick, _StopOnSignal() as stop, \
                 _PipelinedWriter(self.con) as writer:
             self._stop = stop.requested
             try:
@@ -331,8 +345,10 @@ class Ingestor:
                 writer.abort()
                 self._rollback_open_transaction()
                 report.interrupted = True
+                report.stopped_by = "SIGINT"
             if stop.requested.is_set():
                 report.interrupted = True
+                report.stopped_by = stop.signal_name
             self._group = []
             # Files read but never explained or written (a stop came first) are not reported as done.
             report.outcomes = [o for o in report.outcomes if o.status != "pending"]
@@ -465,9 +481,12 @@ class Ingestor:
         except duckdb.InterruptException as exc:  # DuckDB noticed a (second) Ctrl-C; it rolled back
             raise KeyboardInterrupt from exc
         except duckdb.Error as exc:  # the database itself failed (disk full, ...): later images would too
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            fix = ("The disk is full: free space on the disk that holds it" if "no space left" in cause.lower()
+                   else "Fix the cause")
             raise DatabaseError(
-                f"writing {key} to {self.db_path} failed ({str(exc).splitlines()[0]}); that image was rolled "
-                "back and every image stored before it is whole. Fix the cause and run the same command again."
+                f"writing {key} to {self.db_path} failed ({cause}); that image was rolled back and every image "
+                f"stored before it is whole. {fix}, then run the same command again."
             ) from exc
         for stage, secs in exp.timings.items():
             report.timings[stage] = report.timings.get(stage, 0.0) + secs

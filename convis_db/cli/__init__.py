@@ -5,11 +5,19 @@ from __future__ import annotations
 import sys
 
 import click
+import duckdb
 
 from convis_db import __version__
 from convis_db.cli.context import App, configure_logging
+from convis_db.cli.output import printable
 from convis_db.errors import ConvisError
 from convis_db.paths import DEFAULT_DB
+from convis_db.store.db import damaged_message
+
+
+#: DuckDB errors that mean the file itself could not be read (short reads, bad blocks, corrupt data).
+_FILE_ERRORS = tuple(getattr(duckdb, name) for name in ("IOException", "SerializationException", "InternalException",
+                                                        "FatalException") if hasattr(duckdb, name))
 
 
 class ConvisGroup(click.Group):
@@ -19,7 +27,20 @@ class ConvisGroup(click.Group):
         try:
             return super().invoke(ctx)
         except ConvisError as exc:
-            click.echo(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
+            click.echo(click.style("error: ", fg="red", bold=True) + printable(str(exc)), err=True)
+            ctx.exit(exc.exit_code)
+        except _FILE_ERRORS as exc:
+            # Raised while reading a file that opened: a truncated or damaged database. Bugs in our own
+            # SQL raise other DuckDB errors (Binder, Catalog, ...) and still show a traceback.
+            db = ctx.obj.db if isinstance(ctx.obj, App) else "the database"
+            click.echo(click.style("error: ", fg="red", bold=True) + printable(damaged_message(db, exc)), err=True)
+            ctx.exit(2)
+        except click.UsageError as exc:
+            # A bad option of a command (out of range, not a number, ...): one line, as for every other
+            # input error, instead of click's usage block.
+            where = exc.ctx.command_path if exc.ctx is not None else "convis-db"
+            click.echo(click.style("error: ", fg="red", bold=True)
+                       + printable(f"{exc.format_message()} (see: {where} --help)"), err=True)
             ctx.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted.", err=True)

@@ -9,6 +9,7 @@ import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, emit
+from convis_db.cli.types import FiniteFloatRange
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
 
@@ -43,15 +44,15 @@ def _random_weights_note(con) -> list[str]:
 @click.option("--concept", default="bird.n.01", show_default=True, help="CUB only: the concept to localise.")
 @click.option("--split", type=click.Choice(["auto", "test", "train", "all"]), default="auto", show_default=True,
               help="CUB only: auto = the test split when train_test_split.txt exists, else all images.")
-@click.option("--n", "n", type=click.IntRange(1), default=None, help="Evaluate only the first N images.")
+@click.option("--n", "n", type=click.IntRange(1, 10**9), default=None, help="Evaluate only the first N images.")
 @click.option("--method", type=click.Choice(["convis", "grad-eclip"]), default="convis", show_default=True,
               help="convis: Concept Visualization maps; grad-eclip: Grad-ECLIP maps of the same model.")
 @click.option("--only-self", is_flag=True, help="convis: rank_sim of the synset alone instead of max_rank_sim.")
 @click.option("--text", default=None,
               help="grad-eclip on CUB: the text to explain (default: the concept's WordNet definition).")
-@click.option("--iou-threshold", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True,
+@click.option("--iou-threshold", type=FiniteFloatRange(0, 1, min_open=True), default=0.5, show_default=True,
               help="A box is correct when its IoU with a ground-truth box reaches this.")
-@click.option("--tau-step", type=click.FloatRange(0.001, 0.5), default=0.01, show_default=True,
+@click.option("--tau-step", type=FiniteFloatRange(0.001, 0.5), default=0.01, show_default=True,
               help="Spacing of the threshold grid tau = 0, step, ..., < 1.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report (every tau) as JSON.")
@@ -110,7 +111,7 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
 @click.option("--positive", required=True, help="In-distribution concept: classes that are it or under it.")
 @click.option("--negative", default=None,
               help="Out-of-distribution concept: classes under it (default: every class not under --positive).")
-@click.option("--per-class", type=click.IntRange(1), default=None, help="Use only the first N images of each class.")
+@click.option("--per-class", type=click.IntRange(1, 10**9), default=None, help="Use only the first N images of each class.")
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False),
               help="Write every test image's three scores to this CSV.")
 @device_option

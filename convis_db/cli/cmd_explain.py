@@ -20,7 +20,7 @@ def _flatten(node: dict, level: int = 0, out: list | None = None) -> list[dict]:
 @click.command("explain")
 @click.argument("image")
 @click.option("--depth", type=click.IntRange(0, 30), default=4, show_default=True, help="Levels below the root.")
-@click.option("--top", type=click.IntRange(1), default=3, show_default=True, help="Children shown per node.")
+@click.option("--top", type=click.IntRange(1, 1000), default=3, show_default=True, help="Children shown per node.")
 @click.option("--root", default="entity.n.01", show_default=True, help="Start the tree here.")
 @query_output
 @pass_app

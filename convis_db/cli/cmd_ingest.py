@@ -45,7 +45,7 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     A file that cannot be used is recorded with its reason and the run goes on; it is tried again
     only with --retry-failed. Each image is stored in one transaction, so an interrupted or killed
     run leaves whole images only: run the same command again to do the rest. Ctrl-C stops after the
-    current image (exit code 130); a second Ctrl-C stops at once.
+    current image (exit code 130); a second Ctrl-C stops at once. SIGTERM does the same (exit code 143).
 
     \b
     Example:
@@ -76,6 +76,8 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
     if report.interrupted:
-        click.echo(f"interrupted: stopped after the current image; {summary['ingested']} images stored in this run, "
-                   "each one whole. Run the same command again to ingest the rest.", err=True)
-        click.get_current_context().exit(130)
+        terminated = report.stopped_by == "SIGTERM"
+        click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: stopped after the current image; "
+                   f"{summary['ingested']} images stored in this run, each one whole. Run the same command again "
+                   "to ingest the rest.", err=True)
+        click.get_current_context().exit(143 if terminated else 130)

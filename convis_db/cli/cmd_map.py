@@ -10,6 +10,7 @@ from PIL import Image
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, emit
+from convis_db.cli.types import score_range
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
@@ -28,7 +29,7 @@ from convis_db.query.maps import MapService
               help="mask: the paper's white mask; heatmap: a colour-map overlay.")
 @click.option("--npy", type=click.Path(dir_okay=False), help="Write the raw map (convis: working resolution; grad-eclip: normalised, image size).")
 @click.option("--only-self", is_flag=True, help="Use rank_sim of the synset alone instead of its descendants too.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--threshold", type=score_range(), default=0.0, show_default=True,
               help="Hide normalised values below this in the PNG.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the map's summary as JSON.")
@@ -44,6 +45,10 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
     """
     if not output and not npy and not as_json:
         raise UsageError("say where the map goes: -o out.png and/or --npy raw.npy (or --json for its summary).")
+    if output and Path(output).suffix.lower() != ".png":
+        raise UsageError(f"-o {output}: maps are written as PNG images; name the file .png (--npy writes raw values).")
+    if npy and Path(npy).suffix.lower() != ".npy":
+        raise UsageError(f"--npy {npy}: raw maps are written in numpy's .npy format; name the file .npy.")
     if method == "grad-eclip":
         if only_self:
             raise UsageError("--only-self is a convis option; drop it with --method grad-eclip.")
@@ -67,13 +72,19 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
 def _write_outputs(saliency: np.ndarray, image_path: str, output: str | None, style: str, npy: str | None,
                    threshold: float) -> None:
     """The raw map as float32 .npy and/or the picture over the original image as PNG."""
-    if npy:
-        np.save(npy, saliency.astype(np.float32))
-    if output:
-        from convis_db.engine.images import read_image
+    target = npy
+    try:
+        if npy:
+            np.save(npy, saliency.astype(np.float32))
+        if output:
+            from convis_db.engine.images import read_image
 
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(render(read_image(image_path).pixels, saliency, style, threshold)).save(output)
+            target = output
+            picture = render(read_image(image_path).pixels, saliency, style, threshold)
+            Path(output).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(picture).save(output)
+    except OSError as exc:
+        raise UsageError(f"cannot write {target}: {exc.strerror or exc}. Choose a path in a folder you can write.") from exc
 
 
 def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:

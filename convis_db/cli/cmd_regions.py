@@ -6,6 +6,7 @@ import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, query_output
+from convis_db.cli.types import listing_limit, score_range
 from convis_db.models.device import resolve_device
 from convis_db.query.maps import MapService
 from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
@@ -14,9 +15,9 @@ from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
 @click.command("regions")
 @click.argument("concept")
 @click.option("--image", help="Only this stored image (id, path or sha256).")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=DEFAULT_MIN_SCORE, show_default=True,
+@click.option("--min-score", type=score_range(), default=DEFAULT_MIN_SCORE, show_default=True,
               help="Saliency threshold: a region is a connected part of the map at or above it.")
-@click.option("--limit", type=click.IntRange(1), default=100, show_default=True, help="Most regions to list.")
+@click.option("--limit", type=listing_limit(), default=100, show_default=True, help="Most regions to list.")
 @device_option
 @query_output
 @pass_app

@@ -6,14 +6,15 @@ import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
+from convis_db.cli.types import listing_limit, score_range
 from convis_db.query.search import search_images
 
 
 @click.command("search")
 @click.argument("concept")
-@click.option("--min-score", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+@click.option("--min-score", type=score_range(), default=0.0, show_default=True,
               help="Only images whose score reaches this.")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Most images to list.")
+@click.option("--limit", type=listing_limit(), default=20, show_default=True, help="Most images to list.")
 @click.option("--only-self", is_flag=True, help="Score the synset alone (rank_sim) instead of it and its descendants.")
 @query_output
 @pass_app

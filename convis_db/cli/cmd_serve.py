@@ -16,9 +16,13 @@ from convis_db.cli.context import App, pass_app
               help="Address to listen on. The explorer has no login: keep it on 127.0.0.1 unless you mean to share.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
               help="Port to listen on (0 picks a free one).")
+@click.option("--allow-host", "allow_hosts", multiple=True, metavar="NAME",
+              help="Also answer requests for this host name (repeatable), e.g. the machine's name when sharing with "
+                   "--host 0.0.0.0. Requests naming any other host get 400 (a defence against DNS rebinding).")
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default web browser.")
 @pass_app
-def command(app: App, db_path: str | None, host: str, port: int, open_browser: bool) -> None:
+def command(app: App, db_path: str | None, host: str, port: int, allow_hosts: tuple[str, ...],
+            open_browser: bool) -> None:
     """Browse the database in a web browser: images, concept trees, maps and concept search.
 
     Opens the database read-only (an ingest into the same file has to wait until the server stops) and
@@ -34,7 +38,7 @@ def command(app: App, db_path: str | None, host: str, port: int, open_browser: b
     db = db_path or app.db
     if app.verbose == 0:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request unless -v
-    server = build_server(db, host, port)
+    server = build_server(db, host, port, allow_hosts)
     if not is_loopback(host):
         click.echo(click.style("warning: ", fg="yellow", bold=True)
                    + f"listening on {host}: anyone who can reach this address can browse {db} (there is no login).",

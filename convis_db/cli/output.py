@@ -12,6 +12,7 @@ import io
 import json
 import math
 import shutil
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,14 +45,36 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: Characters that reorder text on a terminal (bidirectional overrides and isolates).
+_BIDI_CONTROLS = {chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))}
+
+
+def printable(text: str) -> str:
+    """`text` safe for a terminal line: control characters (which can set the title, clear the screen
+    or split a table row, when a file name holds them) and bidirectional overrides shown as escapes."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch in _NAMED_ESCAPES:
+            out.append(_NAMED_ESCAPES[ch])
+        elif unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
     if isinstance(value, (list, tuple)):
-        return " > ".join(map(str, value)) if value and isinstance(value[0], str) else ", ".join(map(str, value))
-    return str(value)
+        text = " > ".join(map(str, value)) if value and isinstance(value[0], str) else ", ".join(map(str, value))
+        return printable(text)
+    return printable(str(value))
 
 
 def render_table(result: Result) -> str:
@@ -97,16 +120,30 @@ def emit(result: Result, fmt: str) -> None:
         payload = result.data if result.data is not None else result.rows
         click.echo(json.dumps(_jsonable(payload), indent=2, ensure_ascii=False))
         for note in result.notes:
-            click.echo(f"note: {note}", err=True)
+            click.echo(f"note: {printable(note)}", err=True)
         return
     if fmt == "csv":
         click.echo(render_csv(result))
         return
     if result.title:
-        click.echo(click.style(result.title, bold=True))
-    click.echo(result.text if result.text is not None else render_table(result))
+        click.echo(click.style(printable(result.title), bold=True))
+    click.echo(_printable_lines(result.text) if result.text is not None else render_table(result))
     for note in result.notes:
-        click.echo(click.style(f"note: {note}", fg="yellow"), err=True)
+        click.echo(click.style(f"note: {printable(note)}", fg="yellow"), err=True)
+
+
+def _printable_lines(text: str) -> str:
+    """A custom rendering (trees, summaries): its own line breaks kept, every line made printable."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
+_FORMAT_KEY = "convis_db.output_format"
+
+
+def output_format() -> str:
+    """'json', 'csv' or 'table': what the running query command will print (set by query_output)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get(_FORMAT_KEY, "table") if ctx else "table"
 
 
 def query_output(func: Callable[..., Result]) -> Callable[..., None]:
@@ -118,6 +155,7 @@ def query_output(func: Callable[..., Result]) -> Callable[..., None]:
     def wrapper(*args, as_json: bool, as_csv: bool, **kwargs):
         if as_json and as_csv:
             raise click.UsageError("--json and --csv are exclusive; pick one.")
+        click.get_current_context().meta[_FORMAT_KEY] = "json" if as_json else "csv" if as_csv else "table"
         result = func(*args, **kwargs)
         emit(result, "json" if as_json else "csv" if as_csv else "table")
 

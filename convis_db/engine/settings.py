@@ -6,6 +6,13 @@ from dataclasses import asdict, dataclass
 
 from convis_db.errors import UsageError
 
+#: Ceilings for the size options, checked before anything is allocated. A working image of 16 Mpx
+#: (4096 x 4096, 55 times the paper's) is already far past what the method needs; ingest also checks
+#: the memory that ranking one image's windows will take against this machine's (see ingest).
+MAX_PIXELS_CEILING = 4096 * 4096
+MAX_SIDE = 4096
+MAX_TOP_K = 100_000
+
 PAPER = dict(max_pixels=300_000, stride=16, small=64, large=128)
 #: A lighter preset for 2-core CPUs: a smaller working image and a coarser stride.
 CPU_FAST = dict(max_pixels=50_000, stride=32, small=64, large=128)
@@ -20,6 +27,12 @@ class Settings:
     top_k: int = 100
 
     def __post_init__(self) -> None:
+        for name, value, ceiling in (("--max-pixels", self.max_pixels, MAX_PIXELS_CEILING),
+                                     ("--stride", self.stride, MAX_SIDE), ("--small", self.small, MAX_SIDE),
+                                     ("--large", self.large, MAX_SIDE), ("--top-k", self.top_k, MAX_TOP_K)):
+            if value > ceiling:
+                raise UsageError(f"{name} {value} is above the ceiling of {ceiling:,}; use a smaller value "
+                                 f"(the paper's settings: --max-pixels {PAPER['max_pixels']:,}, --stride 16).")
         if self.stride < 1:
             raise UsageError(f"--stride {self.stride} must be at least 1.")
         if not (1 <= self.small <= self.large):

@@ -53,31 +53,76 @@ def _first_line(text: str) -> str:
     return text.splitlines()[0].rstrip("!. ") if text else "unknown error"
 
 
-def connect(path: str | Path, *, write: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
-    """A connection to the database file, migrated when opened for writing.
+#: Settings every connection gets: no extension is ever downloaded or loaded behind the user's back
+#: (a SQLite file given as --db would otherwise make DuckDB fetch its sqlite extension), and no
+#: progress bar (set per connection: DuckDB would draw it on stdout, in the middle of --json/--csv output).
+_BASE_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+#: Read-only connections also touch no file but the database itself: DuckDB's own switches, not SQL
+#: parsing. COPY ... TO, EXPORT DATABASE, ATTACH, INSTALL, read_csv('/etc/passwd') and secrets are
+#: refused by the engine, and nothing spills to a temporary directory. DuckDB refuses to turn external
+#: access back on, or to widen allowed_directories/allowed_paths or temp_directory, while the database
+#: is open, so no statement can undo this. (lock_configuration is not used: it is per database
+#: instance, and would stop a second connection of this process from setting its own progress bar.)
+_READ_ONLY_CONFIG = {
+    **_BASE_CONFIG,
+    "enable_external_access": False,
+    "temp_directory": "",
+}
 
-    Raises DatabaseError when the file does not exist (unless `create`), is held by another process,
-    is not a DuckDB file, or comes from a newer schema.
-    """
-    path = Path(path).expanduser()
-    if not path.exists() and not create:
+
+def _check_path(path: Path, create: bool) -> None:
+    """Refuse what DuckDB would hang on or misread, before it opens anything."""
+    if path.exists():
+        if path.is_dir():
+            raise DatabaseError(f"--db {path} is a folder; name a database file inside it (e.g. {path / 'convis.duckdb'}).")
+        if not path.is_file():  # a FIFO would block the open forever; a device or socket is no database
+            raise DatabaseError(f"--db {path} is not a regular file (a pipe, socket or device); "
+                                "point --db at a convis-db DuckDB file.")
+        try:
+            with path.open("rb") as fh:
+                header = fh.read(16)
+        except OSError:
+            return  # DuckDB reports what it cannot read
+        if header.startswith(b"SQLite format 3\0"):
+            raise DatabaseError(f"--db {path} is a SQLite database, not a DuckDB file; point --db at a convis-db "
+                                "DuckDB file (or create one with init).")
+        return
+    if not create:
         raise DatabaseError(
             f"no database at {path}. Create one with: convis-db --db {path} init "
             "(or point --db / CONVIS_DB at an existing file)."
         )
-    if create:
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise DatabaseError(f"cannot create --db {path}: {blocker} is a file, not a folder. "
+                            "Choose a path in a folder you can write.")
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise DatabaseError(f"cannot create the folder for --db {path}: {reason}. "
+                            "Choose a path in a folder you can write.") from exc
+
+
+def connect(path: str | Path, *, write: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
+    """A connection to the database file, migrated when opened for writing.
+
+    Read-only connections are sandboxed by DuckDB's configuration (see _READ_ONLY_CONFIG): they
+    write no file at all. Raises DatabaseError when the file does not exist (unless `create`), is
+    not a regular file, is held by another process, is not a DuckDB file, or comes from a newer schema.
+    """
+    path = Path(path).expanduser()
+    _check_path(path, create)
     read_only = not write
     try:
-        con = duckdb.connect(str(path), read_only=read_only)
+        con = duckdb.connect(str(path), read_only=read_only, config=dict(_READ_ONLY_CONFIG if read_only else _BASE_CONFIG))
     except duckdb.IOException as exc:
         text = str(exc)
         if _is_lock_error(text):
-            raise DatabaseLockedError(
-                f"{path} is in use by {_holder_description(text)}. Wait for it to finish "
-                "(an ingest or init holds the file until it ends), or stop it, then try again. "
-                "Query commands can share the file with each other, not with a writer."
-            ) from exc
+            raise DatabaseLockedError(lock_message(path, text, want_write=write)) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
     except duckdb.Error as exc:
         text = str(exc)
@@ -88,23 +133,62 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
             ) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
     try:
-        # No progress bar: DuckDB would draw it on stdout, in the middle of --json/--csv output.
         con.execute("SET enable_progress_bar = false")
         if write:
             migrate(con, str(path))
         else:
             check_not_newer(con, str(path))
+        if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
+            con.complete()
+    except duckdb.Error as exc:
+        con.close()
+        raise DatabaseError(damaged_message(path, exc)) from exc
     except Exception:
         con.close()
         raise
     return con
 
 
-def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> None:
-    """Fail clearly on a file that has no hierarchy yet."""
+def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """ROLLBACK in an error path without hiding the error being handled.
+
+    After some failures (a full disk, an interrupted statement) DuckDB has already aborted the
+    transaction, and a second ROLLBACK raises "no transaction is active", which would replace the
+    real cause ("No space left on device") in the user's message."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        log.debug("rollback after an error: %s", _first_line(str(exc)))
+
+
+def damaged_message(path: str | Path, exc: BaseException) -> str:
+    """The one line for a DuckDB error on a file that opened: most often a truncated or damaged file."""
+    return (f"cannot read {path}: {_first_line(str(exc))}. The file may be truncated or damaged: restore it "
+            "from a copy, or rebuild it with init and ingest.")
+
+
+def lock_message(path: Path, duckdb_text: str, want_write: bool) -> str:
+    """Why the file is busy, naming the holder and what to do about that kind of holder."""
+    holder = _holder_description(duckdb_text)
+    if " serve" in f" {holder}":
+        advice = ("The explorer (convis-db serve) keeps the file open while it runs; stop it (Ctrl-C in its "
+                  "terminal) to write, then start it again.")
+    elif any(w in f" {holder}" for w in (" ingest", " init", " --write", " merge")):
+        advice = "Wait for it to finish (it holds the file until it ends), or stop it, then try again."
+    elif want_write:
+        advice = "A writer needs the file to itself: wait for that process to end or stop it, then try again."
+    else:
+        advice = "Wait for it to finish, or stop it, then try again."
+    return (f"{path} is in use by {holder}. {advice} "
+            "Query commands can share the file with each other, not with a writer.")
+
+
+def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> int:
+    """The number of synsets in T; fails clearly on a file that has no hierarchy yet."""
     try:
         n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
     except duckdb.CatalogException:
         n = 0
     if not n:
         raise DatabaseError(f"{path} has no WordNet hierarchy yet. Run: convis-db --db {path} init --model ... --pretrained ...")
+    return int(n)

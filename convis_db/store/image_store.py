@@ -13,6 +13,7 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.db import rollback_quietly
 
 
 @dataclass
@@ -135,7 +136,7 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
         con.execute("DELETE FROM ingest_failures WHERE path = ?", [path])
         con.execute("COMMIT")
     except Exception:
-        con.execute("ROLLBACK")
+        rollback_quietly(con)  # keeps the real cause (e.g. "No space left on device") as the error
         raise
     return int(image_id)
 

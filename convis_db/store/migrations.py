@@ -79,9 +79,22 @@ def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
         )
 
 
+def _check_record_present(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
+    """A file with convis-db tables but no schema_migrations lost its record (a dropped table):
+    applying 001 again would fail half-way, and guessing the version could misread the file."""
+    names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "schema_migrations" not in names and names & {"synsets", "images", "windows"}:
+        raise DatabaseError(
+            f"{db_path} has convis-db tables but no schema_migrations table, so its schema version is unknown "
+            "(was the table dropped?). Restore the file from a copy, or rebuild it with init and ingest; "
+            "query commands still read it."
+        )
+
+
 def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
     """Apply pending migrations; returns the versions applied now."""
     check_not_newer(con, db_path)
+    _check_record_present(con, db_path)
     _ensure_table(con)
     done = applied_versions(con)
     applied_now = []
@@ -96,7 +109,10 @@ def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
                         [mig.version, mig.name, mig.checksum])
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:  # already aborted by the failure: keep the failure as the error
+                pass
             raise
         applied_now.append(mig.version)
     return applied_now

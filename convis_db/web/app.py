@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from collections.abc import Iterable
 
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
@@ -85,15 +86,24 @@ def _picture(data: bytes, etag: str, mimetype: str) -> Response:
     return response.make_conditional(request)
 
 
+#: Host names the explorer answers to by default. Anything else in the Host header (a DNS-rebinding
+#: page's own name, say) gets 400, through Flask's own TRUSTED_HOSTS check.
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
 def create_app(db_path: str | Path | None = None, *, explorer: Explorer | None = None,
-               budget: CacheBudget | None = None) -> Flask:
-    """The explorer app for one database (opened read-only for the app's lifetime)."""
+               budget: CacheBudget | None = None, trusted_hosts: Iterable[str] | None = None) -> Flask:
+    """The explorer app for one database (opened read-only for the app's lifetime).
+
+    It answers only requests whose Host is in `trusted_hosts` (default: the loopback names), so
+    a web page that rebinds its own domain to 127.0.0.1 cannot read the database."""
     if explorer is None:
         if db_path is None:
             raise ValueError("create_app needs db_path or explorer")
         explorer = Explorer(db_path, budget)
     app = Flask(__name__, static_folder=str(HERE / "static"), template_folder=str(HERE / "templates"))
     app.json.sort_keys = False
+    app.config["TRUSTED_HOSTS"] = list(dict.fromkeys([*LOOPBACK_HOSTS, *(trusted_hosts or ())]))
     app.extensions["convis_explorer"] = explorer
     ex = explorer
 

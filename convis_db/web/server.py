@@ -14,7 +14,7 @@ from pathlib import Path
 from werkzeug.serving import BaseWSGIServer, get_sockaddr, make_server, select_address_family
 
 from convis_db.errors import UsageError
-from convis_db.web.app import create_app
+from convis_db.web.app import LOOPBACK_HOSTS, create_app
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +57,21 @@ def _listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def build_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765) -> BaseWSGIServer:
+def trusted_hosts_for(host: str, extra: tuple[str, ...] = ()) -> list[str]:
+    """The Host header values to answer: loopback names (always), the --host itself unless it is a
+    wildcard address, and the names given with --allow-host (how others reach a shared explorer)."""
+    names = [*LOOPBACK_HOSTS]
+    if host not in ("0.0.0.0", "::", ""):
+        names += [host, f"[{host}]"] if ":" in host else [host]
+    return list(dict.fromkeys([*names, *extra]))
+
+
+def build_server(db_path: str | Path, host: str = "127.0.0.1", port: int = 8765,
+                 allow_hosts: tuple[str, ...] = ()) -> BaseWSGIServer:
     """A bound, not yet serving, threaded server for the database (port 0 picks a free port)."""
     sock = _listen(host, port)
     try:
-        app = create_app(db_path)
+        app = create_app(db_path, trusted_hosts=trusted_hosts_for(host, allow_hosts))
         try:
             server = make_server(host, port, app, threaded=True, fd=sock.fileno())
         except BaseException:

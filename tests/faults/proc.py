@@ -17,8 +17,8 @@ from pathlib import Path
 INGESTED_LINE = re.compile(r"INFO convis_db\.ingest: ingested (.+?) as image (\d+) \((\d+) windows\)")
 #: What `ingest -v` logs once it holds the database file for writing.
 OPENED_LINE = re.compile(r"INFO convis_db\.ingest: opened .+ for writing")
-#: What `ingest` logs when a first Ctrl-C arrives.
-INTERRUPT_LINE = re.compile(r"interrupt: finishing the current image")
+#: What `ingest` logs when a first Ctrl-C (SIGINT) or SIGTERM arrives.
+INTERRUPT_LINE = re.compile(r"(?:SIGINT|SIGTERM): finishing the current image")
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -107,6 +107,18 @@ class Watched:
                 if left <= 0:
                     raise AssertionError(f"timed out after {timeout} s waiting for {n}x {pattern.pattern!r}:\n"
                                          f"{self._tail()}")
+                self._changed.wait(min(left, 0.5))
+
+    def wait_for_text(self, text: str, timeout: float = 120.0) -> None:
+        """Block until `text` has appeared on stdout or stderr (a server's ready line, say)."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while text not in self.stdout + self.stderr:
+                if self.proc.poll() is not None and not any(t.is_alive() for t in self._readers):
+                    raise AssertionError(f"child exited ({self.proc.returncode}) before {text!r}:\n{self._tail()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"timed out after {timeout} s waiting for {text!r}:\n{self._tail()}")
                 self._changed.wait(min(left, 0.5))
 
     def _tail(self) -> str:

@@ -1,0 +1,88 @@
+"""Run a user's SQL against the database: read-only (no file written) unless asked to write."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from convis_db.errors import UsageError
+from convis_db.store.db import connect
+
+log = logging.getLogger(__name__)
+
+#: Rows a readable table shows by default (exports carry every row).
+TABLE_LIMIT = 1000
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".tsv": "csv", ".json": "json",
+            ".jsonl": "json", ".ndjson": "json"}
+
+
+@dataclass
+class SqlAnswer:
+    columns: list[str] | None      # None for a statement that returns no result set
+    rows: list[dict[str, Any]]
+    truncated: bool                # more rows existed than `limit`
+
+
+def _dataset(name: str, path: str):
+    """A lazily read pyarrow dataset for --table NAME=FILE.
+
+    pyarrow reads the file and hands DuckDB the rows, so the read-only connection keeps DuckDB's
+    external access off (DuckDB itself opens no path, and cannot be turned into a writer)."""
+    import pyarrow.csv as pacsv
+    import pyarrow.dataset as ds
+
+    if not _TABLE_NAME.match(name):
+        raise UsageError(f"--table name {name!r} is not a plain SQL name; use letters, digits and _ (e.g. labels).")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UsageError(f"--table {name}={path}: no such file; give a Parquet, CSV or JSON-lines file.")
+    fmt = _FORMATS.get(file.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--table {name}={path}: unknown file type {file.suffix!r}; use .parquet, .csv, .tsv or .jsonl.")
+    try:
+        if file.suffix.lower() == ".tsv":
+            return ds.dataset(str(file), format=ds.CsvFileFormat(parse_options=pacsv.ParseOptions(delimiter="\t")))
+        return ds.dataset(str(file), format=fmt)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ...
+        raise UsageError(f"--table {name}={path}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from exc
+
+
+def run_sql(db: str | Path, query: str, *, write: bool = False, limit: int | None = None,
+            tables: dict[str, str] | None = None) -> SqlAnswer:
+    """Run `query` (one or more statements); the rows of the last one, at most `limit` (None = all)."""
+    datasets = {name: _dataset(name, path) for name, path in (tables or {}).items()}
+    con = connect(db, write=write)
+    try:
+        for name, dataset in datasets.items():
+            con.register(name, dataset)
+        try:
+            cur = con.execute(query)
+            if not cur.description:
+                return SqlAnswer(None, [], False)
+            columns = [d[0] for d in cur.description]
+            fetched = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
+        except duckdb.PermissionException as exc:
+            raise UsageError(
+                "this statement reads or writes files outside the database, which sql refuses without --write "
+                f"({_first_line(exc)}). Read your own files with --table NAME=FILE."
+            ) from exc
+        except duckdb.Error as exc:
+            text = str(exc).lower()
+            if not write and ("read-only" in text or "read only" in text):
+                raise UsageError("this statement changes the database; sql is read-only unless you add --write.") from exc
+            raise UsageError(f"SQL error: {_first_line(exc)}") from exc
+        truncated = limit is not None and len(fetched) > limit
+        rows = [dict(zip(columns, r)) for r in fetched[:limit]]
+        return SqlAnswer(columns, rows, truncated)
+    finally:
+        con.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or ["unknown error"])[0]
