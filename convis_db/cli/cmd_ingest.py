@@ -28,7 +28,7 @@ def settings_options(f):
 @click.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @click.option("-r", "--recursive", is_flag=True, help="Descend into folders.")
-@click.option("--batch-size", default=None, type=click.IntRange(1),
+@click.option("--batch-size", default=None, type=click.IntRange(1, 65536),
               help="Windows per encoder batch, two patches each [128 on CPU, 512 on CUDA].")
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed in an earlier run.")
 @click.option("--model", envvar="CONVIS_MODEL", default=None,
