@@ -1,0 +1,401 @@
+"""The public Python API: `convis_db.open` and `convis_db.create` return a `Database`.
+
+A `Database` is to convis-db what sqlite-utils' `Database` is to its CLI: every query returns data
+(dataclasses, numpy arrays or DuckDB relations), never printed text, and the CLI formats what it
+returns. It holds at most one DuckDB connection at a time: a read-only one, opened on first use and
+kept so that relations from `sql()` stay valid, and, only while `ingest` runs, a read-write one
+(DuckDB lets a process open a file in one mode at a time, and lets one process write it).
+
+    >>> import convis_db
+    >>> db = convis_db.open("photos.duckdb")                    # doctest: +SKIP
+    >>> [hit.path for hit in db.search("dog.n.01", limit=3)]     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import torch
+
+from convis_db.engine.settings import Settings
+from convis_db.errors import UsageError
+from convis_db.progress import Progress, no_progress, tqdm_progress
+from convis_db.query.maps import ConceptMap, MapService
+from convis_db.store.db import connect, require_initialised
+
+log = logging.getLogger(__name__)
+
+ProgressArg = bool | Progress | None
+
+
+def _progress(progress: ProgressArg) -> Progress:
+    """True: tqdm bars on stderr; False/None: none; a callable: a Progress factory of the caller's."""
+    if progress is True:
+        return tqdm_progress(True)
+    if not progress:
+        return no_progress
+    if callable(progress):
+        return progress
+    raise UsageError(f"progress={progress!r}: pass True, False or a Progress factory (see convis_db.progress).")
+
+
+def _device(device: str | torch.device) -> torch.device:
+    from convis_db.models.device import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
+def _from_dict(cls, row: dict):
+    """A dataclass from a row dict, ignoring keys the class does not name."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in row.items() if k in names})
+
+
+# ------------------------------------------------------------------------------------------------
+# Result types (JSON field names of the CLI are these field names).
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """An image ranked by its score for a concept. Peaks are in original-image pixels."""
+
+    image_id: int
+    path: str
+    synset: str
+    score: float
+    peak_x: int
+    peak_y: int
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Region:
+    """A connected part of an image where a concept's saliency reaches the threshold; the box
+    [x0, x1) x [y0, y1) is in original-image pixels."""
+
+    image_id: int | None
+    path: str
+    synset: str
+    score: float
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    area_fraction: float
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A synset of the database's hierarchy T."""
+
+    synset: str
+    definition: str
+    lemmas: list[str] = field(default_factory=list)
+    depth: int | None = None
+    lexname: str | None = None
+    is_word_sense: bool = False       # a noun sense of a vocabulary word (not only an ancestor of one)
+    n_parents: int = 0
+    n_children: int = 0
+    n_descendants: int = 0            # itself included
+    path: list[str] = field(default_factory=list)   # one path up to entity.n.01
+
+
+@dataclass
+class ExplanationNode:
+    """A concept in an image's explanation tree, with its best-scoring children."""
+
+    synset: str
+    score: float
+    self_score: float
+    peak_x: int
+    peak_y: int
+    children: list[ExplanationNode] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, node: dict) -> ExplanationNode:
+        known = {"synset", "score", "self_score", "peak_x", "peak_y", "children"}
+        return cls(synset=node["synset"], score=node["score"], self_score=node["self_score"],
+                   peak_x=node["peak_x"], peak_y=node["peak_y"],
+                   children=[cls.from_dict(c) for c in node.get("children", [])],
+                   extra={k: v for k, v in node.items() if k not in known})
+
+    def walk(self) -> Iterator[ExplanationNode]:
+        """This node and every node below it, depth first."""
+        yield self
+        for child in self.children:
+            yield from child.walk()
+
+
+@dataclass
+class Explanation:
+    image_id: int
+    path: str
+    tree: ExplanationNode
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """A stored image: original size, working size and the settings it was explained with."""
+
+    image_id: int
+    path: str
+    sha256: str
+    width: int
+    height: int
+    work_width: int
+    work_height: int
+    n_windows: int
+
+
+class Map:
+    """One concept's saliency map on one image.
+
+    `values` is the map in working-image pixels (float64, the formula's exact values in [0, 1]);
+    `to_png()` and `overlay()` draw it over the original image; in a notebook the object displays
+    itself as that picture."""
+
+    def __init__(self, cmap: ConceptMap):
+        self._cmap = cmap
+
+    values = property(lambda self: self._cmap.saliency, doc="(work_h, work_w) float64 saliency in working pixels.")
+    synset = property(lambda self: self._cmap.synset)
+    image_id = property(lambda self: self._cmap.image_id)
+    image_path = property(lambda self: self._cmap.image_path)
+    source = property(lambda self: self._cmap.source, doc="'database' (stored windows) or 'computed' (a new file).")
+    peak = property(lambda self: self._cmap.peak, doc="First maximum: score, working (x, y), original (x_orig, y_orig).")
+    grid = property(lambda self: self._cmap.grid)
+
+    @property
+    def concept_map(self) -> ConceptMap:
+        """The underlying ConceptMap (for the CLI and explorer)."""
+        return self._cmap
+
+    def overlay(self, style: str = "mask", threshold: float = 0.0) -> np.ndarray:
+        """(H, W, 3) uint8: the map drawn over the original image ('mask' as the paper, or 'heatmap')."""
+        from convis_db.engine.render import render
+
+        return render(self._cmap.original_pixels(), self.values, style, threshold)
+
+    def to_png(self, path: str | Path | None = None, style: str = "mask", threshold: float = 0.0) -> bytes:
+        """PNG bytes of overlay(); also written to `path` when given."""
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(self.overlay(style, threshold)).save(buf, format="PNG")
+        data = buf.getvalue()
+        if path is not None:
+            Path(path).write_bytes(data)
+        return data
+
+    def _repr_png_(self) -> bytes:  # Jupyter's rich display
+        return self.to_png()
+
+    def __repr__(self) -> str:
+        p = self.peak
+        return (f"<Map {self.synset} on {self.image_path} ({self.source}): {self.values.shape[1]}x{self.values.shape[0]} "
+                f"working px, peak {p['score']:.4f} at ({p['x_orig']}, {p['y_orig']})>")
+
+
+# ------------------------------------------------------------------------------------------------
+# The database.
+
+
+class Database:
+    """A convis-db database file. Use `convis_db.open` or `convis_db.create` to get one.
+
+    Example:
+        >>> db = convis_db.open("photos.duckdb")                  # doctest: +SKIP
+        >>> db.stats()["images"]                                   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path, *, device: str | torch.device = "auto", write: bool = False):
+        self.path = Path(path).expanduser()
+        self.device = _device(device)
+        self.writable = write
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._maps: MapService | None = None
+        self.con  # fail now, not at the first query, on a missing, foreign or uninitialised file
+
+    # -- connections -------------------------------------------------------------------------
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        """The read-only connection (opened on first use). Read-only: DuckDB writes no file through it."""
+        if self._con is None:
+            con = connect(self.path)
+            try:
+                require_initialised(con, self.path)
+            except BaseException:
+                con.close()
+                raise
+            self._con = con
+        return self._con
+
+    def close(self) -> None:
+        """Close the connection (relations from sql() stop working). The object can be used again."""
+        self._maps = None
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<convis_db.Database {self.path} ({'read-write' if self.writable else 'read-only'}, {self.device})>"
+
+    def _map_service(self) -> MapService:
+        if self._maps is None:
+            self._maps = MapService(self.con, self.device)
+        return self._maps
+
+    # -- writing -----------------------------------------------------------------------------
+    def ingest(self, paths: str | Path | Iterable[str | Path], *, recursive: bool = False,
+               settings: Settings | None = None, progress: ProgressArg = False, retry_failed: bool = False,
+               batch_size: int | None = None):
+        """Explain and store images (files already stored are skipped by content hash); returns the
+        IngestReport. Needs a database opened with write=True (or made by create()).
+
+        Example:
+            >>> report = db.ingest("photos/", recursive=True, progress=True)   # doctest: +SKIP
+            >>> report.count("ingested")                                        # doctest: +SKIP
+        """
+        from convis_db.ingest import Ingestor
+
+        if not self.writable:
+            raise UsageError(f"{self.path} was opened read-only; open it with convis_db.open(path, write=True) to ingest.")
+        items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.close()  # one process opens a file in one mode at a time: the writer needs it alone
+        batch = batch_size or (512 if self.device.type == "cuda" else 128)
+        with Ingestor(self.path, device=self.device, settings=settings, batch_size=batch,
+                      progress=_progress(progress), retry_failed=retry_failed) as ingestor:
+            return ingestor.run(items, recursive=recursive)
+
+    # -- queries -----------------------------------------------------------------------------
+    def search(self, concept: str, *, min_score: float = 0.0, limit: int = 20, only_self: bool = False,
+               **options) -> list[SearchHit]:
+        """Images ranked by their score for `concept` (a synset name such as 'dog.n.01'), best first.
+
+        Example:
+            >>> [(h.image_id, round(h.score, 3)) for h in db.search("dog.n.01", limit=2)]   # doctest: +SKIP
+        """
+        from convis_db.query.search import search_images
+
+        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, **options)
+        return [_from_dict(SearchHit, r) for r in rows]
+
+    def regions(self, concept: str, *, min_score: float | None = None, image: str | int | None = None,
+                limit: int = 100) -> list[Region]:
+        """Boxes (original pixels) where `concept`'s saliency reaches `min_score` (default 0.95).
+
+        Example:
+            >>> boxes = db.regions("animal.n.01", min_score=0.98)        # doctest: +SKIP
+        """
+        from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
+
+        rows = find_regions(self.con, concept, DEFAULT_MIN_SCORE if min_score is None else min_score,
+                            image=None if image is None else str(image), limit=limit, service=self._map_service())
+        return [_from_dict(Region, r) for r in rows]
+
+    def explain(self, image: str | int, *, depth: int = 4, top: int = 3) -> Explanation:
+        """What CLIP sees in a stored image, as a tree from entity.n.01: each node's `top` best
+        children, `depth` levels down.
+
+        Example:
+            >>> [n.synset for n in db.explain(1, depth=2).tree.walk()]   # doctest: +SKIP
+        """
+        from convis_db.query.explain import explain_image
+
+        out = explain_image(self.con, str(image), depth=depth, top=top)
+        return Explanation(image_id=out["image_id"], path=out["path"], tree=ExplanationNode.from_dict(out["tree"]))
+
+    def concepts(self, query: str, *, limit: int = 20) -> list[Concept]:
+        """Synsets of T matching a name, lemma or definition words.
+
+        Example:
+            >>> db.concepts("dog")[0].synset                               # doctest: +SKIP
+            'dog.n.01'
+        """
+        from convis_db.query.concepts import find_concepts
+
+        return [_from_dict(Concept, r) for r in find_concepts(self.con, query, limit)]
+
+    def map(self, image: str | int | Path, concept: str, *, only_self: bool = False) -> Map:
+        """The saliency map of `concept` on a stored image (id, path or sha256; no model run) or on a
+        new image file (encoded with the database's model and settings).
+
+        Example:
+            >>> m = db.map(1, "dog.n.01"); m.values.shape                  # doctest: +SKIP
+        """
+        return Map(self._map_service().for_ref(str(image), concept, only_self))
+
+    def sql(self, query: str, params: list | dict | None = None) -> duckdb.DuckDBPyRelation:
+        """A DuckDB relation for a read-only query (`.df()`, `.arrow()`, `.pl()`, `.fetchall()`).
+
+        The connection is read-only with external access off: nothing can be written.
+
+        Example:
+            >>> db.sql("SELECT count(*) AS n FROM descendants('animal.n.01')").fetchall()   # doctest: +SKIP
+        """
+        if hasattr(self.con, "complete"):
+            self.con.complete()
+        try:
+            return self.con.sql(query, params=params)
+        except duckdb.Error as exc:
+            raise UsageError(f"SQL error: {(str(exc).splitlines() or ['?'])[0]}") from exc
+
+    def images(self) -> list[ImageRecord]:
+        """Every stored image, in id order."""
+        rows = self.con.execute(
+            "SELECT image_id, path, sha256, width, height, work_width, work_height, n_windows FROM images ORDER BY image_id"
+        ).fetchall()
+        return [ImageRecord(*r) for r in rows]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts of what the database holds (synsets, models, images, windows, ...)."""
+        from convis_db.query.stats import database_stats
+
+        return database_stats(self.con, str(self.path))
+
+
+def open(path: str | Path, *, device: str | torch.device = "auto", write: bool = False) -> Database:  # noqa: A001
+    """Open an existing database: read-only unless `write=True` (needed by `ingest`).
+
+    Example:
+        >>> import convis_db
+        >>> db = convis_db.open("photos.duckdb", device="cpu")     # doctest: +SKIP
+    """
+    return Database(path, device=device, write=write)
+
+
+def create(path: str | Path, *, model: str | None = None, pretrained: str | None = None,
+           vocab: str = "physical-objects", device: str | torch.device = "auto", batch_size: int = 256,
+           progress: ProgressArg = False, **init_options) -> Database:
+    """Create (or extend) a database: the WordNet hierarchy of `vocab` and the definition embeddings
+    of `model`; returns it opened for writing. Idempotent, like `convis-db init`.
+
+    Example:
+        >>> db = convis_db.create("photos.duckdb", model="ViT-B-32", pretrained="openai")   # doctest: +SKIP
+    """
+    from convis_db.init_db import initialise
+    from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED, resolve_model
+
+    dev = _device(device)
+    spec = resolve_model(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
+    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), **init_options)
+    return Database(path, device=dev, write=True)
+
+
+__all__ = ["Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord", "Map", "Region", "SearchHit",
+           "create", "open"]

@@ -1,0 +1,104 @@
+"""The public Python API: docs/python.md runs as written (with a tiny model), and the API's answers
+equal those of the library functions the CLI prints."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import convis_db
+from convis_db.errors import UsageError
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "python.md"
+
+
+def _doc_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.fixture(scope="module")
+def notebook(tmp_path_factory, tiny_config, tiny_checkpoint, small_vocab_file):
+    """Run the doc's blocks in order, in one namespace, with the tiny model and vocabulary."""
+    import os
+
+    folder = tmp_path_factory.mktemp("notebook")
+    here = os.getcwd()
+    os.chdir(folder)
+    namespace: dict = {}
+    try:
+        for block in _doc_blocks():
+            code = (block.replace('model="ViT-B-32", pretrained="openai"',
+                                  f'model={str(tiny_config)!r}, pretrained={str(tiny_checkpoint)!r}')
+                    .replace('vocab="physical-objects"', f"vocab={str(small_vocab_file)!r}"))
+            exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102 - the documentation's own code
+    finally:
+        os.chdir(here)
+    return folder, namespace
+
+
+def test_the_documented_session_runs(notebook):
+    folder, ns = notebook
+    assert ns["report"].count("ingested") == 4
+    assert ns["hits"] and ns["best"].score == ns["hits"][0].score
+    assert (folder / "entity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ns["png"] == (folder / "entity.png").read_bytes()
+    assert ns["m"]._repr_png_()[:4] == b"\x89PNG"
+    assert list(ns["frame"].columns) == ["name", "images"]
+    assert len(_doc_blocks()) == 5
+
+
+def test_api_answers_equal_the_library_functions(notebook):
+    from convis_db.query.concepts import find_concepts
+    from convis_db.query.explain import explain_image
+    from convis_db.query.search import search_images
+
+    folder, _ = notebook
+    with convis_db.open(folder / "notebook.duckdb", device="cpu") as db:
+        hits = db.search("entity.n.01", limit=10)
+        assert [h.__dict__ for h in hits] == search_images(db.con, "entity.n.01", limit=10)
+        tree = db.explain(hits[0].image_id, depth=3, top=2).tree
+        raw = explain_image(db.con, str(hits[0].image_id), depth=3, top=2)["tree"]
+        assert [n.synset for n in tree.walk()] == _names(raw)
+        assert [c.synset for c in db.concepts("dog")] == [r["synset"] for r in find_concepts(db.con, "dog")]
+        m = db.map(hits[0].image_id, "entity.n.01")
+        assert m.source == "database" and m.peak["score"] == pytest.approx(hits[0].score, abs=1e-12)
+        assert m.values.dtype == np.float64 and m.overlay().dtype == np.uint8
+        assert db.sql("SELECT count(*) FROM images").fetchall()[0][0] == len(db.images()) == 4
+
+
+def _names(node: dict) -> list[str]:
+    return [node["synset"], *[n for c in node.get("children", []) for n in _names(c)]]
+
+
+def test_read_only_database_refuses_ingest_and_writes(notebook, tmp_path):
+    folder, _ = notebook
+    db = convis_db.open(folder / "notebook.duckdb", device="cpu")
+    try:
+        with pytest.raises(UsageError, match="write=True"):
+            db.ingest(tmp_path)
+        with pytest.raises(UsageError, match="SQL error"):
+            db.sql("DELETE FROM images").fetchall()
+        with pytest.raises(UsageError):
+            db.sql(f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'").fetchall()
+        assert not (tmp_path / "x.csv").exists()
+    finally:
+        db.close()
+
+
+def test_open_missing_file_is_a_convis_error(tmp_path):
+    with pytest.raises(convis_db.ConvisError, match="no database at"):
+        convis_db.open(tmp_path / "absent.duckdb")
+
+
+def test_every_public_name_has_a_docstring_with_an_example():
+    for name in convis_db.__all__:
+        if name.startswith("__"):
+            continue
+        obj = getattr(convis_db, name)
+        doc = inspect.getdoc(obj) or ""
+        assert doc, name
+        if callable(obj) and not isinstance(obj, type) or name in ("Database", "Map"):
+            assert ">>>" in doc or "Example" in doc or "notebook" in doc, name
