@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from convis_db.engine.windows import DEFAULT_LAYOUT, LAYOUTS
 from convis_db.errors import UsageError
 
 PAPER = dict(max_pixels=300_000, stride=16, small=64, large=128)
@@ -18,8 +19,13 @@ class Settings:
     small: int = 64
     large: int = 128
     top_k: int = 100
+    #: The window lattice (engine/windows.py): one per database, recorded in `window_layout`; not a
+    #: user option (old databases keep 'origin', new ones use 'equal').
+    layout: str = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"window layout {self.layout!r} is not one of {', '.join(LAYOUTS)}.")
         if self.stride < 1:
             raise UsageError(f"--stride {self.stride} must be at least 1.")
         if not (1 <= self.small <= self.large):
