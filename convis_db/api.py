@@ -69,11 +69,14 @@ class SearchHit:
     image_id: int
     path: str
     synset: str
-    score: float
-    peak_x: int
+    score: float                    # the `by` score
+    peak_x: int                     # the map's peak
     peak_y: int
     width: int
     height: int
+    map_score: float | None = None  # peak of the concept's saliency map
+    image_score: float | None = None  # the paper's image-level max_rank_sim (None where not stored)
+    by: str = "map"
 
 
 @dataclass(frozen=True)
@@ -283,16 +286,19 @@ class Database:
             return ingestor.run(items, recursive=recursive)
 
     # -- queries -----------------------------------------------------------------------------
-    def search(self, concept: str, *, min_score: float = 0.0, limit: int = 20, only_self: bool = False,
-               **options) -> list[SearchHit]:
+    def search(self, concept: str, *, by: str | None = None, min_score: float = 0.0, limit: int = 20,
+               only_self: bool = False) -> list[SearchHit]:
         """Images ranked by their score for `concept` (a synset name such as 'dog.n.01'), best first.
+
+        `by="image"` ranks by the paper's image-level max_rank_sim of the whole image (the default
+        where the database stores it), `by="map"` by the peak of the concept's saliency map.
 
         Example:
             >>> [(h.image_id, round(h.score, 3)) for h in db.search("dog.n.01", limit=2)]   # doctest: +SKIP
         """
         from convis_db.query.search import search_images
 
-        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, **options)
+        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, by=by)
         return [_from_dict(SearchHit, r) for r in rows]
 
     def regions(self, concept: str, *, min_score: float | None = None, image: str | int | None = None,

@@ -12,6 +12,7 @@ before the next one; a second one stops at once (the open transaction is rolled 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -34,10 +35,11 @@ from convis_db.errors import ConvisError, DatabaseError, UsageError
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec, resolve_model
 from convis_db.progress import Progress, no_progress
-from convis_db.store.concept_index import refresh_concept_index
+from convis_db.store.concept_index import refresh_concept_index, reindex_from_scores
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import load_hierarchy
-from convis_db.store.image_store import failed_paths, find_by_sha, record_failure, stored_profile, write_image
+from convis_db.store.image_store import (database_layout, failed_paths, find_by_sha, images_without_image_level,
+                                        record_failure, stored_profile, write_image, write_image_level)
 from convis_db.store.model_store import find_model_id, load_definition_embeddings, model_row, pick_model, spec_from_row
 
 log = logging.getLogger(__name__)
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class IngestOutcome:
     path: str
-    status: str              # ingested | skipped | failed
+    status: str              # ingested | skipped | failed | backfilled (image-level scores added)
     image_id: int | None = None
     n_windows: int = 0
     seconds: float = 0.0
@@ -74,6 +76,7 @@ class IngestReport:
         secs = max(self.seconds, 1e-9)
         return {
             "ingested": self.count("ingested"), "skipped": self.count("skipped"), "failed": self.count("failed"),
+            "backfilled": self.count("backfilled"),
             "windows": self.windows, "seconds": round(self.seconds, 3),
             "images_per_s": round(self.count("ingested") / secs, 3), "windows_per_s": round(self.windows / secs, 1),
             "interrupted": self.interrupted, "stopped_by": self.stopped_by, "model": self.model, "settings": self.settings,
@@ -295,6 +298,18 @@ class Ingestor:
         return mid, spec
 
     def _choose_settings(self, requested: Settings | None, options: dict[str, int | None] | None = None) -> Settings:
+        """The settings of this run; the window layout is always the database's (one per database)."""
+        chosen = self._choose_user_settings(requested, options)
+        layout = database_layout(self.con)
+        if layout != chosen.layout:
+            chosen = dataclasses.replace(chosen, layout=layout)
+        if layout == "origin":
+            log.info("%s uses the 'origin' window layout (made before equal window coverage): new images use it "
+                     "too, so that all scores stay comparable. For equal coverage of every pixel, ingest into a "
+                     "new database.", self.db_path)
+        return chosen
+
+    def _choose_user_settings(self, requested: Settings | None, options: dict[str, int | None] | None) -> Settings:
         given = {k: v for k, v in (options or {}).items() if v is not None}
         profile = stored_profile(self.con)
         if profile is None:
@@ -304,6 +319,8 @@ class Ingestor:
         stored = profile[1]
         asked = requested if requested is not None else (
             parse_settings(**_option_args(given), base=stored) if given else None)
+        if asked is not None:
+            asked = dataclasses.replace(asked, layout=stored.layout)  # not a user option
         if asked is not None and asked != stored:
             old, new = stored.as_dict(), asked.as_dict()
             diff = ", ".join(f"{k} {new[k]} (stored: {old[k]})" for k in old if old[k] != new[k])
@@ -361,6 +378,50 @@ class Ingestor:
                 tick(1)
         report.seconds = time.perf_counter() - t0
         return report
+
+    def backfill_image_level(self) -> IngestReport:
+        """Add the image-level scores (one whole-image encoder pass each) to stored images that lack them
+        (ingested before schema 005), reading each image's file again.
+
+        Re-ingesting cannot do it (stored files are skipped by content hash). A file that is gone or
+        changed since it was ingested (its sha256 differs) is reported as failed and left as it is; each
+        image is updated in one transaction, and concept_index is rewritten once at the end.
+        """
+        t0 = time.perf_counter()
+        todo = images_without_image_level(self.con)
+        report = IngestReport(model=self.spec.label, settings=self.settings.as_dict())
+        with self.progress("Image-level scores", len(todo), "img") as tick, _StopOnSigint() as stop:
+            for image in todo:
+                if stop.requested.is_set():
+                    report.interrupted = True
+                    break
+                report.outcomes.append(self._backfill_one(image))
+                tick(1)
+        if report.count("backfilled"):
+            with self.progress("Indexing concepts", 1, "run") as tick:
+                refresh_concept_index(self.con)
+                reindex_from_scores(self.con)
+                tick(1)
+        log.info("image-level scores: %d images backfilled, %d failed, %d left", report.count("backfilled"),
+                 report.count("failed"), len(todo) - len(report.outcomes))
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def _backfill_one(self, image) -> IngestOutcome:
+        t0 = time.perf_counter()
+        try:
+            decoded = read_image(image.path)
+        except ConvisError as exc:
+            return IngestOutcome(image.path, "failed", image.image_id,
+                                 reason=f"cannot read the file of stored image {image.image_id} ({exc}); restore it "
+                                        "at that path and run again.")
+        if decoded.sha256 != image.sha256:
+            return IngestOutcome(image.path, "failed", image.image_id,
+                                 reason=f"the file changed since it was ingested as image {image.image_id} (sha256 "
+                                        "differs); restore the original file and run again.")
+        level = self.engine().image_level(decoded.pixels)
+        write_image_level(self.con, image.image_id, level)
+        return IngestOutcome(image.path, "backfilled", image.image_id, seconds=time.perf_counter() - t0)
 
     def _rollback_open_transaction(self) -> None:
         """After a KeyboardInterrupt inside write_image: drop its half-written transaction, if any."""
@@ -423,7 +484,7 @@ class Ingestor:
 
         w, h = working_size(image.width, image.height, self.settings.max_pixels)
         s = self.settings
-        return WindowGrid(h, w, s.stride, s.small, s.large).n_windows
+        return WindowGrid(h, w, s.stride, s.small, s.large, s.layout).n_windows
 
     def _flush(self, writer: _PipelinedWriter, report: IngestReport) -> None:
         """Explain the queued images together, then hand each one's write to the writer in order."""
@@ -518,6 +579,7 @@ def parse_settings(stride: int | None, small: int | None, large: int | None, max
             small=small if small is not None else b.small,
             large=large if large is not None else b.large,
             top_k=top_k if top_k is not None else b.top_k,
+            layout=b.layout,
         )
     except UsageError:
         raise

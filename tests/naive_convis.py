@@ -3,8 +3,11 @@
 Written straight from the equations, sharing no code with convis_db.engine except what is not part of
 them (the working-image resize, which the tests take from `ConceptEngine.working_image`):
 
-* one window at a time: each patch is cut into its own zero-filled tensor, resized alone and encoded
-  alone (a batch of one);
+* the window lattice from its definition: corners every `stride` pixels on both axes, starting at
+  -(large - stride) ("equal": every pixel covered by as many windows) or at 0 ("origin": the layout of
+  databases made before schema 005), up to the last corner that still covers the last pixel;
+* one window at a time: each patch is cut into its own zero-filled tensor (zero is the model's mean
+  colour after normalisation, past every border), resized alone and encoded alone (a batch of one);
 * one concept at a time: cosines in numpy float64, rank_sim(e, s) = |{s' : z(e, s') < z(e, s)}| / |T|
   counted for one s, max_rank_sim as a python max over the closure's descendants;
 * saliency maps by box accumulation: a python loop over windows, and over the pixels of each window's
@@ -25,25 +28,43 @@ import torch.nn.functional as F
 
 
 # -- windows and patches --------------------------------------------------------------------------
-def window_corners(height: int, width: int, stride: int) -> list[tuple[int, int]]:
-    """Top-left corners (x0, y0) = (c * stride, r * stride), r < ceil(H / stride), c < ceil(W / stride), row-major."""
+def axis_corners(length: int, stride: int, large: int, layout: str) -> list[int]:
+    """Corners on one axis: from -(large - stride) ("equal") or 0 ("origin"), every `stride` pixels, while
+    the corner still covers the last pixel (corner <= length - 1)."""
+    first = -(large - stride) if layout == "equal" else 0
+    assert layout in ("equal", "origin"), layout
     corners = []
-    for r in range(math.ceil(height / stride)):
-        for c in range(math.ceil(width / stride)):
-            corners.append((c * stride, r * stride))
+    c = first
+    while c <= length - 1:
+        corners.append(c)
+        c += stride
     return corners
 
 
-def cut_patch(img: torch.Tensor, x0: int, y0: int, side: int, out_size: int) -> torch.Tensor:
-    """The (3, out, out) patch of side `side` at (x0, y0) of a normalised (3, H, W) image.
+def window_corners(height: int, width: int, stride: int, large: int | None = None,
+                   layout: str = "equal") -> list[tuple[int, int]]:
+    """Top-left corners (x0, y0), row-major."""
+    if layout == "origin":
+        # The old definition as it was written: (c * stride, r * stride), r < ceil(H / s), c < ceil(W / s).
+        return [(c * stride, r * stride) for r in range(math.ceil(height / stride))
+                for c in range(math.ceil(width / stride))]
+    assert large is not None, "the equal layout's corners depend on the large side"
+    return [(x0, y0) for y0 in axis_corners(height, stride, large, layout)
+            for x0 in axis_corners(width, stride, large, layout)]
 
-    The part past the right/bottom border is 0 (the model's mean colour in normalised space). The patch is
-    resized bicubically (align_corners=False, antialiased when shrinking) to the model's input size.
+
+def cut_patch(img: torch.Tensor, x0: int, y0: int, side: int, out_size: int) -> torch.Tensor:
+    """The (3, out, out) patch of side `side` at (x0, y0) (may be negative) of a normalised (3, H, W) image.
+
+    The part past any border is 0 (the model's mean colour in normalised space). The patch is resized
+    bicubically (align_corners=False, antialiased when shrinking) to the model's input size.
     """
     _, height, width = img.shape
     patch = torch.zeros(3, side, side, dtype=torch.float32)
+    ya, xa = max(y0, 0), max(x0, 0)
     y1, x1 = min(y0 + side, height), min(x0 + side, width)
-    patch[:, : y1 - y0, : x1 - x0] = img[:, y0:y1, x0:x1].float().cpu()
+    if y1 > ya and x1 > xa:
+        patch[:, ya - y0: y1 - y0, xa - x0: x1 - x0] = img[:, ya:y1, xa:x1].float().cpu()
     if side == out_size:
         return patch
     return F.interpolate(patch[None], size=(out_size, out_size), mode="bicubic", align_corners=False,
@@ -58,11 +79,12 @@ def encode_one(model, patch: torch.Tensor) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-def window_embeddings(model, img: torch.Tensor, stride: int, small: int, large: int
+def window_embeddings(model, img: torch.Tensor, stride: int, small: int, large: int, layout: str = "equal"
                       ) -> tuple[list[tuple[int, int]], np.ndarray]:
-    """Corners and (W, D) float64 embeddings e = (E_I(S) + E_I(L)) / 2, one window at a time."""
+    """Corners and (W, D) float64 embeddings e = (E_I(S) + E_I(L)) / 2, one window at a time; the small
+    patch S shares the large patch L's top-left corner."""
     _, height, width = img.shape
-    corners = window_corners(height, width, stride)
+    corners = window_corners(height, width, stride, large, layout)
     rows = []
     for x0, y0 in corners:
         e_small = encode_one(model, cut_patch(img, x0, y0, small, model.image_size))
@@ -96,8 +118,8 @@ def saliency_map(values: Sequence[float], corners: Sequence[tuple[int, int]], la
     sums = np.zeros((height, width), np.float64)
     counts = np.zeros((height, width), np.int64)
     for (x0, y0), v in zip(corners, values):
-        for i in range(y0, min(y0 + large, height)):
-            for j in range(x0, min(x0 + large, width)):
+        for i in range(max(y0, 0), min(y0 + large, height)):
+            for j in range(max(x0, 0), min(x0 + large, width)):
                 sums[i, j] += v
                 counts[i, j] += 1
     if (counts == 0).any():
@@ -112,10 +134,10 @@ def saliency_maps(values: np.ndarray, corners: Sequence[tuple[int, int]], large:
     sums = np.zeros((height, width, values.shape[1]), np.float64)
     counts = np.zeros((height, width), np.int64)
     for (x0, y0), v in zip(corners, values):
-        x1 = min(x0 + large, width)
-        for i in range(y0, min(y0 + large, height)):
-            sums[i, x0:x1] += v
-            counts[i, x0:x1] += 1
+        xa, x1 = max(x0, 0), min(x0 + large, width)
+        for i in range(max(y0, 0), min(y0 + large, height)):
+            sums[i, xa:x1] += v
+            counts[i, xa:x1] += 1
     if (counts == 0).any():
         raise AssertionError(f"{int((counts == 0).sum())} pixels are covered by no window")
     return sums / counts[..., None]
@@ -161,19 +183,19 @@ class NaiveExplanation:
         return best.max(axis=(0, 1)), own.max(axis=(0, 1))
 
 
-def explain(model, img: torch.Tensor, definitions: np.ndarray, stride: int, small: int, large: int
-            ) -> NaiveExplanation:
+def explain(model, img: torch.Tensor, definitions: np.ndarray, stride: int, small: int, large: int,
+            layout: str = "equal") -> NaiveExplanation:
     """Encode every window of a normalised working image one by one and compute its cosines."""
     _, height, width = img.shape
-    corners, emb = window_embeddings(model, img, stride, small, large)
+    corners, emb = window_embeddings(model, img, stride, small, large, layout)
     z = np.array([cosines(e, definitions) for e in emb])
     return NaiveExplanation(height, width, corners, emb, z, large)
 
 
 def from_embeddings(embeddings: np.ndarray, definitions: np.ndarray, height: int, width: int, stride: int,
-                    large: int) -> NaiveExplanation:
+                    large: int, layout: str = "equal") -> NaiveExplanation:
     """The same from given window embeddings (row-major windows), e.g. the ones stored in a database."""
-    corners = window_corners(height, width, stride)
+    corners = window_corners(height, width, stride, large, layout)
     assert len(corners) == len(embeddings), (len(corners), len(embeddings))
     emb = np.asarray(embeddings, dtype=np.float64)
     z = np.array([cosines(e, definitions) for e in emb])
@@ -194,3 +216,14 @@ def min_rank_margin(z: np.ndarray) -> float:
     gaps = np.diff(np.sort(z, axis=1), axis=1)
     gaps = gaps[gaps > 0]
     return float(gaps.min()) if gaps.size else math.inf
+
+
+# -- image level ----------------------------------------------------------------------------------
+def image_level_counts(x: np.ndarray, definitions: np.ndarray, descendants: Mapping[int, Sequence[int]]
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(|T| * rank_sim(x, s), |T| * max_rank_sim(x, s)) for every s, of a whole-image embedding x."""
+    z = cosines(x, definitions)
+    n = len(z)
+    own = np.array([np.count_nonzero(z < z[s]) for s in range(n)], dtype=np.int64)
+    best = np.array([max(own[int(d)] for d in descendants[s]) for s in range(n)], dtype=np.int64)
+    return own, best

@@ -1,5 +1,8 @@
 """The batched engine agrees with a naive implementation of the paper's equations (tests/naive_convis.py).
 
+Both window lattices are checked: 'equal' (new databases: corners from -(large - stride), every pixel
+covered by as many windows) and 'origin' (databases made before schema 005).
+
 Maps, stored image scores, peaks and per-window top concepts are compared with the naive computation on
 small generated images with the tiny random CLIP and the small vocabulary (135 synsets). The building
 blocks are checked against brute force too: FAISS ranks (ties included), DAG propagation, the window
@@ -32,7 +35,8 @@ MAP_TOL = 1e-5
 
 #: (settings, image size (H, W)): one case keeps small == model input (no resize), one upsamples it.
 SETTINGS_A = Settings(max_pixels=9000, stride=16, small=32, large=48, top_k=5)
-SETTINGS_B = Settings(max_pixels=9000, stride=24, small=24, large=40, top_k=7)
+SETTINGS_B = Settings(max_pixels=9000, stride=24, small=24, large=40, top_k=7)  # stride does not divide large
+SETTINGS_A_ORIGIN = Settings(max_pixels=9000, stride=16, small=32, large=48, top_k=5, layout="origin")
 
 CONCEPTS = {
     "leaf": "tiger.n.02",
@@ -109,6 +113,7 @@ CASES = [
     Case("random-96x80", random_image(80, 96, seed=1), SETTINGS_A, 128),
     Case("structured-130x70", structured_image(70, 130), SETTINGS_B, 7),  # several batches, the last partial
     Case("structured-130x70-A", structured_image(70, 130), SETTINGS_A, 16),
+    Case("random-96x80-origin", random_image(80, 96, seed=1), SETTINGS_A_ORIGIN, 16),
 ]
 #: The cases stored in a database by `ingested` (one database holds one setting).
 STORED = {"random.png": CASES[0], "structured.png": CASES[2]}
@@ -123,7 +128,8 @@ def computed(tiny: Tiny):
         img, grid = engine.working_image(case.pixels)
         emb = engine.encode_windows(img, grid)
         s = case.settings
-        out[case.name] = (engine, img, grid, emb, naive.explain(tiny.model, img, tiny.definitions, s.stride, s.small, s.large))
+        out[case.name] = (engine, img, grid, emb,
+                          naive.explain(tiny.model, img, tiny.definitions, s.stride, s.small, s.large, s.layout))
     return out
 
 
@@ -141,10 +147,16 @@ def test_working_image_and_grid_match_the_formulae(case: Case, computed):
     h, w = img.shape[1:]
     assert abs(h * w - s.max_pixels) <= h + w, "working image should hold about max_pixels pixels"
     assert abs(w / h - case.pixels.shape[1] / case.pixels.shape[0]) < 0.05
-    assert (grid.height, grid.width) == (h, w)
-    assert (grid.rows, grid.cols) == (math.ceil(h / s.stride), math.ceil(w / s.stride))
+    assert (grid.height, grid.width) == (h, w) and grid.layout == s.layout
+    if s.layout == "origin":
+        assert (grid.rows, grid.cols) == (math.ceil(h / s.stride), math.ceil(w / s.stride))
+    else:
+        assert grid.boxes()[0, :2].tolist() == [-(s.large - s.stride)] * 2
+        assert (grid.rows, grid.cols) == (len(naive.axis_corners(h, s.stride, s.large, "equal")),
+                                          len(naive.axis_corners(w, s.stride, s.large, "equal")))
     assert emb.shape == (grid.n_windows, engine.model.embed_dim) == nexp.embeddings.shape
     assert grid.boxes().tolist() == [[x0, y0, x0 + s.large, y0 + s.large] for x0, y0 in nexp.corners]
+    assert grid.small_boxes().tolist() == [[x0, y0, x0 + s.small, y0 + s.small] for x0, y0 in nexp.corners]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -461,24 +473,55 @@ GRIDS = [(87, 104, 16, 48), (70, 129, 24, 40), (33, 20, 1, 1), (50, 50, 7, 7), (
          (1, 1, 5, 9), (45, 46, 5, 23)]
 
 
+def _coverage(grid: WindowGrid) -> np.ndarray:
+    """How many large patches hold each pixel, counted box by box."""
+    counts = np.zeros((grid.height, grid.width), np.int64)
+    for x0, y0, x1, y1 in grid.boxes().tolist():
+        counts[max(y0, 0):min(y1, grid.height), max(x0, 0):min(x1, grid.width)] += 1
+    return counts
+
+
+@pytest.mark.parametrize("layout", ["equal", "origin"])
 @pytest.mark.parametrize("h,w,stride,large", GRIDS)
-def test_window_grid_covers_every_pixel(h: int, w: int, stride: int, large: int):
-    grid = WindowGrid(h, w, stride, min(large, 32), large)
+def test_window_grid_covers_every_pixel(h: int, w: int, stride: int, large: int, layout: str):
+    grid = WindowGrid(h, w, stride, min(large, 32), large, layout)
     boxes = grid.boxes()
-    assert len(boxes) == grid.n_windows == math.ceil(h / stride) * math.ceil(w / stride)
-    assert [tuple(b[:2]) for b in boxes.tolist()] == naive.window_corners(h, w, stride)
-    counts = np.zeros((h, w), np.int64)
+    assert [tuple(b[:2]) for b in boxes.tolist()] == naive.window_corners(h, w, stride, large, layout)
+    if layout == "origin":
+        assert len(boxes) == grid.n_windows == math.ceil(h / stride) * math.ceil(w / stride)
     for x0, y0, x1, y1 in boxes.tolist():
-        assert (x1 - x0, y1 - y0) == (large, large) and x0 < w and y0 < h
-        counts[y0:min(y1, h), x0:min(x1, w)] += 1
+        assert (x1 - x0, y1 - y0) == (large, large) and x0 < w and y0 < h and x1 > 0 and y1 > 0
+    counts = _coverage(grid)
     assert counts.min() >= 1, "a pixel is covered by no window"
+    if layout == "equal" and large % stride == 0:
+        # Every pixel, border or not, is covered by (large / stride)^2 windows.
+        assert counts.min() == counts.max() == (large // stride) ** 2
 
 
+@pytest.mark.parametrize("h,w,stride,large", [g for g in GRIDS if g[3] % g[2]])
+def test_equal_layout_covers_the_border_like_the_interior(h: int, w: int, stride: int, large: int):
+    """When the stride does not divide the large side no lattice covers every pixel equally; the equal
+    layout then covers each pixel as the infinite lattice does (periodic, so the border is no different)."""
+    grid = WindowGrid(h, w, stride, min(large, 32), large, "equal")
+    o = grid.origin
+
+    def infinite(i: int) -> int:  # windows of the unbounded lattice o + k * stride holding pixel i
+        return sum(1 for k in range(-100, 100) if o + k * stride <= i < o + k * stride + large)
+
+    counts = _coverage(grid)
+    expected = np.outer([infinite(i) for i in range(h)], [infinite(j) for j in range(w)])
+    assert (counts == expected).all()
+
+
+@pytest.mark.parametrize("layout", ["equal", "origin"])
 @pytest.mark.parametrize("h,w,stride,large", GRIDS)
-def test_axis_segments_match_direct_counting(h: int, w: int, stride: int, large: int):
-    for length, n_windows in ((h, math.ceil(h / stride)), (w, math.ceil(w / stride))):
-        seg = axis_segments(length, stride, large, n_windows)
-        covering = [[r for r in range(n_windows) if r * stride <= i < r * stride + large] for i in range(length)]
+def test_axis_segments_match_direct_counting(h: int, w: int, stride: int, large: int, layout: str):
+    grid = WindowGrid(h, w, stride, min(large, 32), large, layout)
+    o = grid.origin
+    for length, n_windows in ((h, grid.rows), (w, grid.cols)):
+        seg = axis_segments(length, stride, large, n_windows, o)
+        covering = [[r for r in range(n_windows) if o + r * stride <= i < o + r * stride + large]
+                    for i in range(length)]
         # Segments partition [0, length) in order.
         assert seg.start[0] == 0 and seg.stop[-1] == length
         assert (seg.start[1:] == seg.stop[:-1]).all() and (seg.lengths > 0).all()
@@ -493,13 +536,14 @@ def test_axis_segments_match_direct_counting(h: int, w: int, stride: int, large:
             assert covering[seg.start[k]] != covering[seg.start[k] - 1]
 
 
+@pytest.mark.parametrize("layout", ["equal", "origin"])
 @pytest.mark.parametrize("h,w,stride,large", [g for g in GRIDS if g[0] * g[1] <= 10_000])
-def test_full_map_and_peaks_match_naive_accumulation(h: int, w: int, stride: int, large: int):
-    grid = WindowGrid(h, w, stride, min(large, 32), large)
+def test_full_map_and_peaks_match_naive_accumulation(h: int, w: int, stride: int, large: int, layout: str):
+    grid = WindowGrid(h, w, stride, min(large, 32), large, layout)
     rng = np.random.default_rng(h * 1000 + w)
     n = 50
     counts = rng.integers(0, n, (grid.n_windows, 3)).astype(np.int32)
-    corners = naive.window_corners(h, w, stride)
+    corners = naive.window_corners(h, w, stride, large, layout)
     for k in range(3):
         expected = naive.saliency_map(counts[:, k] / n, corners, large, h, w)
         got = full_map(counts[:, k], grid, n)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -65,7 +64,8 @@ def test_ingest_twice_is_idempotent_and_records_failures(run_cli, tiny_db_copy: 
     files = _by_path(report)
     assert files["a.png"]["status"] == files["b.jpg"]["status"] == "ingested"
     assert files["bad.jpg"]["status"] == "failed" and "image" in files["bad.jpg"]["reason"]
-    assert summary["settings"] == {"max_pixels": MAX_PIXELS, "stride": STRIDE, "small": 32, "large": 48, "top_k": TOP_K}
+    assert summary["settings"] == {"max_pixels": MAX_PIXELS, "stride": STRIDE, "small": 32, "large": 48, "top_k": TOP_K,
+                                   "layout": "equal"}
 
     # Again, with a byte-identical copy under another name: nothing new is stored.
     result, report = _ingest(run_cli, db, images["a"], images["b"], images["a_copy"], images["bad"])
@@ -90,7 +90,8 @@ def test_ingest_twice_is_idempotent_and_records_failures(run_cli, tiny_db_copy: 
             assert (w, h) == sizes[Path(path).name]
             assert Path(path).is_absolute()
             assert abs(ww * wh - MAX_PIXELS) <= ww + wh and abs(ww / wh - w / h) < 0.05
-            assert (gr, gc) == (math.ceil(wh / STRIDE), math.ceil(ww / STRIDE)) and nw == gr * gc
+            # The equal layout: corners from -(large - stride) = -32 while they cover the last pixel.
+            assert (gr, gc) == ((wh - 1 + 32) // STRIDE + 1, (ww - 1 + 32) // STRIDE + 1) and nw == gr * gc
             assert (stride, top_k) == (STRIDE, TOP_K)
 
             def count(table: str) -> int:

@@ -74,9 +74,9 @@ def brute_force_maps(con, image_id: int, synset_ids: list[int]) -> dict[int, np.
         mrs = rank[:, desc].max(axis=1)
         total = np.zeros((wh, ww), np.int64)
         count = np.zeros((wh, ww), np.int64)
-        for (x0, y0, x1, y1, _), value in zip(wins, mrs):
-            total[y0:min(y1, wh), x0:min(x1, ww)] += value
-            count[y0:min(y1, wh), x0:min(x1, ww)] += 1
+        for (x0, y0, x1, y1, _), value in zip(wins, mrs):  # boxes may start before the image (equal layout)
+            total[max(y0, 0):min(y1, wh), max(x0, 0):min(x1, ww)] += value
+            count[max(y0, 0):min(y1, wh), max(x0, 0):min(x1, ww)] += 1
         maps[sid] = total / (count * n)
     return maps
 
@@ -95,12 +95,12 @@ def test_search_matches_brute_force(query_db, concept):
     expected = {}
     for (image_id,) in con.execute("SELECT image_id FROM images").fetchall():
         expected[image_id] = brute_force_maps(con, image_id, [sid])[sid].max()
-    rows = search_images(con, concept, 0.0, 100)
+    rows = search_images(con, concept, 0.0, 100, by="map")
     assert [r["image_id"] for r in rows] == sorted(expected, key=lambda i: (-np.float32(expected[i]), i))
     for r in rows:
         assert r["score"] == pytest.approx(expected[r["image_id"]], abs=1e-6)
     threshold = float(np.float32(np.median(list(expected.values()))))  # a value a FLOAT column can hold
-    filtered = search_images(con, concept, threshold, 100)
+    filtered = search_images(con, concept, threshold, 100, by="map")
     assert {r["image_id"] for r in filtered} == {i for i, v in expected.items() if np.float32(v) >= np.float32(threshold)}
     con.close()
 
@@ -111,7 +111,7 @@ def test_search_only_self_uses_the_synset_alone(query_db):
 
     con = connect(query_db)
     sid = _sid(con, "animal.n.01")
-    rows = search_images(con, "animal.n.01", 0.0, 100, only_self=True)
+    rows = search_images(con, "animal.n.01", 0.0, 100, only_self=True, by="map")
     for r in rows:
         # rank_sim of the synset alone: the map of a one-synset "descendant set".
         desc = brute_force_self(con, r["image_id"], sid)
@@ -125,8 +125,8 @@ def brute_force_self(con, image_id, sid):
     total = np.zeros((wh, ww), np.int64)
     count = np.zeros((wh, ww), np.int64)
     for (x0, y0, x1, y1, _), v in zip(wins, values):
-        total[y0:y1, x0:x1] += v
-        count[y0:y1, x0:x1] += 1
+        total[max(y0, 0):y1, max(x0, 0):x1] += v
+        count[max(y0, 0):y1, max(x0, 0):x1] += 1
     return (total / (count * z.shape[1])).max()
 
 
@@ -216,7 +216,7 @@ def test_query_commands_cli(query_db, run_cli):
     rows = json.loads(res.stdout)
     assert rows and set(rows[0]) >= {"image_id", "path", "score", "peak_x", "peak_y", "synset"}
     res = run_cli("--db", query_db, "search", "dog.n.01", "--csv")
-    assert res.stdout.splitlines()[0] == "image_id,score,peak_x,peak_y,path"
+    assert res.stdout.splitlines()[0] == "image_id,score,image_score,map_score,peak_x,peak_y,path"
     res = run_cli("--db", query_db, "regions", "entity.n.01", "--image", "1", "--min-score", "0", "--json")
     assert res.exit_code == 0, res.output
     regions = json.loads(res.stdout)

@@ -163,6 +163,9 @@ def test_image_detail(client):
     assert data["work_width"] * data["work_height"] <= 20000 and data["n_windows"] > 0
     assert data["settings"]["stride"] == 32 and data["random_weights"] is True
     assert len(data["top_concepts"]) == 5
+    # Both scores of each top concept: the map peak and the image-level max_rank_sim of the whole image.
+    assert data["has_image_level"] is True
+    assert all(0 < c["image_score"] <= 1 and 0 <= c["image_self_score"] <= c["image_score"] for c in data["top_concepts"])
     err = get_json(client, "/api/images/99", 404)["error"]
     assert err["type"] == "NotFoundError" and "99" in err["message"]
     assert get_json(client, "/api/images/abc", 404)["error"]["status"] == 404
@@ -197,6 +200,18 @@ def test_children_of_root_match_explain(client, web_db):
     assert [c["rank"] for c in data["children"]] == list(range(1, len(data["children"]) + 1))
     scores = [c["score"] for c in data["children"]]
     assert scores == sorted(scores, reverse=True)
+    # Each node shows the image-level scores next to the map score: the stored exact counts over |T|.
+    con = connect(web_db)
+    try:
+        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        stored = dict(con.execute(
+            "SELECT s.name, sc.image_max_rank_less FROM image_scores sc JOIN synsets s USING (synset_id) "
+            "WHERE sc.image_id = 1").fetchall())
+    finally:
+        con.close()
+    assert data["node"]["image_score"] == pytest.approx((n - 1) / n)  # entity.n.01 holds the best synset
+    for c in data["children"]:
+        assert c["image_score"] == stored[c["synset"]] / n and c["image_self_score"] <= c["image_score"]
 
 
 def test_children_descend_with_trail(client):
@@ -274,6 +289,8 @@ def test_search_matches_the_library(client, web_db):
     finally:
         con.close()
     assert data["total"] == 3 and data["synset"] == "animal.n.01" and data["concept"]["definition"]
+    assert data["by"] == "image" and data["notes"] == []  # every image has image-level scores
+    assert all(r["score"] == r["image_score"] and 0 < r["map_score"] <= 1 for r in data["results"])
     assert [r["image_id"] for r in data["results"]] == [r["image_id"] for r in expected]
     assert [r["score"] for r in data["results"]] == pytest.approx([r["score"] for r in expected])
     assert [r["rank"] for r in data["results"]] == [1, 2, 3]
@@ -285,6 +302,15 @@ def test_search_matches_the_library(client, web_db):
     cut = expected[1]["score"]
     above = get_json(client, f"/api/search?synset=animal.n.01&min_score={cut}")
     assert above["total"] == sum(r["score"] >= cut for r in expected) == len(above["results"])
+    # by=map ranks by the map peak, as the library does.
+    con = connect(web_db)
+    try:
+        expected_map = search_images(con, "animal.n.01", 0.0, 100, by="map")
+    finally:
+        con.close()
+    by_map = get_json(client, "/api/search?synset=animal.n.01&by=map")
+    assert by_map["by"] == "map" and [r["image_id"] for r in by_map["results"]] == [r["image_id"] for r in expected_map]
+    assert all(r["score"] == r["map_score"] for r in by_map["results"])
 
 
 def test_search_errors(client):
@@ -293,6 +319,7 @@ def test_search_errors(client):
     assert get_json(client, "/api/search?synset=dgo.n.01", 404)["error"]["type"] == "NotFoundError"
     assert get_json(client, "/api/search?synset=dog.n.01&min_score=nan", 400)["error"]["type"] == "UsageError"
     assert get_json(client, "/api/search?synset=dog.n.01&only_self=maybe", 400)["error"]["type"] == "UsageError"
+    assert "pixels" in get_json(client, "/api/search?synset=dog.n.01&by=pixels", 400)["error"]["message"]
     assert get_json(client, "/api/nothing/here", 404)["error"]["status"] == 404
 
 

@@ -26,11 +26,14 @@ def settings_options(f):
 
 
 @click.command("ingest")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-r", "--recursive", is_flag=True, help="Descend into folders.")
 @click.option("--batch-size", default=None, type=click.IntRange(1, 65536),
               help="Windows per encoder batch, two patches each [128 on CPU, 512 on CUDA].")
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed in an earlier run.")
+@click.option("--backfill-image-level", is_flag=True,
+              help="Add the image-level scores (one whole-image pass each) to stored images that lack them "
+                   "(ingested before convis-db stored them), reading their files again. PATHS are optional.")
 @click.option("--model", envvar="CONVIS_MODEL", default=None,
               help="Model to use (default: the database's). Env: CONVIS_MODEL.")
 @click.option("--pretrained", envvar="CONVIS_PRETRAINED", default=None, help="Weights of --model.")
@@ -38,8 +41,8 @@ def settings_options(f):
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file outcomes and summary as JSON.")
 @pass_app
-def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrained, device, preset, stride, small,
-            large, max_pixels, top_k, as_json) -> None:
+def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image_level, model, pretrained, device,
+            preset, stride, small, large, max_pixels, top_k, as_json) -> None:
     """Explain images and store every concept's score, idempotently (files already stored are skipped).
 
     A file that cannot be used is recorded with its reason and the run goes on; it is tried again
@@ -51,7 +54,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     Example:
       convis-db --db x.duckdb ingest photos/ --recursive
       convis-db --db x.duckdb ingest a.jpg b.png --stride 32 --max-pixels 100000
+      convis-db --db old.duckdb ingest --backfill-image-level
     """
+    if not paths and not backfill_image_level:
+        raise click.UsageError("give image files or folders to ingest (or --backfill-image-level).")
     options = dict(stride=stride, small=small, large=large, max_pixels=max_pixels, top_k=top_k)
     if preset:
         base = PAPER if preset == "paper" else CPU_FAST
@@ -64,13 +70,21 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
                 ingestor.settings.max_pixels == PAPER["max_pixels"] and not app.quiet:
             click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
                        "--preset cpu-fast is about 20x lighter (on a new database).", err=True)
-        report = ingestor.run(paths, recursive=recursive)
+        report = ingestor.backfill_image_level() if backfill_image_level else None
+        if paths and not (report and report.interrupted):
+            ingested = ingestor.run(paths, recursive=recursive)
+            if report is not None:
+                ingested.outcomes = report.outcomes + ingested.outcomes
+                ingested.seconds += report.seconds
+            report = ingested
     summary = report.summary()
     rows = [o.__dict__ for o in report.outcomes]
     text_lines = [f"{o.status:8s} {o.path}" + (f"  (image {o.image_id})" if o.image_id else "")
-                  + (f"  {o.reason}" if o.reason else "") for o in report.outcomes if o.status != "ingested"]
+                  + (f"  {o.reason}" if o.reason else "") for o in report.outcomes
+                  if o.status not in ("ingested", "backfilled")]
     text_lines.append(
-        f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
+        (f"image-level scores added to {summary['backfilled']} stored images; " if backfill_image_level else "")
+        + f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
         f"{summary['windows']} windows in {summary['seconds']:.1f} s ({summary['windows_per_s']} windows/s, "
         f"{summary['images_per_s']} images/s)" + ("; INTERRUPTED" if report.interrupted else ""))
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),

@@ -19,6 +19,7 @@ from convis_db.engine.propagate import Propagator
 from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.saliency import Peaks, full_map, peaks
 from convis_db.engine.settings import Settings
+from convis_db.engine.whole_image import ImageLevel, image_embeddings
 from convis_db.engine.windows import PatchCutter, WindowGrid, normalise, working_size
 from convis_db.models.clip import LoadedModel
 
@@ -38,6 +39,7 @@ class ImageExplanation:
     top_rank_less: np.ndarray   # (W, K) int32, |T| * rank_sim (exact)
     n_synsets: int
     timings: dict[str, float] = field(default_factory=dict)
+    image_level: ImageLevel | None = None   # the whole image's scores (None when only windows were given)
 
     @property
     def scale(self) -> float:
@@ -96,7 +98,21 @@ class ConceptEngine:
                               antialias=True)[0].clamp_(0, 255)
         img = normalise(t, self.model.mean, self.model.std)
         s = self.settings
-        return img, WindowGrid(wh, ww, s.stride, s.small, s.large)
+        return img, WindowGrid(wh, ww, s.stride, s.small, s.large, s.layout)
+
+    @torch.inference_mode()
+    def image_level_many(self, pixels_list: list[np.ndarray]) -> list[ImageLevel]:
+        """The paper's image-level scores: one encoder pass per whole image (the model's own
+        open_clip preprocessing), ranked against all of T; max_rank_sim by the same propagation."""
+        x = image_embeddings(self.model, pixels_list, batch_size=max(1, self.batch_size))
+        rank_less = self.ranker.rank(x, 1).rank_less                      # (N, n) int32
+        best = self.propagator.max_over_descendants_t(rank_less.T.contiguous()).T
+        x_np, own, best = x.cpu().numpy(), rank_less.cpu().numpy(), best.cpu().numpy()
+        return [ImageLevel(x_np[i].astype(np.float32), own[i].astype(np.int32), best[i].astype(np.int32))
+                for i in range(len(pixels_list))]
+
+    def image_level(self, pixels: np.ndarray) -> ImageLevel:
+        return self.image_level_many([pixels])[0]
 
     @torch.inference_mode()
     def encode_windows(self, img: torch.Tensor, grid: WindowGrid, timer: Timer | None = None,
@@ -160,11 +176,14 @@ class ConceptEngine:
         with timer.stage("cut_resize"):
             prepared = [self.working_image(p) for p in pixels_list]
         embeddings = self.encode_many(prepared, timer)
+        with timer.stage("whole_image"):
+            levels = self.image_level_many(pixels_list)
         total = sum(grid.n_windows for _, grid in prepared)
         results = []
-        for pixels, (_, grid), emb in zip(pixels_list, prepared, embeddings):
+        for pixels, (_, grid), emb, level in zip(pixels_list, prepared, embeddings, levels):
             share = grid.n_windows / total
             result = self.explain_embeddings(emb, grid)
+            result.image_level = level
             for stage, secs in timer.times.items():
                 result.timings[stage] = result.timings.get(stage, 0.0) + secs * share
             result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
@@ -177,7 +196,10 @@ class ConceptEngine:
         with timer.stage("cut_resize"):
             img, grid = self.working_image(pixels)
         emb = self.encode_windows(img, grid, timer, on_batch)
+        with timer.stage("whole_image"):
+            level = self.image_level(pixels)
         result = self.explain_embeddings(emb, grid, timer)
+        result.image_level = level
         result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
         return result
 

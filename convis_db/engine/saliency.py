@@ -1,10 +1,11 @@
 """Saliency maps and their peaks, exactly, for one concept or for all concepts at once.
 
 y_X[i, j] = mean of max_rank_sim(e_w, X) over the windows w whose large patch holds pixel (i, j).
-Windows form a grid and a large patch is a product of intervals, so the windows covering a pixel are
-rows lo_i..hi_i times columns lo_j..hi_j of the grid. Pixels with the same (lo, hi) on an axis form a
-segment; the map is constant on each pair of segments. Box sums over the window grid come from 2-D
-prefix sums of the integer rank counts, so every map value is an exact ratio of integers.
+Windows form a lattice (corners origin + k * stride on each axis; see engine/windows.py) and a large
+patch is a product of intervals, so the windows covering a pixel are rows lo_i..hi_i times columns
+lo_j..hi_j of the grid. Pixels with the same (lo, hi) on an axis form a segment; the map is constant
+on each pair of segments. Sums over the covering windows are products with 0/1 coverage matrices of
+the integer rank counts, so every map value is an exact ratio of integers.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ class AxisSegments:
         return (self.start + self.stop - 1) // 2
 
 
-def axis_segments(length: int, stride: int, large: int, n_windows: int) -> AxisSegments:
-    """Windows r with r*stride <= i < r*stride + large cover pixel i; group pixels by that window range."""
-    i = np.arange(length)
+def axis_segments(length: int, stride: int, large: int, n_windows: int, origin: int = 0) -> AxisSegments:
+    """Windows r with origin + r*stride <= i < origin + r*stride + large cover pixel i; group pixels by
+    that window range."""
+    i = np.arange(length) - origin
     lo = np.maximum(0, (i - large) // stride + 1)
     hi = np.minimum(n_windows - 1, i // stride)
     change = np.ones(length, bool)
@@ -53,8 +55,8 @@ def axis_segments(length: int, stride: int, large: int, n_windows: int) -> AxisS
 @lru_cache(maxsize=64)
 def grid_segments(grid: WindowGrid) -> tuple[AxisSegments, AxisSegments]:
     """(row segments, column segments) of a grid; cached, since every chunk and map of an image asks."""
-    return (axis_segments(grid.height, grid.stride, grid.large, grid.rows),
-            axis_segments(grid.width, grid.stride, grid.large, grid.cols))
+    return (axis_segments(grid.height, grid.stride, grid.large, grid.rows, grid.origin),
+            axis_segments(grid.width, grid.stride, grid.large, grid.cols, grid.origin))
 
 
 def coverage_matrix(segments: AxisSegments, n_windows: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from convis_db.engine.windows import DEFAULT_LAYOUT, LAYOUTS
 from convis_db.errors import UsageError
 
 #: Ceilings for the size options, checked before anything is allocated. A working image of 16 Mpx
@@ -25,6 +26,9 @@ class Settings:
     small: int = 64
     large: int = 128
     top_k: int = 100
+    #: The window lattice (engine/windows.py): one per database, recorded in `window_layout`; not a
+    #: user option (old databases keep 'origin', new ones use 'equal').
+    layout: str = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
         for name, value, ceiling in (("--max-pixels", self.max_pixels, MAX_PIXELS_CEILING),
@@ -33,6 +37,8 @@ class Settings:
             if value > ceiling:
                 raise UsageError(f"{name} {value} is above the ceiling of {ceiling:,}; use a smaller value "
                                  f"(the paper's settings: --max-pixels {PAPER['max_pixels']:,}, --stride 16).")
+        if self.layout not in LAYOUTS:
+            raise UsageError(f"window layout {self.layout!r} is not one of {', '.join(LAYOUTS)}.")
         if self.stride < 1:
             raise UsageError(f"--stride {self.stride} must be at least 1.")
         if not (1 <= self.small <= self.large):

@@ -1,9 +1,19 @@
-"""The window grid and batched patch cutting on the device.
+"""The window lattice and batched patch cutting on the device.
 
-Windows start at every multiple of the stride inside the working image, (0, 0) included, so every
-pixel is covered. The small and large patches of a window share its top-left corner; where a patch
-reaches past the right or bottom border it is filled with the model's mean colour (zero after
-normalisation), which is deterministic and carries no image content.
+Two lattices (layouts) exist; a database records which one its images use (schema 005):
+
+* ``equal`` (new databases): top-left corners at ``-(large - stride) + k * stride`` on both axes, up
+  to the last corner that still covers the last pixel. Every pixel of the working image is then
+  covered by the same number of windows, ``large / stride`` per axis when the stride divides the
+  large side (otherwise the count alternates as it does in the interior, so the border is covered
+  exactly like the interior). Map values near the border are means over as many windows as
+  anywhere else, so the image score (the map's peak) is not drawn to thinly covered edges.
+* ``origin`` (databases made before schema 005): corners at every multiple of the stride inside the
+  image, (0, 0) included. Pixels within ``large`` of the top/left border are covered by fewer windows.
+
+Where a patch reaches past any border it is filled with the model's mean colour (zero after
+normalisation), which is deterministic and carries no image content. The small patch of a window
+shares the large patch's top-left corner (`small_boxes`), in both layouts.
 
 Patches are cut from one padded image tensor with `unfold` (a view, no copies) and resized to the
 model's input size with one `interpolate` call per batch: no per-window PIL work.
@@ -18,6 +28,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+#: The lattice layouts; see the module docstring.
+LAYOUTS = ("equal", "origin")
+#: The layout of new databases.
+DEFAULT_LAYOUT = "equal"
+
+
+def lattice_origin(layout: str, stride: int, large: int) -> int:
+    """The first window corner on each axis, in working pixels (<= 0)."""
+    if layout == "equal":
+        return -(large - stride)
+    if layout == "origin":
+        return 0
+    raise ValueError(f"unknown window layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def windows_on_axis(length: int, stride: int, large: int, layout: str) -> int:
+    """How many corners origin + k * stride are <= length - 1 (each of them covers a pixel)."""
+    return (length - 1 - lattice_origin(layout, stride, large)) // stride + 1
+
 
 @dataclass(frozen=True)
 class WindowGrid:
@@ -26,24 +55,42 @@ class WindowGrid:
     stride: int
     small: int
     large: int
+    layout: str = DEFAULT_LAYOUT
+
+    def __post_init__(self) -> None:
+        lattice_origin(self.layout, self.stride, self.large)  # validates the layout
+
+    @property
+    def origin(self) -> int:
+        """The first corner's x (and y) in working pixels: 0, or -(large - stride) for `equal`."""
+        return lattice_origin(self.layout, self.stride, self.large)
 
     @property
     def rows(self) -> int:
-        return math.ceil(self.height / self.stride)
+        return windows_on_axis(self.height, self.stride, self.large, self.layout)
 
     @property
     def cols(self) -> int:
-        return math.ceil(self.width / self.stride)
+        return windows_on_axis(self.width, self.stride, self.large, self.layout)
 
     @property
     def n_windows(self) -> int:
         return self.rows * self.cols
 
-    def boxes(self) -> np.ndarray:
-        """(n_windows, 4) int32 large-patch boxes x0, y0, x1, y1 in row-major window order."""
+    def corners(self) -> tuple[np.ndarray, np.ndarray]:
+        """(x0, y0) int arrays of every window's top-left corner, row-major window order."""
         r, c = np.divmod(np.arange(self.n_windows), self.cols)
-        y0, x0 = r * self.stride, c * self.stride
+        return self.origin + c * self.stride, self.origin + r * self.stride
+
+    def boxes(self) -> np.ndarray:
+        """(n_windows, 4) int32 large-patch boxes x0, y0, x1, y1 (working pixels; may reach past the borders)."""
+        x0, y0 = self.corners()
         return np.stack([x0, y0, x0 + self.large, y0 + self.large], axis=1).astype(np.int32)
+
+    def small_boxes(self) -> np.ndarray:
+        """(n_windows, 4) int32 small-patch boxes: the small patch shares the large patch's corner."""
+        x0, y0 = self.corners()
+        return np.stack([x0, y0, x0 + self.small, y0 + self.small], axis=1).astype(np.int32)
 
 
 def working_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -65,8 +112,9 @@ class PatchCutter:
     def __init__(self, image_norm: torch.Tensor, grid: WindowGrid, out_size: int):
         self.grid = grid
         self.out_size = out_size
-        pad = grid.large  # enough for the last window's large patch
-        padded = F.pad(image_norm, (0, pad, 0, pad), value=0.0)
+        before = -grid.origin  # the first corner sits `before` pixels left of / above the image
+        after = grid.large     # enough for the last window's large patch
+        padded = F.pad(image_norm, (before, after, before, after), value=0.0)
         self._views = {size: padded.unfold(1, size, grid.stride).unfold(2, size, grid.stride)
                        for size in {grid.small, grid.large}}
 

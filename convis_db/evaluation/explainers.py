@@ -20,11 +20,11 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from convis_db.engine import whole_image
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import DecodedImage
-from convis_db.engine.windows import WindowGrid, normalise
+from convis_db.engine.windows import WindowGrid
 from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, text_embedding
 from convis_db.query.maps import engine_for_database
 from convis_db.store.model_store import load_database_model
@@ -131,20 +131,10 @@ class GradEclipExplainer:
 
 
 # ------------------------------------------------------------------------------------ whole images
-@torch.inference_mode()
 def image_embedding(model, pixels: np.ndarray) -> np.ndarray:
-    """CLIP's own view of the whole image: short side resized to the input size (bicubic), centre
-    crop, normalised, encoded; (D,) float32 unit vector. `model` is a LoadedModel or look-alike."""
-    size = int(model.image_size)
-    h, w = pixels.shape[:2]
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).to(model.device).permute(2, 0, 1)[None].float()
-    t = F.interpolate(t, size=(nh, nw), mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255)[0]
-    top, left = (nh - size) // 2, (nw - size) // 2
-    t = t[:, top:top + size, left:left + size]
-    feats = model.encode_image_batch(normalise(t, model.mean, model.std)[None])
-    return F.normalize(feats.float(), dim=-1)[0].cpu().numpy()
+    """CLIP's own view of the whole image, (D,) float32 unit vector; `model` is a LoadedModel or
+    look-alike. A delegate: the one implementation is convis_db.engine.whole_image.image_embedding."""
+    return whole_image.image_embedding(model, pixels)
 
 
 # ------------------------------------------------------------------------------------ with a database

@@ -17,7 +17,8 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import NotFoundError
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name, load_hierarchy
-from convis_db.store.image_store import StoredImage, find_by_sha, get_image, load_window_embeddings, stored_profile
+from convis_db.store.image_store import (StoredImage, database_layout, find_by_sha, get_image, load_window_embeddings,
+                                        stored_profile)
 from convis_db.store.model_store import load_database_model, load_definition_embeddings
 
 log = logging.getLogger(__name__)
@@ -107,10 +108,11 @@ class MapService:
 
 def engine_for_database(con, device: torch.device, batch_size: int = 128) -> tuple[ConceptEngine, int]:
     """The engine for new files: the model and settings of the stored images (one profile per
-    database), else the database's model with the paper's settings. Returns it with the model id."""
+    database, its window layout included), else the database's model with the paper's settings and the
+    database's layout. Returns it with the model id."""
     profile = stored_profile(con)
     model_id, loaded = load_database_model(con, device)
-    settings = profile[1] if profile else Settings()
+    settings = profile[1] if profile else Settings(layout=database_layout(con))
     defs = load_definition_embeddings(con, model_id)
     engine = ConceptEngine(loaded, defs, load_hierarchy(con).propagation_levels, settings, batch_size=batch_size)
     return engine, model_id

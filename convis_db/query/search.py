@@ -1,31 +1,93 @@
-"""`search`: images ranked by their stored score for a concept (which covers its descendants)."""
+"""`search`: images ranked by their stored score for a concept (which covers its descendants).
+
+Two scores exist per image and concept (schema 005):
+
+* ``image``: the paper's image-level max_rank_sim, of the whole image's embedding x = E_I(x), as an
+  exact count |T| * max_rank_sim. It is what the paper validates as an image-level score (Table I):
+  "is this a picture of X".
+* ``map``: the peak of the concept's saliency map (windows): "is there X somewhere in the picture",
+  small objects included, with the peak's location.
+
+The default is ``image`` when the database has image-level scores, else ``map`` (databases made before
+schema 005, until `convis-db ingest --backfill-image-level`). Ties of the integer image-level counts
+are broken by the map score, then by image id.
+"""
 
 from __future__ import annotations
 
 import duckdb
 
+from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name
+from convis_db.store.image_store import has_column, image_level_counts
+
+LEVELS = ("image", "map")
+BACKFILL_HINT = "convis-db ingest --backfill-image-level"
+
+
+def choose_level(con: duckdb.DuckDBPyConnection, by: str | None) -> tuple[str, list[str]]:
+    """(the score to rank by, notes for the user): `by` if given, else image where the database has
+    image-level scores, else map. The notes say how many images lack image-level scores."""
+    if by is not None and by not in LEVELS:
+        raise UsageError(f"--by {by!r} is not one of: {', '.join(LEVELS)}.")
+    have, total = image_level_counts(con)
+    notes: list[str] = []
+    if by is None:
+        by = "image" if have else "map"
+        if not have and total:
+            notes.append(f"no image of the {total} has image-level scores (ingested before convis-db stored "
+                         f"them), so images are ranked by their map score; add them with: {BACKFILL_HINT}")
+    if by == "image" and have < total:
+        notes.append(f"{total - have} of {total} images have no image-level scores and are left out; add them "
+                     f"with: {BACKFILL_HINT} (re-ingesting skips stored files), or rank by --by map")
+    return by, notes
 
 
 def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, limit: int = 20,
-                  only_self: bool = False) -> list[dict]:
+                  only_self: bool = False, by: str | None = None) -> list[dict]:
     """Images whose score for `concept` is at least `min_score`, best first, with the peak in original pixels.
 
-    score is the peak of the max_rank_sim map (the concept or any descendant); with only_self the
-    peak of the rank_sim map of the synset alone.
+    `by` (see choose_level): "image" ranks by the image-level max_rank_sim (images without it are left
+    out), "map" by the peak of the max_rank_sim map; with only_self, rank_sim of the synset alone.
+    Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
+    by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    score, px, py = ("self_score", "self_peak_x", "self_peak_y") if only_self else ("score", "peak_x", "peak_y")
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    mapped, px, py = ("self_score", "self_peak_x", "self_peak_y") if only_self else ("score", "peak_x", "peak_y")
+    if has_column(con, "image_scores", "image_rank_less"):
+        level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
+        image_score = f"{level} / {int(n)}::DOUBLE"
+    else:  # a database at schema 004, opened read-only: no image-level scores
+        image_score = "NULL::DOUBLE"
+    score = image_score if by == "image" else f"sc.{mapped}"
+    order = f"{score} DESC, sc.{mapped} DESC, i.image_id" if by == "image" else f"sc.{mapped} DESC, i.image_id"
     rows = con.execute(
-        f"""SELECT i.image_id, i.path, sc.{score} AS score,
+        f"""SELECT i.image_id, i.path, {score} AS score, sc.{mapped} AS map_score, {image_score} AS image_score,
                    CAST(round((sc.{px} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_x,
                    CAST(round((sc.{py} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_y,
                    i.width, i.height
             FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
-            WHERE sc.{score} >= ?
-            ORDER BY sc.{score} DESC, i.image_id
-            LIMIT ?""",  # column names from the fixed tuples above
+            WHERE {score} >= ?
+            ORDER BY {order}
+            LIMIT ?""",  # column names and expressions from the fixed choices above
         [sid, float(min_score), int(limit)],
     ).fetchall()
-    keys = ("image_id", "path", "score", "peak_x", "peak_y", "width", "height")
-    return [dict(zip(keys, r)) | {"synset": concept} for r in rows]
+    keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
+    return [dict(zip(keys, r)) | {"synset": concept, "by": by} for r in rows]
+
+
+def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,
+                 by: str | None = None) -> int:
+    """How many images search_images would list without a limit."""
+    by, _ = choose_level(con, by)
+    sid = find_synset_name(con, concept)
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    if by == "image":
+        if not has_column(con, "image_scores", "image_rank_less"):
+            return 0
+        score = f"({'image_rank_less' if only_self else 'image_max_rank_less'} / {int(n)}::DOUBLE)"
+    else:
+        score = "self_score" if only_self else "score"
+    return int(con.execute(f"SELECT count(*) FROM concept_rows(?) WHERE {score} >= ?",  # fixed expressions
+                           [sid, float(min_score)]).fetchone()[0])

@@ -1,4 +1,5 @@
-"""Maintain concept_index, the concept-sorted copy of image_scores (see schema/004_concept_index.sql)."""
+"""Maintain concept_index, the concept-sorted copy of image_scores (see schema/004_concept_index.sql;
+005 adds the image-level counts to both)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ log = logging.getLogger(__name__)
 
 #: Rebuild into one sorted run when more runs than this have been appended.
 MAX_RUNS = 8
+#: The columns of concept_index, all copied from image_scores.
+COLUMNS = ("synset_id, image_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y, "
+           "image_max_rank_less, image_rank_less")
 
 
 def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RUNS) -> int:
@@ -25,10 +29,9 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute(
-                """INSERT INTO concept_index
-                   SELECT synset_id, image_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y
-                   FROM image_scores WHERE image_id > ? AND image_id <= ?
-                   ORDER BY synset_id, score DESC, image_id""", [watermark, top])
+                f"""INSERT INTO concept_index ({COLUMNS})
+                    SELECT {COLUMNS} FROM image_scores WHERE image_id > ? AND image_id <= ?
+                    ORDER BY synset_id, score DESC, image_id""", [watermark, top])  # fixed column list
             con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
             con.execute("COMMIT")
         except Exception:
@@ -56,3 +59,22 @@ def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
         raise
     con.execute("CHECKPOINT")
     log.info("concept index rebuilt as one sorted run")
+
+
+def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite concept_index from image_scores as one sorted run (after image-level scores were added to
+    stored images: their rows in the index are copies made before). One transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
+        con.execute("DELETE FROM concept_index")
+        con.execute(f"""INSERT INTO concept_index ({COLUMNS})
+                        SELECT {COLUMNS} FROM image_scores WHERE image_id <= ?
+                        ORDER BY synset_id, score DESC, image_id""", [watermark])  # fixed column list
+        con.execute("UPDATE concept_index_state SET runs = 1")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("CHECKPOINT")
+    log.info("concept index rewritten with the image-level scores")

@@ -1,7 +1,13 @@
-"""Write an image's explanation in one transaction, and read stored windows back for maps and queries."""
+"""Write an image's explanation in one transaction, and read stored windows back for maps and queries.
+
+Databases at schema 004 or older may be opened read-only (never migrated): their images have no
+`layout` column (they all use the 'origin' lattice) and no image-level scores; every reader here
+answers for them too.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import duckdb
@@ -10,10 +16,12 @@ import pyarrow as pa
 
 from convis_db.engine.explainer import ImageExplanation
 from convis_db.engine.settings import Settings
-from convis_db.engine.windows import WindowGrid
+from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.db import rollback_quietly
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,24 +42,41 @@ class StoredImage:
 
     @property
     def grid(self) -> WindowGrid:
+        """The window lattice the image was explained with (its recorded layout)."""
         s = self.settings
-        return WindowGrid(self.work_height, self.work_width, s.stride, s.small, s.large)
+        return WindowGrid(self.work_height, self.work_width, s.stride, s.small, s.large, s.layout)
 
 
 _IMAGE_COLUMNS = ("image_id, sha256, path, model_id, width, height, work_width, work_height, scale, "
-                  "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows")
+                  "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows, {layout}")
+
+
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether the (possibly older, unmigrated) schema has this column."""
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                       [table, column]).fetchone()[0] > 0
+
+
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
+
+
+def _select_images(con: duckdb.DuckDBPyConnection, where: str, params: list):
+    """Rows of `images` (`where` is a fixed clause of the callers below): schema 005 and older ones."""
+    layout = "layout" if has_column(con, "images", "layout") else "'origin' AS layout"
+    return con.execute(f"SELECT {_IMAGE_COLUMNS.format(layout=layout)} FROM images {where}", params).fetchone()
 
 
 def _row_to_image(row) -> StoredImage:
     (image_id, sha, path, model_id, w, h, ww, wh, scale, max_pixels, stride, small, large, top_k,
-     rows, cols, n) = row
-    return StoredImage(image_id, sha, path, model_id, w, h, ww, wh, scale,
-                       Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k),
-                       rows, cols, n)
+     rows, cols, n, layout) = row
+    settings = Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k,
+                        layout=layout or "origin")
+    return StoredImage(image_id, sha, path, model_id, w, h, ww, wh, scale, settings, rows, cols, n)
 
 
 def find_by_sha(con: duckdb.DuckDBPyConnection, sha256: str) -> StoredImage | None:
-    row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 = ?", [sha256]).fetchone()
+    row = _select_images(con, "WHERE sha256 = ?", [sha256])
     return _row_to_image(row) if row else None
 
 
@@ -59,18 +84,16 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
     """An image by id, by path (as given at ingest or absolute), or by sha256 prefix."""
     text = str(ref).strip()
     if text.isdigit():
-        row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE image_id = ?", [int(text)]).fetchone()
+        row = _select_images(con, "WHERE image_id = ?", [int(text)])
         if row:
             return _row_to_image(row)
     import os
 
-    row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path = ? OR path = ? ORDER BY image_id LIMIT 1",
-                      [text, os.path.abspath(text)]).fetchone()
+    row = _select_images(con, "WHERE path = ? OR path = ? ORDER BY image_id LIMIT 1", [text, os.path.abspath(text)])
     if row:
         return _row_to_image(row)
     if len(text) >= 8 and all(ch in "0123456789abcdef" for ch in text.lower()):
-        row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 LIKE ? || '%' LIMIT 1",
-                          [text.lower()]).fetchone()
+        row = _select_images(con, "WHERE sha256 LIKE ? || '%' LIMIT 1", [text.lower()])
         if row:
             return _row_to_image(row)
     n = con.execute("SELECT count(*) FROM images").fetchone()[0]
@@ -79,27 +102,50 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
 
 
 def stored_profile(con: duckdb.DuckDBPyConnection) -> tuple[int, Settings] | None:
-    """The model and settings of the images already stored (one profile per database), if any."""
-    row = con.execute("SELECT model_id, max_pixels, stride, small, large, top_k FROM images LIMIT 1").fetchone()
+    """The model and settings (layout included) of the images already stored (one profile per
+    database), if any."""
+    layout = "layout" if has_column(con, "images", "layout") else "'origin'"
+    row = con.execute(f"SELECT model_id, max_pixels, stride, small, large, top_k, {layout} FROM images "
+                      "ORDER BY image_id LIMIT 1").fetchone()
     if row is None:
         return None
-    model_id, max_pixels, stride, small, large, top_k = row
-    return model_id, Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k)
+    model_id, max_pixels, stride, small, large, top_k, lay = row
+    return model_id, Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k,
+                              layout=lay or "origin")
+
+
+def database_layout(con: duckdb.DuckDBPyConnection) -> str:
+    """The window lattice of this database's images, new ones included (schema 005's window_layout).
+
+    A database not yet migrated to 005 (opened read-only) gets what the migration will decide:
+    'origin' when it holds images, else the new default.
+    """
+    if has_table(con, "window_layout"):
+        row = con.execute("SELECT layout FROM window_layout LIMIT 1").fetchone()
+        if row:
+            return row[0]
+    has_images = con.execute("SELECT EXISTS (SELECT 1 FROM images)").fetchone()[0]
+    return "origin" if has_images else DEFAULT_LAYOUT
 
 
 def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: str, path: str, model_id: int,
                 settings: Settings) -> int:
-    """Insert the image, its windows, its concept scores and its windows' top concepts in one transaction."""
+    """Insert the image, its windows, its concept scores (map and image level), its image embedding and
+    its windows' top concepts in one transaction."""
     g = exp.grid
+    if g.layout != settings.layout:
+        raise DatabaseError(f"image {path} was explained with the {g.layout!r} window layout but the database "
+                            f"uses {settings.layout!r}; this is a bug, please report it.")
     n_syn = exp.n_synsets
     con.execute("BEGIN TRANSACTION")
     try:
         image_id = con.execute(
             """INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
-                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
+                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows, layout)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
             [sha256, path, model_id, exp.width, exp.height, g.width, g.height, exp.scale, settings.stride,
-             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows],
+             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows,
+             g.layout],
         ).fetchone()[0]
         nw = g.n_windows
         widx = np.arange(nw, dtype=np.int32)
@@ -111,6 +157,8 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
             "x0": exp.boxes[:, 0], "y0": exp.boxes[:, 1], "x1": exp.boxes[:, 2], "y1": exp.boxes[:, 3],
             "embedding": matrix_to_list_array(exp.embeddings),
         })
+        has_level = exp.image_level is not None
+        missing = pa.nulls(n_syn, pa.int32())
         scores = pa.table({
             "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
             "synset_id": np.arange(n_syn, dtype=np.int32),
@@ -118,6 +166,8 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
             "peak_x": exp.scores.x, "peak_y": exp.scores.y,
             "self_score": exp.self_scores.score.astype(np.float64),
             "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
+            "image_max_rank_less": pa.array(exp.image_level.max_rank_less.astype(np.int32)) if has_level else missing,
+            "image_rank_less": pa.array(exp.image_level.rank_less.astype(np.int32)) if has_level else missing,
         })
         k = exp.top_ids.shape[1]
         concepts = pa.table({
@@ -127,10 +177,16 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
             "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
             "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
         })
-        for name, table in (("windows", windows), ("image_scores", scores), ("window_concepts", concepts)):
+        tables = [("windows", windows), ("image_scores", scores), ("window_concepts", concepts)]
+        if has_level:
+            tables.append(("image_embeddings", pa.table({
+                "image_id": pa.array([image_id], pa.int32()),
+                "embedding": matrix_to_list_array(exp.image_level.embedding[None, :])})))
+        for name, table in tables:
+            columns = ", ".join(table.column_names)  # names from the tables built above
             con.register("_rows", table)
             try:
-                con.execute(f"INSERT INTO {name} SELECT * FROM _rows")  # table names from the tuple above
+                con.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM _rows")  # table names from the list above
             finally:
                 con.unregister("_rows")
         con.execute("DELETE FROM ingest_failures WHERE path = ?", [path])
@@ -139,6 +195,68 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
         rollback_quietly(con)  # keeps the real cause (e.g. "No space left on device") as the error
         raise
     return int(image_id)
+
+
+def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> None:
+    """Add image-level scores to an image stored without them (`ingest --backfill-image-level`), in one
+    transaction. concept_index is brought up to date afterwards by `concept_index.fill_image_level`."""
+    n_syn = len(level.rank_less)
+    rows = pa.table({
+        "synset_id": np.arange(n_syn, dtype=np.int32),
+        "image_max_rank_less": level.max_rank_less.astype(np.int32),
+        "image_rank_less": level.rank_less.astype(np.int32),
+    })
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.register("_level", rows)
+        try:
+            con.execute(
+                """UPDATE image_scores SET image_max_rank_less = l.image_max_rank_less,
+                                           image_rank_less = l.image_rank_less
+                   FROM _level l WHERE image_scores.image_id = ? AND image_scores.synset_id = l.synset_id""",
+                [image_id])
+        finally:
+            con.unregister("_level")
+        con.register("_emb", pa.table({"image_id": pa.array([image_id], pa.int32()),
+                                       "embedding": matrix_to_list_array(level.embedding[None, :])}))
+        try:
+            con.execute("INSERT INTO image_embeddings (image_id, embedding) SELECT image_id, embedding FROM _emb")
+        finally:
+            con.unregister("_emb")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def images_without_image_level(con: duckdb.DuckDBPyConnection) -> list[StoredImage]:
+    """Stored images that have no image-level scores (ingested before schema 005), in id order."""
+    if not has_table(con, "image_embeddings"):
+        ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
+    else:
+        ids = [r[0] for r in con.execute(
+            "SELECT image_id FROM images WHERE image_id NOT IN (SELECT image_id FROM image_embeddings) "
+            "ORDER BY image_id").fetchall()]
+    return [_row_to_image(_select_images(con, "WHERE image_id = ?", [i])) for i in ids]
+
+
+def image_level_counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
+    """(images with image-level scores, images in all)."""
+    total = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    if not has_table(con, "image_embeddings"):
+        return 0, int(total)
+    have = con.execute("SELECT count(*) FROM image_embeddings").fetchone()[0]
+    return int(have), int(total)
+
+
+def load_image_embedding(con: duckdb.DuckDBPyConnection, image_id: int) -> np.ndarray | None:
+    """x = E_I(whole image), (D,) float32, or None where not stored."""
+    if not has_table(con, "image_embeddings"):
+        return None
+    tbl = fetch_arrow(con, "SELECT embedding FROM image_embeddings WHERE image_id = ?", [image_id])
+    if tbl.num_rows == 0:
+        return None
+    return list_column_to_matrix(tbl.column("embedding"))[0]
 
 
 def load_window_embeddings(con: duckdb.DuckDBPyConnection, image_id: int) -> np.ndarray:

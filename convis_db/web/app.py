@@ -161,7 +161,8 @@ def create_app(db_path: str | Path | None = None, *, explorer: Explorer | None =
     def search():
         return jsonify(ex.search(_required("synset"), limit=_int_arg("limit", 24, 1, 500),
                                  offset=_int_arg("offset", 0, 0, 10**9),
-                                 min_score=_float_arg("min_score", 0.0, 0.0, 1.0), only_self=_bool_arg("only_self")))
+                                 min_score=_float_arg("min_score", 0.0, 0.0, 1.0), only_self=_bool_arg("only_self"),
+                                 by=request.args.get("by", "").strip() or None))
 
     @app.get("/api/map/<int:image_id>/<synset>.png")
     def concept_map(image_id: int, synset: str):

@@ -8,7 +8,8 @@ caches:
 * `png`: rendered pictures, keyed by (image, synset, only_self, style, threshold, size);
 * `similarities`: per image, the window x synset cosine matrix (and, once an image has been asked for
   a few concepts, each row sorted), so that the many maps of one tree level cost one matrix product;
-* `pictures`: the original image resized to the sizes asked for; `scores`: an image's stored scores.
+* `pictures`: the original image resized to the sizes asked for; `scores`: an image's stored scores
+  (map peaks, and the image-level scores where the image has them).
 
 Maps equal `MapService.for_stored(...).saliency` exactly (the tests check it): the per-window count of
 synsets with a smaller cosine than the concept's best is the same whether it is counted directly or
@@ -37,11 +38,11 @@ from convis_db.engine.saliency import full_map
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.concepts import ConceptIndex
 from convis_db.query.maps import MapService
-from convis_db.query.search import search_images
+from convis_db.query.search import choose_level, count_images, search_images
 from convis_db.query.stats import database_stats
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
-from convis_db.store.image_store import StoredImage, get_image, load_window_embeddings
+from convis_db.store.image_store import StoredImage, get_image, has_column, load_window_embeddings
 from convis_db.web.cache import LRUCache
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,22 @@ class _ImageScores:
     score: np.ndarray
     self_score: np.ndarray
     peak: np.ndarray  # (n, 2) working pixels
+    image_score: np.ndarray       # image-level max_rank_sim; NaN where the image has none
+    image_self_score: np.ndarray  # image-level rank_sim; NaN where the image has none
 
     @property
     def nbytes(self) -> int:
-        return self.score.nbytes + self.self_score.nbytes + self.peak.nbytes
+        return (self.score.nbytes + self.self_score.nbytes + self.peak.nbytes + self.image_score.nbytes
+                + self.image_self_score.nbytes)
+
+    @property
+    def has_image_level(self) -> bool:
+        return bool(np.isfinite(self.image_score).any())
+
+
+def _level(value: float) -> float | None:
+    """An image-level score for JSON: None where not computed."""
+    return float(value) if np.isfinite(value) else None
 
 
 class Explorer:
@@ -155,11 +168,7 @@ class Explorer:
         self._key_strings = [k for k, _ in self._keys]
         self.models = {r[0]: {"model_id": r[0], "name": r[1], "pretrained": r[2], "is_random": bool(r[3])}
                        for r in con.execute("SELECT model_id, name, pretrained, is_random FROM models").fetchall()}
-        # The rows of one concept: the concept-sorted copy where the schema has one (what search reads).
-        has_rows = con.execute(
-            "SELECT count(*) FROM duckdb_functions() WHERE function_name = 'concept_rows'").fetchone()[0]
-        self._scores_of_concept = ("concept_rows(?)" if has_rows
-                                   else "(SELECT * FROM image_scores WHERE synset_id = ?)")
+        self._has_image_level_columns = has_column(con, "image_scores", "image_rank_less")
         self.image_models = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM images").fetchall()]
         st = os.stat(self.db_path)
         self._identity = f"{os.path.abspath(self.db_path)}:{st.st_mtime_ns}:{st.st_size}"
@@ -213,16 +222,22 @@ class Explorer:
         cached = self.score_cache.get(image.image_id)
         if cached is not None:
             return cached
+        n = self.n_synsets
+        level = ("image_max_rank_less, image_rank_less" if self._has_image_level_columns
+                 else "NULL::INTEGER AS image_max_rank_less, NULL::INTEGER AS image_rank_less")
         with self._db_lock:
             rows = self.con.execute(
-                "SELECT synset_id, score, peak_x, peak_y, self_score FROM image_scores WHERE image_id = ?",
-                [image.image_id]).fetchnumpy()
-        n = self.n_synsets
-        out = _ImageScores(np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64))
+                f"SELECT synset_id, score, peak_x, peak_y, self_score, {level} FROM image_scores "  # fixed columns
+                "WHERE image_id = ?", [image.image_id]).fetchnumpy()
+        out = _ImageScores(np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64),
+                           np.full(n, np.nan), np.full(n, np.nan))
         ids = rows["synset_id"].astype(np.int64)
         out.score[ids] = rows["score"]
         out.self_score[ids] = rows["self_score"]
         out.peak[ids, 0], out.peak[ids, 1] = rows["peak_x"], rows["peak_y"]
+        for target, column in ((out.image_score, "image_max_rank_less"), (out.image_self_score, "image_rank_less")):
+            values = np.ma.filled(np.ma.asarray(rows[column]).astype(np.float64), np.nan)
+            target[ids] = values / n
         self.score_cache.put(image.image_id, out, out.nbytes)
         return out
 
@@ -236,6 +251,7 @@ class Explorer:
         s = image.scale
         return {"synset": self.names[sid], "score": float(scores.score[sid]),
                 "self_score": float(scores.self_score[sid]),
+                "image_score": _level(scores.image_score[sid]), "image_self_score": _level(scores.image_self_score[sid]),
                 "peak_x": int(round((scores.peak[sid, 0] + 0.5) * s - 0.5)),
                 "peak_y": int(round((scores.peak[sid, 1] + 0.5) * s - 0.5)),
                 "definition": self.definitions[sid], "lemmas": self.lemmas[sid], "depth": self.index.depth[sid],
@@ -293,6 +309,7 @@ class Explorer:
 
     def image_detail(self, image_id: int) -> dict:
         image = self.image(image_id)
+        scores = self.scores(image)
         with self._db_lock:
             tops = self.con.execute(
                 """SELECT s.name, sc.self_score, sc.score FROM image_scores sc JOIN synsets s USING (synset_id)
@@ -306,7 +323,11 @@ class Explorer:
                 "model": f"{model.get('name')} / {model.get('pretrained')}",
                 "random_weights": bool(model.get("is_random")),
                 "file_status": self.file_status(image),
-                "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc)} for n, ss, sc in tops]}
+                "has_image_level": scores.has_image_level,
+                "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc),
+                                  "image_score": _level(scores.image_score[self.index.id_of[n]]),
+                                  "image_self_score": _level(scores.image_self_score[self.index.id_of[n]])}
+                                 for n, ss, sc in tops]}
 
     def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
         image = self.image(image_id)
@@ -358,20 +379,22 @@ class Explorer:
             "n_descendants": int(n_desc)}
 
     def search(self, synset: str, limit: int = 24, offset: int = 0, min_score: float = 0.0,
-               only_self: bool = False) -> dict:
+               only_self: bool = False, by: str | None = None) -> dict:
+        """Images ranked by `by` ("image": image-level max_rank_sim, "map": map peak; unset: as `search`)."""
         sid = self.synset_id(synset)
         name = self.names[sid]
-        column = "self_score" if only_self else "score"
         with self._db_lock:
-            rows = search_images(self.con, name, min_score, offset + limit, only_self)[offset:]
-            total = self.con.execute(
-                f"SELECT count(*) FROM {self._scores_of_concept} WHERE {column} >= ?",  # fixed names
-                [sid, float(min_score)]).fetchone()[0]
+            by, notes = choose_level(self.con, by)
+            rows = search_images(self.con, name, min_score, offset + limit, only_self, by)[offset:]
+            total = count_images(self.con, name, min_score, only_self, by)
         results = [{"rank": offset + i + 1, "image_id": r["image_id"], "path": r["path"],
-                    "name": os.path.basename(r["path"]), "score": float(r["score"]), "peak_x": r["peak_x"],
-                    "peak_y": r["peak_y"], "width": r["width"], "height": r["height"]} for i, r in enumerate(rows)]
+                    "name": os.path.basename(r["path"]), "score": float(r["score"]),
+                    "map_score": float(r["map_score"]),
+                    "image_score": None if r["image_score"] is None else float(r["image_score"]),
+                    "peak_x": r["peak_x"], "peak_y": r["peak_y"], "width": r["width"], "height": r["height"]}
+                   for i, r in enumerate(rows)]
         return {"synset": name, "concept": self.concept(sid), "total": int(total), "offset": offset, "limit": limit,
-                "min_score": min_score, "only_self": only_self, "results": results}
+                "min_score": min_score, "only_self": only_self, "by": by, "notes": notes, "results": results}
 
     # -- maps and pictures ------------------------------------------------------------------------
     def saliency(self, image: StoredImage, sid: int, only_self: bool = False) -> np.ndarray:

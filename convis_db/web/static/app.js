@@ -51,6 +51,8 @@
 
   const enc = encodeURIComponent;
   const fmt = (x) => (typeof x === 'number' ? x.toFixed(4) : '');
+  // Image-level scores are missing (null) for images ingested before convis-db stored them.
+  const fmtLevel = (x) => (typeof x === 'number' ? x.toFixed(4) : 'not stored (ingest --backfill-image-level)');
   const imageHash = (id, trail) => `#/image/${id}` + (trail && trail.length ? '/' + trail.map(enc).join('/') : '');
   const conceptHash = (synset) => `#/concept/${enc(synset)}`;
 
@@ -168,8 +170,13 @@
         node.lemmas && node.lemmas.length ? el('p', { class: 'lemmas', text: node.lemmas.join(', ').replaceAll('_', ' ') }) : null,
         el('p', { class: 'definition', text: node.definition }),
         el('dl', { class: 'facts' },
-          el('dt', { text: 'score' }), el('dd', {}, fmt(node.score), scoreBar(node.score)),
-          el('dt', { text: 'own score' }), el('dd', { text: fmt(node.self_score) }),
+          el('dt', { text: 'map score', title: 'peak of the saliency map (the concept or any descendant)' }),
+          el('dd', { id: 'map-score' }, fmt(node.score), scoreBar(node.score)),
+          el('dt', { text: 'image score', title: "the paper's image-level max_rank_sim of the whole image" }),
+          el('dd', { id: 'image-score' }, fmtLevel(node.image_score),
+            typeof node.image_score === 'number' ? scoreBar(node.image_score) : null),
+          el('dt', { text: 'own score' }),
+          el('dd', { text: `map ${fmt(node.self_score)} · image ${fmtLevel(node.image_self_score)}` }),
           el('dt', { text: 'peak' }), el('dd', { text: `(${node.peak_x}, ${node.peak_y}) px` }),
           el('dt', { text: 'children' }), el('dd', { text: String(data.n_children) })),
         el('p', { class: 'links' },
@@ -195,10 +202,12 @@
         el('div', { class: 'card-body' },
           el('div', { class: 'name', text: c.synset }),
           el('div', { class: 'score-line' }, scoreBar(c.score), el('span', { class: 'score', text: fmt(c.score) })),
+          typeof c.image_score === 'number'
+            ? el('div', { class: 'meta image-score', text: `image ${fmt(c.image_score)}` }) : null,
           el('div', { class: 'def', text: c.definition }),
           el('div', { class: 'meta', text: leaf ? 'leaf' : `${c.n_children} ${c.n_children === 1 ? 'child' : 'children'} ›` }))));
       }
-      childrenBlock = [el('h2', { text: `Children of ${node.synset}, ranked by score (${data.n_children})` }), grid];
+      childrenBlock = [el('h2', { text: `Children of ${node.synset}, ranked by map score (${data.n_children})` }), grid];
     } else {
       childrenBlock = [el('p', { class: 'empty', text: `${node.synset} is a leaf of the hierarchy: it has no children.` })];
     }
@@ -236,6 +245,7 @@
         el('div', { class: 'card-body' },
           el('div', { class: 'name', text: r.name }),
           el('div', { class: 'score-line' }, scoreBar(r.score), el('span', { class: 'score', text: fmt(r.score) })),
+          el('div', { class: 'meta scores', text: `image ${fmtLevel(r.image_score)} · map ${fmt(r.map_score)}` }),
           el('div', { class: 'meta', text: `peak (${r.peak_x}, ${r.peak_y}) · ${r.width}×${r.height}` }))));
       }
       offset += data.results.length;
@@ -252,7 +262,10 @@
       concept.lemmas.length ? el('p', { class: 'lemmas', text: concept.lemmas.join(', ').replaceAll('_', ' ') }) : null,
       el('p', { class: 'definition', text: concept.definition }),
       el('p', { class: 'meta', text: `depth ${concept.depth} · ${concept.n_descendants} descendants · ${concept.lexname}` +
-        ' · ranked by the peak of its map (the concept or any descendant)' }),
+        (first.by === 'image'
+          ? " · ranked by the image-level score (the paper's max_rank_sim of the whole image; ties by map score)"
+          : ' · ranked by the peak of its map (the concept or any descendant)') }),
+      ...(first.notes || []).map((n) => el('p', { class: 'warn', text: n })),
       chips,
       first.total ? grid : el('p', { class: 'empty', text: 'No image has a score for this concept.' }),
       more);
