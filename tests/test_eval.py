@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import rankdata
+from scipy.stats import mannwhitneyu
 
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import read_image
@@ -28,7 +28,8 @@ from convis_db.evaluation import metrics
 from convis_db.evaluation.datasets import (imagenet_classes, load_coco, load_cub, load_wsol_dataset, offset_to_wnid,
                                            parse_category_map)
 from convis_db.evaluation.explainers import ConVisExplainer, image_embedding
-from convis_db.evaluation.ood import WordNetLabeller, evaluate_ood
+from convis_db.evaluation.ood import (MAP_SCORES, SCORES, TABLE_I, WordNetLabeller, check_prompts, evaluate_ood,
+                                     zero_shot_classifier)
 from convis_db.evaluation.wsol import evaluate_wsol
 
 CPU = torch.device("cpu")
@@ -51,6 +52,12 @@ class ToyColourModel:
         blue = ((b > 0.6) & (r < 0.4) & (g < 0.4)).float().mean((1, 2))
         emb = torch.stack([red, blue, (1 - red - blue).clamp(min=0) + 0.05], dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)
+
+    def encode_text(self, texts) -> np.ndarray:
+        """A text is 'red' or 'blue' when it says so (a little of the third axis, so prompts differ)."""
+        rows = [[1.0 if "red" in t else 0.0, 1.0 if "blue" in t else 0.0, 0.1 + 0.01 * len(t)] for t in texts]
+        emb = np.array(rows, np.float32)
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
 RED, BLUE = 0, 1
@@ -151,9 +158,11 @@ def test_auroc_edges_and_errors():
         metrics.auroc([np.nan], [1.0])
 
 
-def test_midranks_match_scipy():
-    x = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], float)
-    np.testing.assert_array_equal(metrics.midranks(x), rankdata(x, method="average"))
+def test_auroc_matches_mann_whitney_u():
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 8, 40).astype(float), rng.integers(0, 8, 25).astype(float)
+    u = mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    assert metrics.auroc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)), abs=1e-12)
 
 
 def test_threshold_grid():
@@ -365,27 +374,88 @@ RED_WNID, BLUE_WNID, OTHER_WNID = "n00000001", "n00000002", "n00000003"
 TOY_LABELS = {RED_WNID: ("in", "red.n.01"), BLUE_WNID: ("out", "blue.n.01"), OTHER_WNID: (None, "other.n.01")}
 
 
-def test_ood_toy_colour_separable(tmp_path, toy_convis):
-    rng = np.random.default_rng(11)
-    write_class(tmp_path / "train" / RED_WNID, rng, "red", 3)
+def _toy_ood_folders(tmp_path, seed: int = 11, n_train: int = 6, n_test: int = 5):
+    rng = np.random.default_rng(seed)
+    write_class(tmp_path / "train" / RED_WNID, rng, "red", n_train)
     write_class(tmp_path / "train" / BLUE_WNID, rng, "blue", 2)     # not in-distribution: not a reference
     for wnid, colour in ((RED_WNID, "red"), (BLUE_WNID, "blue"), (OTHER_WNID, "blue")):
-        write_class(tmp_path / "test" / wnid, rng, colour, 4)
+        write_class(tmp_path / "test" / wnid, rng, colour, n_test)
     train, _ = imagenet_classes(tmp_path / "train")
     test, _ = imagenet_classes(tmp_path / "test")
+    return train, test
+
+
+def test_ood_toy_colour_separable(tmp_path, toy_convis):
+    train, test = _toy_ood_folders(tmp_path)
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, negative="blue.n.01")
     out = report.as_dict()
-    assert out["n_train"] == 3 and out["n_test_in"] == 4 and out["n_test_out"] == 4
+    assert out["n_train"] == 6 and out["n_test_in"] == 5 and out["n_test_out"] == 5
     assert {c["wnid"]: c["label"] for c in out["classes"]} == {RED_WNID: "in", BLUE_WNID: "out", OTHER_WNID: "ignored"}
+    assert set(out["auroc"]) == set(SCORES) and set(out["table_i"]) == set(TABLE_I)
     for name, value in out["auroc"].items():
-        assert value >= 0.9, (name, value)
+        # The toy's whole-image embeddings take two or three values per class: too few distinct
+        # points for a forest to rank finely (isolation_forest_scores is tested on clusters below).
+        assert value >= (0.5 if name == "isolation_forest" else 0.9), (name, value)
     rows = {r["score"]: r for r in out["scores"]}
     assert rows["max_rank_sim"]["mean_in"] > rows["max_rank_sim"]["mean_out"]
-    # The image-level ConVis score is the peak of the map, exactly.
-    item = next(i for i in report.items if i.label == "in")
-    assert item.scores["max_rank_sim"] == pytest.approx(
-        toy_convis.saliency(read_image(item.path), "red.n.01").max())
+    assert [r["score"] for r in out["scores"] if r["table_i"]] == list(TABLE_I)
+    assert out["protocol"]["mls_classes"] == [{"wnid": RED_WNID, "synset": "red.n.01", "name": "red"}]
+    assert out["protocol"]["isolation_forest"]["fit_on"] == 6
     json.dumps(out)
+
+
+def test_ood_scores_equal_their_definitions(tmp_path, toy_convis, toy_engine):
+    """Every column recomputed here from its definition, straight from the toy model and definitions."""
+    from sklearn.ensemble import IsolationForest
+
+    train, test = _toy_ood_folders(tmp_path, seed=5, n_train=4, n_test=3)
+    prompts = ("a photo of a {}.", "a red-free drawing of the {}")
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, negative="blue.n.01",
+                          prompts=prompts, seed=3)
+    model, defs = toy_engine.model, toy_definitions()
+    ref = np.stack([image_embedding(model, read_image(p).pixels) for p in train[RED_WNID]])
+    forest = IsolationForest(n_estimators=100, random_state=3).fit(ref)
+    texts = model.encode_text([p.format("red") for p in prompts])
+    class_emb = texts.mean(0) / np.linalg.norm(texts.mean(0))
+    n = len(defs)
+    for item in report.items:
+        decoded = read_image(item.path)
+        x = image_embedding(model, decoded.pixels)
+        z = defs.astype(np.float64) @ x.astype(np.float64)
+        # rank_sim(x, s) = |{s' : z(x, s') < z(x, s)}| / |T|; red.n.01's only descendant is itself.
+        rank = sum(1 for v in z if v < z[RED]) / n
+        assert item.scores["rank_sim"] == pytest.approx(rank, abs=1e-12)
+        assert item.scores["max_rank_sim"] == item.scores["rank_sim"]
+        assert item.scores["mls"] == pytest.approx(100.0 * float(class_emb @ x), rel=1e-5)
+        assert item.scores["isolation_forest"] == pytest.approx(float(forest.score_samples(x[None])[0]), rel=1e-6)
+        assert item.scores["clip_image_baseline"] == pytest.approx(float((ref @ x).max()), rel=1e-6)
+        # The map columns are the peaks of the saliency maps, as stored by ingest.
+        assert item.scores["map_max_rank_sim"] == pytest.approx(toy_convis.saliency(decoded, "red.n.01").max())
+
+
+def test_isolation_forest_separates_clusters():
+    from convis_db.evaluation.ood import isolation_forest_scores
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    reference = centre + 0.1 * rng.normal(size=(200, 16))
+    inside, outside = centre + 0.1 * rng.normal(size=(30, 16)), centre + 1.0 + 0.1 * rng.normal(size=(30, 16))
+    scores = isolation_forest_scores(reference, np.vstack([inside, outside]), seed=1)
+    assert metrics.auroc(scores[:30], scores[30:]) >= 0.95
+    np.testing.assert_array_equal(scores, isolation_forest_scores(reference, np.vstack([inside, outside]), seed=1))
+
+
+def test_ood_without_maps_and_prompt_checks(tmp_path, toy_convis):
+    train, test = _toy_ood_folders(tmp_path, seed=8, n_train=3, n_test=2)
+    encoded = toy_convis.encoded
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, map_scores=False)
+    assert toy_convis.encoded == encoded          # no window was encoded
+    assert set(report.auroc) == set(SCORES) - set(MAP_SCORES)
+    assert check_prompts([]) == ("a photo of a {}.",)
+    with pytest.raises(UsageError, match="exactly one"):
+        check_prompts(["a photo of a dog"])
+    emb = zero_shot_classifier(toy_convis.engine.model, ["red", "blue"], ("a {}", "the {} one"))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
 
 
 def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
@@ -396,7 +466,7 @@ def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
     train, _ = imagenet_classes(tmp_path / "train")
     test, _ = imagenet_classes(tmp_path / "test")
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__)
-    assert report.auroc == {"max_rank_sim": 0.5, "rank_sim": 0.5, "clip_image_baseline": 0.5}
+    assert report.auroc == {name: 0.5 for name in SCORES}
 
 
 def test_ood_needs_both_groups_and_a_reference(tmp_path, toy_convis):
@@ -421,7 +491,7 @@ def test_image_embedding_is_clip_preprocessing(toy_engine):
 
 
 # =========================================================================== with a real (tiny) database
-EVAL_WORDS = ["bird", "dog", "hunting dog", "cat"]
+EVAL_WORDS = ["bird", "dog", "hunting_dog", "cat"]   # the default (reference) T looks words up raw
 
 
 @pytest.fixture(scope="module")
@@ -554,19 +624,27 @@ def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
                         tmp_path / "test", "--positive", "bird.n.01", "--negative", "hunting_dog.n.01",
                         "--scores", scores, "--json"))
     assert out["n_train"] == 2 and out["n_test_in"] == 2 and out["n_test_out"] == 2
-    assert set(out["auroc"]) == {"max_rank_sim", "rank_sim", "clip_image_baseline"}
+    assert set(out["auroc"]) == set(SCORES) and list(out["table_i"]) == list(TABLE_I)
     assert all(0 <= v <= 1 for v in out["auroc"].values())
+    assert out["protocol"]["mls_classes"] == [{"wnid": bird, "synset": "bird.n.01", "name": "bird"}]
     labels = {c["wnid"]: c["label"] for c in out["classes"]}
     assert labels == {bird: "in", hunting: "out", beagle: "out", cat: "ignored"}
     assert out["ignored_folders"] == ["test/README"]
     with open(scores, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"}
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"} and set(SCORES) <= set(rows[0])
 
     text = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
-                   "--positive", "bird.n.01")
+                   "--positive", "bird.n.01", "--no-maps", "--prompt", "a photo of a {}.", "--prompt", "a {}")
     assert text.exit_code == 0, text.stderr
-    assert "clip_image_baseline" in text.stdout and "out = every other class" in text.stdout
+    assert "out = every other class" in text.stdout and "Table I" in text.stdout
+    for name in (*TABLE_I, "clip_image_baseline"):
+        assert name in text.stdout
+    assert "map_max_rank_sim" not in text.stdout and "'a {}'" in text.stdout
+
+    bad_prompt = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test",
+                         tmp_path / "test", "--positive", "bird.n.01", "--prompt", "a bird")
+    assert bad_prompt.exit_code == 2 and "exactly one" in bad_prompt.stderr
 
     bad = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
                   "--positive", "cat.n.01", "--negative", "bird.n.01")
