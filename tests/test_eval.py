@@ -204,6 +204,92 @@ def test_threshold_boxes_shrink_and_constant_maps():
     assert metrics.threshold_boxes(np.ones((5, 6)), taus) == [(0, 0, 6, 5)] + [None] * (len(taus) - 1)
 
 
+def naive_components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1), half-open, of the 8-connected components of a mask, by flood fill."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    boxes = []
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x] or seen[y, x]:
+                continue
+            stack, xs, ys = [(y, x)], [], []
+            seen[y, x] = True
+            while stack:
+                cy, cx = stack.pop()
+                xs.append(cx)
+                ys.append(cy)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
+            boxes.append((min(xs), min(ys), max(xs) + 1, max(ys) + 1))
+    return boxes
+
+
+def naive_iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def naive_max_box_acc_v2(maps, gts, taus, deltas=(0.3, 0.5, 0.7)) -> float:
+    """Choe et al.'s MaxBoxAccV2 straight from its definition: mean over delta of
+    max over tau of the fraction of images with some component box reaching IoU delta with some GT box."""
+    best_per_delta = []
+    for delta in deltas:
+        accuracies = []
+        for tau in taus:
+            correct = 0
+            for m, gt in zip(maps, gts):
+                norm = (m - m.min()) / (m.max() - m.min())
+                boxes = naive_components(norm >= tau)
+                correct += any(naive_iou(b, g) >= delta for b in boxes for g in gt)
+            accuracies.append(correct / len(maps))
+        best_per_delta.append(max(accuracies))
+    return sum(best_per_delta) / len(best_per_delta)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_max_box_acc_v2_equals_naive_definition(seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:18, 0:22]
+    maps, gts = [], []
+    for _ in range(6):
+        m = 0.2 * rng.random((18, 22))
+        for _ in range(int(rng.integers(1, 4))):     # a few blobs: several components at most taus
+            cx, cy, r = rng.uniform(0, 22), rng.uniform(0, 18), rng.uniform(1.5, 4)
+            m += rng.uniform(0.5, 1.0) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        maps.append(m)
+        gts.append(np.array([[int(rng.integers(0, 12)), int(rng.integers(0, 9)), 0, 0] for _ in range(2)]))
+        gts[-1][:, 2] = gts[-1][:, 0] + rng.integers(3, 10, 2)
+        gts[-1][:, 3] = gts[-1][:, 1] + rng.integers(3, 9, 2)
+    taus = metrics.thresholds(0.05)
+    all_ious = np.array([metrics.iou_curve_all_components(m, g, taus) for m, g in zip(maps, gts)])
+    largest = np.array([metrics.iou_curve(m, g, taus) for m, g in zip(maps, gts)])
+    assert (all_ious >= largest - 1e-12).all()          # the largest component's box is one of them
+    v2 = metrics.max_box_acc_v2(all_ious)
+    assert v2["max_box_acc_v2"] == pytest.approx(naive_max_box_acc_v2(maps, gts, taus), abs=1e-12)
+    assert [p["iou_threshold"] for p in v2["per_iou"]] == [0.3, 0.5, 0.7]
+    assert v2["per_iou"][0]["max_box_acc"] >= v2["per_iou"][1]["max_box_acc"] >= v2["per_iou"][2]["max_box_acc"]
+
+
+def test_component_boxes_and_pairwise_iou():
+    mask = np.zeros((10, 12), bool)
+    mask[1:3, 1:3] = True
+    mask[5:9, 6:11] = True
+    mask[4, 5] = True                 # diagonal neighbour of the second block
+    assert sorted(map(tuple, metrics.component_boxes(mask))) == sorted(naive_components(mask))
+    assert metrics.component_boxes(np.zeros((3, 3), bool)).shape == (0, 4)
+    a = np.array([[0, 0, 10, 10], [5, 0, 15, 10]])
+    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20]])
+    np.testing.assert_allclose(metrics.pairwise_iou(a, b),
+                               [[metrics.box_iou(x, y) for y in b] for x in a], atol=1e-15)
+
+
 # =========================================================================== dataset readers
 def test_cub_reader_splits_and_order(tmp_path, red_scenes):
     images, boxes = red_scenes
@@ -312,6 +398,10 @@ def test_wsol_toy_cub_localises_red_objects(tmp_path, red_scenes, toy_convis):
     assert report.best_tau == report.taus[int(np.argmax(report.accuracy))]
     payload = report.as_dict()
     assert len(payload["per_tau"]) == 100 and payload["max_box_acc"] == report.max_box_acc
+    # MaxBoxAccV2: all components' boxes, so at IoU 0.5 never below MaxBoxAcc's curve.
+    assert 0.0 <= payload["max_box_acc_v2"] <= 1.0 and report.max_box_acc_v2 == payload["max_box_acc_v2"]
+    assert [p["iou_threshold"] for p in payload["max_box_acc_v2_per_iou"]] == [0.3, 0.5, 0.7]
+    assert all(r["v2_box_acc_iou50"] >= r["box_acc"] for r in payload["per_tau"])
     json.dumps(payload)
 
 
@@ -573,7 +663,7 @@ def test_cli_eval_wsol_cub_both_methods(run_cli, eval_db, tmp_path, red_scenes):
     out = _json(run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--json"))
     assert out["dataset"] == "cub" and out["split"] == "test" and out["n"] == 2
     assert out["method"] == "convis (max_rank_sim)" and out["concept"] == "bird.n.01"
-    assert len(out["per_tau"]) == 100 and 0 <= out["max_box_acc"] <= 1
+    assert len(out["per_tau"]) == 100 and 0 <= out["max_box_acc"] <= 1 and 0 <= out["max_box_acc_v2"] <= 1
     assert out["best_tau"] in [r["tau"] for r in out["per_tau"]]
     assert max(r["box_acc"] for r in out["per_tau"]) == out["max_box_acc"]
 
@@ -584,7 +674,7 @@ def test_cli_eval_wsol_cub_both_methods(run_cli, eval_db, tmp_path, red_scenes):
     text = run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--only-self", "--split", "all")
     assert text.exit_code == 0, text.stderr
     assert text.stdout.startswith("MaxBoxAcc ") and "rank_sim of the synset alone" in text.stdout
-    assert "<- best" in text.stdout
+    assert "<- best" in text.stdout and "\nMaxBoxAccV2 " in text.stdout and "v2@50" in text.stdout
 
 
 def test_cli_eval_wsol_coco(run_cli, eval_db, tmp_path):

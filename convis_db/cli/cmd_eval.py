@@ -103,7 +103,7 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
                          f"MaxBoxAccV2 {row['max_box_acc_v2']:.4f}")
     lines.append("")
     v2_keys = [k for k in payload["per_tau"][0] if k.startswith("v2_")]
-    lines.append("tau    box_acc  " + "  ".join(f"v2@{k.rsplit('iou', 1)[1]}" for k in v2_keys))
+    lines.append("tau    box_acc  " + "  ".join(f"{'v2@' + k.rsplit('iou', 1)[1]:<6s}" for k in v2_keys))
     decimals = 2 if round(tau_step, 2) == tau_step else 3
     lines.extend(f"{r['tau']:<6.{decimals}f} {r['box_acc']:.4f}   " + "  ".join(f"{r[k]:.4f}" for k in v2_keys)
                  + ("  <- best" if i == report.best_index else "")
@@ -187,12 +187,12 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
              + f"; {payload['n_train']} reference images, {payload['n_test_in']} ID and {payload['n_test_out']} "
              "OOD test images",
              f"MLS over {len(protocol['mls_classes'])} in-distribution classes, prompts: "
-             + ", ".join(repr(p) for p in protocol["prompts"]), "",
-             "  score              auroc      mean_in    mean_out"]
+             + ", ".join(repr(p) for p in protocol["prompts"]),
+             "", f"  {'score':<20s} {'auroc':<6s}  {'mean_in':>10s}  {'mean_out':>10s}"]
     table_i = [r for r in payload["scores"] if r["table_i"]]
     extra = [r for r in payload["scores"] if not r["table_i"]]
     for heading, rows in (("Table I", table_i), ("extra columns", extra)):
         lines.append(heading)
-        lines.extend(f"  {r['score']:<18s} {r['auroc']:.4f}  {r['mean_in']:10.4f}  {r['mean_out']:10.4f}" for r in rows)
+        lines.extend(f"  {r['score']:<20s} {r['auroc']:.4f}  {r['mean_in']:10.4f}  {r['mean_out']:10.4f}" for r in rows)
     emit(Result(rows=payload["scores"], data=payload, text="\n".join(lines), notes=notes),
          "json" if as_json else "table")
