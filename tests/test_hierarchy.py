@@ -503,3 +503,13 @@ def torch_cpu():
     import torch
 
     return torch.device("cpu")
+
+
+def test_reference_drops_senses_whose_hypernyms_are_instances(wn):
+    # alabama.n.01 has a hypernym (south.n.01), but that is an instance: no hypernym path to the root.
+    h = build_hierarchy(wn, Vocabulary("t", "test", ["alabama", "dog"]), REFERENCE)
+    assert "alabama.n.01" not in h.by_name and "south.n.01" not in h.by_name
+    assert h.missing_words == [] and "dog.n.01" in h.by_name
+    # The people and the language have hypernym paths; the state and the river (an instance) do not.
+    assert {s.name() for s in wn.synsets("alabama", "n") if s.name() in h.by_name} == {"alabama.n.02", "alabama.n.04"}
+    assert all(s.depth >= 0 for s in h.synsets)

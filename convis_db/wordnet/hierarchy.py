@@ -104,34 +104,53 @@ class Hierarchy:
         return np.asarray(anc, np.int32), np.asarray(desc, np.int32), np.asarray(dist, np.int32)
 
 
-def _is_a_parents(syn, kind: str) -> list[tuple[object, str]]:
-    parents = [(h, "hypernym") for h in syn.hypernyms()]
+class _HypernymPaths:
+    """Which synsets have a path of hypernym links (no instance links) up to entity.n.01: the
+    authors' criterion (`find_hypernym_paths` keeps a path only when it reaches the root). Most
+    nouns do; instance synsets (clay.n.03) do not, nor the few whose hypernyms are themselves
+    instances (alabama.n.01's hypernym south.n.01 is an instance of geographical_area.n.01)."""
+
+    def __init__(self, root_name: str = ROOT):
+        self.root_name = root_name
+        self._memo: dict[str, bool] = {}
+
+    def reaches_root(self, syn) -> bool:
+        name = syn.name()
+        if name not in self._memo:
+            self._memo[name] = name == self.root_name or any(self.reaches_root(h) for h in syn.hypernyms())
+        return self._memo[name]
+
+
+def _is_a_parents(syn, kind: str, paths: _HypernymPaths | None = None) -> list[tuple[object, str]]:
+    """A synset's parents in T: hypernyms on a path to the root (reference), or every hypernym and
+    instance hypernym (extended)."""
     if kind == EXTENDED:
-        parents += [(h, "instance") for h in syn.instance_hypernyms()]
-    return parents
+        return [(h, "hypernym") for h in syn.hypernyms()] + [(h, "instance") for h in syn.instance_hypernyms()]
+    return [(h, "hypernym") for h in syn.hypernyms() if paths is None or paths.reaches_root(h)]
 
 
-def _senses(wn, word: str, kind: str) -> list:
-    """A word's noun senses that belong in T: for `reference`, those with a hypernym path to the
-    root (every WordNet 3.0 noun with a hypernym has one; instance-only senses have none)."""
+def _senses(wn, word: str, kind: str, paths: _HypernymPaths) -> list:
+    """A word's noun senses that belong in T: for `reference`, nltk's raw lookup, keeping the senses
+    with a hypernym path to the root."""
     if kind == EXTENDED:
         return noun_synsets_for_word(wn, word)
-    return [s for s in raw_noun_synsets(wn, word) if s.hypernyms() or s.name() == ROOT]
+    return [s for s in raw_noun_synsets(wn, word) if paths.reaches_root(s)]
 
 
 def build_hierarchy(wn, vocab: Vocabulary, kind: str = DEFAULT_HIERARCHY) -> Hierarchy:
     """Build T for a vocabulary from an nltk WordNet reader, the `reference` or `extended` way."""
     check_hierarchy_kind(kind)
     root = wn.synset(ROOT)
+    paths = _HypernymPaths()
     seeds: list = []
     missing: list[str] = []
     if vocab.is_all_nouns:
         seeds = list(wn.all_synsets("n"))
         if kind == REFERENCE:
-            seeds = [s for s in seeds if s.hypernyms() or s.name() == ROOT]
+            seeds = [s for s in seeds if paths.reaches_root(s)]
     else:
         for word in vocab.words:
-            found = _senses(wn, word, kind)
+            found = _senses(wn, word, kind, paths)
             if not found:
                 missing.append(word)
             seeds.extend(found)
@@ -144,7 +163,7 @@ def build_hierarchy(wn, vocab: Vocabulary, kind: str = DEFAULT_HIERARCHY) -> Hie
         if name in members:
             continue
         members[name] = syn
-        stack.extend(p for p, _ in _is_a_parents(syn, kind))
+        stack.extend(p for p, _ in _is_a_parents(syn, kind, paths))
     # Keep only synsets that reach the root (all WordNet 3.0 nouns do; guard anyway).
     if ROOT not in members:
         members[ROOT] = root
@@ -163,7 +182,7 @@ def build_hierarchy(wn, vocab: Vocabulary, kind: str = DEFAULT_HIERARCHY) -> Hie
     ]
     edges: list[tuple[int, int, str]] = []
     for n in names:
-        for parent, link in _is_a_parents(members[n], kind):
+        for parent, link in _is_a_parents(members[n], kind, paths):
             edges.append((ids[parent.name()], ids[n], link))
     edges = sorted(set(edges))
     hierarchy = Hierarchy(
