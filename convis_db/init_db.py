@@ -14,7 +14,12 @@ from convis_db.models.registry import ModelSpec
 from convis_db.progress import Progress, no_progress
 from convis_db.store.db import connect
 from convis_db.store.hierarchy_store import stored_vocabulary, write_hierarchy
-from convis_db.store.model_store import find_model_id, has_definition_embeddings, register_model, write_definition_embeddings
+from convis_db.store.model_store import (
+    find_model_id,
+    has_definition_embeddings,
+    register_model,
+    write_definition_embeddings,
+)
 from convis_db.wordnet.hierarchy import DEFAULT_HIERARCHY, build_hierarchy, check_hierarchy_kind
 from convis_db.wordnet.source import open_wordnet
 from convis_db.wordnet.vocab import load_vocabulary

@@ -25,11 +25,24 @@ from convis_db.engine.images import read_image
 from convis_db.engine.settings import Settings
 from convis_db.errors import NotFoundError, UsageError
 from convis_db.evaluation import metrics
-from convis_db.evaluation.datasets import (imagenet_classes, load_coco, load_cub, load_wsol_dataset, offset_to_wnid,
-                                           parse_category_map)
+from convis_db.evaluation.datasets import (
+    imagenet_classes,
+    load_coco,
+    load_cub,
+    load_wsol_dataset,
+    offset_to_wnid,
+    parse_category_map,
+)
 from convis_db.evaluation.explainers import ConVisExplainer, image_embedding
-from convis_db.evaluation.ood import (MAP_SCORES, SCORES, TABLE_I, WordNetLabeller, check_prompts, evaluate_ood,
-                                     zero_shot_classifier)
+from convis_db.evaluation.ood import (
+    MAP_SCORES,
+    SCORES,
+    TABLE_I,
+    WordNetLabeller,
+    check_prompts,
+    evaluate_ood,
+    zero_shot_classifier,
+)
 from convis_db.evaluation.wsol import evaluate_wsol
 
 CPU = torch.device("cpu")

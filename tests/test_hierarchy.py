@@ -10,6 +10,7 @@ synsets on their hypernym-only paths to entity.n.01 (7,080 for physical-objects)
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from pathlib import Path
 
@@ -374,7 +375,7 @@ class AuthorsWalk:
                     self.seeds.add(sense.name())
                 for path in paths:            # the sense first, the root last
                     self.members.update(s.name() for s in path)
-                    self.edges.update((up.name(), down.name()) for down, up in zip(path, path[1:]))
+                    self.edges.update((up.name(), down.name()) for down, up in itertools.pairwise(path))
 
     def paths(self, syn) -> list[list]:
         if syn.name() not in self._paths:

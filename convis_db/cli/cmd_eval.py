@@ -92,10 +92,10 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
     if report.failures:
         notes.append(f"{len(report.failures)} images could not be evaluated (listed under 'failures' in --json).")
     v2 = payload["max_box_acc_v2_per_iou"]
-    lines = [f"MaxBoxAcc {report.max_box_acc:.4f} at tau {report.best_tau:g}  ({report.method}; {report.dataset} "
-             f"{report.source}; {report.n} samples; IoU >= {report.iou_threshold:g})",
-             f"MaxBoxAccV2 {payload['max_box_acc_v2']:.4f}  (all components; mean over IoU "
-             + ", ".join(f"{p['iou_threshold']:g}: {p['max_box_acc']:.4f} at tau {p['best_tau']:g}" for p in v2) + ")"]
+    v2_parts = ", ".join(f"{p['iou_threshold']:g}: {p['max_box_acc']:.4f} at tau {p['best_tau']:g}" for p in v2)
+    lines = [(f"MaxBoxAcc {report.max_box_acc:.4f} at tau {report.best_tau:g}  ({report.method}; {report.dataset} "
+              f"{report.source}; {report.n} samples; IoU >= {report.iou_threshold:g})"),
+             f"MaxBoxAccV2 {payload['max_box_acc_v2']:.4f}  (all components; mean over IoU {v2_parts})"]
     if data.kind == "coco":
         for c, row in payload["per_concept"].items():
             lines.append(f"  {c}: {row['n']} samples, BoxAcc {row['box_acc_at_best_tau']:.4f} at tau "

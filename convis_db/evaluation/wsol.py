@@ -29,8 +29,14 @@ from convis_db.engine.render import resize_map
 from convis_db.errors import ConvisError, UsageError
 from convis_db.evaluation.datasets import WsolDataset, WsolSample
 from convis_db.evaluation.explainers import Explainer
-from convis_db.evaluation.metrics import (MAXBOXACC_V2_IOU_THRESHOLDS, box_accuracy, iou_curve,
-                                          iou_curve_all_components, max_box_acc_v2, thresholds)
+from convis_db.evaluation.metrics import (
+    MAXBOXACC_V2_IOU_THRESHOLDS,
+    box_accuracy,
+    iou_curve,
+    iou_curve_all_components,
+    max_box_acc_v2,
+    thresholds,
+)
 from convis_db.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
