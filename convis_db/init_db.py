@@ -14,8 +14,13 @@ from convis_db.models.registry import ModelSpec
 from convis_db.progress import Progress, no_progress
 from convis_db.store.db import connect
 from convis_db.store.hierarchy_store import stored_vocabulary, write_hierarchy
-from convis_db.store.model_store import find_model_id, has_definition_embeddings, register_model, write_definition_embeddings
-from convis_db.wordnet.hierarchy import build_hierarchy
+from convis_db.store.model_store import (
+    find_model_id,
+    has_definition_embeddings,
+    register_model,
+    write_definition_embeddings,
+)
+from convis_db.wordnet.hierarchy import DEFAULT_HIERARCHY, build_hierarchy, check_hierarchy_kind
 from convis_db.wordnet.source import open_wordnet
 from convis_db.wordnet.vocab import load_vocabulary
 
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 class InitReport:
     db: str
     vocabulary: str
+    hierarchy: str
     n_synsets: int
     n_edges: int
     n_closure_pairs: int
@@ -38,9 +44,15 @@ class InitReport:
 
 
 def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: torch.device,
-               batch_size: int = 256, progress: Progress = no_progress) -> InitReport:
-    """Create or extend a database. Idempotent: a second run with the same arguments changes nothing."""
+               batch_size: int = 256, progress: Progress = no_progress, hierarchy: str | None = None) -> InitReport:
+    """Create or extend a database. Idempotent: a second run with the same arguments changes nothing.
+
+    `hierarchy` is how T is built ('reference', the authors' T, or 'extended'); None means the
+    default for a new database and whatever an existing one holds.
+    """
     vocab = load_vocabulary(vocab_spec)  # before creating anything: a bad --vocab leaves no file behind
+    if hierarchy is not None:
+        check_hierarchy_kind(hierarchy)
     # A new database needs the model: load it first, so that weights that cannot be had (offline)
     # fail before any file is made or any minute is spent on the hierarchy.
     preloaded = None if Path(db_path).exists() else load_model(spec, device)
@@ -50,7 +62,7 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
         built = False
         if stored is None:
             wn = open_wordnet()
-            h = build_hierarchy(wn, vocab)
+            h = build_hierarchy(wn, vocab, hierarchy or DEFAULT_HIERARCHY)
             write_hierarchy(con, h, vocab, wn.get_version())
             built = True
         elif vocab.fingerprint != stored["words_sha256"]:
@@ -58,13 +70,18 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
                 f"{db_path} already holds vocabulary {stored['name']!r} ({stored['source']}); one database holds "
                 f"one vocabulary, and {vocab.source} has other words. Use another --db for it."
             )
+        elif hierarchy is not None and hierarchy != stored["hierarchy"]:
+            raise DatabaseError(
+                f"{db_path} holds T built with --hierarchy {stored['hierarchy']}; one database holds one T. "
+                f"Drop --hierarchy {hierarchy} to use it, or build another --db with --hierarchy {hierarchy}."
+            )
         model_id, embedded = _ensure_model(con, spec, device, batch_size, progress, preloaded)
         counts = con.execute(
             "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"
         ).fetchone()
         vocab_row = stored_vocabulary(con)
         return InitReport(
-            db=str(db_path), vocabulary=vocab_row["name"], n_synsets=counts[0], n_edges=counts[1],
+            db=str(db_path), vocabulary=vocab_row["name"], hierarchy=vocab_row["hierarchy"], n_synsets=counts[0], n_edges=counts[1],
             n_closure_pairs=counts[2], missing_words=list(vocab_row["missing_words"]), model=spec.label,
             model_id=model_id, is_random=spec.is_random, built_hierarchy=built, embedded_definitions=embedded,
         )

@@ -78,22 +78,27 @@ def tiny_spec(tiny_config: Path, tiny_checkpoint: Path):
 
 @pytest.fixture(scope="session")
 def tiny_db(tmp_path_factory: pytest.TempPathFactory, small_vocab_file: Path, tiny_spec) -> Path:
-    """A database built from the small vocabulary and the tiny checkpoint (treat as read-only)."""
+    """A database built from the small vocabulary and the tiny checkpoint (treat as read-only).
+
+    Its T is the `extended` one (normalised words such as 'hot dog', instance hypernyms), which the
+    tests written against it expect; tests/test_hierarchy.py checks the `reference` T, the default.
+    """
     from convis_db.init_db import initialise
 
     path = tmp_path_factory.mktemp("tinydb") / "tiny.duckdb"
-    report = initialise(path, str(small_vocab_file), tiny_spec, torch.device("cpu"))
+    report = initialise(path, str(small_vocab_file), tiny_spec, torch.device("cpu"), hierarchy="extended")
     assert report.built_hierarchy and report.embedded_definitions == report.n_synsets > 0
     return path
 
 
 @pytest.fixture(scope="session")
 def physical_db(tmp_path_factory: pytest.TempPathFactory, tiny_spec) -> Path:
-    """A database of the default 'physical-objects' vocabulary with the tiny checkpoint (read-only)."""
+    """A database of the default 'physical-objects' vocabulary with the tiny checkpoint (read-only),
+    T built the `extended` way (7,343 synsets)."""
     from convis_db.init_db import initialise
 
     path = tmp_path_factory.mktemp("physdb") / "physical.duckdb"
-    initialise(path, "physical-objects", tiny_spec, torch.device("cpu"), batch_size=1024)
+    initialise(path, "physical-objects", tiny_spec, torch.device("cpu"), batch_size=1024, hierarchy="extended")
     return path
 
 

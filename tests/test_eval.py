@@ -18,17 +18,31 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.stats import rankdata
+from scipy.stats import mannwhitneyu
 
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import read_image
 from convis_db.engine.settings import Settings
 from convis_db.errors import NotFoundError, UsageError
 from convis_db.evaluation import metrics
-from convis_db.evaluation.datasets import (imagenet_classes, load_coco, load_cub, load_wsol_dataset, offset_to_wnid,
-                                           parse_category_map)
+from convis_db.evaluation.datasets import (
+    imagenet_classes,
+    load_coco,
+    load_cub,
+    load_wsol_dataset,
+    offset_to_wnid,
+    parse_category_map,
+)
 from convis_db.evaluation.explainers import ConVisExplainer, image_embedding
-from convis_db.evaluation.ood import WordNetLabeller, evaluate_ood
+from convis_db.evaluation.ood import (
+    MAP_SCORES,
+    SCORES,
+    TABLE_I,
+    WordNetLabeller,
+    check_prompts,
+    evaluate_ood,
+    zero_shot_classifier,
+)
 from convis_db.evaluation.wsol import evaluate_wsol
 
 CPU = torch.device("cpu")
@@ -51,6 +65,12 @@ class ToyColourModel:
         blue = ((b > 0.6) & (r < 0.4) & (g < 0.4)).float().mean((1, 2))
         emb = torch.stack([red, blue, (1 - red - blue).clamp(min=0) + 0.05], dim=1)
         return torch.nn.functional.normalize(emb, dim=-1)
+
+    def encode_text(self, texts) -> np.ndarray:
+        """A text is 'red' or 'blue' when it says so (a little of the third axis, so prompts differ)."""
+        rows = [[1.0 if "red" in t else 0.0, 1.0 if "blue" in t else 0.0, 0.1 + 0.01 * len(t)] for t in texts]
+        emb = np.array(rows, np.float32)
+        return emb / np.linalg.norm(emb, axis=1, keepdims=True)
 
 
 RED, BLUE = 0, 1
@@ -151,9 +171,11 @@ def test_auroc_edges_and_errors():
         metrics.auroc([np.nan], [1.0])
 
 
-def test_midranks_match_scipy():
-    x = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], float)
-    np.testing.assert_array_equal(metrics.midranks(x), rankdata(x, method="average"))
+def test_auroc_matches_mann_whitney_u():
+    rng = np.random.default_rng(3)
+    pos, neg = rng.integers(0, 8, 40).astype(float), rng.integers(0, 8, 25).astype(float)
+    u = mannwhitneyu(pos, neg, alternative="two-sided").statistic
+    assert metrics.auroc(pos, neg) == pytest.approx(u / (len(pos) * len(neg)), abs=1e-12)
 
 
 def test_threshold_grid():
@@ -193,6 +215,92 @@ def test_threshold_boxes_shrink_and_constant_maps():
     for tau, box in zip(taus, boxes):   # the count cache gives the same boxes as a direct computation
         assert box == metrics.largest_component_box(metrics.normalise01(bump) >= tau)
     assert metrics.threshold_boxes(np.ones((5, 6)), taus) == [(0, 0, 6, 5)] + [None] * (len(taus) - 1)
+
+
+def naive_components(mask: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes (x0, y0, x1, y1), half-open, of the 8-connected components of a mask, by flood fill."""
+    h, w = mask.shape
+    seen = np.zeros_like(mask, dtype=bool)
+    boxes = []
+    for y in range(h):
+        for x in range(w):
+            if not mask[y, x] or seen[y, x]:
+                continue
+            stack, xs, ys = [(y, x)], [], []
+            seen[y, x] = True
+            while stack:
+                cy, cx = stack.pop()
+                xs.append(cx)
+                ys.append(cy)
+                for dy in (-1, 0, 1):
+                    for dx in (-1, 0, 1):
+                        ny, nx = cy + dy, cx + dx
+                        if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                            seen[ny, nx] = True
+                            stack.append((ny, nx))
+            boxes.append((min(xs), min(ys), max(xs) + 1, max(ys) + 1))
+    return boxes
+
+
+def naive_iou(a, b) -> float:
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union if union > 0 else 0.0
+
+
+def naive_max_box_acc_v2(maps, gts, taus, deltas=(0.3, 0.5, 0.7)) -> float:
+    """Choe et al.'s MaxBoxAccV2 straight from its definition: mean over delta of
+    max over tau of the fraction of images with some component box reaching IoU delta with some GT box."""
+    best_per_delta = []
+    for delta in deltas:
+        accuracies = []
+        for tau in taus:
+            correct = 0
+            for m, gt in zip(maps, gts):
+                norm = (m - m.min()) / (m.max() - m.min())
+                boxes = naive_components(norm >= tau)
+                correct += any(naive_iou(b, g) >= delta for b in boxes for g in gt)
+            accuracies.append(correct / len(maps))
+        best_per_delta.append(max(accuracies))
+    return sum(best_per_delta) / len(best_per_delta)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_max_box_acc_v2_equals_naive_definition(seed):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:18, 0:22]
+    maps, gts = [], []
+    for _ in range(6):
+        m = 0.2 * rng.random((18, 22))
+        for _ in range(int(rng.integers(1, 4))):     # a few blobs: several components at most taus
+            cx, cy, r = rng.uniform(0, 22), rng.uniform(0, 18), rng.uniform(1.5, 4)
+            m += rng.uniform(0.5, 1.0) * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+        maps.append(m)
+        gts.append(np.array([[int(rng.integers(0, 12)), int(rng.integers(0, 9)), 0, 0] for _ in range(2)]))
+        gts[-1][:, 2] = gts[-1][:, 0] + rng.integers(3, 10, 2)
+        gts[-1][:, 3] = gts[-1][:, 1] + rng.integers(3, 9, 2)
+    taus = metrics.thresholds(0.05)
+    all_ious = np.array([metrics.iou_curve_all_components(m, g, taus) for m, g in zip(maps, gts)])
+    largest = np.array([metrics.iou_curve(m, g, taus) for m, g in zip(maps, gts)])
+    assert (all_ious >= largest - 1e-12).all()          # the largest component's box is one of them
+    v2 = metrics.max_box_acc_v2(all_ious)
+    assert v2["max_box_acc_v2"] == pytest.approx(naive_max_box_acc_v2(maps, gts, taus), abs=1e-12)
+    assert [p["iou_threshold"] for p in v2["per_iou"]] == [0.3, 0.5, 0.7]
+    assert v2["per_iou"][0]["max_box_acc"] >= v2["per_iou"][1]["max_box_acc"] >= v2["per_iou"][2]["max_box_acc"]
+
+
+def test_component_boxes_and_pairwise_iou():
+    mask = np.zeros((10, 12), bool)
+    mask[1:3, 1:3] = True
+    mask[5:9, 6:11] = True
+    mask[4, 5] = True                 # diagonal neighbour of the second block
+    assert sorted(map(tuple, metrics.component_boxes(mask))) == sorted(naive_components(mask))
+    assert metrics.component_boxes(np.zeros((3, 3), bool)).shape == (0, 4)
+    a = np.array([[0, 0, 10, 10], [5, 0, 15, 10]])
+    b = np.array([[0, 0, 10, 10], [10, 10, 20, 20]])
+    np.testing.assert_allclose(metrics.pairwise_iou(a, b),
+                               [[metrics.box_iou(x, y) for y in b] for x in a], atol=1e-15)
 
 
 # =========================================================================== dataset readers
@@ -303,6 +411,10 @@ def test_wsol_toy_cub_localises_red_objects(tmp_path, red_scenes, toy_convis):
     assert report.best_tau == report.taus[int(np.argmax(report.accuracy))]
     payload = report.as_dict()
     assert len(payload["per_tau"]) == 100 and payload["max_box_acc"] == report.max_box_acc
+    # MaxBoxAccV2: all components' boxes, so at IoU 0.5 never below MaxBoxAcc's curve.
+    assert 0.0 <= payload["max_box_acc_v2"] <= 1.0 and report.max_box_acc_v2 == payload["max_box_acc_v2"]
+    assert [p["iou_threshold"] for p in payload["max_box_acc_v2_per_iou"]] == [0.3, 0.5, 0.7]
+    assert all(r["v2_box_acc_iou50"] >= r["box_acc"] for r in payload["per_tau"])
     json.dumps(payload)
 
 
@@ -365,27 +477,88 @@ RED_WNID, BLUE_WNID, OTHER_WNID = "n00000001", "n00000002", "n00000003"
 TOY_LABELS = {RED_WNID: ("in", "red.n.01"), BLUE_WNID: ("out", "blue.n.01"), OTHER_WNID: (None, "other.n.01")}
 
 
-def test_ood_toy_colour_separable(tmp_path, toy_convis):
-    rng = np.random.default_rng(11)
-    write_class(tmp_path / "train" / RED_WNID, rng, "red", 3)
+def _toy_ood_folders(tmp_path, seed: int = 11, n_train: int = 6, n_test: int = 5):
+    rng = np.random.default_rng(seed)
+    write_class(tmp_path / "train" / RED_WNID, rng, "red", n_train)
     write_class(tmp_path / "train" / BLUE_WNID, rng, "blue", 2)     # not in-distribution: not a reference
     for wnid, colour in ((RED_WNID, "red"), (BLUE_WNID, "blue"), (OTHER_WNID, "blue")):
-        write_class(tmp_path / "test" / wnid, rng, colour, 4)
+        write_class(tmp_path / "test" / wnid, rng, colour, n_test)
     train, _ = imagenet_classes(tmp_path / "train")
     test, _ = imagenet_classes(tmp_path / "test")
+    return train, test
+
+
+def test_ood_toy_colour_separable(tmp_path, toy_convis):
+    train, test = _toy_ood_folders(tmp_path)
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, negative="blue.n.01")
     out = report.as_dict()
-    assert out["n_train"] == 3 and out["n_test_in"] == 4 and out["n_test_out"] == 4
+    assert out["n_train"] == 6 and out["n_test_in"] == 5 and out["n_test_out"] == 5
     assert {c["wnid"]: c["label"] for c in out["classes"]} == {RED_WNID: "in", BLUE_WNID: "out", OTHER_WNID: "ignored"}
+    assert set(out["auroc"]) == set(SCORES) and set(out["table_i"]) == set(TABLE_I)
     for name, value in out["auroc"].items():
-        assert value >= 0.9, (name, value)
+        # The toy's whole-image embeddings take two or three values per class: too few distinct
+        # points for a forest to rank finely (isolation_forest_scores is tested on clusters below).
+        assert value >= (0.5 if name == "isolation_forest" else 0.9), (name, value)
     rows = {r["score"]: r for r in out["scores"]}
     assert rows["max_rank_sim"]["mean_in"] > rows["max_rank_sim"]["mean_out"]
-    # The image-level ConVis score is the peak of the map, exactly.
-    item = next(i for i in report.items if i.label == "in")
-    assert item.scores["max_rank_sim"] == pytest.approx(
-        toy_convis.saliency(read_image(item.path), "red.n.01").max())
+    assert [r["score"] for r in out["scores"] if r["table_i"]] == list(TABLE_I)
+    assert out["protocol"]["mls_classes"] == [{"wnid": RED_WNID, "synset": "red.n.01", "name": "red"}]
+    assert out["protocol"]["isolation_forest"]["fit_on"] == 6
     json.dumps(out)
+
+
+def test_ood_scores_equal_their_definitions(tmp_path, toy_convis, toy_engine):
+    """Every column recomputed here from its definition, straight from the toy model and definitions."""
+    from sklearn.ensemble import IsolationForest
+
+    train, test = _toy_ood_folders(tmp_path, seed=5, n_train=4, n_test=3)
+    prompts = ("a photo of a {}.", "a red-free drawing of the {}")
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, negative="blue.n.01",
+                          prompts=prompts, seed=3)
+    model, defs = toy_engine.model, toy_definitions()
+    ref = np.stack([image_embedding(model, read_image(p).pixels) for p in train[RED_WNID]])
+    forest = IsolationForest(n_estimators=100, random_state=3).fit(ref)
+    texts = model.encode_text([p.format("red") for p in prompts])
+    class_emb = texts.mean(0) / np.linalg.norm(texts.mean(0))
+    n = len(defs)
+    for item in report.items:
+        decoded = read_image(item.path)
+        x = image_embedding(model, decoded.pixels)
+        z = defs.astype(np.float64) @ x.astype(np.float64)
+        # rank_sim(x, s) = |{s' : z(x, s') < z(x, s)}| / |T|; red.n.01's only descendant is itself.
+        rank = sum(1 for v in z if v < z[RED]) / n
+        assert item.scores["rank_sim"] == pytest.approx(rank, abs=1e-12)
+        assert item.scores["max_rank_sim"] == item.scores["rank_sim"]
+        assert item.scores["mls"] == pytest.approx(100.0 * float(class_emb @ x), rel=1e-5)
+        assert item.scores["isolation_forest"] == pytest.approx(float(forest.score_samples(x[None])[0]), rel=1e-6)
+        assert item.scores["clip_image_baseline"] == pytest.approx(float((ref @ x).max()), rel=1e-6)
+        # The map columns are the peaks of the saliency maps, as stored by ingest.
+        assert item.scores["map_max_rank_sim"] == pytest.approx(toy_convis.saliency(decoded, "red.n.01").max())
+
+
+def test_isolation_forest_separates_clusters():
+    from convis_db.evaluation.ood import isolation_forest_scores
+
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=16)
+    reference = centre + 0.1 * rng.normal(size=(200, 16))
+    inside, outside = centre + 0.1 * rng.normal(size=(30, 16)), centre + 1.0 + 0.1 * rng.normal(size=(30, 16))
+    scores = isolation_forest_scores(reference, np.vstack([inside, outside]), seed=1)
+    assert metrics.auroc(scores[:30], scores[30:]) >= 0.95
+    np.testing.assert_array_equal(scores, isolation_forest_scores(reference, np.vstack([inside, outside]), seed=1))
+
+
+def test_ood_without_maps_and_prompt_checks(tmp_path, toy_convis):
+    train, test = _toy_ood_folders(tmp_path, seed=8, n_train=3, n_test=2)
+    encoded = toy_convis.encoded
+    report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, map_scores=False)
+    assert toy_convis.encoded == encoded          # no window was encoded
+    assert set(report.auroc) == set(SCORES) - set(MAP_SCORES)
+    assert check_prompts([]) == ("a photo of a {}.",)
+    with pytest.raises(UsageError, match="exactly one"):
+        check_prompts(["a photo of a dog"])
+    emb = zero_shot_classifier(toy_convis.engine.model, ["red", "blue"], ("a {}", "the {} one"))
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
 
 
 def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
@@ -396,7 +569,7 @@ def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
     train, _ = imagenet_classes(tmp_path / "train")
     test, _ = imagenet_classes(tmp_path / "test")
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__)
-    assert report.auroc == {"max_rank_sim": 0.5, "rank_sim": 0.5, "clip_image_baseline": 0.5}
+    assert report.auroc == {name: 0.5 for name in SCORES}
 
 
 def test_ood_needs_both_groups_and_a_reference(tmp_path, toy_convis):
@@ -421,7 +594,7 @@ def test_image_embedding_is_clip_preprocessing(toy_engine):
 
 
 # =========================================================================== with a real (tiny) database
-EVAL_WORDS = ["bird", "dog", "hunting dog", "cat"]
+EVAL_WORDS = ["bird", "dog", "hunting_dog", "cat"]   # the default (reference) T looks words up raw
 
 
 @pytest.fixture(scope="module")
@@ -503,7 +676,7 @@ def test_cli_eval_wsol_cub_both_methods(run_cli, eval_db, tmp_path, red_scenes):
     out = _json(run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--json"))
     assert out["dataset"] == "cub" and out["split"] == "test" and out["n"] == 2
     assert out["method"] == "convis (max_rank_sim)" and out["concept"] == "bird.n.01"
-    assert len(out["per_tau"]) == 100 and 0 <= out["max_box_acc"] <= 1
+    assert len(out["per_tau"]) == 100 and 0 <= out["max_box_acc"] <= 1 and 0 <= out["max_box_acc_v2"] <= 1
     assert out["best_tau"] in [r["tau"] for r in out["per_tau"]]
     assert max(r["box_acc"] for r in out["per_tau"]) == out["max_box_acc"]
 
@@ -514,7 +687,7 @@ def test_cli_eval_wsol_cub_both_methods(run_cli, eval_db, tmp_path, red_scenes):
     text = run_cli("-q", "--db", eval_db, "eval", "wsol", root, "--only-self", "--split", "all")
     assert text.exit_code == 0, text.stderr
     assert text.stdout.startswith("MaxBoxAcc ") and "rank_sim of the synset alone" in text.stdout
-    assert "<- best" in text.stdout
+    assert "<- best" in text.stdout and "\nMaxBoxAccV2 " in text.stdout and "v2@50" in text.stdout
 
 
 def test_cli_eval_wsol_coco(run_cli, eval_db, tmp_path):
@@ -554,19 +727,27 @@ def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
                         tmp_path / "test", "--positive", "bird.n.01", "--negative", "hunting_dog.n.01",
                         "--scores", scores, "--json"))
     assert out["n_train"] == 2 and out["n_test_in"] == 2 and out["n_test_out"] == 2
-    assert set(out["auroc"]) == {"max_rank_sim", "rank_sim", "clip_image_baseline"}
+    assert set(out["auroc"]) == set(SCORES) and list(out["table_i"]) == list(TABLE_I)
     assert all(0 <= v <= 1 for v in out["auroc"].values())
+    assert out["protocol"]["mls_classes"] == [{"wnid": bird, "synset": "bird.n.01", "name": "bird"}]
     labels = {c["wnid"]: c["label"] for c in out["classes"]}
     assert labels == {bird: "in", hunting: "out", beagle: "out", cat: "ignored"}
     assert out["ignored_folders"] == ["test/README"]
     with open(scores, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"}
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"} and set(SCORES) <= set(rows[0])
 
     text = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
-                   "--positive", "bird.n.01")
+                   "--positive", "bird.n.01", "--no-maps", "--prompt", "a photo of a {}.", "--prompt", "a {}")
     assert text.exit_code == 0, text.stderr
-    assert "clip_image_baseline" in text.stdout and "out = every other class" in text.stdout
+    assert "out = every other class" in text.stdout and "Table I" in text.stdout
+    for name in (*TABLE_I, "clip_image_baseline"):
+        assert name in text.stdout
+    assert "map_max_rank_sim" not in text.stdout and "'a {}'" in text.stdout
+
+    bad_prompt = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test",
+                         tmp_path / "test", "--positive", "bird.n.01", "--prompt", "a bird")
+    assert bad_prompt.exit_code == 2 and "exactly one" in bad_prompt.stderr
 
     bad = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
                   "--positive", "cat.n.01", "--negative", "bird.n.01")

@@ -1,18 +1,23 @@
-"""The hierarchy T stored by init, checked against a direct walk of nltk's WordNet written here.
+"""The hierarchy T stored by init, checked against direct walks of nltk's WordNet written here.
 
-T (per the paper): every noun sense of every vocabulary word, plus every synset on any of its is-a
-paths (hypernyms and instance hypernyms) up to entity.n.01; all parents kept (a DAG).
+`--hierarchy extended`: every noun sense of every (normalised) vocabulary word, plus every synset on
+any of its is-a paths (hypernyms and instance hypernyms) up to entity.n.01; all parents kept (a DAG).
+The shared fixtures tiny_db and physical_db hold this T.
+
+`--hierarchy reference` (the default): the authors' T: raw `wn.synsets(word, pos="n")` senses and the
+synsets on their hypernym-only paths to entity.n.01 (7,080 for physical-objects).
 """
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from pathlib import Path
 
 import duckdb
 import pytest
 
-from convis_db.wordnet.hierarchy import build_hierarchy
+from convis_db.wordnet.hierarchy import EXTENDED, REFERENCE, build_hierarchy
 from convis_db.wordnet.vocab import (
     PHYSICAL_OBJECTS,
     Vocabulary,
@@ -333,9 +338,10 @@ def test_small_db_resolves_spaced_and_hyphenated_words(small_tables):
     assert {"frank.n.02", "jersey.n.03", "dog.n.01", "pizza.n.01", "bicycle.n.01"} <= flagged
 
 
-def test_missing_words_are_reported(wn):
+@pytest.mark.parametrize("kind", [EXTENDED, REFERENCE])
+def test_missing_words_are_reported(wn, kind):
     vocab = Vocabulary("t", "test", ["dog", "qwzxv", "t-shirt", "blorptastic"])
-    h = build_hierarchy(wn, vocab)
+    h = build_hierarchy(wn, vocab, kind)
     assert h.missing_words == ["qwzxv", "blorptastic"]
     assert h.n_words == 4
     assert "dog.n.01" in h.by_name and "jersey.n.03" in h.by_name
@@ -345,3 +351,166 @@ def test_read_word_file_skips_comments_and_duplicates(tmp_path):
     path = tmp_path / "w.txt"
     path.write_text("# header\ndog\n\ncat  # a pet\ndog\n  hot dog \n", encoding="utf-8")
     assert read_word_file(path) == ["dog", "cat", "hot dog"]
+
+
+# --------------------------------------------------------------------------- the authors' T (reference)
+
+
+class AuthorsWalk:
+    """The authors' T written from their description: the raw noun senses of each word, every path
+    that climbs hypernym links (never instance hypernyms) to entity.n.01, and the synsets and
+    consecutive pairs on those paths."""
+
+    def __init__(self, wn, words: list[str]):
+        self.root = wn.synset(ROOT)
+        self._paths: dict[str, list[list]] = {}
+        self.members: set[str] = set()
+        self.edges: set[tuple[str, str]] = set()
+        self.seeds: set[str] = set()
+        self.missing = [w for w in words if not wn.synsets(w, pos="n")]
+        for word in words:
+            for sense in wn.synsets(word, pos="n"):
+                paths = self.paths(sense)
+                if paths:
+                    self.seeds.add(sense.name())
+                for path in paths:            # the sense first, the root last
+                    self.members.update(s.name() for s in path)
+                    self.edges.update((up.name(), down.name()) for down, up in itertools.pairwise(path))
+
+    def paths(self, syn) -> list[list]:
+        if syn.name() not in self._paths:
+            if syn == self.root:
+                found = [[syn]]
+            else:
+                found = [[syn, *rest] for h in syn.hypernyms() for rest in self.paths(h)]
+            self._paths[syn.name()] = found
+        return self._paths[syn.name()]
+
+
+@pytest.fixture(scope="module")
+def physical_reference(wn, physical_words):
+    return build_hierarchy(wn, load_vocabulary(PHYSICAL_OBJECTS), REFERENCE)
+
+
+def test_reference_physical_objects_is_the_authors_7080(wn, physical_words, physical_reference):
+    h = physical_reference
+    walk = AuthorsWalk(wn, physical_words)
+    assert h.size == len(walk.members) == 7080        # the authors' dict_size
+    assert set(h.by_name) == walk.members
+    names = [s.name for s in h.synsets]
+    assert {(names[p], names[c]) for p, c, _ in h.edges} == walk.edges
+    assert {kind for _, _, kind in h.edges} == {"hypernym"}
+    assert {names[i] for i in h.word_sense_ids} == walk.seeds
+    assert h.missing_words == walk.missing and len(h.missing_words) == 53
+    assert h.kind == REFERENCE
+
+
+@pytest.mark.parametrize("name, present", [
+    ("entity.n.01", True), ("dog.n.01", True), ("frank.n.02", True),   # 'dog' raw senses include the sausage
+    ("jersey.n.03", True), ("ice_cream.n.01", True), ("person.n.01", True), ("city.n.01", True),
+    ("star.n.01", True),
+    ("clay.n.03", False),        # a United States general: an instance, reached only through instance links
+    ("general.n.01", False),     # ... so its class is not in T either
+    ("sun.n.01", False), ("turkey.n.02", False), ("big_dipper.n.01", False),   # instances
+    ("air_bag.n.01", False),     # 'airbag' needs the extended T's compound splitting
+])
+def test_reference_spot_list(physical_reference, name, present):
+    assert (name in physical_reference.by_name) is present
+
+
+def test_reference_is_a_subset_of_extended(wn, physical_reference):
+    extended = build_hierarchy(wn, load_vocabulary(PHYSICAL_OBJECTS), EXTENDED)
+    assert extended.size == 7343 and set(physical_reference.by_name) < set(extended.by_name)
+    assert "clay.n.03" in extended.by_name
+
+
+def test_reference_small_vocabulary_matches_the_walk(wn, small_vocab_words):
+    h = build_hierarchy(wn, Vocabulary("s", "test", small_vocab_words), REFERENCE)
+    walk = AuthorsWalk(wn, small_vocab_words)
+    assert set(h.by_name) == walk.members and h.missing_words == walk.missing == ["hot dog"]
+    assert "tree.n.03" not in h.by_name        # Sir Herbert Beerbohm Tree, an instance of actor
+
+
+def test_init_default_is_reference_and_recorded(run_cli, tmp_path, tiny_config, small_vocab_file):
+    import json
+
+    db = tmp_path / "ref.duckdb"
+    result = run_cli("-q", "--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab",
+                     small_vocab_file, "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["hierarchy"] == REFERENCE and report["missing_words"] == ["hot dog"]
+    tables = _db_tables(db)
+    assert not any(kind == "instance" for _, _, kind in tables["edges"])
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        assert con.execute("SELECT hierarchy FROM vocabulary").fetchone()[0] == REFERENCE
+    finally:
+        con.close()
+    # One database, one T: asking for the other one is refused; omitting --hierarchy reuses it.
+    other = run_cli("--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab", small_vocab_file,
+                    "--device", "cpu", "--hierarchy", EXTENDED)
+    assert other.exit_code == 2 and "--hierarchy reference" in other.stderr
+    again = run_cli("-q", "--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab",
+                    small_vocab_file, "--device", "cpu", "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["hierarchy"] == REFERENCE
+
+
+def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab_file):
+    """A database made with migrations 001..005 only (no hierarchy column) opens read-only and reads as
+    'extended', upgrades on a write open, and init on it keeps working."""
+    from convis_db.errors import DatabaseError
+    from convis_db.init_db import initialise
+    from convis_db.models.registry import resolve_model
+    from convis_db.store.db import connect
+    from convis_db.store.hierarchy_store import stored_vocabulary
+    from convis_db.store.migrations import applied_versions, available_migrations
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
+                "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
+    for mig in available_migrations():
+        if mig.version < 6:
+            con.execute(mig.sql)
+            con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
+                        [mig.version, mig.name, mig.checksum])
+    vocab = load_vocabulary(str(small_vocab_file))
+    # The vocabulary row as versions before 006 wrote it: positional, no hierarchy column.
+    con.execute("INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, '3.0', current_timestamp)",
+                [vocab.name, vocab.source, vocab.fingerprint, len(vocab.words), [], 1])
+    con.execute("INSERT INTO synsets VALUES (0, 'entity.n.01', 1740, ['entity'], 'that which exists', 0, "
+                "'noun.Tops', false)")
+    con.close()
+
+    ro = connect(path)
+    try:
+        assert stored_vocabulary(ro)["hierarchy"] == EXTENDED
+    finally:
+        ro.close()
+    rw = connect(path, write=True)
+    try:
+        assert 6 in applied_versions(rw)
+        assert rw.execute("SELECT hierarchy FROM vocabulary").fetchone()[0] == EXTENDED
+        assert stored_vocabulary(rw)["name"] == vocab.name
+    finally:
+        rw.close()
+    spec = resolve_model(str(Path(__file__).parent / "data" / "tiny-clip.json"), "none")
+    with pytest.raises(DatabaseError, match="--hierarchy extended"):
+        initialise(path, str(small_vocab_file), spec, torch_cpu(), hierarchy=REFERENCE)
+
+
+def torch_cpu():
+    import torch
+
+    return torch.device("cpu")
+
+
+def test_reference_drops_senses_whose_hypernyms_are_instances(wn):
+    # alabama.n.01 has a hypernym (south.n.01), but that is an instance: no hypernym path to the root.
+    h = build_hierarchy(wn, Vocabulary("t", "test", ["alabama", "dog"]), REFERENCE)
+    assert "alabama.n.01" not in h.by_name and "south.n.01" not in h.by_name
+    assert h.missing_words == [] and "dog.n.01" in h.by_name
+    # The people and the language have hypernym paths; the state and the river (an instance) do not.
+    assert {s.name() for s in wn.synsets("alabama", "n") if s.name() in h.by_name} == {"alabama.n.02", "alabama.n.04"}
+    assert all(s.depth >= 0 for s in h.synsets)

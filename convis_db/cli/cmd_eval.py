@@ -59,7 +59,11 @@ def _random_weights_note(con) -> list[str]:
 @pass_app
 def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, only_self, text, iou_threshold,
          tau_step, device, as_json) -> None:
-    """MaxBoxAcc of a method's maps on a CUB-200-2011 folder or a COCO instances JSON.
+    """MaxBoxAcc and MaxBoxAccV2 of a method's maps on a CUB-200-2011 folder or a COCO instances JSON.
+
+    MaxBoxAcc: the largest component's box, IoU >= --iou-threshold, best tau. MaxBoxAccV2 (Choe et
+    al.'s recommended metric): the best box over all components, mean over IoU 0.3/0.5/0.7 of each
+    threshold's best tau.
 
     \b
     Example:
@@ -88,17 +92,23 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
     payload = report.as_dict()
     if report.failures:
         notes.append(f"{len(report.failures)} images could not be evaluated (listed under 'failures' in --json).")
-    lines = [f"MaxBoxAcc {report.max_box_acc:.4f} at tau {report.best_tau:g}  ({report.method}; {report.dataset} "
-             f"{report.source}; {report.n} samples; IoU >= {report.iou_threshold:g})"]
+    v2 = payload["max_box_acc_v2_per_iou"]
+    v2_parts = ", ".join(f"{p['iou_threshold']:g}: {p['max_box_acc']:.4f} at tau {p['best_tau']:g}" for p in v2)
+    lines = [(f"MaxBoxAcc {report.max_box_acc:.4f} at tau {report.best_tau:g}  ({report.method}; {report.dataset} "
+              f"{report.source}; {report.n} samples; IoU >= {report.iou_threshold:g})"),
+             f"MaxBoxAccV2 {payload['max_box_acc_v2']:.4f}  (all components; mean over IoU {v2_parts})"]
     if data.kind == "coco":
-        for c, row in report.per_concept().items():
+        for c, row in payload["per_concept"].items():
             lines.append(f"  {c}: {row['n']} samples, BoxAcc {row['box_acc_at_best_tau']:.4f} at tau "
-                         f"{report.best_tau:g}; own MaxBoxAcc {row['max_box_acc']:.4f} at tau {row['best_tau']:g}")
+                         f"{report.best_tau:g}; own MaxBoxAcc {row['max_box_acc']:.4f} at tau {row['best_tau']:g}; "
+                         f"MaxBoxAccV2 {row['max_box_acc_v2']:.4f}")
     lines.append("")
-    lines.append("tau    box_acc")
+    v2_keys = [k for k in payload["per_tau"][0] if k.startswith("v2_")]
+    lines.append("tau    box_acc  " + "  ".join(f"{'v2@' + k.rsplit('iou', 1)[1]:<6s}" for k in v2_keys))
     decimals = 2 if round(tau_step, 2) == tau_step else 3
-    lines.extend(f"{t:<6.{decimals}f} {a:.4f}" + ("  <- best" if i == report.best_index else "")
-                 for i, (t, a) in enumerate(zip(report.taus, report.accuracy)))
+    lines.extend(f"{r['tau']:<6.{decimals}f} {r['box_acc']:.4f}   " + "  ".join(f"{r[k]:.4f}" for k in v2_keys)
+                 + ("  <- best" if i == report.best_index else "")
+                 for i, r in enumerate(payload["per_tau"]))
     emit(Result(rows=payload["per_tau"], data=payload, text="\n".join(lines), notes=notes),
          "json" if as_json else "table")
 
@@ -113,15 +123,29 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
               help="Out-of-distribution concept: classes under it (default: every class not under --positive).")
 @click.option("--per-class", type=click.IntRange(1, 10**9), default=None, help="Use only the first N images of each class.")
 @click.option("--scores", "scores_csv", type=click.Path(dir_okay=False),
-              help="Write every test image's three scores to this CSV.")
+              help="Write every test image's scores (every column) to this CSV.")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEMPLATE",
+              help="MLS zero-shot prompt with {} for the class name (repeatable: prompts are averaged per class). "
+                   "Default: 'a photo of a {}.'.")
+@click.option("--no-maps", is_flag=True,
+              help="Skip the map-peak columns (map_max_rank_sim, map_rank_sim): one encoder pass per image "
+                   "instead of one per window.")
+@click.option("--seed", type=int, default=0, show_default=True, help="IsolationForest's random_state.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv, device, as_json) -> None:
-    """AUROC of in-distribution vs out-of-distribution test images (the paper's Table I).
+def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv, prompts, no_maps, seed, device,
+        as_json) -> None:
+    """AUROC of in-distribution vs out-of-distribution test images: every column of the paper's Table I.
 
-    Scores: max_rank_sim (peak of the positive concept's ConVis map), rank_sim (the same for the
-    synset alone), and the CLIP image baseline (max cosine to the in-distribution training images).
+    \b
+    Table I (whole-image CLIP embedding x = E_I(x) of each test image):
+      max_rank_sim      max rank_sim of x over the positive concept and its descendants in T
+      rank_sim          rank_sim of x for the positive synset alone
+      mls               maximum zero-shot logit over the in-distribution classes (--prompt)
+      isolation_forest  IsolationForest fit on the in-distribution training images' embeddings
+    Extra: clip_image_baseline (max cosine to a training image) and the peaks of the ConVis
+    saliency maps (map_max_rank_sim, map_rank_sim; --no-maps skips them).
 
     \b
     Example:
@@ -141,7 +165,7 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
         report = evaluate_ood(explainer, positive, train, test, labeller, negative=negative,
                               ignored_folders=[f"train/{d}" for d in ignored_train]
                               + [f"test/{d}" for d in ignored_test],
-                              progress=app.progress)
+                              progress=app.progress, prompts=prompts, map_scores=not no_maps, seed=seed)
         notes = _random_weights_note(con)
     payload = report.as_dict()
     if scores_csv:
@@ -159,10 +183,17 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
                      + (" ..." if len(ignored_classes) > 10 else ""))
     if report.failures:
         notes.append(f"{len(report.failures)} images could not be read (listed under 'failures' in --json).")
+    protocol = payload["protocol"]
     lines = [f"OOD: in = {positive}" + (f", out = {negative}" if negative else ", out = every other class")
              + f"; {payload['n_train']} reference images, {payload['n_test_in']} ID and {payload['n_test_out']} "
-             "OOD test images", "", "score                auroc   mean_in   mean_out"]
-    lines.extend(f"{r['score']:<20s} {r['auroc']:.4f}  {r['mean_in']:.4f}    {r['mean_out']:.4f}"
-                 for r in payload["scores"])
+             "OOD test images",
+             f"MLS over {len(protocol['mls_classes'])} in-distribution classes, prompts: "
+             + ", ".join(repr(p) for p in protocol["prompts"]),
+             "", f"  {'score':<20s} {'auroc':<6s}  {'mean_in':>10s}  {'mean_out':>10s}"]
+    table_i = [r for r in payload["scores"] if r["table_i"]]
+    extra = [r for r in payload["scores"] if not r["table_i"]]
+    for heading, rows in (("Table I", table_i), ("extra columns", extra)):
+        lines.append(heading)
+        lines.extend(f"  {r['score']:<20s} {r['auroc']:.4f}  {r['mean_in']:10.4f}  {r['mean_out']:10.4f}" for r in rows)
     emit(Result(rows=payload["scores"], data=payload, text="\n".join(lines), notes=notes),
          "json" if as_json else "table")

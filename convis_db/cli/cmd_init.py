@@ -9,6 +9,7 @@ from convis_db.cli.output import Result, emit
 from convis_db.init_db import initialise
 from convis_db.models.device import resolve_device
 from convis_db.models.registry import resolve_model
+from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
 
 
 @click.command("init")
@@ -16,11 +17,17 @@ from convis_db.models.registry import resolve_model
 @device_option
 @click.option("--vocab", default="physical-objects", show_default=True,
               help="physical-objects (the paper's 1980 words), all-nouns (every noun synset), or a word file.")
+@click.option("--hierarchy", type=click.Choice(HIERARCHY_KINDS), default=None,
+              help="How T is built. reference (default for a new database): the authors' T, raw WordNet lookups "
+                   "and hypernym links only (7,080 synsets for physical-objects), so scores compare with the paper; "
+                   "extended: normalised words and instance hypernyms too (7,343; people and places included). "
+                   "An existing database keeps its own.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Definitions per text-encoder batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def command(app: App, model: str, pretrained: str, device: str, vocab: str, batch_size: int, as_json: bool) -> None:
+def command(app: App, model: str, pretrained: str, device: str, vocab: str, hierarchy: str | None, batch_size: int,
+            as_json: bool) -> None:
     """Build the WordNet hierarchy T and embed every definition with a CLIP model.
 
     Running it again with another model adds that model's embeddings; with the same arguments it
@@ -30,17 +37,21 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, batc
     Example:
       convis-db --db x.duckdb init --model ViT-B-32 --pretrained openai
       convis-db --db x.duckdb init --model tests/data/tiny-clip.json --pretrained none --vocab words.txt
+      convis-db --db x.duckdb init --model ViT-B-32 --pretrained openai --hierarchy extended
     """
     spec = resolve_model(model, pretrained)
-    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress)
+    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress,
+                        hierarchy=hierarchy)
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
-        notes.append(f"{len(report.missing_words)} vocabulary words have no WordNet noun sense: "
-                     + ", ".join(report.missing_words))
+        notes.append(f"{len(report.missing_words)} vocabulary words have no WordNet noun sense in T: "
+                     + ", ".join(report.missing_words)
+                     + (" (--hierarchy extended normalises spellings such as 'hot dog' and finds more of them)"
+                        if report.hierarchy == "reference" else ""))
     if report.is_random:
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
-    text = (f"{report.db}: vocabulary {report.vocabulary}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
+    text = (f"{report.db}: vocabulary {report.vocabulary}, hierarchy {report.hierarchy}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
             f"{report.n_closure_pairs} closure pairs; model {report.model} (id {report.model_id}), "
             f"{report.embedded_definitions} definitions embedded now.")
     emit(Result(rows=[row], data=row, text=text, notes=notes), "json" if as_json else "table")

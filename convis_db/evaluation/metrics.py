@@ -1,4 +1,4 @@
-"""Metrics: AUROC by ranks, and the box accuracy of thresholded saliency maps (MaxBoxAcc).
+"""Metrics: AUROC by ranks, and the box accuracy of thresholded saliency maps (MaxBoxAcc, MaxBoxAccV2).
 
 Boxes are half-open pixel rectangles (x0, y0, x1, y1): a box covers the columns x0..x1-1 and the
 rows y0..y1-1, so a CUB/COCO box "x y w h" is (x, y, x + w, y + h) and a box around pixels
@@ -11,36 +11,24 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+from scipy.stats import rankdata
 
 from convis_db.errors import UsageError
 
 #: Choe et al.'s threshold grid: tau = 0.00, 0.01, ..., 0.99 over the min-max normalised map.
 DEFAULT_TAU_STEP = 0.01
+#: MaxBoxAccV2's IoU thresholds (Choe et al., CVPR 2020, section 4.1): the mean over these.
+MAXBOXACC_V2_IOU_THRESHOLDS = (0.3, 0.5, 0.7)
 #: 8-connectivity, as contour tracing sees components.
 _EIGHT = np.ones((3, 3), dtype=bool)
 
 
 # ------------------------------------------------------------------------------------ AUROC
-def midranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of `values` with ties given the mean of the ranks they span."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    n = len(x)
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new = np.ones(n, dtype=bool)
-    new[1:] = xs[1:] != xs[:-1]
-    starts = np.flatnonzero(new)
-    stops = np.append(starts[1:], n)
-    ranks = np.empty(n, dtype=np.float64)
-    ranks[order] = np.repeat((starts + 1 + stops) / 2.0, stops - starts)
-    return ranks
-
-
 def auroc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve of scores where `positive` should score higher than `negative`.
 
     The Mann-Whitney statistic U / (n_pos * n_neg): the fraction of (positive, negative) pairs that are
-    ordered correctly, a tie counting one half. Computed from midranks in O(n log n).
+    ordered correctly, a tie counting one half. Computed from scipy's average ranks in O(n log n).
     """
     pos = np.asarray(positive, dtype=np.float64).ravel()
     neg = np.asarray(negative, dtype=np.float64).ravel()
@@ -49,7 +37,7 @@ def auroc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | np
                          "out-of-distribution images. Check the folders and the --positive/--negative concepts.")
     if not (np.isfinite(pos).all() and np.isfinite(neg).all()):
         raise ValueError("AUROC scores must be finite")
-    ranks = midranks(np.concatenate([pos, neg]))
+    ranks = rankdata(np.concatenate([pos, neg]), method="average")
     u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
     return float(u / (len(pos) * len(neg)))
 
@@ -80,6 +68,26 @@ def best_iou(box: Sequence[float] | None, gt_boxes: np.ndarray) -> float:
     if box is None or len(gt_boxes) == 0:
         return 0.0
     return max(box_iou(box, g) for g in np.asarray(gt_boxes, dtype=np.float64))
+
+
+def pairwise_iou(boxes: np.ndarray, gt_boxes: np.ndarray) -> np.ndarray:
+    """(n, m) IoUs of half-open boxes (n, 4) against (m, 4), as `box_iou` computes them one by one."""
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[:, None, :]
+    b = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)[None, :, :]
+    ix = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
+    iy = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
+    inter = ix * iy
+    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def component_boxes(mask: np.ndarray) -> np.ndarray:
+    """(k, 4) bounding boxes of every 8-connected component of `mask`, in label (row-major) order."""
+    labels, n = ndimage.label(mask, structure=_EIGHT)
+    if n == 0:
+        return np.zeros((0, 4), np.int64)
+    return np.array([(c.start, r.start, c.stop, r.stop) for r, c in ndimage.find_objects(labels)], np.int64)
 
 
 def largest_component_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
@@ -135,6 +143,41 @@ def iou_curve(saliency: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray) -> n
     `saliency` must already be at the resolution the boxes are given in.
     """
     return np.array([best_iou(b, gt_boxes) for b in threshold_boxes(saliency, taus)], dtype=np.float64)
+
+
+def iou_curve_all_components(saliency: np.ndarray, gt_boxes: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """(len(taus),) MaxBoxAccV2's per-threshold match: at each tau, the best IoU between the box of
+    *any* 8-connected component of {normalised map >= tau} and any ground-truth box (0 for an
+    empty mask). `saliency` must already be at the resolution of the boxes."""
+    s = normalise01(saliency)
+    gt = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    if len(gt) == 0:
+        return np.zeros(len(taus), np.float64)
+    flat_sorted = np.sort(s.ravel())
+    counts = s.size - np.searchsorted(flat_sorted, taus, side="left")   # equal counts, equal masks
+    cache: dict[int, float] = {}
+    out = np.zeros(len(taus), np.float64)
+    for i, (tau, count) in enumerate(zip(taus, counts)):
+        count = int(count)
+        if count not in cache:
+            boxes = component_boxes(s >= tau) if count else np.zeros((0, 4))
+            cache[count] = float(pairwise_iou(boxes, gt).max()) if len(boxes) else 0.0
+        out[i] = cache[count]
+    return out
+
+
+def max_box_acc_v2(ious_all: np.ndarray, iou_thresholds: Sequence[float] = MAXBOXACC_V2_IOU_THRESHOLDS) -> dict:
+    """MaxBoxAccV2 from (n_images, n_taus) all-component IoUs: for each IoU threshold delta, the best
+    BoxAcc over tau (each delta picks its own tau), then the mean over delta.
+
+    Returns {"max_box_acc_v2": mean, "per_iou": [{"iou_threshold", "max_box_acc", "best_index"}, ...]}.
+    """
+    per = []
+    for delta in iou_thresholds:
+        acc = box_accuracy(ious_all, delta)
+        best = int(np.argmax(acc))
+        per.append({"iou_threshold": float(delta), "max_box_acc": float(acc[best]), "best_index": best})
+    return {"max_box_acc_v2": float(np.mean([p["max_box_acc"] for p in per])), "per_iou": per}
 
 
 def box_accuracy(ious: np.ndarray, iou_threshold: float = 0.5) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from convis_db.errors import DatabaseError, NotFoundError, UsageError, did_you_mean
-from convis_db.wordnet.hierarchy import Hierarchy
+from convis_db.wordnet.hierarchy import LEGACY_HIERARCHY, Hierarchy
 from convis_db.wordnet.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -39,8 +39,9 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(
-            "INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-            [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version],
+            "INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
+            "wordnet_version, hierarchy, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+            [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version, h.kind],
         )
         con.register("_synsets", synsets)
         con.execute("INSERT INTO synsets SELECT * FROM _synsets")
@@ -57,13 +58,24 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
             con.unregister(name)
 
 
+def _has_hierarchy_column(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether schema 006 is in: a database opened read-only is not migrated, so an older file lacks it."""
+    return con.execute(
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'vocabulary' AND column_name = 'hierarchy'"
+    ).fetchone()[0] > 0
+
+
 def stored_vocabulary(con: duckdb.DuckDBPyConnection) -> dict | None:
+    """The vocabulary row, with `hierarchy` ('reference' or 'extended'; 'extended' for a database made
+    before the choice existed, migrated or not)."""
+    hierarchy = "coalesce(hierarchy, ?)" if _has_hierarchy_column(con) else "?"
     row = con.execute(
-        "SELECT name, source, n_words, missing_words, n_synsets, wordnet_version, words_sha256 FROM vocabulary"
+        "SELECT name, source, n_words, missing_words, n_synsets, wordnet_version, words_sha256, "
+        f"{hierarchy} FROM vocabulary", [LEGACY_HIERARCHY]
     ).fetchone()
     if row is None:
         return None
-    keys = ("name", "source", "n_words", "missing_words", "n_synsets", "wordnet_version", "words_sha256")
+    keys = ("name", "source", "n_words", "missing_words", "n_synsets", "wordnet_version", "words_sha256", "hierarchy")
     return dict(zip(keys, row))
 
 

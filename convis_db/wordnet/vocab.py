@@ -97,8 +97,15 @@ def word_variants(word: str) -> list[str]:
     return list(seen)
 
 
+def raw_noun_synsets(wn, word: str) -> list:
+    """The noun synsets of a word exactly as the authors look it up: nltk's `wn.synsets(word, pos="n")`
+    on the line as read (nltk lower-cases it and applies morphy; 'hot dog' with a space finds nothing)."""
+    return wn.synsets(word, pos="n")
+
+
 def noun_synsets_for_word(wn, word: str) -> list:
-    """The noun synsets of a vocabulary word after normalisation (nltk's synsets() applies morphy)."""
+    """The noun synsets of a vocabulary word after normalisation (nltk's synsets() applies morphy):
+    what `--hierarchy extended` uses."""
     for variant in word_variants(word):
         found = wn.synsets(variant, pos="n")
         if found:
