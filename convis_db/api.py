@@ -386,10 +386,13 @@ def open(path: str | Path, *, device: str | torch.device = "auto", write: bool =
 
 
 def create(path: str | Path, *, model: str | None = None, pretrained: str | None = None,
-           vocab: str = "physical-objects", device: str | torch.device = "auto", batch_size: int = 256,
-           progress: ProgressArg = False, **init_options) -> Database:
+           vocab: str = "physical-objects", hierarchy: str | None = None, device: str | torch.device = "auto",
+           batch_size: int = 256, progress: ProgressArg = False) -> Database:
     """Create (or extend) a database: the WordNet hierarchy of `vocab` and the definition embeddings
     of `model`; returns it opened for writing. Idempotent, like `convis-db init`.
+
+    `hierarchy` is "reference" (the authors' T: hypernyms only, the default) or "extended"
+    (instance hypernyms too); see docs/fidelity.md.
 
     Example:
         >>> db = convis_db.create("photos.duckdb", model="ViT-B-32", pretrained="openai")   # doctest: +SKIP
@@ -399,7 +402,7 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
 
     dev = _device(device)
     spec = resolve_model(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
-    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), **init_options)
+    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy)
     return Database(path, device=dev, write=True)
 
 
