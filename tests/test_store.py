@@ -45,6 +45,18 @@ def test_migrate_twice_is_a_noop(tmp_path):
         con.close()
 
 
+def test_a_changed_migration_text_is_reported(tmp_path, caplog):
+    con = duckdb.connect(str(tmp_path / "c.duckdb"))
+    try:
+        migrate(con, "c")
+        con.execute("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 2")
+        with caplog.at_level("WARNING", logger="convis_db.store.migrations"):
+            assert migrate(con, "c") == []
+        assert "schema migration 002 was applied from a different text" in caplog.text
+    finally:
+        con.close()
+
+
 def test_connect_for_writing_twice_records_versions_once(tmp_path):
     path = tmp_path / "w.duckdb"
     for _ in range(2):

@@ -201,7 +201,3 @@ def descendant_ids(con: duckdb.DuckDBPyConnection, synset_id: int) -> np.ndarray
     rows = con.execute("SELECT descendant_id FROM closure WHERE ancestor_id = ? ORDER BY descendant_id",
                        [synset_id]).fetchnumpy()
     return rows["descendant_id"].astype(np.int64)
-
-
-def synset_name(con: duckdb.DuckDBPyConnection, synset_id: int) -> str:
-    return con.execute("SELECT name FROM synsets WHERE synset_id = ?", [synset_id]).fetchone()[0]

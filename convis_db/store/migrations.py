@@ -79,6 +79,21 @@ def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
         )
 
 
+def _check_checksums(con: duckdb.DuckDBPyConnection, db_path: str) -> list[int]:
+    """Versions whose recorded checksum differs from the migration file shipped now (logged).
+
+    A shipped migration is never edited once released; a difference means the file was changed
+    after this database applied it (a development build, or a patched install). The schema the
+    database has is the one it recorded, so this warns rather than refuses."""
+    recorded = dict(con.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+    changed = [m.version for m in available_migrations()
+               if m.version in recorded and recorded[m.version] not in (m.checksum, "")]
+    for version in changed:
+        log.warning("%s: schema migration %03d was applied from a different text than the one shipped now; "
+                    "the database keeps the schema it recorded", db_path or "database", version)
+    return changed
+
+
 def _check_record_present(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
     """A file with convis-db tables but no schema_migrations lost its record (a dropped table):
     applying 001 again would fail half-way, and guessing the version could misread the file."""
@@ -97,6 +112,7 @@ def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
     _check_record_present(con, db_path)
     _ensure_table(con)
     done = applied_versions(con)
+    _check_checksums(con, db_path)
     applied_now = []
     for mig in available_migrations():
         if mig.version in done:
