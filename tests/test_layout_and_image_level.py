@@ -294,8 +294,25 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert len(search_images(con, "dog.n.01")) == 2
         assert search_images(con, "dog.n.01", by="image") == []
         assert len(con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall()) == 2
+        # eval's stored lookup rebuilds the same grid.
+        from convis_db.evaluation.explainers import database_stored_windows
+
+        _, grid = database_stored_windows(con, image.model_id)(image.sha256)
+        assert grid == image.grid
     finally:
         con.close()
+    # The explorer opens the unmigrated file and draws the same origin-layout map, without image-level scores.
+    from convis_db.web.explorer import Explorer
+
+    explorer = Explorer(db)
+    try:
+        assert np.abs(explorer.saliency(image, sid) - got).max() == 0
+        detail = explorer.image_detail(image.image_id)
+        assert detail["has_image_level"] is False and detail["top_concepts"][0]["image_score"] is None
+        found = explorer.search("dog.n.01")
+        assert found["by"] == "map" and found["total"] == 2 and "--backfill-image-level" in found["notes"][0]
+    finally:
+        explorer.close()
 
     # Opened for writing: migrated to 005 with the origin layout; a new image uses it too, even when the
     # caller's settings carry the new default layout.
@@ -310,6 +327,10 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert con.execute("SELECT DISTINCT layout FROM images").fetchall() == [("origin",)]
         assert con.execute("SELECT min(x0), min(y0) FROM windows").fetchone() == (0, 0)
         assert image_level_counts(con) == (1, 3)
+        from convis_db.query.stats import database_stats
+
+        stats = database_stats(con, str(db))
+        assert (stats["window_layout"], stats["images_with_image_level"]) == ("origin", 1) and stats["schema_version"] >= 5
         level, notes = choose_level(con, None)
         assert level == "image" and notes and notes[0].startswith("2 of 3 images have no image-level scores")
         assert len(search_images(con, "dog.n.01", by="image")) == 1
