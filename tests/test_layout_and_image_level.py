@@ -124,6 +124,10 @@ def test_a_new_database_uses_the_equal_layout_and_stores_it(new_db):
         assert image.grid.layout == "equal" and image.grid.origin == -(SETTINGS.large - SETTINGS.stride)
         x0, y0 = con.execute("SELECT min(x0), min(y0) FROM windows WHERE image_id = ?", [image.image_id]).fetchone()
         assert x0 == y0 == -(SETTINGS.large - SETTINGS.stride)
+        # In original pixels (the SQL views) boxes are clipped to the image.
+        boxes = con.execute("SELECT min(x0), min(y0), max(x1), max(y1) FROM window_top_concepts WHERE image_id = ?",
+                            [image.image_id]).fetchone()
+        assert boxes == (0, 0, image.width, image.height)
     finally:
         con.close()
 
