@@ -35,7 +35,7 @@ from convis_db.errors import ConvisError, DatabaseError, UsageError
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec, resolve_model
 from convis_db.progress import Progress, no_progress
-from convis_db.store.concept_index import refresh_concept_index, reindex_from_scores
+from convis_db.store.concept_index import index_lacks_image_level, refresh_concept_index, reindex_from_scores
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import load_hierarchy
 from convis_db.store.image_store import (database_layout, failed_paths, find_by_sha, images_without_image_level,
@@ -397,7 +397,7 @@ class Ingestor:
                     break
                 report.outcomes.append(self._backfill_one(image))
                 tick(1)
-        if report.count("backfilled"):
+        if report.count("backfilled") or index_lacks_image_level(self.con):  # the latter: after a killed run
             with self.progress("Indexing concepts", 1, "run") as tick:
                 refresh_concept_index(self.con)
                 reindex_from_scores(self.con)

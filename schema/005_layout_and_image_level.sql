@@ -23,6 +23,20 @@ SELECT CASE WHEN EXISTS (SELECT 1 FROM images) THEN 'origin' ELSE 'equal' END;
 
 ALTER TABLE images ADD COLUMN layout VARCHAR DEFAULT 'origin';
 
+-- Windows' top concepts with their boxes in original pixels, now clipped to the image on every side
+-- (with the equal layout a box may start before the image; the stored windows keep the full box).
+CREATE OR REPLACE VIEW window_top_concepts AS
+SELECT wc.image_id, wc.window_idx, wc.k, s.name AS synset, wc.synset_id,
+       wc.rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS rank_sim,
+       CAST(greatest(floor(w.x0 * i.scale), 0) AS INTEGER) AS x0,
+       CAST(greatest(floor(w.y0 * i.scale), 0) AS INTEGER) AS y0,
+       CAST(least(ceil(w.x1 * i.scale), i.width) AS INTEGER) AS x1,
+       CAST(least(ceil(w.y1 * i.scale), i.height) AS INTEGER) AS y1
+FROM window_concepts wc
+JOIN windows w ON w.image_id = wc.image_id AND w.window_idx = wc.window_idx
+JOIN images i ON i.image_id = wc.image_id
+JOIN synsets s ON s.synset_id = wc.synset_id;
+
 -- x = E_I(whole image), L2-normalised, float32; one row per image that has image-level scores.
 CREATE TABLE image_embeddings (
     image_id  INTEGER PRIMARY KEY,

@@ -124,6 +124,10 @@ def test_a_new_database_uses_the_equal_layout_and_stores_it(new_db):
         assert image.grid.layout == "equal" and image.grid.origin == -(SETTINGS.large - SETTINGS.stride)
         x0, y0 = con.execute("SELECT min(x0), min(y0) FROM windows WHERE image_id = ?", [image.image_id]).fetchone()
         assert x0 == y0 == -(SETTINGS.large - SETTINGS.stride)
+        # In original pixels (the SQL views) boxes are clipped to the image.
+        boxes = con.execute("SELECT min(x0), min(y0), max(x1), max(y1) FROM window_top_concepts WHERE image_id = ?",
+                            [image.image_id]).fetchone()
+        assert boxes == (0, 0, image.width, image.height)
     finally:
         con.close()
 
@@ -294,8 +298,25 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert len(search_images(con, "dog.n.01")) == 2
         assert search_images(con, "dog.n.01", by="image") == []
         assert len(con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall()) == 2
+        # eval's stored lookup rebuilds the same grid.
+        from convis_db.evaluation.explainers import database_stored_windows
+
+        _, grid = database_stored_windows(con, image.model_id)(image.sha256)
+        assert grid == image.grid
     finally:
         con.close()
+    # The explorer opens the unmigrated file and draws the same origin-layout map, without image-level scores.
+    from convis_db.web.explorer import Explorer
+
+    explorer = Explorer(db)
+    try:
+        assert np.abs(explorer.saliency(image, sid) - got).max() == 0
+        detail = explorer.image_detail(image.image_id)
+        assert detail["has_image_level"] is False and detail["top_concepts"][0]["image_score"] is None
+        found = explorer.search("dog.n.01")
+        assert found["by"] == "map" and found["total"] == 2 and "--backfill-image-level" in found["notes"][0]
+    finally:
+        explorer.close()
 
     # Opened for writing: migrated to 005 with the origin layout; a new image uses it too, even when the
     # caller's settings carry the new default layout.
@@ -310,6 +331,10 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert con.execute("SELECT DISTINCT layout FROM images").fetchall() == [("origin",)]
         assert con.execute("SELECT min(x0), min(y0) FROM windows").fetchone() == (0, 0)
         assert image_level_counts(con) == (1, 3)
+        from convis_db.query.stats import database_stats
+
+        stats = database_stats(con, str(db))
+        assert (stats["window_layout"], stats["images_with_image_level"]) == ("origin", 1) and stats["schema_version"] >= 5
         level, notes = choose_level(con, None)
         assert level == "image" and notes and notes[0].startswith("2 of 3 images have no image-level scores")
         assert len(search_images(con, "dog.n.01", by="image")) == 1
@@ -348,3 +373,14 @@ def test_backfill_adds_image_level_scores_to_an_old_database(old_db, tiny_parts,
     # Nothing left to do: a second backfill is a no-op.
     res = run_cli("--db", db, "--quiet", "ingest", "--backfill-image-level", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["backfilled"] == 0
+    # A backfill killed before its final reindex leaves stale index rows: the next run rewrites them.
+    con = connect(db, write=True)
+    con.execute("UPDATE concept_index SET image_max_rank_less = NULL WHERE image_id = 1")
+    con.close()
+    res = run_cli("--db", db, "--quiet", "ingest", "--backfill-image-level", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["backfilled"] == 0
+    con = connect(db)
+    try:
+        assert con.execute("SELECT count(*) FROM concept_index WHERE image_max_rank_less IS NULL").fetchone()[0] == 0
+    finally:
+        con.close()

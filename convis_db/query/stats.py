@@ -7,7 +7,7 @@ import os
 import duckdb
 
 COUNTED_TABLES = ("synsets", "isa_edges", "closure", "models", "definition_embeddings", "images", "windows",
-                  "image_scores", "window_concepts", "ingest_failures")
+                  "image_scores", "window_concepts", "image_embeddings", "ingest_failures")
 
 
 def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
@@ -25,6 +25,12 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
     if "models" in tables:
         out["models_list"] = [f"{n} / {p}" + (" (random weights)" if r else "")
                               for n, p, r in con.execute("SELECT name, pretrained, is_random FROM models ORDER BY model_id").fetchall()]
+    if "images" in tables:
+        from convis_db.store.image_store import database_layout
+
+        out["window_layout"] = database_layout(con)
+        # Images with the image-level scores of schema 005 (older images need ingest --backfill-image-level).
+        out["images_with_image_level"] = out.get("image_embeddings", 0)
     if out.get("images"):
         # Rows per image, by construction: windows, |T| scores, windows x top_k concepts.
         out["windows_per_image"] = round(out["windows"] / out["images"], 1)

@@ -61,6 +61,15 @@ def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
     log.info("concept index rebuilt as one sorted run")
 
 
+def index_lacks_image_level(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether concept_index holds copies made before their image got image-level scores (a backfill
+    that was killed before its final reindex)."""
+    return bool(con.execute(
+        """SELECT EXISTS (SELECT 1 FROM concept_index
+                          WHERE image_max_rank_less IS NULL
+                            AND image_id IN (SELECT image_id FROM image_embeddings))""").fetchone()[0])
+
+
 def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite concept_index from image_scores as one sorted run (after image-level scores were added to
     stored images: their rows in the index are copies made before). One transaction."""
