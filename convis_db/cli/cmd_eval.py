@@ -143,8 +143,9 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
       rank_sim          rank_sim of x for the positive synset alone
       mls               maximum zero-shot logit over the in-distribution classes (--prompt)
       isolation_forest  IsolationForest fit on the in-distribution training images' embeddings
-    Extra: clip_image_baseline (max cosine to a training image) and the peaks of the ConVis
-    saliency maps (map_max_rank_sim, map_rank_sim; --no-maps skips them).
+    Extra: clip_image_baseline (max cosine to a training image), mls_linear_probe (max logit of a
+    logistic regression on the training images, with two or more in-distribution classes) and the
+    peaks of the ConVis saliency maps (map_max_rank_sim, map_rank_sim; --no-maps skips them).
 
     \b
     Example:
