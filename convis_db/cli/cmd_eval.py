@@ -129,7 +129,7 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
 @click.option("--no-maps", is_flag=True,
               help="Skip the map-peak columns (map_max_rank_sim, map_rank_sim): one encoder pass per image "
                    "instead of one per window.")
-@click.option("--seed", type=int, default=0, show_default=True, help="IsolationForest's random_state.")
+@click.option("--seed", type=int, default=0, show_default=True, help="random_state of the IsolationForest and of the linear probe.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
