@@ -454,6 +454,9 @@ def test_init_default_is_reference_and_recorded(run_cli, tmp_path, tiny_config, 
     again = run_cli("-q", "--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab",
                     small_vocab_file, "--device", "cpu", "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["hierarchy"] == REFERENCE
+    # An instance synset is in WordNet but never in the reference T: the error says how to get it.
+    clay = run_cli("--db", db, "search", "clay.n.03")
+    assert clay.exit_code == 2 and "--hierarchy extended" in clay.stderr, clay.stderr
 
 
 def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab_file):
