@@ -479,8 +479,9 @@ def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab
             con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                         [mig.version, mig.name, mig.checksum])
     vocab = load_vocabulary(str(small_vocab_file))
-    # The vocabulary row as versions before 006 wrote it: positional, no hierarchy column.
-    con.execute("INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, '3.0', current_timestamp)",
+    # The vocabulary row as versions before 006 wrote it: no hierarchy column.
+    con.execute("INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
+                "wordnet_version, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, '3.0', current_timestamp)",
                 [vocab.name, vocab.source, vocab.fingerprint, len(vocab.words), [], 1])
     con.execute("INSERT INTO synsets VALUES (0, 'entity.n.01', 1740, ['entity'], 'that which exists', 0, "
                 "'noun.Tops', false)")
