@@ -499,6 +499,15 @@ def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab
         assert stored_vocabulary(rw)["name"] == vocab.name
     finally:
         rw.close()
+    from convis_db.query.stats import database_stats
+    from convis_db.store.hierarchy_store import find_synset_name
+
+    ro = connect(path)      # and it still answers
+    try:
+        assert database_stats(ro, str(path))["hierarchy"] == EXTENDED
+        assert find_synset_name(ro, "entity.n.01") == 0
+    finally:
+        ro.close()
     spec = resolve_model(str(Path(__file__).parent / "data" / "tiny-clip.json"), "none")
     with pytest.raises(DatabaseError, match="--hierarchy extended"):
         initialise(path, str(small_vocab_file), spec, torch_cpu(), hierarchy=REFERENCE)
