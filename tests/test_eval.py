@@ -576,8 +576,9 @@ def test_ood_without_maps_and_prompt_checks(tmp_path, toy_convis):
     assert toy_convis.encoded == encoded          # no window was encoded
     assert set(report.auroc) == set(SCORES) - set(MAP_SCORES) - {"mls_linear_probe"}
     assert check_prompts([]) == ("a photo of a {}.",)
-    with pytest.raises(UsageError, match="exactly one"):
-        check_prompts(["a photo of a dog"])
+    for bad in ("a photo of a dog", "a {} of a {}", "a {name}", "a {} {"):
+        with pytest.raises(UsageError, match="exactly one"):
+            check_prompts([bad])
     emb = zero_shot_classifier(toy_convis.engine.model, ["red", "blue"], ("a {}", "the {} one"))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
 

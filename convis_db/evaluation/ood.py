@@ -194,9 +194,13 @@ def class_prompt_name(synset: str) -> str:
 def check_prompts(prompts) -> tuple[str, ...]:
     prompts = tuple(prompts) or DEFAULT_PROMPTS
     for p in prompts:
-        if p.count("{}") != 1:
-            raise UsageError(f"--prompt {p!r} needs exactly one {{}} where the class name goes, "
-                             "e.g. 'a photo of a {}.'.")
+        try:
+            ok = p.count("{}") == 1 and p.format("x") is not None
+        except (KeyError, IndexError, ValueError):   # other braces: '{name}', '{'
+            ok = False
+        if not ok:
+            raise UsageError(f"--prompt {p!r} needs exactly one {{}} where the class name goes (and no other "
+                             "braces), e.g. 'a photo of a {}.'.")
     return prompts
 
 
