@@ -1,7 +1,8 @@
 """`demo`: build a database from the shipped sample images, write a few maps, list each image's top concepts.
 
 On a GPU it uses the paper's settings; on a CPU a lighter preset (smaller working image, stride 32)
-so that it finishes in minutes on two cores.
+so that it finishes in minutes on two cores. A new demo database gets the default T (`reference`,
+the authors' 7,080 synsets); an existing one keeps its own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class DemoReport:
     preset: str
     settings: dict
     model: str
+    hierarchy: str = ""
     images: list[dict] = field(default_factory=list)
     maps: list[str] = field(default_factory=list)
     ingest: dict = field(default_factory=dict)
@@ -50,12 +52,12 @@ def top_concepts(con, image_id: int, k: int = 5) -> list[dict]:
 
 
 def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir: str | Path,
-             preset: str = "auto", progress: Progress = no_progress) -> DemoReport:
+             preset: str = "auto", progress: Progress = no_progress, hierarchy: str | None = None) -> DemoReport:
     if preset == "auto":
         preset = "paper" if device.type == "cuda" else "cpu-fast"
     settings = Settings(**(PAPER if preset == "paper" else CPU_FAST))
     spec = resolve_model(model, pretrained)
-    initialise(db, "physical-objects", spec, device, progress=progress)
+    init = initialise(db, "physical-objects", spec, device, progress=progress, hierarchy=hierarchy)
     images = sorted(p for p in sample_images_dir().iterdir() if p.suffix.lower() in (".jpg", ".png"))
     with Ingestor(db, model=model, pretrained=pretrained, device=device, settings=settings,
                   progress=progress) as ingestor:
@@ -63,7 +65,7 @@ def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = DemoReport(db=str(db), preset=preset, settings=settings.as_dict(), model=spec.label,
-                        ingest=ingest_report.summary())
+                        hierarchy=init.hierarchy, ingest=ingest_report.summary())
     con = connect(db)
     try:
         service = MapService(con, torch.device("cpu"))

@@ -254,6 +254,7 @@ def test_stats_json(run_cli, tiny_db):
     assert stats["images"] == 0
     assert stats["vocabulary"] == "small_words"
     assert stats["wordnet_version"] == "3.0"
+    assert stats["hierarchy"] == "extended"   # tiny_db is built with --hierarchy extended
     assert stats["schema_version"] == max(m.version for m in available_migrations())
     assert stats["file_bytes"] > 0
     assert len(stats["models_list"]) == 1 and stats["models_list"][0].startswith("tiny-clip / ")

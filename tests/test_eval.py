@@ -494,7 +494,8 @@ def test_ood_toy_colour_separable(tmp_path, toy_convis):
     out = report.as_dict()
     assert out["n_train"] == 6 and out["n_test_in"] == 5 and out["n_test_out"] == 5
     assert {c["wnid"]: c["label"] for c in out["classes"]} == {RED_WNID: "in", BLUE_WNID: "out", OTHER_WNID: "ignored"}
-    assert set(out["auroc"]) == set(SCORES) and set(out["table_i"]) == set(TABLE_I)
+    # One in-distribution class: no linear probe (it needs two).
+    assert set(out["auroc"]) == set(SCORES) - {"mls_linear_probe"} and set(out["table_i"]) == set(TABLE_I)
     for name, value in out["auroc"].items():
         # The toy's whole-image embeddings take two or three values per class: too few distinct
         # points for a forest to rank (isolation_forest_scores is tested on clusters below), so its
@@ -552,15 +553,36 @@ def test_isolation_forest_separates_clusters():
     np.testing.assert_array_equal(scores, isolation_forest_scores(reference, np.vstack([inside, outside]), seed=1))
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_linear_probe_mls_is_the_max_logit(n_classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from convis_db.evaluation.ood import linear_probe_mls
+
+    rng = np.random.default_rng(n_classes)
+    centres = 3 * rng.normal(size=(n_classes + 1, 8))        # the last centre is out-of-distribution
+    reference = np.vstack([c + rng.normal(size=(40, 8)) for c in centres[:-1]])
+    labels = [f"c{i}" for i in range(n_classes) for _ in range(40)]
+    test = np.vstack([centres[0] + rng.normal(size=(20, 8)), centres[-1] + rng.normal(size=(20, 8))])
+    mls = linear_probe_mls(reference, labels, test)
+    probs = LogisticRegression(max_iter=2000, random_state=0).fit(reference, labels).predict_proba(test)
+    if n_classes == 2:   # the symmetric logits (-d/2, d/2): their softmax is scikit-learn's probability
+        np.testing.assert_allclose(1 / (1 + np.exp(-2 * mls)), probs.max(axis=1), rtol=1e-9)
+    else:
+        assert mls.shape == (40,)
+    assert linear_probe_mls(reference, ["c0"] * len(reference), test) is None
+
+
 def test_ood_without_maps_and_prompt_checks(tmp_path, toy_convis):
     train, test = _toy_ood_folders(tmp_path, seed=8, n_train=3, n_test=2)
     encoded = toy_convis.encoded
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__, map_scores=False)
     assert toy_convis.encoded == encoded          # no window was encoded
-    assert set(report.auroc) == set(SCORES) - set(MAP_SCORES)
+    assert set(report.auroc) == set(SCORES) - set(MAP_SCORES) - {"mls_linear_probe"}
     assert check_prompts([]) == ("a photo of a {}.",)
-    with pytest.raises(UsageError, match="exactly one"):
-        check_prompts(["a photo of a dog"])
+    for bad in ("a photo of a dog", "a {} of a {}", "a {name}", "a {} {"):
+        with pytest.raises(UsageError, match="exactly one"):
+            check_prompts([bad])
     emb = zero_shot_classifier(toy_convis.engine.model, ["red", "blue"], ("a {}", "the {} one"))
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-6)
 
@@ -573,7 +595,7 @@ def test_ood_identical_groups_give_one_half(tmp_path, toy_convis):
     train, _ = imagenet_classes(tmp_path / "train")
     test, _ = imagenet_classes(tmp_path / "test")
     report = evaluate_ood(toy_convis, "red.n.01", train, test, TOY_LABELS.__getitem__)
-    assert report.auroc == {name: 0.5 for name in SCORES}
+    assert report.auroc == {name: 0.5 for name in SCORES if name != "mls_linear_probe"}
 
 
 def test_ood_needs_both_groups_and_a_reference(tmp_path, toy_convis):
@@ -731,7 +753,7 @@ def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
                         tmp_path / "test", "--positive", "bird.n.01", "--negative", "hunting_dog.n.01",
                         "--scores", scores, "--json"))
     assert out["n_train"] == 2 and out["n_test_in"] == 2 and out["n_test_out"] == 2
-    assert set(out["auroc"]) == set(SCORES) and list(out["table_i"]) == list(TABLE_I)
+    assert set(out["auroc"]) == set(SCORES) - {"mls_linear_probe"} and list(out["table_i"]) == list(TABLE_I)
     assert all(0 <= v <= 1 for v in out["auroc"].values())
     assert out["protocol"]["mls_classes"] == [{"wnid": bird, "synset": "bird.n.01", "name": "bird"}]
     labels = {c["wnid"]: c["label"] for c in out["classes"]}
@@ -739,7 +761,7 @@ def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
     assert out["ignored_folders"] == ["test/README"]
     with open(scores, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"} and set(SCORES) <= set(rows[0])
+    assert len(rows) == 4 and {r["label"] for r in rows} == {"in", "out"} and set(out["auroc"]) <= set(rows[0])
 
     text = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
                    "--positive", "bird.n.01", "--no-maps", "--prompt", "a photo of a {}.", "--prompt", "a {}")

@@ -454,6 +454,9 @@ def test_init_default_is_reference_and_recorded(run_cli, tmp_path, tiny_config, 
     again = run_cli("-q", "--db", db, "init", "--model", tiny_config, "--pretrained", "none", "--vocab",
                     small_vocab_file, "--device", "cpu", "--json")
     assert again.exit_code == 0 and json.loads(again.stdout)["hierarchy"] == REFERENCE
+    # An instance synset is in WordNet but never in the reference T: the error says how to get it.
+    clay = run_cli("--db", db, "search", "clay.n.03")
+    assert clay.exit_code == 2 and "--hierarchy extended" in clay.stderr, clay.stderr
 
 
 def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab_file):
@@ -476,8 +479,9 @@ def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab
             con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                         [mig.version, mig.name, mig.checksum])
     vocab = load_vocabulary(str(small_vocab_file))
-    # The vocabulary row as versions before 006 wrote it: positional, no hierarchy column.
-    con.execute("INSERT INTO vocabulary VALUES (1, ?, ?, ?, ?, ?, ?, '3.0', current_timestamp)",
+    # The vocabulary row as versions before 006 wrote it: no hierarchy column.
+    con.execute("INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
+                "wordnet_version, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, '3.0', current_timestamp)",
                 [vocab.name, vocab.source, vocab.fingerprint, len(vocab.words), [], 1])
     con.execute("INSERT INTO synsets VALUES (0, 'entity.n.01', 1740, ['entity'], 'that which exists', 0, "
                 "'noun.Tops', false)")
@@ -495,6 +499,15 @@ def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab
         assert stored_vocabulary(rw)["name"] == vocab.name
     finally:
         rw.close()
+    from convis_db.query.stats import database_stats
+    from convis_db.store.hierarchy_store import find_synset_name
+
+    ro = connect(path)      # and it still answers
+    try:
+        assert database_stats(ro, str(path))["hierarchy"] == EXTENDED
+        assert find_synset_name(ro, "entity.n.01") == 0
+    finally:
+        ro.close()
     spec = resolve_model(str(Path(__file__).parent / "data" / "tiny-clip.json"), "none")
     with pytest.raises(DatabaseError, match="--hierarchy extended"):
         initialise(path, str(small_vocab_file), spec, torch_cpu(), hierarchy=REFERENCE)

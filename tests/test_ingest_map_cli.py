@@ -224,6 +224,7 @@ def test_demo_runs_offline_in_a_temporary_folder(run_cli, tmp_path: Path, monkey
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["preset"] == "cpu-fast" and report["ingest"]["ingested"] == 4 and report["ingest"]["failed"] == 0
+    assert report["hierarchy"] == "reference"   # a new demo database gets the authors' T
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == len(report["maps"]) >= 4
     assert {Path(p).name for p in report["maps"]} == {p.name for p in pngs}

@@ -130,7 +130,7 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
 @click.option("--no-maps", is_flag=True,
               help="Skip the map-peak columns (map_max_rank_sim, map_rank_sim): one encoder pass per image "
                    "instead of one per window.")
-@click.option("--seed", type=int, default=0, show_default=True, help="IsolationForest's random_state.")
+@click.option("--seed", type=int, default=0, show_default=True, help="random_state of the IsolationForest and of the linear probe.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
@@ -144,8 +144,9 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
       rank_sim          rank_sim of x for the positive synset alone
       mls               maximum zero-shot logit over the in-distribution classes (--prompt)
       isolation_forest  IsolationForest fit on the in-distribution training images' embeddings
-    Extra: clip_image_baseline (max cosine to a training image) and the peaks of the ConVis
-    saliency maps (map_max_rank_sim, map_rank_sim; --no-maps skips them).
+    Extra: clip_image_baseline (max cosine to a training image), mls_linear_probe (max logit of a
+    logistic regression on the training images, with two or more in-distribution classes) and the
+    peaks of the ConVis saliency maps (map_max_rank_sim, map_rank_sim; --no-maps skips them).
 
     \b
     Example:

@@ -20,7 +20,9 @@ Protocol (all precise choices; docs/evaluation.md explains them):
     filled with the class synset's first lemma (underscores as spaces), re-normalised;
   - isolation_forest: scikit-learn's IsolationForest fit on the reference set's whole-image CLIP
     embeddings; the score is `score_samples` (higher = less anomalous).
-  Extra columns: clip_image_baseline (the largest cosine to a reference image), and, unless
+  Extra columns: clip_image_baseline (the largest cosine to a reference image), mls_linear_probe
+  (the maximum logit of a logistic regression trained on the reference embeddings over the ID
+  classes, closer to the authors' supervised MLS; only with two or more ID training classes), and, unless
   map scores are turned off, map_max_rank_sim / map_rank_sim: the peak of the image's ConVis
   saliency map (what `image_scores.score` / `self_score` store).
   The ConVis scores and MLS use no training image; IsolationForest and the CLIP baseline do.
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 
 #: The columns of the paper's Table I, in its order of methods: ConVis's two, then the baselines.
 TABLE_I = ("max_rank_sim", "rank_sim", "mls", "isolation_forest")
-EXTRA = ("clip_image_baseline",)
+EXTRA = ("clip_image_baseline", "mls_linear_probe")
 MAP_SCORES = ("map_max_rank_sim", "map_rank_sim")
 SCORES = TABLE_I + EXTRA + MAP_SCORES
 IN, OUT = "in", "out"
@@ -192,9 +194,13 @@ def class_prompt_name(synset: str) -> str:
 def check_prompts(prompts) -> tuple[str, ...]:
     prompts = tuple(prompts) or DEFAULT_PROMPTS
     for p in prompts:
-        if p.count("{}") != 1:
-            raise UsageError(f"--prompt {p!r} needs exactly one {{}} where the class name goes, "
-                             "e.g. 'a photo of a {}.'.")
+        try:
+            ok = p.count("{}") == 1 and p.format("x") is not None
+        except (KeyError, IndexError, ValueError):   # other braces: '{name}', '{'
+            ok = False
+        if not ok:
+            raise UsageError(f"--prompt {p!r} needs exactly one {{}} where the class name goes (and no other "
+                             "braces), e.g. 'a photo of a {}.'.")
     return prompts
 
 
@@ -226,6 +232,22 @@ def isolation_forest_scores(reference: np.ndarray, test: np.ndarray, *, n_estima
     return forest.score_samples(test)
 
 
+def linear_probe_mls(reference: np.ndarray, labels: list[str], test: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """The maximum logit of a multinomial logistic regression (scikit-learn, L2, C=1) trained on the
+    reference embeddings with their class labels; None with fewer than two classes. With two classes
+    scikit-learn's single decision value d stands for the symmetric logits (-d/2, d/2), as the
+    L2-penalised multinomial model's logits sum to zero."""
+    if len(set(labels)) < 2:
+        return None
+    from sklearn.linear_model import LogisticRegression
+
+    probe = LogisticRegression(max_iter=2000, random_state=seed).fit(reference, labels)
+    logits = probe.decision_function(test)
+    if logits.ndim == 1:
+        return np.abs(logits) / 2.0
+    return logits.max(axis=1)
+
+
 def image_rank_scores(explainer: ConVisExplainer, embeddings: np.ndarray, ids: np.ndarray,
                       sid: int) -> tuple[np.ndarray, np.ndarray]:
     """(max_rank_sim, rank_sim) of whole-image embeddings against every synset of T, by the engine's
@@ -250,7 +272,7 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
     labels = {wnid: labeller(wnid) for wnid in sorted(set(train) | set(test))}
     classes = [{"wnid": w, "synset": s, "label": lab or "ignored", "n_train": len(train.get(w, [])),
                 "n_test": len(test.get(w, []))} for w, (lab, s) in labels.items()]
-    reference = [p for w, paths in train.items() if labels[w][0] == IN for p in paths]
+    reference = [(p, w) for w, paths in train.items() if labels[w][0] == IN for p in paths]
     if not reference:
         raise UsageError(f"no training image is in-distribution: no --train class folder is {positive} or under it. "
                          "Check --train and --positive.")
@@ -265,11 +287,12 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
     classifier = zero_shot_classifier(model, class_names, prompts)
     scale = logit_scale(model)
     failures: list[dict] = []
-    ref_emb = []
+    ref_emb, ref_labels = [], []
     with progress("OOD reference images", len(reference), "img") as tick:
-        for path in reference:
+        for path, wnid in reference:
             try:
                 ref_emb.append(image_embedding(model, read_image(path).pixels))
+                ref_labels.append(wnid)
             except ConvisError as exc:
                 failures.append({"path": str(path), "reason": str(exc)})
             tick(1)
@@ -305,6 +328,9 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
         "isolation_forest": isolation_forest_scores(ref, emb, n_estimators=n_estimators, seed=seed),
         "clip_image_baseline": (emb @ ref.T).max(axis=1),
     }
+    probe = linear_probe_mls(ref, ref_labels, emb, seed)
+    if probe is not None:
+        columns["mls_linear_probe"] = probe
     if map_scores:
         columns["map_max_rank_sim"] = np.array([p[0] for p in peaks])
         columns["map_rank_sim"] = np.array([p[1] for p in peaks])
@@ -314,6 +340,7 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
     protocol = {"prompts": list(prompts), "logit_scale": scale,
                 "mls_classes": [{"wnid": w, "synset": s, "name": n} for (w, s), n in zip(id_classes, class_names)],
                 "isolation_forest": {"n_estimators": n_estimators, "seed": seed, "fit_on": len(ref_emb)},
+                "linear_probe_classes": len(set(ref_labels)),
                 "map_scores": map_scores}
     return OodReport(positive, negative, len(ref_emb), items, classes, list(ignored_folders or []), failures,
                      names, protocol)

@@ -18,7 +18,10 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
     if "vocabulary" in tables:
         row = con.execute("SELECT name, n_words, len(missing_words), n_synsets, wordnet_version FROM vocabulary").fetchone()
         if row:
-            out.update(vocabulary=row[0], vocabulary_words=row[1], missing_words=row[2], wordnet_version=row[4])
+            from convis_db.store.hierarchy_store import stored_vocabulary
+
+            out.update(vocabulary=row[0], vocabulary_words=row[1], missing_words=row[2], wordnet_version=row[4],
+                       hierarchy=stored_vocabulary(con)["hierarchy"])
     for table in COUNTED_TABLES:
         if table in tables:
             out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # names from the allowlist above

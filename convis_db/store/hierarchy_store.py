@@ -173,10 +173,13 @@ def find_synset_name(con: duckdb.DuckDBPyConnection, name: str) -> int:
     all_names = [r[0] for r in con.execute("SELECT name FROM synsets").fetchall()]
     msg = did_you_mean(name, all_names, "concept")
     if _looks_like_synset(name) and _in_wordnet(name):
-        vocab = con.execute("SELECT name FROM vocabulary").fetchone()
-        msg = (f"{name} is a WordNet synset but not in this database's vocabulary"
-               f"{f' ({vocab[0]})' if vocab else ''}, so it has no scores here. Build a database whose vocabulary "
-               "contains one of its words (init --vocab FILE, or --vocab all-nouns).")
+        vocab = stored_vocabulary(con)
+        reference = vocab is not None and vocab["hierarchy"] == "reference"
+        vocab_name = f" ({vocab['name']})" if vocab else ""
+        msg = (f"{name} is a WordNet synset but not in this database's vocabulary{vocab_name}, so it has no scores here. "
+               "Build a database whose vocabulary contains one of its words (init --vocab FILE, or --vocab all-nouns)"
+               + ("; instances such as people and places are in T only with init --hierarchy extended." if reference
+                  else "."))
     raise NotFoundError(msg)
 
 
