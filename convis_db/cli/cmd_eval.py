@@ -165,3 +165,9 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
                  for r in payload["scores"])
     emit(Result(rows=payload["scores"], data=payload, text="\n".join(lines), notes=notes),
          "json" if as_json else "table")
+
+
+# Mutual knowledge (Sammani & Deligiannis): the command lives with the method's other CLI code.
+from convis_db.cli.cmd_mutual import eval_command as _mutual_eval  # noqa: E402
+
+command.add_command(_mutual_eval)

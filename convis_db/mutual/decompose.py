@@ -1,0 +1,132 @@
+"""Visual concepts: the image's patch tokens split into a few spatial parts (regions of the image).
+
+As in the authors' code, the foreground is found first and then divided into K parts:
+
+* foreground: PCA of all patch tokens; each component's sign is set so that its positive side is the
+  minority of patches (a component more than half positive and not all positive is negated); the
+  components are min-max scaled to [0, 1] over the patches; patches whose first component reaches
+  `threshold` are foreground candidates; the largest 8-connected component of them is kept, plus the
+  second largest when it has at least 5 patches.
+* parts by eigendecomposition: PCA with K components of the foreground tokens, min-max scaled per
+  component; each patch belongs to the component where it scores highest (argmax).
+* parts by k-means: k-means with K clusters of the L2-normalised foreground tokens.
+
+PCA here is the eigendecomposition of the token covariance, computed by an SVD of the centred tokens;
+the sign of each principal axis is fixed (its largest loading positive) so that results do not depend
+on the LAPACK build.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+from scipy.cluster.vq import kmeans2
+
+#: The second largest foreground component is kept when it has at least this many patches (code).
+SECOND_COMPONENT_MIN = 5
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Decomposition:
+    labels: np.ndarray        # (gh, gw) int: -1 background, else the visual concept 0..K'-1
+    foreground: np.ndarray    # (gh, gw) bool
+
+    @property
+    def n_concepts(self) -> int:
+        return int(self.labels.max()) + 1 if (self.labels >= 0).any() else 0
+
+    def mask(self, concept: int) -> np.ndarray:
+        return self.labels == concept
+
+
+def pca_scores(features: np.ndarray, n_components: int) -> np.ndarray:
+    """(n, k) projections of the centred rows on the top-k principal axes (signs fixed)."""
+    x = features - features.mean(axis=0, keepdims=True)
+    k = int(min(n_components, x.shape[0], x.shape[1]))
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(k), np.argmax(np.abs(axes), axis=1)])
+    signs[signs == 0] = 1.0
+    return x @ (axes * signs[:, None]).T
+
+
+def minmax_columns(values: np.ndarray) -> np.ndarray:
+    """Each column scaled to [0, 1] over the rows (a constant column becomes 0)."""
+    lo, hi = values.min(axis=0, keepdims=True), values.max(axis=0, keepdims=True)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    return (values - lo) / span
+
+
+def minority_positive(scores: np.ndarray) -> np.ndarray:
+    """Negate components that are positive on more than half (but not all) of the patches."""
+    out = scores.copy()
+    frac = (out > 0).mean(axis=0)
+    flip = (frac > 0.5) & (frac < 1.0)
+    out[:, flip] = -out[:, flip]
+    return out
+
+
+def _largest_components(candidates: np.ndarray) -> np.ndarray:
+    labelled, n = ndimage.label(candidates, structure=_EIGHT_CONNECTED)
+    if n == 0:
+        return np.zeros_like(candidates, dtype=bool)
+    sizes = np.bincount(labelled.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")
+    keep = labelled == order[0] + 1
+    if n > 1 and sizes[order[1]] >= SECOND_COMPONENT_MIN:
+        keep |= labelled == order[1] + 1
+    return keep
+
+
+def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float) -> np.ndarray:
+    """(gh, gw) bool foreground of (gh, gw, D) tokens; every patch when nothing passes the threshold."""
+    gh, gw, d = tokens.shape
+    scores = minmax_columns(minority_positive(pca_scores(tokens.reshape(-1, d).astype(np.float64), n_components)))
+    candidates = (scores[:, 0] >= threshold).reshape(gh, gw)
+    keep = _largest_components(candidates)
+    return keep if keep.any() else np.ones((gh, gw), dtype=bool)
+
+
+def _relabel(raw: np.ndarray) -> np.ndarray:
+    """Concept ids renumbered 0.. in order of their original index, empty ones dropped."""
+    out = np.full(raw.shape, -1, dtype=np.int64)
+    for new, old in enumerate(np.unique(raw[raw >= 0])):
+        out[raw == old] = new
+    return out
+
+
+def pca_parts(features: np.ndarray, k: int) -> np.ndarray:
+    """Part index of each row: argmax over the min-max scaled top-k principal components."""
+    if features.shape[0] < 2:
+        return np.zeros(features.shape[0], dtype=np.int64)
+    return np.argmax(minmax_columns(pca_scores(features, k)), axis=1)
+
+
+def kmeans_parts(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Cluster index of each row: k-means (k-means++ start, 500 Lloyd steps) of the L2-normalised rows."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    k = int(min(k, x.shape[0]))
+    if k <= 1:
+        return np.zeros(x.shape[0], dtype=np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an empty cluster is dropped by _relabel
+        _, labels = kmeans2(x, k, iter=500, minit="++", seed=np.random.default_rng(seed))
+    return labels.astype(np.int64)
+
+
+def decompose(tokens: np.ndarray, method: str = "pca", n_concepts: int = 5, foreground: bool = True,
+              threshold: float = 0.5, seed: int = 0) -> Decomposition:
+    """Split (gh, gw, D) patch tokens into at most `n_concepts` visual concepts."""
+    gh, gw, d = tokens.shape
+    feats = tokens.reshape(-1, d).astype(np.float64)
+    fg = foreground_mask(tokens, n_concepts, threshold) if foreground else np.ones((gh, gw), dtype=bool)
+    flat_fg = fg.ravel()
+    fg_feats = feats[flat_fg]
+    parts = pca_parts(fg_feats, n_concepts) if method == "pca" else kmeans_parts(fg_feats, n_concepts, seed)
+    raw = np.full(gh * gw, -1, dtype=np.int64)
+    raw[flat_fg] = parts
+    return Decomposition(labels=_relabel(raw.reshape(gh, gw)), foreground=fg)
