@@ -24,6 +24,11 @@ def _font(size: int):
         return ImageFont.load_default()
 
 
+def _short(t) -> str:
+    """A synset's name (definitions are long), or the descriptor itself."""
+    return t.name if t.synset_id is not None else t.text
+
+
 def render_concepts(pixels: np.ndarray, exp: MutualExplanation, alpha: float = 0.45) -> np.ndarray:
     """(H', W', 3) uint8: the image (scaled to at least MIN_WIDTH wide) with coloured regions and texts."""
     h0, w0 = pixels.shape[:2]
@@ -46,10 +51,10 @@ def render_concepts(pixels: np.ndarray, exp: MutualExplanation, alpha: float = 0
         (None, f"predicted: {exp.predicted}   MI {exp.mi:.3f}   AUC {exp.auc:.3f}   ({exp.settings.decomposition})")]
     chars = max(30, w // 8)
     for v in exp.visual_concepts:
-        text = "; ".join(t.text for t in v.texts) or "(no text)"
+        text = "; ".join(_short(t) for t in v.texts) or "(no text)"
         for i, part in enumerate(textwrap.wrap(f"concept {v.index + 1}: {text}", chars) or [""]):
             lines.append((PALETTE[v.index % len(PALETTE)] if i == 0 else (0, 0, 0), part))
-    mutual = "; ".join(t.text for t in exp.mutual_concepts) or "(none)"
+    mutual = "; ".join(_short(t) for t in exp.mutual_concepts) or "(none)"
     lines += [(None, part) for part in textwrap.wrap(f"mutual: {mutual}", chars)]
     line_h = 18
     canvas = Image.new("RGB", (w, h + line_h * len(lines) + 8), (255, 255, 255))
