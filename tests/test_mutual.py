@@ -21,7 +21,7 @@ from convis_db.mutual import ConceptBank, MutualExplainer, MutualSettings
 from convis_db.mutual import decompose as dec
 from convis_db.mutual import information, textual
 from convis_db.mutual.faithfulness import faithfulness_curves
-from convis_db.mutual.patches import patch_tokens, square_input, to_model_batch
+from convis_db.mutual.patches import patch_tokens, to_model_batch
 from convis_db.mutual.prompts import concept_embeddings, fit_ellipse, upscale_mask, visual_prompts
 from convis_db.mutual.zeroshot import class_embeddings, language_concepts, parse_labels
 
@@ -343,3 +343,28 @@ def test_schema_008_upgrades_a_database_built_before_it(run_cli, tmp_path, small
     finally:
         con.close()
     assert run_cli("-q", "--db", db, "concepts", "dog").exit_code == 0
+
+
+def test_notebook_api_and_stored_images(run_cli, tiny_db_copy, picture):
+    from convis_db.mutual import explain_image
+
+    exp = explain_image(str(picture), ["dog", "cat"], db=tiny_db_copy, device="cpu")
+    assert exp.predicted in ("dog", "cat") and exp.visual_concepts and exp.bank_kind == "definitions"
+    assert exp.visual_concepts[0].texts[0].synset_id is not None
+    again = explain_image(np.asarray(Image.open(picture).convert("RGB")), ["dog", "cat"], db=tiny_db_copy, device="cpu")
+    assert [t.entry for t in again.vision_concepts] == [t.entry for t in exp.vision_concepts]
+    # an ingested image is named by its id, and a stored explanation is linked to it
+    ingest = run_cli("-q", "--db", tiny_db_copy, "ingest", picture, "--max-pixels", "6000", "--stride", "16",
+                     "--small", "32", "--large", "48", "--top-k", "5", "--json")
+    assert ingest.exit_code == 0, ingest.stderr
+    r = run_cli("-q", "--db", tiny_db_copy, "mutual", "1", "--labels", "dog,cat", "--store", "--json")
+    assert r.exit_code == 0, r.stderr
+    con = duckdb.connect(str(tiny_db_copy), read_only=True)
+    try:
+        assert con.execute("SELECT image_id FROM mutual_explanations").fetchall() == [(1,)]
+    finally:
+        con.close()
+    missing = run_cli("-q", "--db", tiny_db_copy, "mutual", "nope.png", "--labels", "dog,cat")
+    assert missing.exit_code == 2 and "no stored image" in missing.stderr
+    no_labels = run_cli("-q", "--db", tiny_db_copy, "mutual", picture)
+    assert no_labels.exit_code == 2 and "--labels" in no_labels.stderr

@@ -121,7 +121,8 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     with open_for(app, write=store or descriptors is not None) as con:
         path = _resolve_image(con, image)
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
-                                                     descriptors, store_bank=descriptors is not None)
+                                                     descriptors, store_bank=descriptors is not None,
+                                                     progress=app.progress)
         decoded = read_image(path)
         from pathlib import Path
 
@@ -189,7 +190,8 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     settings = settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot)
     with open_for(app, write=store or descriptors is not None) as con:
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
-                                                     descriptors, store_bank=descriptors is not None)
+                                                     descriptors, store_bank=descriptors is not None,
+                                                     progress=app.progress)
         hook = (lambda exp: write_explanation(con, exp, model_id, explainer.bank.bank_id)) if store else None
         report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook)
         notes = random_weights_notes(con, model_id)

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from convis_db.errors import UsageError
+from convis_db.progress import Progress, no_progress
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def _tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
 
 
 def descriptor_bank(con: duckdb.DuckDBPyConnection, model, model_id: int, path: str | Path,
-                    store: bool = True) -> ConceptBank:
+                    store: bool = True, progress: Progress = no_progress) -> ConceptBank:
     """The bank of a descriptor file: read from the database when stored for this model, else embedded
     (and stored when `store`, which needs a connection opened for writing)."""
     path = Path(path)
@@ -103,7 +104,8 @@ def descriptor_bank(con: duckdb.DuckDBPyConnection, model, model_id: int, path: 
             return ConceptBank("descriptors", texts, list_column_to_matrix(tbl.column("embedding")), names,
                                bank_id=int(row[0]), source=str(path))
     log.info("embedding %d descriptors of %s", len(texts), path)
-    emb = np.asarray(model.encode_text(texts), dtype=np.float32)
+    with progress("Embedding descriptors", len(texts), "texts") as tick:
+        emb = np.asarray(model.encode_text(texts, progress=tick), dtype=np.float32)
     bank = ConceptBank("descriptors", texts, emb, names, source=str(path))
     if store:
         bank.bank_id = _store(con, model_id, path.name, sha, texts, classes, emb)

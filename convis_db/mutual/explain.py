@@ -57,7 +57,8 @@ class VisualConcept:
 
     def as_dict(self) -> dict:
         return {"index": self.index, "n_patches": self.n_patches, "importance": self.importance,
-                "box": list(self.box), "texts": [t.as_dict() for t in self.texts]}
+                "box": list(self.box), "patch_mask": self.patch_mask.astype(int).tolist(),
+                "texts": [t.as_dict() for t in self.texts]}
 
 
 @dataclass

@@ -16,7 +16,7 @@ from convis_db.mutual.settings import DEFAULT_TEMPLATE, MutualSettings
 def explainer_for_database(con: duckdb.DuckDBPyConnection, device: torch.device, labels: Sequence[str],
                            templates: Sequence[str] = (DEFAULT_TEMPLATE,), settings: MutualSettings | None = None,
                            descriptors: str | Path | None = None, store_bank: bool = False,
-                           model=None) -> tuple[MutualExplainer, int]:
+                           model=None, progress=None) -> tuple[MutualExplainer, int]:
     """(explainer, model_id). The model is refused (ModelError) before any text is embedded when it has
     no patch tokens. `store_bank` writes a new descriptor bank (needs a connection opened for writing)."""
     from convis_db.mutual.patches import check_supported
@@ -29,7 +29,10 @@ def explainer_for_database(con: duckdb.DuckDBPyConnection, device: torch.device,
         profile = stored_profile(con)
         model_id = profile[0] if profile else pick_model(con, None)
     check_supported(model)
-    bank = (descriptor_bank(con, model, model_id, descriptors, store=store_bank) if descriptors
+    from convis_db.progress import no_progress
+
+    bank = (descriptor_bank(con, model, model_id, descriptors, store=store_bank, progress=progress or no_progress)
+            if descriptors
             else definitions_bank(con, model_id))
     return MutualExplainer(model, bank, labels, templates, settings), model_id
 
