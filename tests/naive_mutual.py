@@ -162,3 +162,40 @@ def mi_curve(x: list, y: list) -> list[float]:
         cur[i] = gone
         out.append(mutual_information(cur, y))
     return out
+
+
+def pca_labels_together(tokens: list[np.ndarray], k: int, threshold: float) -> list[np.ndarray]:
+    """Several images: one PCA (and min-max) over all patches for the foreground and for the parts."""
+    d = tokens[0].shape[-1]
+    flat = np.concatenate([t.reshape(-1, d) for t in tokens]).astype(np.float64)
+    s = pca_scores(flat, k)
+    for j in range(s.shape[1]):
+        frac = np.mean(s[:, j] > 0)
+        if 0.5 < frac < 1.0:
+            s[:, j] = -s[:, j]
+    first = minmax(s)[:, 0]
+    fgs, start = [], 0
+    for t in tokens:
+        gh, gw = t.shape[:2]
+        cand = (first[start:start + gh * gw] >= threshold).reshape(gh, gw)
+        start += gh * gw
+        comps = sorted(components(cand), key=len, reverse=True)
+        keep = np.zeros((gh, gw), bool)
+        for comp in comps[:1] + [c for c in comps[1:2] if len(c) >= 5]:
+            for cell in comp:
+                keep[cell] = True
+        fgs.append(keep if keep.any() else np.ones((gh, gw), bool))
+    feats = np.concatenate([t.reshape(-1, d)[fg.ravel()] for t, fg in zip(tokens, fgs)]).astype(np.float64)
+    parts = np.argmax(minmax(pca_scores(feats, k)), axis=1)
+    out, start = [], 0
+    for t, fg in zip(tokens, fgs):
+        gh, gw = t.shape[:2]
+        n = int(fg.sum())
+        raw = -np.ones(gh * gw, int)
+        raw[fg.ravel()] = parts[start:start + n]
+        start += n
+        lab = -np.ones(gh * gw, int)
+        for new, old in enumerate(sorted(set(raw[raw >= 0].tolist()))):
+            lab[raw == old] = new
+        out.append(lab.reshape(gh, gw))
+    return out

@@ -67,6 +67,16 @@ def test_pca_decomposition_matches_covariance_eigendecomposition(tiny_loaded, us
                 assert np.array_equal(dec.foreground_mask(t, k, thr), naive.foreground(t, k, thr))
 
 
+def test_images_decomposed_together_match_one_pca_over_all(tiny_loaded):
+    tokens, _ = patch_tokens(tiny_loaded, to_model_batch(tiny_loaded, _images(3, seed=11)))
+    grids = list(tokens.numpy())
+    got = [d.labels for d in dec.decompose_together(grids, "pca", 4, True, 0.4)]
+    want = naive.pca_labels_together(grids, 4, 0.4)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert np.array_equal(dec.decompose_together(grids[:1], "pca", 4, True, 0.4)[0].labels,
+                          dec.decompose(grids[0], "pca", 4, True, 0.4).labels)
+
+
 def test_kmeans_parts_are_a_lloyd_fixed_point(tiny_loaded):
     tokens, _ = patch_tokens(tiny_loaded, to_model_batch(tiny_loaded, _images(1, seed=9)))
     t = tokens[0].numpy().reshape(-1, tokens.shape[-1]).astype(np.float64)
@@ -311,8 +321,10 @@ def test_eval_mutual_cli(run_cli, tiny_db, tmp_path):
     for key in ("zero_shot_accuracy", "mi", "auc", "deletion", "insertion", "acc_drop", "acc_inc"):
         assert data[key] is not None
     assert data["auc"] == pytest.approx(np.mean(data["mi_curve"]))
-    text = run_cli("-q", "--db", tiny_db, "eval", "mutual", root, "--labels", "red thing,green thing", "--no-faithfulness")
-    assert text.exit_code == 0 and "AUC (MI dynamics)" in text.stdout and "Deletion" not in text.stdout
+    text = run_cli("-q", "--db", tiny_db, "eval", "mutual", root, "--labels", "red thing,green thing", "--no-faithfulness",
+                   "--together", "--decomposition", "kmeans")
+    assert text.exit_code == 0, text.stderr
+    assert "AUC (MI dynamics)" in text.stdout and "Deletion" not in text.stdout
 
 
 def test_schema_008_upgrades_a_database_built_before_it(run_cli, tmp_path, small_vocab_file, tiny_spec, picture,

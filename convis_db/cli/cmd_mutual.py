@@ -159,12 +159,15 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
 @click.option("--per-class", type=click.IntRange(1), default=None, help="Use only the first N images of each class.")
 @click.option("--n", "n", type=click.IntRange(1), default=None, help="Evaluate only the first N images.")
 @click.option("--no-faithfulness", is_flag=True, help="Skip Deletion/Insertion/AccDrop/AccInc (MI only, faster).")
+@click.option("--together", is_flag=True,
+              help="Decompose the images of each class folder together (one PCA / k-means, the authors' setting).")
 @click.option("--store", is_flag=True, help="Store every explanation in the mutual_* tables.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report (with per-image rows) as JSON.")
 @pass_app
 def eval_command(app: App, dataset, labels, labels_file, templates, descriptors, decomposition, n_concepts, topk,
-                 language_topk, no_foreground, no_ot, per_class, n, no_faithfulness, store, device, as_json) -> None:
+                 language_topk, no_foreground, no_ot, per_class, n, no_faithfulness, together, store, device,
+                 as_json) -> None:
     """Dataset-level mutual knowledge: MI, the MI-dynamics curve and its AUC, Deletion, Insertion, AccDrop, AccInc.
 
     DATASET is a folder with one subfolder per class (named as the labels, or mapped to them by a JSON
@@ -193,10 +196,11 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
                                                      descriptors, store_bank=descriptors is not None,
                                                      progress=app.progress)
         hook = (lambda exp: write_explanation(con, exp, model_id, explainer.bank.bank_id)) if store else None
-        report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook)
+        report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook, together)
         notes = random_weights_notes(con, model_id)
     report.ignored_folders = ignored
     payload = report.as_dict()
+    payload["together"] = together
     s = report.summary()
     if ignored:
         notes.append(f"{len(ignored)} subfolders match no label and were ignored: {', '.join(ignored[:10])}")

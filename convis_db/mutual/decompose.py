@@ -11,6 +11,9 @@ As in the authors' code, the foreground is found first and then divided into K p
   component; each patch belongs to the component where it scores highest (argmax).
 * parts by k-means: k-means with K clusters of the L2-normalised foreground tokens.
 
+Several images can be decomposed together (one PCA / one k-means over all their patches), as the
+authors do for a set of images of one class; `mutual IMAGE` decomposes its image alone.
+
 PCA here is the eigendecomposition of the token covariance, computed by an SVD of the centred tokens;
 the sign of each principal axis is fixed (its largest loading positive) so that results do not depend
 on the LAPACK build.
@@ -82,13 +85,24 @@ def _largest_components(candidates: np.ndarray) -> np.ndarray:
     return keep
 
 
+def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: float) -> list[np.ndarray]:
+    """(gh, gw) bool foreground of each of several (gh, gw, D) token grids, with one PCA and one min-max
+    scaling over all their patches (images decomposed together); every patch where nothing passes."""
+    d = tokens[0].shape[-1]
+    flat = np.concatenate([t.reshape(-1, d) for t in tokens]).astype(np.float64)
+    scores = minmax_columns(minority_positive(pca_scores(flat, n_components)))[:, 0]
+    out, start = [], 0
+    for t in tokens:
+        gh, gw = t.shape[:2]
+        keep = _largest_components((scores[start:start + gh * gw] >= threshold).reshape(gh, gw))
+        out.append(keep if keep.any() else np.ones((gh, gw), dtype=bool))
+        start += gh * gw
+    return out
+
+
 def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float) -> np.ndarray:
     """(gh, gw) bool foreground of (gh, gw, D) tokens; every patch when nothing passes the threshold."""
-    gh, gw, d = tokens.shape
-    scores = minmax_columns(minority_positive(pca_scores(tokens.reshape(-1, d).astype(np.float64), n_components)))
-    candidates = (scores[:, 0] >= threshold).reshape(gh, gw)
-    keep = _largest_components(candidates)
-    return keep if keep.any() else np.ones((gh, gw), dtype=bool)
+    return foreground_masks([tokens], n_components, threshold)[0]
 
 
 def _relabel(raw: np.ndarray) -> np.ndarray:
@@ -118,15 +132,27 @@ def kmeans_parts(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def decompose_together(tokens: list[np.ndarray], method: str = "pca", n_concepts: int = 5, foreground: bool = True,
+                       threshold: float = 0.5, seed: int = 0) -> list[Decomposition]:
+    """Several images' (gh, gw, D) tokens decomposed with one PCA / one k-means over all of them (the
+    authors' setting for a set of images of one class); concept ids are then renumbered per image."""
+    d = tokens[0].shape[-1]
+    fgs = (foreground_masks(tokens, n_concepts, threshold) if foreground
+           else [np.ones(t.shape[:2], dtype=bool) for t in tokens])
+    fg_feats = np.concatenate([t.reshape(-1, d)[fg.ravel()] for t, fg in zip(tokens, fgs)]).astype(np.float64)
+    parts = pca_parts(fg_feats, n_concepts) if method == "pca" else kmeans_parts(fg_feats, n_concepts, seed)
+    out, start = [], 0
+    for t, fg in zip(tokens, fgs):
+        gh, gw = t.shape[:2]
+        n_fg = int(fg.sum())
+        raw = np.full(gh * gw, -1, dtype=np.int64)
+        raw[fg.ravel()] = parts[start:start + n_fg]
+        start += n_fg
+        out.append(Decomposition(labels=_relabel(raw.reshape(gh, gw)), foreground=fg))
+    return out
+
+
 def decompose(tokens: np.ndarray, method: str = "pca", n_concepts: int = 5, foreground: bool = True,
               threshold: float = 0.5, seed: int = 0) -> Decomposition:
-    """Split (gh, gw, D) patch tokens into at most `n_concepts` visual concepts."""
-    gh, gw, d = tokens.shape
-    feats = tokens.reshape(-1, d).astype(np.float64)
-    fg = foreground_mask(tokens, n_concepts, threshold) if foreground else np.ones((gh, gw), dtype=bool)
-    flat_fg = fg.ravel()
-    fg_feats = feats[flat_fg]
-    parts = pca_parts(fg_feats, n_concepts) if method == "pca" else kmeans_parts(fg_feats, n_concepts, seed)
-    raw = np.full(gh * gw, -1, dtype=np.int64)
-    raw[flat_fg] = parts
-    return Decomposition(labels=_relabel(raw.reshape(gh, gw)), foreground=fg)
+    """Split one image's (gh, gw, D) patch tokens into at most `n_concepts` visual concepts."""
+    return decompose_together([tokens], method, n_concepts, foreground, threshold, seed)[0]

@@ -22,6 +22,9 @@ from convis_db.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
+#: Most images decomposed together in one group (memory: their patch tokens are held at once).
+TOGETHER_MAX = 64
+
 
 @dataclass
 class LabelledImage:
@@ -115,28 +118,53 @@ def labelled_images(root: str | Path, labels: list[str], folder_map: dict[str, s
     return items, ignored
 
 
+def _row(item: LabelledImage, exp: MutualExplanation) -> dict:
+    row = {"path": str(item.path), "label": item.label, "predicted": exp.predicted_index,
+           "predicted_label": exp.predicted, "n_concepts": len(exp.visual_concepts),
+           "n_mutual": len(exp.mutual_concepts), "mi": exp.mi, "auc": exp.auc}
+    if exp.faithfulness is not None:
+        row.update(exp.faithfulness.metrics())
+    return row
+
+
 def evaluate_mutual(explainer: MutualExplainer, items: list[LabelledImage], dataset: str = "",
                     faithfulness: bool = True, progress: Progress = no_progress,
-                    on_explanation=None) -> MutualReport:
-    """Explain every image; a file that cannot be read is recorded in `failures`, not fatal."""
+                    on_explanation=None, together: bool = False) -> MutualReport:
+    """Explain every image; a file that cannot be read is recorded in `failures`, not fatal.
+
+    together: the images of each class folder (and the unlabelled ones) are decomposed together, in
+    groups of at most TOGETHER_MAX images, as the authors do; else each image alone.
+    """
+    from convis_db.engine.images import read_image
+
     report = MutualReport(dataset=dataset, labels=explainer.labels, settings=json.loads(explainer.settings.as_json()),
                           bank=explainer.bank.kind, templates=explainer.templates)
-    with progress("mutual knowledge", len(items), "img") as tick:
+    groups: list[list[LabelledImage]] = []
+    if together:
+        by_label: dict = {}
         for item in items:
-            try:
-                exp: MutualExplanation = explainer.explain_file(str(item.path), faithfulness=faithfulness)
-            except ConvisError as exc:
-                report.failures.append({"path": str(item.path), "error": str(exc)})
-                tick(1)
+            by_label.setdefault(item.label, []).append(item)
+        for members in by_label.values():
+            groups += [members[i:i + TOGETHER_MAX] for i in range(0, len(members), TOGETHER_MAX)]
+    else:
+        groups = [[item] for item in items]
+    with progress("mutual knowledge", len(items), "img") as tick:
+        for group in groups:
+            decoded = []
+            for item in group:
+                try:
+                    d = read_image(item.path)
+                    decoded.append((item, (d.pixels, str(item.path.absolute()), d.sha256)))
+                except ConvisError as exc:
+                    report.failures.append({"path": str(item.path), "error": str(exc)})
+                    tick(1)
+            if not decoded:
                 continue
-            row = {"path": str(item.path), "label": item.label, "predicted": exp.predicted_index,
-                   "predicted_label": exp.predicted, "n_concepts": len(exp.visual_concepts),
-                   "n_mutual": len(exp.mutual_concepts), "mi": exp.mi, "auc": exp.auc}
-            if exp.faithfulness is not None:
-                row.update(exp.faithfulness.metrics())
-            report.images.append(row)
-            report.curves.append(exp.mi_curve)
-            if on_explanation is not None:
-                on_explanation(exp)
-            tick(1)
+            exps = explainer.explain_together([d for _, d in decoded], faithfulness=faithfulness)
+            for (item, _), exp in zip(decoded, exps):
+                report.images.append(_row(item, exp))
+                report.curves.append(exp.mi_curve)
+                if on_explanation is not None:
+                    on_explanation(exp)
+                tick(1)
     return report

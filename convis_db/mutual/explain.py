@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convis_db.mutual.bank import ConceptBank
-from convis_db.mutual.decompose import decompose
+from convis_db.mutual.decompose import decompose_together
 from convis_db.mutual.faithfulness import FaithfulnessCurves, faithfulness_curves
 from convis_db.mutual.information import area_under, mi_dynamics
 from convis_db.mutual.patches import check_supported, patch_tokens, square_input, to_model_batch
@@ -139,20 +139,41 @@ class MutualExplainer:
                               synset_id=b.synset_ids[entry] if b.synset_ids is not None else None,
                               class_score=class_score)
 
+    def _encode(self, pixels: np.ndarray):
+        """(square input, normalised batch, (gh, gw, D) tokens, (E,) image embedding) of one image."""
+        image = square_input(pixels, int(self.model.image_size))
+        batch = to_model_batch(self.model, [image])
+        tokens, image_emb = patch_tokens(self.model, batch)
+        return image, batch, tokens[0].cpu().numpy(), image_emb[0].cpu().numpy()
+
+    def _decompose(self, tokens: list[np.ndarray]):
+        s = self.settings
+        return decompose_together(tokens, s.decomposition, s.n_concepts, s.foreground, s.foreground_threshold,
+                                  s.kmeans_seed)
+
     def explain(self, pixels: np.ndarray, image_path: str = "", faithfulness: bool = False,
                 sha256: str = "") -> MutualExplanation:
         """The explanation of an (H, W, 3) uint8 image."""
+        image, batch, tokens, image_emb = self._encode(pixels)
+        return self._explain(pixels, image, batch, image_emb, self._decompose([tokens])[0].labels, image_path,
+                             faithfulness, sha256)
+
+    def explain_together(self, images: Sequence[tuple[np.ndarray, str, str]],
+                         faithfulness: bool = False) -> list[MutualExplanation]:
+        """Explanations of several (pixels, path, sha256) images whose patch tokens are decomposed together
+        (one PCA / k-means over all of them, as the authors do for a set of images of one class)."""
+        encoded = [self._encode(px) for px, _, _ in images]
+        decs = self._decompose([e[2] for e in encoded])
+        return [self._explain(px, e[0], e[1], e[3], d.labels, path, faithfulness, sha)
+                for (px, path, sha), e, d in zip(images, encoded, decs)]
+
+    def _explain(self, pixels: np.ndarray, image: np.ndarray, batch, image_emb: np.ndarray, labels: np.ndarray,
+                 image_path: str, faithfulness: bool, sha256: str) -> MutualExplanation:
         s = self.settings
-        size = int(self.model.image_size)
-        image = square_input(pixels, size)
-        batch = to_model_batch(self.model, [image])
-        tokens, image_emb = patch_tokens(self.model, batch)
-        image_emb = image_emb[0].cpu().numpy()
         pred, cos = predict(image_emb, self.classes)
         pred = int(pred[0])
-        dec = decompose(tokens[0].cpu().numpy(), s.decomposition, s.n_concepts, s.foreground,
-                        s.foreground_threshold, s.kmeans_seed)
-        emb, ellipses = concept_embeddings(self.model, image, dec.labels)
+        masks = [labels == c for c in range(int(labels.max()) + 1)] if (labels >= 0).any() else []
+        emb, ellipses = concept_embeddings(self.model, image, labels)
         per_concept = assign_textual_concepts(emb, self._bank_emb, s)
         vision_entries, vision_scores = rank_by_relevance([e for c in per_concept for e in c], image_emb,
                                                           self._bank_emb, s.logit_scale)
@@ -160,21 +181,21 @@ class MutualExplainer:
         unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         importance = (s.logit_scale * unit.astype(np.float64) @ self.classes[pred].astype(np.float64)).tolist()
         h0, w0 = pixels.shape[:2]
-        visual = [VisualConcept(index=c, n_patches=int(dec.mask(c).sum()), importance=float(importance[c]),
-                                box=_box(dec.mask(c), w0, h0), patch_mask=dec.mask(c), ellipse=ellipses[c],
+        visual = [VisualConcept(index=c, n_patches=int(m.sum()), importance=float(importance[c]),
+                                box=_box(m, w0, h0), patch_mask=m, ellipse=ellipses[c],
                                 texts=[self._text(e, relevance[e]) for e in per_concept[c]])
-                  for c in range(dec.n_concepts)]
+                  for c, m in enumerate(masks)]
         lang_entries, lang_scores = language_concepts(self.classes[pred], self._bank_emb, s.language_topk)
         lang_score = dict(zip(lang_entries, lang_scores))
         mutual = [self._text(e, relevance[e], lang_score[e]) for e in vision_entries if e in lang_score]
         curves = None
         if faithfulness and visual:
             order = sorted(range(len(visual)), key=lambda c: (-visual[c].importance, c))
-            curves = faithfulness_curves(self.model, batch, dec.labels, order, self.classes, pred, s.logit_scale)
+            curves = faithfulness_curves(self.model, batch, labels, order, self.classes, pred, s.logit_scale)
         return MutualExplanation(
-            image_path=image_path, width=int(w0), height=int(h0), input_size=size, grid=tuple(dec.labels.shape),
-            labels=self.labels, templates=self.templates, predicted_index=pred, class_cosines=cos[0].tolist(),
-            settings=s, bank_kind=self.bank.kind, visual_concepts=visual,
+            image_path=image_path, width=int(w0), height=int(h0), input_size=int(image.shape[0]),
+            grid=tuple(labels.shape), labels=self.labels, templates=self.templates, predicted_index=pred,
+            class_cosines=cos[0].tolist(), settings=s, bank_kind=self.bank.kind, visual_concepts=visual,
             vision_concepts=[self._text(e, sc) for e, sc in zip(vision_entries, vision_scores)],
             language_concepts=[self._text(e, sc) for e, sc in zip(lang_entries, lang_scores)],
             mutual_concepts=mutual, mi_curve=mi_dynamics(vision_entries, lang_entries), faithfulness=curves,
