@@ -280,6 +280,12 @@ def test_mutual_cli_json_png_and_sql(run_cli, tiny_db_copy, picture, tmp_path):
     finally:
         con.close()
     assert n_mutual == len(data["mutual_concepts"]) == synsets and n_visual == len(data["visual_concepts"])
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "mutual.md").read_text(encoding="utf-8")
+    example = doc.split("```sql\n", 1)[1].split("```", 1)[0]           # the SQL example in docs/mutual.md
+    sql = run_cli("-q", "--db", tiny_db_copy, "sql", "--json", "--",
+                  example.replace("'cat'", f"'{data['predicted']}'"))
+    assert sql.exit_code == 0, sql.stderr
+    assert sum(row["images"] for row in json.loads(sql.stdout)) == n_mutual
     table = run_cli("-q", "--db", tiny_db_copy, "mutual", picture, "--labels", "dog,cat", "--decomposition", "kmeans")
     assert table.exit_code == 0, table.stderr
     assert "predicted" in table.stdout and "vision" in table.stdout
