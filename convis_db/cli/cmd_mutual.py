@@ -71,6 +71,22 @@ def open_for(app: App, write: bool):
         con.close()
 
 
+def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
+    """Whether the command must open the file for writing: to store explanations, or a descriptor
+    bank not yet embedded with the database's model (a stored one is read read-only)."""
+    if store:
+        return True
+    if descriptors is None:
+        return False
+    from convis_db.mutual.bank import stored_bank_id
+    from convis_db.store.image_store import stored_profile
+    from convis_db.store.model_store import pick_model
+
+    with app.reader() as con:
+        profile = stored_profile(con)
+        return stored_bank_id(con, profile[0] if profile else pick_model(con, None), descriptors) is None
+
+
 def _resolve_image(con, ref: str) -> str:
     """A stored image (id, path or sha256: its file is read again) or a file on disk."""
     from pathlib import Path
@@ -114,11 +130,12 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     from convis_db.mutual.render import save_concepts_png
     from convis_db.mutual.service import explainer_for_database
     from convis_db.mutual.store import write_explanation
+    from convis_db.mutual.evaluate import read_labels_file
     from convis_db.mutual.zeroshot import parse_labels
 
-    classes = parse_labels(labels, labels_file)
+    classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot)
-    with open_for(app, write=store or descriptors is not None) as con:
+    with open_for(app, write=needs_writer(app, store, descriptors)) as con:
         path = _resolve_image(con, image)
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,
@@ -191,7 +208,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     classes, folder_map = read_labels_file(labels_file) if labels_file else (parse_labels(labels, None), {})
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot)
-    with open_for(app, write=store or descriptors is not None) as con:
+    with open_for(app, write=needs_writer(app, store, descriptors)) as con:
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,
                                                      progress=app.progress)

@@ -89,6 +89,15 @@ def _tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'mutual_banks'").fetchone()[0] > 0
 
 
+def stored_bank_id(con: duckdb.DuckDBPyConnection, model_id: int, path: str | Path) -> int | None:
+    """The mutual_banks row of this file's bytes for this model, if stored (None on an older schema)."""
+    if not _tables_exist(con):
+        return None
+    sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    row = con.execute("SELECT bank_id FROM mutual_banks WHERE model_id = ? AND sha256 = ?", [model_id, sha]).fetchone()
+    return int(row[0]) if row else None
+
+
 def descriptor_bank(con: duckdb.DuckDBPyConnection, model, model_id: int, path: str | Path,
                     store: bool = True, progress: Progress = no_progress) -> ConceptBank:
     """The bank of a descriptor file: read from the database when stored for this model, else embedded
@@ -97,12 +106,11 @@ def descriptor_bank(con: duckdb.DuckDBPyConnection, model, model_id: int, path: 
     texts, classes, _ = read_descriptor_file(path)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     names = [", ".join(c) for c in classes]
-    if _tables_exist(con):
-        row = con.execute("SELECT bank_id FROM mutual_banks WHERE model_id = ? AND sha256 = ?", [model_id, sha]).fetchone()
-        if row:
-            tbl = fetch_arrow(con, "SELECT embedding FROM mutual_bank_entries WHERE bank_id = ? ORDER BY entry_idx", [row[0]])
-            return ConceptBank("descriptors", texts, list_column_to_matrix(tbl.column("embedding")), names,
-                               bank_id=int(row[0]), source=str(path))
+    bank_id = stored_bank_id(con, model_id, path)
+    if bank_id is not None:
+        tbl = fetch_arrow(con, "SELECT embedding FROM mutual_bank_entries WHERE bank_id = ? ORDER BY entry_idx", [bank_id])
+        return ConceptBank("descriptors", texts, list_column_to_matrix(tbl.column("embedding")), names,
+                           bank_id=bank_id, source=str(path))
     log.info("embedding %d descriptors of %s", len(texts), path)
     with progress("Embedding descriptors", len(texts), "texts") as tick:
         emb = np.asarray(model.encode_text(texts, progress=tick), dtype=np.float32)
