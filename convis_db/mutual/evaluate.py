@@ -119,7 +119,8 @@ def labelled_images(root: str | Path, labels: list[str], folder_map: dict[str, s
 
 
 def _row(item: LabelledImage, exp: MutualExplanation) -> dict:
-    row = {"path": str(item.path), "label": item.label, "predicted": exp.predicted_index,
+    row = {"path": str(item.path), "label": item.label,
+           "label_name": exp.labels[item.label] if item.label is not None else None, "predicted": exp.predicted_index,
            "predicted_label": exp.predicted, "n_concepts": len(exp.visual_concepts),
            "n_mutual": len(exp.mutual_concepts), "mi": exp.mi, "auc": exp.auc}
     if exp.faithfulness is not None:
