@@ -82,9 +82,18 @@ def components(mask: np.ndarray) -> list[set]:
     return comps
 
 
-def foreground(tokens: np.ndarray, k: int, threshold: float) -> np.ndarray:
+def graph_vector(x: np.ndarray) -> np.ndarray:
+    """The second eigenvector of the cosine affinity matrix A = Xn Xn^T, largest |entry| positive."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    vals, vecs = np.linalg.eigh(xn @ xn.T)
+    v = vecs[:, np.argsort(vals)[::-1][1]]
+    return v if v[np.argmax(np.abs(v))] > 0 else -v
+
+
+def foreground(tokens: np.ndarray, k: int, threshold: float, method: str = "pca") -> np.ndarray:
     gh, gw, d = tokens.shape
-    s = pca_scores(tokens.reshape(-1, d).astype(np.float64), k)
+    flat = tokens.reshape(-1, d).astype(np.float64)
+    s = pca_scores(flat, k) if method == "pca" else graph_vector(flat)[:, None]
     for j in range(s.shape[1]):
         frac = np.mean(s[:, j] > 0)
         if 0.5 < frac < 1.0:
@@ -102,9 +111,10 @@ def foreground(tokens: np.ndarray, k: int, threshold: float) -> np.ndarray:
     return keep
 
 
-def pca_labels(tokens: np.ndarray, k: int, threshold: float, use_foreground: bool = True) -> np.ndarray:
+def pca_labels(tokens: np.ndarray, k: int, threshold: float, use_foreground: bool = True,
+               method: str = "pca") -> np.ndarray:
     gh, gw, d = tokens.shape
-    fg = foreground(tokens, k, threshold) if use_foreground else np.ones((gh, gw), bool)
+    fg = foreground(tokens, k, threshold, method) if use_foreground else np.ones((gh, gw), bool)
     feats = tokens.reshape(-1, d).astype(np.float64)[fg.ravel()]
     parts = np.argmax(minmax(pca_scores(feats, k)), axis=1) if len(feats) > 1 else np.zeros(len(feats), int)
     raw = -np.ones(gh * gw, int)
@@ -164,11 +174,11 @@ def mi_curve(x: list, y: list) -> list[float]:
     return out
 
 
-def pca_labels_together(tokens: list[np.ndarray], k: int, threshold: float) -> list[np.ndarray]:
-    """Several images: one PCA (and min-max) over all patches for the foreground and for the parts."""
+def pca_labels_together(tokens: list[np.ndarray], k: int, threshold: float, method: str = "pca") -> list[np.ndarray]:
+    """Several images: one decomposition (and min-max) over all patches for the foreground and the parts."""
     d = tokens[0].shape[-1]
     flat = np.concatenate([t.reshape(-1, d) for t in tokens]).astype(np.float64)
-    s = pca_scores(flat, k)
+    s = pca_scores(flat, k) if method == "pca" else graph_vector(flat)[:, None]
     for j in range(s.shape[1]):
         frac = np.mean(s[:, j] > 0)
         if 0.5 < frac < 1.0:

@@ -55,24 +55,25 @@ def test_patch_tokens_match_a_hand_written_vit(tiny_loaded):
     assert torch.allclose(emb, tiny_loaded.encode_image_batch(batch), atol=1e-6)
 
 
-@pytest.mark.parametrize("use_fg", [True, False])
-def test_pca_decomposition_matches_covariance_eigendecomposition(tiny_loaded, use_fg):
+@pytest.mark.parametrize("use_fg,fg_method", [(True, "graph"), (True, "pca"), (False, "graph")])
+def test_pca_decomposition_matches_covariance_eigendecomposition(tiny_loaded, use_fg, fg_method):
     batch = to_model_batch(tiny_loaded, _images(4, seed=5))
     tokens, _ = patch_tokens(tiny_loaded, batch)
     for t in tokens.numpy():
         for k, thr in ((3, 0.5), (5, 0.3)):
-            got = dec.decompose(t, "pca", k, use_fg, thr).labels
-            assert np.array_equal(got, naive.pca_labels(t, k, thr, use_fg))
+            got = dec.decompose(t, "pca", k, use_fg, thr, foreground_method=fg_method).labels
+            assert np.array_equal(got, naive.pca_labels(t, k, thr, use_fg, fg_method))
             if use_fg:
-                assert np.array_equal(dec.foreground_mask(t, k, thr), naive.foreground(t, k, thr))
+                assert np.array_equal(dec.foreground_mask(t, k, thr, fg_method), naive.foreground(t, k, thr, fg_method))
 
 
 def test_images_decomposed_together_match_one_pca_over_all(tiny_loaded):
     tokens, _ = patch_tokens(tiny_loaded, to_model_batch(tiny_loaded, _images(3, seed=11)))
     grids = list(tokens.numpy())
-    got = [d.labels for d in dec.decompose_together(grids, "pca", 4, True, 0.4)]
-    want = naive.pca_labels_together(grids, 4, 0.4)
-    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    for method in ("graph", "pca"):
+        got = [d.labels for d in dec.decompose_together(grids, "pca", 4, True, 0.4, foreground_method=method)]
+        want = naive.pca_labels_together(grids, 4, 0.4, method)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
     assert np.array_equal(dec.decompose_together(grids[:1], "pca", 4, True, 0.4)[0].labels,
                           dec.decompose(grids[0], "pca", 4, True, 0.4).labels)
 

@@ -31,6 +31,8 @@ def method_options(f):
                      help="Textual concepts per visual concept."),
         click.option("--language-topk", type=click.IntRange(1), default=20, show_default=True,
                      help="Textual concepts around the predicted class (the language encoder's side)."),
+        click.option("--foreground-method", type=click.Choice(["graph", "pca"]), default="graph", show_default=True,
+                     help="How the foreground is found: graph decomposition (token affinity eigenvectors) or PCA."),
         click.option("--no-foreground", is_flag=True, help="Decompose every patch, not only the foreground."),
         click.option("--no-ot", is_flag=True, help="Plain top-k texts per concept instead of the Sinkhorn assignment."),
     ]
@@ -39,11 +41,12 @@ def method_options(f):
     return f
 
 
-def settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot):
+def settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot):
     from convis_db.mutual.settings import MutualSettings
 
     return MutualSettings(decomposition=decomposition, n_concepts=n_concepts, topk=topk, language_topk=language_topk,
-                          foreground=not no_foreground, optimal_transport=not no_ot)
+                          foreground=not no_foreground, foreground_method=foreground_method,
+                          optimal_transport=not no_ot)
 
 
 def random_weights_notes(con, model_id: int) -> list[str]:
@@ -112,7 +115,7 @@ def _resolve_image(con, ref: str) -> str:
 @query_output
 @pass_app
 def command(app: App, image, labels, labels_file, templates, descriptors, decomposition, n_concepts, topk,
-            language_topk, no_foreground, no_ot, faithfulness, output, store, device) -> Result:
+            language_topk, foreground_method, no_foreground, no_ot, faithfulness, output, store, device) -> Result:
     """Why CLIP gives IMAGE its zero-shot class: the concepts its vision and language encoders share.
 
     IMAGE is a file, or a stored image (id, path or sha256). The visual concepts are regions of the
@@ -134,7 +137,7 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     from convis_db.mutual.zeroshot import parse_labels
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
-    settings = settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot)
+    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
     with open_for(app, write=needs_writer(app, store, descriptors)) as con:
         path = _resolve_image(con, image)
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
@@ -183,7 +186,8 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
 @click.option("--json", "as_json", is_flag=True, help="Print the report (with per-image rows) as JSON.")
 @pass_app
 def eval_command(app: App, dataset, labels, labels_file, templates, descriptors, decomposition, n_concepts, topk,
-                 language_topk, no_foreground, no_ot, per_class, n, no_faithfulness, together, store, device,
+                 language_topk, foreground_method, no_foreground, no_ot, per_class, n, no_faithfulness, together,
+                 store, device,
                  as_json) -> None:
     """Dataset-level mutual knowledge: MI, the MI-dynamics curve and its AUC, Deletion, Insertion, AccDrop, AccInc.
 
@@ -207,7 +211,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
         raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")
     classes, folder_map = read_labels_file(labels_file) if labels_file else (parse_labels(labels, None), {})
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
-    settings = settings_from(decomposition, n_concepts, topk, language_topk, no_foreground, no_ot)
+    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
     with open_for(app, write=needs_writer(app, store, descriptors)) as con:
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,

@@ -2,11 +2,14 @@
 
 As in the authors' code, the foreground is found first and then divided into K parts:
 
-* foreground: PCA of all patch tokens; each component's sign is set so that its positive side is the
-  minority of patches (a component more than half positive and not all positive is negated); the
-  components are min-max scaled to [0, 1] over the patches; patches whose first component reaches
-  `threshold` are foreground candidates; the largest 8-connected component of them is kept, plus the
-  second largest when it has at least 5 patches.
+* foreground: a decomposition of all patch tokens, either the graph decomposition (the eigenvectors
+  of the tokens' cosine-affinity matrix A = X X^T, X the L2-normalised tokens, i.e. X's left singular
+  vectors; the second one splits the graph, as in spectral methods) or PCA (the first principal
+  component). Each component's sign is set so that its positive side is the minority of patches (a
+  component more than half positive and not all positive is negated); the components are min-max
+  scaled to [0, 1] over the patches; patches whose foreground component reaches `threshold` are
+  foreground candidates; the largest 8-connected component of them is kept, plus the second largest
+  when it has at least 5 patches.
 * parts by eigendecomposition: PCA with K components of the foreground tokens, min-max scaled per
   component; each patch belongs to the component where it scores highest (argmax).
 * parts by k-means: k-means with K clusters of the L2-normalised foreground tokens.
@@ -57,6 +60,18 @@ def pca_scores(features: np.ndarray, n_components: int) -> np.ndarray:
     return x @ (axes * signs[:, None]).T
 
 
+def graph_vectors(features: np.ndarray, n_components: int) -> np.ndarray:
+    """(n, k) top-k eigenvectors of the cosine affinity X X^T of the rows (left singular vectors of the
+    L2-normalised rows), each signed so that its largest entry in magnitude is positive."""
+    x = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+    k = int(min(n_components, x.shape[0], x.shape[1]))
+    u, _, _ = np.linalg.svd(x, full_matrices=False)
+    u = u[:, :k]
+    signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(k)])
+    signs[signs == 0] = 1.0
+    return u * signs
+
+
 def minmax_columns(values: np.ndarray) -> np.ndarray:
     """Each column scaled to [0, 1] over the rows (a constant column becomes 0)."""
     lo, hi = values.min(axis=0, keepdims=True), values.max(axis=0, keepdims=True)
@@ -85,12 +100,22 @@ def _largest_components(candidates: np.ndarray) -> np.ndarray:
     return keep
 
 
-def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: float) -> list[np.ndarray]:
-    """(gh, gw) bool foreground of each of several (gh, gw, D) token grids, with one PCA and one min-max
-    scaling over all their patches (images decomposed together); every patch where nothing passes."""
+FOREGROUND_METHODS = ("graph", "pca")
+
+
+def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: float,
+                     method: str = "graph") -> list[np.ndarray]:
+    """(gh, gw) bool foreground of each of several (gh, gw, D) token grids, with one decomposition and
+    one min-max scaling over all their patches (images decomposed together); every patch where nothing
+    passes. method: "graph" (second affinity eigenvector) or "pca" (first principal component)."""
     d = tokens[0].shape[-1]
     flat = np.concatenate([t.reshape(-1, d) for t in tokens]).astype(np.float64)
-    scores = minmax_columns(minority_positive(pca_scores(flat, n_components)))[:, 0]
+    if method == "graph":
+        comps, which = graph_vectors(flat, max(2, n_components)), 1
+    else:
+        comps, which = pca_scores(flat, n_components), 0
+    which = min(which, comps.shape[1] - 1)
+    scores = minmax_columns(minority_positive(comps))[:, which]
     out, start = [], 0
     for t in tokens:
         gh, gw = t.shape[:2]
@@ -100,9 +125,9 @@ def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: flo
     return out
 
 
-def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float) -> np.ndarray:
+def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float, method: str = "graph") -> np.ndarray:
     """(gh, gw) bool foreground of (gh, gw, D) tokens; every patch when nothing passes the threshold."""
-    return foreground_masks([tokens], n_components, threshold)[0]
+    return foreground_masks([tokens], n_components, threshold, method)[0]
 
 
 def _relabel(raw: np.ndarray) -> np.ndarray:
@@ -133,11 +158,11 @@ def kmeans_parts(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def decompose_together(tokens: list[np.ndarray], method: str = "pca", n_concepts: int = 5, foreground: bool = True,
-                       threshold: float = 0.5, seed: int = 0) -> list[Decomposition]:
+                       threshold: float = 0.5, seed: int = 0, foreground_method: str = "graph") -> list[Decomposition]:
     """Several images' (gh, gw, D) tokens decomposed with one PCA / one k-means over all of them (the
     authors' setting for a set of images of one class); concept ids are then renumbered per image."""
     d = tokens[0].shape[-1]
-    fgs = (foreground_masks(tokens, n_concepts, threshold) if foreground
+    fgs = (foreground_masks(tokens, n_concepts, threshold, foreground_method) if foreground
            else [np.ones(t.shape[:2], dtype=bool) for t in tokens])
     fg_feats = np.concatenate([t.reshape(-1, d)[fg.ravel()] for t, fg in zip(tokens, fgs)]).astype(np.float64)
     parts = pca_parts(fg_feats, n_concepts) if method == "pca" else kmeans_parts(fg_feats, n_concepts, seed)
@@ -153,6 +178,6 @@ def decompose_together(tokens: list[np.ndarray], method: str = "pca", n_concepts
 
 
 def decompose(tokens: np.ndarray, method: str = "pca", n_concepts: int = 5, foreground: bool = True,
-              threshold: float = 0.5, seed: int = 0) -> Decomposition:
+              threshold: float = 0.5, seed: int = 0, foreground_method: str = "graph") -> Decomposition:
     """Split one image's (gh, gw, D) patch tokens into at most `n_concepts` visual concepts."""
-    return decompose_together([tokens], method, n_concepts, foreground, threshold, seed)[0]
+    return decompose_together([tokens], method, n_concepts, foreground, threshold, seed, foreground_method)[0]

@@ -149,7 +149,7 @@ class MutualExplainer:
     def _decompose(self, tokens: list[np.ndarray]):
         s = self.settings
         return decompose_together(tokens, s.decomposition, s.n_concepts, s.foreground, s.foreground_threshold,
-                                  s.kmeans_seed)
+                                  s.kmeans_seed, s.foreground_method)
 
     def explain(self, pixels: np.ndarray, image_path: str = "", faithfulness: bool = False,
                 sha256: str = "") -> MutualExplanation:

@@ -22,6 +22,7 @@ class MutualSettings:
     decomposition: str = "pca"        # "pca" (eigendecomposition of the patch covariance) or "kmeans" (code)
     n_concepts: int = 5               # K visual concepts (ours: the authors' notebook value is not public)
     foreground: bool = True           # split off the foreground first, as the code does (code)
+    foreground_method: str = "graph"  # "graph" (affinity eigenvectors, the paper's ablation winner) or "pca" (code)
     foreground_threshold: float = 0.5  # on the min-max scaled first principal component (ours)
     initial_topk: int = 100           # descriptors kept per visual concept before the intersection (code)
     topk: int = 3                     # textual concepts per visual concept (code)
@@ -35,6 +36,8 @@ class MutualSettings:
     def __post_init__(self):
         if self.decomposition not in DECOMPOSITIONS:
             raise UsageError(f"unknown decomposition {self.decomposition!r}; choose one of: {', '.join(DECOMPOSITIONS)}.")
+        if self.foreground_method not in ("graph", "pca"):
+            raise UsageError(f"unknown foreground method {self.foreground_method!r}; choose graph or pca.")
         for name in ("n_concepts", "initial_topk", "topk", "language_topk", "sinkhorn_iters"):
             if int(getattr(self, name)) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)}).")
