@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, query_output
-from convis_db.mutual.settings import DEFAULT_TEMPLATE, DECOMPOSITIONS
+from convis_db.mutual.settings import DECOMPOSITIONS, DEFAULT_TEMPLATE
 
 
 def method_options(f):
@@ -92,8 +93,6 @@ def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
 
 def _resolve_image(con, ref: str) -> str:
     """A stored image (id, path or sha256: its file is read again) or a file on disk."""
-    from pathlib import Path
-
     from convis_db.errors import NotFoundError
     from convis_db.store.image_store import get_image
 
@@ -133,8 +132,7 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     from convis_db.mutual.render import save_concepts_png
     from convis_db.mutual.service import explainer_for_database
     from convis_db.mutual.store import write_explanation
-    from convis_db.mutual.evaluate import read_labels_file
-    from convis_db.mutual.zeroshot import parse_labels
+    from convis_db.mutual.zeroshot import parse_labels, read_labels_file
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
@@ -144,8 +142,6 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
                                                      descriptors, store_bank=descriptors is not None,
                                                      progress=app.progress)
         decoded = read_image(path)
-        from pathlib import Path
-
         exp = explainer.explain(decoded.pixels, str(Path(path).absolute()), faithfulness, decoded.sha256)
         data = exp.as_dict()
         if store:
@@ -202,10 +198,10 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     from convis_db.cli.output import emit
     from convis_db.errors import UsageError
     from convis_db.models.device import resolve_device
-    from convis_db.mutual.evaluate import evaluate_mutual, labelled_images, read_labels_file
+    from convis_db.mutual.evaluate import evaluate_mutual, labelled_images
     from convis_db.mutual.service import explainer_for_database
     from convis_db.mutual.store import write_explanation
-    from convis_db.mutual.zeroshot import parse_labels
+    from convis_db.mutual.zeroshot import parse_labels, read_labels_file
 
     if (labels is None) == (labels_file is None):
         raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")

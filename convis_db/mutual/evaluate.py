@@ -67,25 +67,6 @@ class MutualReport:
                 "ignored_folders": self.ignored_folders}
 
 
-def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, str]]:
-    """(labels, {folder: label}). A JSON object of strings maps folder names to labels (ImageNet wnids
-    to class names, say); anything else is read by parse_labels and folders are matched by name."""
-    from convis_db.mutual.zeroshot import parse_labels
-
-    p = Path(path)
-    if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            data = None
-        if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
-            labels = list(dict.fromkeys(data.values()))
-            if len(labels) < 2:
-                raise UsageError(f"{p}: zero-shot classification needs at least two labels (got {len(labels)}).")
-            return labels, {str(k): v for k, v in data.items()}
-    return parse_labels(None, str(p)), {}
-
-
 def _norm(name: str) -> str:
     return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
 

@@ -11,7 +11,9 @@ authors' "weight dissection" of the zero-shot classifier's row).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -21,9 +23,6 @@ from convis_db.errors import UsageError
 def parse_labels(text: str | None = None, path: str | None = None) -> list[str]:
     """Labels from a comma-separated string or a file (one per line, '#' comments; or a JSON list /
     object whose keys are the labels, e.g. the authors' descriptor file)."""
-    import json
-    from pathlib import Path
-
     if (text is None) == (path is None):
         raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")
     if text is not None:
@@ -51,6 +50,23 @@ def parse_labels(text: str | None = None, path: str | None = None) -> list[str]:
     if dupes:
         raise UsageError(f"{source}: duplicate labels: {', '.join(dupes)}. List each class once.")
     return labels
+
+
+def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, str]]:
+    """(labels, {folder: label}). A JSON object of strings maps folder names to labels (ImageNet wnids
+    to class names, say); anything else is read by parse_labels and folders are matched by name."""
+    p = Path(path)
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            data = None
+        if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
+            labels = list(dict.fromkeys(data.values()))
+            if len(labels) < 2:
+                raise UsageError(f"{p}: zero-shot classification needs at least two labels (got {len(labels)}).")
+            return labels, {str(k): v for k, v in data.items()}
+    return parse_labels(None, str(p)), {}
 
 
 def check_templates(templates: Sequence[str]) -> list[str]:
