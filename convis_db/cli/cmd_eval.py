@@ -198,3 +198,9 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
         lines.extend(f"  {r['score']:<20s} {r['auroc']:.4f}  {r['mean_in']:10.4f}  {r['mean_out']:10.4f}" for r in rows)
     emit(Result(rows=payload["scores"], data=payload, text="\n".join(lines), notes=notes),
          "json" if as_json else "table")
+
+
+# Mutual knowledge (Sammani & Deligiannis): the command lives with the method's other CLI code.
+from convis_db.cli.cmd_mutual import eval_command as _mutual_eval  # noqa: E402
+
+command.add_command(_mutual_eval)
