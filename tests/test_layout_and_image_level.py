@@ -56,10 +56,11 @@ def tiny_parts(tiny_db: Path, tiny_spec):
 # =========================================================================== peaks and the border
 
 
-def _border_share_ratio(engine: ConceptEngine, images: list[np.ndarray], band: int) -> float:
-    """Share of the rank_sim maps' maxima (ties weighted equally) lying within `band` pixels of a
-    border, over the band's share of the area; 1 means no preference for the border."""
-    ratios = []
+def _border_share_ratios(engine: ConceptEngine, images: list[np.ndarray], band: int) -> dict[str, float]:
+    """Share of the rank_sim maps' maxima (ties weighted equally) lying within `band` pixels of the
+    borders, over that band's share of the area, for the band along all four borders and for the one
+    along the top and left borders only; 1 means no preference for the border."""
+    ratios: dict[str, list[float]] = {"all": [], "top_left": []}
     for pixels in images:
         img, grid = engine.working_image(pixels)
         counts = engine.ranker.rank(engine.encode_windows(img, grid), 1).rank_less.T.contiguous()
@@ -68,25 +69,31 @@ def _border_share_ratio(engine: ConceptEngine, images: list[np.ndarray], band: i
         full = np.repeat(np.repeat(means, ys.lengths, axis=1), xs.lengths, axis=2)
         h, w = full.shape[1:]
         yy, xx = np.mgrid[0:h, 0:w]
-        in_band = (yy < band) | (xx < band) | (yy >= h - band) | (xx >= w - band)
         at_max = full >= full.max(axis=(1, 2), keepdims=True) - 1e-12
-        share = ((at_max & in_band).sum(axis=(1, 2)) / at_max.sum(axis=(1, 2))).mean()
-        ratios.append(share / in_band.mean())
-    return float(np.mean(ratios))
+        bands = {"top_left": (yy < band) | (xx < band)}
+        bands["all"] = bands["top_left"] | (yy >= h - band) | (xx >= w - band)
+        for name, in_band in bands.items():
+            share = ((at_max & in_band).sum(axis=(1, 2)) / at_max.sum(axis=(1, 2))).mean()
+            ratios[name].append(share / in_band.mean())
+    return {name: float(np.mean(v)) for name, v in ratios.items()}
 
 
 def test_map_peaks_are_not_concentrated_in_the_border_band(tiny_parts):
     """Over random images with the tiny random model, the equal lattice puts about as many map peaks in
-    the 16-pixel border band as the band's share of the area; the old lattice put twice as many there."""
+    the 16-pixel border band as the band's share of the area (measured: 1.09x along all borders); the
+    old lattice, whose top and left pixels are averaged over fewer windows, put 1.8x as many there, and
+    2.6x along the top and left borders."""
     model, defs, levels, _ = tiny_parts
     rng = np.random.default_rng(2024)
     images = [_random_image(rng, 144, 176, blocky=bool(k % 2)) for k in range(8)]
     ratio = {}
     for layout in ("equal", "origin"):
         settings = Settings(max_pixels=144 * 176, stride=16, small=32, large=48, top_k=1, layout=layout)
-        ratio[layout] = _border_share_ratio(ConceptEngine(model, defs, levels, settings, batch_size=256), images, 16)
-    assert ratio["equal"] < 1.4, ratio
-    assert ratio["origin"] > 1.8, ratio
+        engine = ConceptEngine(model, defs, levels, settings, batch_size=256)
+        ratio[layout] = _border_share_ratios(engine, images, 16)
+    print("border share / area share:", ratio)
+    assert ratio["equal"]["all"] < 1.35 and ratio["equal"]["top_left"] < 1.35, ratio
+    assert ratio["origin"]["top_left"] > 2.0 and ratio["origin"]["all"] > 1.5, ratio
 
 
 # =========================================================================== image level, in a new database

@@ -7,7 +7,6 @@ answers for them too.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import duckdb
@@ -20,8 +19,6 @@ from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.db import rollback_quietly
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -52,13 +49,17 @@ _IMAGE_COLUMNS = ("image_id, sha256, path, model_id, width, height, work_width, 
 
 
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
-    """Whether the (possibly older, unmigrated) schema has this column."""
-    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+    """Whether the (possibly older, unmigrated) schema of this database file has this column."""
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+                       "AND database_name = current_database() AND schema_name = current_schema()",
                        [table, column]).fetchone()[0] > 0
 
 
 def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [table]).fetchone()[0] > 0
+    """Whether this database file has the table (schema 005's tables are missing from older files)."""
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? "
+                       "AND database_name = current_database() AND schema_name = current_schema()",
+                       [table]).fetchone()[0] > 0
 
 
 def _select_images(con: duckdb.DuckDBPyConnection, where: str, params: list):
