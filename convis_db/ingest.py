@@ -13,6 +13,7 @@ before the next one; a second one stops at once (the open transaction is rolled 
 from __future__ import annotations
 
 import dataclasses
+import dataclasses
 import logging
 import os
 import signal
@@ -252,7 +253,9 @@ class Ingestor:
         try:
             n_synsets = require_initialised(self.con, db_path)
             self.model_id, self.spec = self._choose_model(model, pretrained)
-            self.settings = self._choose_settings(settings, options)
+            if settings is not None:  # compared with the stored settings as it will be stored
+                settings = self._fit_top_k(settings, n_synsets, options)
+            self.settings = self._fit_top_k(self._choose_settings(settings, options), n_synsets, options)
             check_fits(self.settings, n_synsets)
         except BaseException:
             self.con.close()
@@ -330,6 +333,17 @@ class Ingestor:
             )
         return stored
 
+    @staticmethod
+    def _fit_top_k(settings: Settings, n_synsets: int, options: dict[str, int | None] | None) -> Settings:
+        """The default top-K (100) is cut to |T| for a small vocabulary, so the stored setting says how
+        many concepts each window really keeps (and regions_with_exact_above stays >= 0); a --top-k
+        the user asked for above |T| is refused by check_fits."""
+        asked = (options or {}).get("top_k") is not None or settings.top_k != Settings().top_k
+        if settings.top_k > n_synsets and not asked:
+            log.info("top-k %d cut to the %d concepts of T", settings.top_k, n_synsets)
+            return dataclasses.replace(settings, top_k=n_synsets)
+        return settings
+
     def engine(self) -> ConceptEngine:
         if self._engine is None:
             loaded = load_model(self.spec, self.device)
@@ -390,10 +404,10 @@ class Ingestor:
         t0 = time.perf_counter()
         todo = images_without_image_level(self.con)
         report = IngestReport(model=self.spec.label, settings=self.settings.as_dict())
-        with self.progress("Image-level scores", len(todo), "img") as tick, _StopOnSigint() as stop:
+        with self.progress("Image-level scores", len(todo), "img") as tick, _StopOnSignal() as stop:
             for image in todo:
                 if stop.requested.is_set():
-                    report.interrupted = True
+                    report.interrupted, report.stopped_by = True, stop.signal_name
                     break
                 report.outcomes.append(self._backfill_one(image))
                 tick(1)

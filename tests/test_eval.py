@@ -642,9 +642,9 @@ def eval_db(tmp_path_factory, tiny_spec) -> Path:
 
 
 def _offset(db: Path, name: str) -> int:
-    import duckdb
+    from convis_db.store.db import connect  # the same configuration as the test's open connection
 
-    con = duckdb.connect(str(db), read_only=True)
+    con = connect(db)
     try:
         return con.execute("SELECT wn_offset FROM synsets WHERE name = ?", [name]).fetchone()[0]
     finally:

@@ -236,16 +236,12 @@ def _schema_004_copy(source: Path, target: Path) -> None:
             con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                         [m.version, m.name, m.checksum])
     con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
+    # Each table keeps the columns it had at schema 004 (later migrations add columns to some).
     for table in ("vocabulary", "synsets", "isa_edges", "closure", "models", "definition_embeddings", "windows",
-                  "window_concepts", "ingest_failures"):
-        con.execute(f"INSERT INTO {table} SELECT * FROM src.{table}")
-    old_columns = {
-        "images": "image_id, sha256, path, model_id, width, height, work_width, work_height, scale, stride, small, "
-                  "large, max_pixels, top_k, grid_rows, grid_cols, n_windows, ingested_at",
-        "image_scores": "image_id, synset_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y",
-        "concept_index": "synset_id, image_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y",
-    }
-    for table, cols in old_columns.items():
+                  "window_concepts", "ingest_failures", "images", "image_scores", "concept_index"):
+        cols = ", ".join(r[0] for r in con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
+            "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall())
         con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM src.{table}")
     con.execute("DELETE FROM concept_index_state")
     con.execute("INSERT INTO concept_index_state SELECT * FROM src.concept_index_state")
