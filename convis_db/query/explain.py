@@ -10,6 +10,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 
+from convis_db.engine.pixels import original_point
 from convis_db.store.image_store import StoredImage, get_image
 
 ROOT = "entity.n.01"
@@ -48,8 +49,8 @@ class ImageTree:
         s = self.image.scale
         return {"synset": self.names[sid], "synset_id": sid, "score": float(self.score[sid]),
                 "self_score": float(self.self_score[sid]),
-                "peak_x": int(round((self.peak[sid, 0] + 0.5) * s - 0.5)),
-                "peak_y": int(round((self.peak[sid, 1] + 0.5) * s - 0.5)),
+                "peak_x": original_point(self.peak[sid, 0], s),
+                "peak_y": original_point(self.peak[sid, 1], s),
                 "n_children": len(self.children[sid])}
 
     def ranked_children(self, sid: int) -> list[int]:

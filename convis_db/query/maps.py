@@ -12,6 +12,7 @@ import torch
 
 from convis_db.engine.explainer import ConceptEngine, ConceptMapper
 from convis_db.engine.images import read_image
+from convis_db.engine.pixels import original_point
 from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
@@ -46,7 +47,7 @@ class ConceptMap:
         """Value and location of the first maximum in row-major order, in working and original pixels."""
         y, x = np.unravel_index(int(np.argmax(self.saliency)), self.saliency.shape)
         return {"score": float(self.saliency[y, x]), "x": int(x), "y": int(y),
-                "x_orig": int(round((x + 0.5) * self.scale - 0.5)), "y_orig": int(round((y + 0.5) * self.scale - 0.5))}
+                "x_orig": original_point(x, self.scale), "y_orig": original_point(y, self.scale)}
 
     def original_pixels(self) -> np.ndarray:
         return read_image(self.image_path).pixels

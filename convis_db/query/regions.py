@@ -12,6 +12,7 @@ import duckdb
 import numpy as np
 from scipy import ndimage
 
+from convis_db.engine.pixels import original_box
 from convis_db.query.maps import ConceptMap, MapService
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import get_image
@@ -34,8 +35,7 @@ def regions_of_map(cmap: ConceptMap, min_score: float) -> list[dict]:
         out.append({
             "image_id": cmap.image_id, "path": cmap.image_path, "synset": cmap.synset,
             "score": float(peaks[i]),
-            "x0": int(np.floor(x0 * s)), "y0": int(np.floor(y0 * s)),
-            "x1": min(cmap.width, int(np.ceil(x1 * s))), "y1": min(cmap.height, int(np.ceil(y1 * s))),
+            **dict(zip(("x0", "y0", "x1", "y1"), original_box(x0, y0, x1, y1, s, cmap.width, cmap.height))),
             "area_fraction": float(areas[i]) / mask.size,
         })
     out.sort(key=lambda r: (-r["score"], -r["area_fraction"]))

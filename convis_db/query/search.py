@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import duckdb
 
+from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import has_column, image_level_counts
@@ -64,8 +65,7 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     order = f"{score} DESC, sc.{mapped} DESC, i.image_id" if by == "image" else f"sc.{mapped} DESC, i.image_id"
     rows = con.execute(
         f"""SELECT i.image_id, i.path, {score} AS score, sc.{mapped} AS map_score, {image_score} AS image_score,
-                   CAST(round((sc.{px} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_x,
-                   CAST(round((sc.{py} + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_y,
+                   {sql_original_point(f"sc.{px}")} AS peak_x, {sql_original_point(f"sc.{py}")} AS peak_y,
                    i.width, i.height
             FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
             WHERE {score} >= ?

@@ -33,6 +33,7 @@ import torch
 from PIL import Image
 
 from convis_db.engine.images import read_image
+from convis_db.engine.pixels import original_point
 from convis_db.engine.render import STYLES, render
 from convis_db.engine.saliency import full_map
 from convis_db.errors import ImageError, NotFoundError, UsageError
@@ -252,8 +253,8 @@ class Explorer:
         return {"synset": self.names[sid], "score": float(scores.score[sid]),
                 "self_score": float(scores.self_score[sid]),
                 "image_score": _level(scores.image_score[sid]), "image_self_score": _level(scores.image_self_score[sid]),
-                "peak_x": int(round((scores.peak[sid, 0] + 0.5) * s - 0.5)),
-                "peak_y": int(round((scores.peak[sid, 1] + 0.5) * s - 0.5)),
+                "peak_x": original_point(scores.peak[sid, 0], s),
+                "peak_y": original_point(scores.peak[sid, 1], s),
                 "definition": self.definitions[sid], "lemmas": self.lemmas[sid], "depth": self.index.depth[sid],
                 "n_children": len(self.index.children[sid])}
 
