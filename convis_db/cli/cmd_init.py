@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import click
 
-from convis_db.cli.context import App, device_option, model_options, pass_app
+from convis_db.cli.context import App, device_option, model_options, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.init_db import initialise
 from convis_db.models.device import resolve_device
+from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import resolve_model
 
 
 @click.command("init")
 @model_options()
 @device_option
+@precision_option
 @click.option("--vocab", default="physical-objects", show_default=True,
               help="physical-objects (the paper's 1980 words), all-nouns (every noun synset), or a word file.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Definitions per text-encoder batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def command(app: App, model: str, pretrained: str, device: str, vocab: str, batch_size: int, as_json: bool) -> None:
+def command(app: App, model: str, pretrained: str, device: str, precision: str, vocab: str, batch_size: int,
+            as_json: bool) -> None:
     """Build the WordNet hierarchy T and embed every definition with a CLIP model.
 
     Running it again with another model adds that model's embeddings; with the same arguments it
@@ -32,15 +35,20 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, batc
       convis-db --db x.duckdb init --model tests/data/tiny-clip.json --pretrained none --vocab words.txt
     """
     spec = resolve_model(model, pretrained)
-    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress)
+    dev = resolve_device(device)
+    report = initialise(app.db, vocab, spec, dev, batch_size=batch_size, progress=app.progress,
+                        precision=resolve_precision(precision, dev))
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
         notes.append(f"{len(report.missing_words)} vocabulary words have no WordNet noun sense: "
                      + ", ".join(report.missing_words))
+    if not report.embedded_definitions and report.definition_precision != report.precision:
+        notes.append(f"the stored definitions were embedded in {report.definition_precision} and are kept; "
+                     f"--precision {report.precision} applies to new embeddings (another --db to re-embed).")
     if report.is_random:
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
     text = (f"{report.db}: vocabulary {report.vocabulary}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
             f"{report.n_closure_pairs} closure pairs; model {report.model} (id {report.model_id}), "
-            f"{report.embedded_definitions} definitions embedded now.")
+            f"{report.embedded_definitions} definitions embedded now; definitions in {report.definition_precision}.")
     emit(Result(rows=[row], data=row, text=text, notes=notes), "json" if as_json else "table")

@@ -13,6 +13,7 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.migrations import has_column
 
 
 @dataclass
@@ -30,6 +31,7 @@ class StoredImage:
     grid_rows: int
     grid_cols: int
     n_windows: int
+    precision: str | None = None    # fp32 | bf16 | fp16 of the image encoder; None: written before schema 007
 
     @property
     def grid(self) -> WindowGrid:
@@ -41,16 +43,21 @@ _IMAGE_COLUMNS = ("image_id, sha256, path, model_id, width, height, work_width, 
                   "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows")
 
 
+def _image_columns(con: duckdb.DuckDBPyConnection) -> str:
+    """_IMAGE_COLUMNS and the precision (NULL in a database not yet migrated to schema 007)."""
+    return _IMAGE_COLUMNS + (", precision" if has_column(con, "images", "precision") else ", NULL")
+
+
 def _row_to_image(row) -> StoredImage:
     (image_id, sha, path, model_id, w, h, ww, wh, scale, max_pixels, stride, small, large, top_k,
-     rows, cols, n) = row
+     rows, cols, n, precision) = row
     return StoredImage(image_id, sha, path, model_id, w, h, ww, wh, scale,
                        Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k),
-                       rows, cols, n)
+                       rows, cols, n, precision)
 
 
 def find_by_sha(con: duckdb.DuckDBPyConnection, sha256: str) -> StoredImage | None:
-    row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 = ?", [sha256]).fetchone()
+    row = con.execute(f"SELECT {_image_columns(con)} FROM images WHERE sha256 = ?", [sha256]).fetchone()
     return _row_to_image(row) if row else None
 
 
@@ -58,17 +65,17 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
     """An image by id, by path (as given at ingest or absolute), or by sha256 prefix."""
     text = str(ref).strip()
     if text.isdigit():
-        row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE image_id = ?", [int(text)]).fetchone()
+        row = con.execute(f"SELECT {_image_columns(con)} FROM images WHERE image_id = ?", [int(text)]).fetchone()
         if row:
             return _row_to_image(row)
     import os
 
-    row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE path = ? OR path = ? ORDER BY image_id LIMIT 1",
+    row = con.execute(f"SELECT {_image_columns(con)} FROM images WHERE path = ? OR path = ? ORDER BY image_id LIMIT 1",
                       [text, os.path.abspath(text)]).fetchone()
     if row:
         return _row_to_image(row)
     if len(text) >= 8 and all(ch in "0123456789abcdef" for ch in text.lower()):
-        row = con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images WHERE sha256 LIKE ? || '%' LIMIT 1",
+        row = con.execute(f"SELECT {_image_columns(con)} FROM images WHERE sha256 LIKE ? || '%' LIMIT 1",
                           [text.lower()]).fetchone()
         if row:
             return _row_to_image(row)
@@ -87,18 +94,22 @@ def stored_profile(con: duckdb.DuckDBPyConnection) -> tuple[int, Settings] | Non
 
 
 def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: str, path: str, model_id: int,
-                settings: Settings) -> int:
-    """Insert the image, its windows, its concept scores and its windows' top concepts in one transaction."""
+                settings: Settings, precision: str | None = None) -> int:
+    """Insert the image, its windows, its concept scores and its windows' top concepts in one transaction.
+
+    `precision` is the image encoder's (fp32, bf16, fp16); ingest always gives it.
+    """
     g = exp.grid
     n_syn = exp.n_synsets
     con.execute("BEGIN TRANSACTION")
     try:
         image_id = con.execute(
             """INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
-                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
+                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows, precision)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
             [sha256, path, model_id, exp.width, exp.height, g.width, g.height, exp.scale, settings.stride,
-             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows],
+             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows,
+             precision],
         ).fetchone()[0]
         nw = g.n_windows
         widx = np.arange(nw, dtype=np.int32)

@@ -69,6 +69,13 @@ def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
     return dict(con.execute("SELECT version, name FROM schema_migrations").fetchall())
 
 
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether `table` has `column`: a read-only connection is not migrated, so a database written by
+    an older convis-db may lack a column added since (read it as NULL)."""
+    return con.execute("SELECT count(*) FROM information_schema.columns WHERE table_name = ? AND column_name = ?",
+                       [table, column]).fetchone()[0] > 0
+
+
 def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
     newest = max(m.version for m in available_migrations())
     applied = applied_versions(con)
