@@ -33,21 +33,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import make_images  # noqa: E402
-from common import header  # noqa: E402
+from bench_engine import make_images
+from common import header
 
-import convis_db.models.precision as precision_mod  # noqa: E402
-from convis_db.engine.explainer import ConceptEngine  # noqa: E402
-from convis_db.engine.images import read_image  # noqa: E402
-from convis_db.engine.settings import CPU_FAST, PAPER, Settings  # noqa: E402
-from convis_db.ingest import Ingestor  # noqa: E402
-from convis_db.init_db import initialise  # noqa: E402
-from convis_db.models.clip import load_model  # noqa: E402
-from convis_db.models.device import resolve_device  # noqa: E402
-from convis_db.models.registry import resolve_model  # noqa: E402
-from convis_db.store.db import connect  # noqa: E402
-from convis_db.store.hierarchy_store import descendant_ids, find_synset_name, load_hierarchy  # noqa: E402
-from convis_db.store.model_store import find_model_id, load_definition_embeddings  # noqa: E402
+import convis_db.models.precision as precision_mod
+from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.images import read_image
+from convis_db.engine.settings import CPU_FAST, PAPER, Settings
+from convis_db.ingest import Ingestor
+from convis_db.init_db import initialise
+from convis_db.models.clip import load_model
+from convis_db.models.device import resolve_device
+from convis_db.models.registry import resolve_model
+from convis_db.store.db import connect
+from convis_db.store.hierarchy_store import (
+    descendant_ids,
+    find_synset_name,
+    load_hierarchy,
+)
+from convis_db.store.model_store import find_model_id, load_definition_embeddings
 
 CACHE = Path(tempfile.gettempdir()) / "convis-bench-precision"
 PRESETS = {"cpu-fast": CPU_FAST, "paper": PAPER}
@@ -132,7 +136,7 @@ def cmd_compare(args, spec, device) -> None:
     levels = load_hierarchy(con).propagation_levels
     concepts = {c: descendant_ids(con, find_synset_name(con, c)) for c in ("dog.n.01", "animal.n.01", "entity.n.01")}
     con.close()
-    image = read_image(sorted((Path(__file__).resolve().parents[1] / "convis_db/resources/images").glob("*.jpg"))[0])
+    image = read_image(min((Path(__file__).resolve().parents[1] / "convis_db/resources/images").glob("*.jpg")))
     print(f"torch threads {torch.get_num_threads()}; native bf16 on this CPU: {precision_mod.cpu_has_native('bf16')}"
           f" (forced: {args.force}); image {image.width}x{image.height}; preset {args.preset}")
     runs = {}

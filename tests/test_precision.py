@@ -16,10 +16,10 @@ import duckdb
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_CONFIG
 from PIL import Image
 
 import convis_db.models.precision as precision_mod
-from conftest import TINY_CONFIG
 from convis_db.errors import UsageError
 from convis_db.models.precision import precision_label, resolve_precision
 
@@ -228,6 +228,8 @@ def test_database_from_schema_006_upgrades_and_still_answers(run_cli, tiny_db_co
     result = run_cli("--db", db, "map", "1", "dog.n.01", "--json")  # read-only: not migrated
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["precision"] == "unrecorded"
+    result = run_cli("--db", db, "stats", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["image_precisions"] == {"unrecorded": 1}
     assert run_cli("--db", db, "search", "dog.n.01", "--json").exit_code == 0
 
     result = run_cli("-q", "--db", db, "ingest", _stripes(tmp_path / "b.png"), "--json")  # writes: migrates
@@ -245,3 +247,5 @@ def test_database_from_schema_006_upgrades_and_still_answers(run_cli, tiny_db_co
         assert result.exit_code == 0 and json.loads(result.stdout)["precision"] == expected
     result = run_cli("--db", db, "search", "dog.n.01", "--json")
     assert result.exit_code == 0 and len(json.loads(result.stdout)) == 2
+    result = run_cli("--db", db, "stats", "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout)["image_precisions"] == {"unrecorded": 1, "fp32": 1}

@@ -40,8 +40,8 @@ def command(app: App, model, pretrained, device, precision, out_dir, preset, as_
             click.echo("demo: CPU preset (about 50,000-pixel images, stride 32) for a quick run; "
                        "use --preset paper for the paper's settings.", err=True)
     report = run_demo(app.db, model, pretrained, dev, out_dir, preset, app.progress, precision=precision)
-    lines = [f"database {report.db} (model {report.model} in {report.precision}, preset {report.preset}: "
-             f"{report.settings})"]
+    lines = [(f"database {report.db} (model {report.model} in {report.precision}, preset {report.preset}: "
+              f"{report.settings})")]
     for img in report.images:
         lines.append(f"\nimage {img['image_id']}: {img['path']}")
         for t in img["top_concepts"]:
