@@ -4,6 +4,7 @@
     python benchmarks/bench_precision.py overhead --preset paper --images 1
     python benchmarks/bench_precision.py compare --preset cpu-fast               # (2) bf16 vs fp32: speed, agreement
     python benchmarks/bench_precision.py init                                    # (3) 7,343 definitions per precision
+    python benchmarks/bench_precision.py variants                                # ways of running bf16 here
 
 (1) windows/s of `ingest` end to end (decode threads, cut + resize, encode, rank, aggregate, writer
     thread, concept index) over windows/s of a bare `encode_image_batch` loop on ready tensors of the
@@ -14,6 +15,7 @@
     max |delta| of one concept's map. Where the CPU has no native bf16, the library refuses bf16;
     `--force` lifts that refusal here to measure the slow path it protects users from.
 (3) encode_text of every definition of the physical-objects T, per precision (same forcing).
+`variants`: one forward in fp32, autocast bf16, model.to(bfloat16) and autocast fp16, to see why.
 
 Defaults: ViT-B-32 with seeded random weights (`--pretrained none`): the same cost as real weights;
 agreement with real weights may differ.
@@ -126,6 +128,7 @@ def full_rank_less(emb: np.ndarray, defs: np.ndarray) -> np.ndarray:
 
 
 def cmd_compare(args, spec, device) -> None:
+    native = precision_mod.cpu_has_native(args.low)
     if args.force:
         force_low_precision()
     low = args.low
@@ -137,8 +140,8 @@ def cmd_compare(args, spec, device) -> None:
     concepts = {c: descendant_ids(con, find_synset_name(con, c)) for c in ("dog.n.01", "animal.n.01", "entity.n.01")}
     con.close()
     image = read_image(min((Path(__file__).resolve().parents[1] / "convis_db/resources/images").glob("*.jpg")))
-    print(f"torch threads {torch.get_num_threads()}; native bf16 on this CPU: {precision_mod.cpu_has_native('bf16')}"
-          f" (forced: {args.force}); image {image.width}x{image.height}; preset {args.preset}")
+    print(f"torch threads {torch.get_num_threads()}; native {args.low} on this CPU: {native} (forced: {args.force}); "
+          f"image {image.width}x{image.height}; preset {args.preset}")
     runs = {}
     for prec in ("fp32", low):
         model = load_model(spec, device, prec)
@@ -169,6 +172,7 @@ def cmd_compare(args, spec, device) -> None:
 
 
 def cmd_init(args, spec, device) -> None:
+    native = precision_mod.cpu_has_native("bf16")
     if args.force:
         force_low_precision()
     db = base_db(spec, device)
@@ -176,7 +180,7 @@ def cmd_init(args, spec, device) -> None:
     definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
     con.close()
     print(f"torch threads {torch.get_num_threads()}; {len(definitions)} definitions; "
-          f"native bf16 on this CPU: {precision_mod.cpu_has_native('bf16')} (forced: {args.force})")
+          f"native bf16 on this CPU: {native} (forced: {args.force})")
     sample = definitions[:: args.every] if args.every > 1 else definitions
     out = {}
     for prec in args.precisions.split(","):
@@ -195,9 +199,41 @@ def cmd_init(args, spec, device) -> None:
                 print(f"{prec} vs fp32 definition embeddings: min cosine {cos.min():.5f}, mean {cos.mean():.5f}")
 
 
+def cmd_variants(args, spec, device) -> None:
+    """Why low precision is slow or fast here: one forward of `--patches` patches per way of running it."""
+    import contextlib
+
+    print(f"torch threads {torch.get_num_threads()}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"oneDNN native bf16 {precision_mod.cpu_has_native('bf16')}, fp16 {precision_mod.cpu_has_native('fp16')}")
+    force_low_precision()
+    base = load_model(spec, device, "fp32")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.patches, 3, base.image_size, base.image_size, generator=g).to(device)
+    cast = load_model(spec, device, "fp32")
+    cast.model.to(torch.bfloat16)
+    ways = {
+        "fp32": (base.model, x, contextlib.nullcontext),
+        "autocast bf16 (what --precision bf16 runs)": (base.model, x,
+                                                        lambda: torch.autocast(device.type, dtype=torch.bfloat16)),
+        "model.to(bfloat16)": (cast.model, x.bfloat16(), contextlib.nullcontext),
+        "autocast fp16": (base.model, x, lambda: torch.autocast(device.type, dtype=torch.float16)),
+    }
+    ref = None
+    for name, (model, inputs, ctx) in ways.items():
+        with torch.inference_mode(), ctx():
+            model.encode_image(inputs[:1])  # warm-up
+            t = time.perf_counter()
+            feats = model.encode_image(inputs).float()
+            secs = time.perf_counter() - t
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        ref = feats if ref is None else ref
+        cos = float((feats * ref).sum(-1).min())
+        print(f"VARIANT {name}: {args.patches / secs:.2f} patches/s; min cosine to fp32 {cos:.5f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["overhead", "compare", "init"])
+    ap.add_argument("what", choices=["overhead", "compare", "init", "variants"])
     ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--model", default="ViT-B-32")
     ap.add_argument("--pretrained", default="none")
@@ -209,12 +245,14 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=6)
     ap.add_argument("--batch-size", type=int, default=128, help="windows per batch (ingest's CPU default)")
     ap.add_argument("--repeat", type=int, default=2, help="overhead: bare forwards before and after")
+    ap.add_argument("--patches", type=int, default=8, help="variants: patches per forward")
     ap.add_argument("--force", action="store_true", help="run bf16/fp16 on a CPU without native kernels")
     args = ap.parse_args()
     device = resolve_device(args.device)
     spec = resolve_model(args.model, args.pretrained)
     header(f"bench_precision {args.what}: model {spec.label}, device {device} (shared machine: compare ratios)")
-    {"overhead": cmd_overhead, "compare": cmd_compare, "init": cmd_init}[args.what](args, spec, device)
+    {"overhead": cmd_overhead, "compare": cmd_compare, "init": cmd_init,
+     "variants": cmd_variants}[args.what](args, spec, device)
 
 
 if __name__ == "__main__":
