@@ -90,7 +90,8 @@ class MapService:
         emb = engine.encode_windows(img, grid)
         saliency = engine.mapper.concept_map(emb, grid, ids)
         return ConceptMap(concept, sid, saliency, grid, decoded.width, decoded.height, None,
-                          str(Path(path).absolute()), "computed", only_self, engine.model.precision)
+                          str(Path(path).absolute()), "computed", only_self,
+                          getattr(engine.model, "precision", None))
 
     def for_ref(self, ref: str, concept: str, only_self: bool = False) -> ConceptMap:
         """IMAGE as a stored id/path/hash, else a file on disk."""
