@@ -1,15 +1,15 @@
 """Precision and the cost of the pipeline around the image encoder, measured as ratios in one process.
 
-    python benchmarks/bench_precision.py overhead --preset cpu-fast --images 6   # (1) engine in ingest / bare loop
-    python benchmarks/bench_precision.py overhead --preset paper --images 1
+    python benchmarks/bench_precision.py overhead --preset cpu-fast --images 3 --rounds 2  # (1) ingest / bare loop
+    python benchmarks/bench_precision.py overhead --preset paper --images 1 --rounds 1
     python benchmarks/bench_precision.py compare --preset cpu-fast               # (2) bf16 vs fp32: speed, agreement
     python benchmarks/bench_precision.py init                                    # (3) 7,343 definitions per precision
     python benchmarks/bench_precision.py variants                                # ways of running bf16 here
 
 (1) windows/s of `ingest` end to end (decode threads, cut + resize, encode, rank, aggregate, writer
     thread, concept index) over windows/s of a bare `encode_image_batch` loop on ready tensors of the
-    same batch size, same precision, same process; the bare loop runs before and after the ingest and
-    their mean is the reference, so load from other processes on a shared machine hits both.
+    same batch size, same precision, same process; bare forwards and ingests alternate in rounds, so
+    load from other processes on a shared machine hits both alike.
 (2) the engine on one image in fp32 and in bf16, side by side: encode-stage speed ratio, share of
     windows whose top-1 synset is unchanged, mean |delta rank_sim| over each window's fp32 top-100,
     max |delta| of one concept's map. Where the CPU has no native bf16, the library refuses bf16;
@@ -91,30 +91,42 @@ def bare_windows_per_s(model, batch: int, repeat: int) -> tuple[float, list[floa
 
 
 def cmd_overhead(args, spec, device) -> None:
+    """Rounds of [one bare forward of `batch` windows, then `ingest` of a group of images], in one
+    process: interleaving puts both under the same load on a shared machine."""
     settings = Settings(**PRESETS[args.preset])
     precision = precision_mod.resolve_precision(args.precision, device)
     work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
     db = work / "ingest.duckdb"
     shutil.copyfile(base_db(spec, device), db)
-    paths = make_images(work, args.images, np.random.default_rng(0))
+    paths = make_images(work, args.images * args.rounds, np.random.default_rng(0))
+    groups = [paths[i::args.rounds] for i in range(args.rounds)]
     print(f"torch threads {torch.get_num_threads()}; precision {precision}; batch {args.batch_size} windows "
-          f"({2 * args.batch_size} patches per forward); preset {args.preset} {settings.as_dict()}")
+          f"({2 * args.batch_size} patches per forward); preset {args.preset} {settings.as_dict()}; "
+          f"{args.rounds} rounds of {args.repeat} bare forward(s) + ingest of {args.images} images")
+    bare_w = bare_t = eng_w = eng_t = 0.0
+    stages: dict[str, float] = {}
     with Ingestor(db, device=device, settings=settings, batch_size=args.batch_size, precision=precision,
                   decode_threads=2) as ingestor:
         model = ingestor.engine().model            # the ingest's own model, loaded before the clock starts
         model.encode_image_batch(torch.zeros(4, 3, model.image_size, model.image_size, device=device))  # warm-up
-        before, tb = bare_windows_per_s(model, args.batch_size, args.repeat)
-        print(f"bare loop before: {before:.2f} windows/s  (forwards {', '.join(f'{t:.1f}' for t in tb)} s)")
-        t = time.perf_counter()
-        report = ingestor.run(paths)
-        ingest_secs = time.perf_counter() - t
-        after, ta = bare_windows_per_s(model, args.batch_size, args.repeat)
-        print(f"bare loop after:  {after:.2f} windows/s  (forwards {', '.join(f'{t:.1f}' for t in ta)} s)")
-    summary = report.summary()
-    bare = (before + after) / 2
-    eng = report.windows / ingest_secs
-    print(f"ingest: {summary['ingested']} images, {report.windows} windows in {ingest_secs:.1f} s = {eng:.2f} windows/s")
-    print("ingest stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in summary["stage_seconds"].items()))
+        for r, group in enumerate(groups, 1):
+            rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)
+            bare_w += args.batch_size * len(times)
+            bare_t += sum(times)
+            t = time.perf_counter()
+            report = ingestor.run(group)
+            secs = time.perf_counter() - t
+            eng_w += report.windows
+            eng_t += secs
+            for k, v in report.timings.items():
+                stages[k] = stages.get(k, 0.0) + v
+            print(f"round {r}: bare {rate:.2f} windows/s; ingest {report.count('ingested')} images, {report.windows} "
+                  f"windows in {secs:.1f} s = {report.windows / secs:.2f} windows/s")
+    bare, eng = bare_w / bare_t, eng_w / eng_t
+    print(f"bare loop: {bare_w:.0f} windows in {bare_t:.1f} s = {bare:.2f} windows/s")
+    print(f"ingest end to end: {eng_w:.0f} windows in {eng_t:.1f} s = {eng:.2f} windows/s")
+    print("ingest stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+          + f"; outside the encoder: {100 * (1 - stages.get('encode', 0.0) / eng_t):.1f}% of the ingest wall time")
     print(f"RATIO engine (ingest end to end) / bare encode loop = {eng / bare:.3f}   (target >= 0.9)")
     shutil.rmtree(work, ignore_errors=True)
 
@@ -242,9 +254,10 @@ def main() -> None:
     ap.add_argument("--low", default="bf16", choices=["bf16", "fp16"], help="compare: the precision set beside fp32")
     ap.add_argument("--precisions", default="fp32,bf16", help="init: precisions to time")
     ap.add_argument("--every", type=int, default=1, help="init: time every Nth definition only, scaled to all")
-    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--images", type=int, default=3, help="overhead: images ingested per round")
+    ap.add_argument("--rounds", type=int, default=2, help="overhead: rounds of bare forwards + ingest")
     ap.add_argument("--batch-size", type=int, default=128, help="windows per batch (ingest's CPU default)")
-    ap.add_argument("--repeat", type=int, default=2, help="overhead: bare forwards before and after")
+    ap.add_argument("--repeat", type=int, default=1, help="overhead: bare forwards per round")
     ap.add_argument("--patches", type=int, default=8, help="variants: patches per forward")
     ap.add_argument("--force", action="store_true", help="run bf16/fp16 on a CPU without native kernels")
     args = ap.parse_args()

@@ -172,6 +172,13 @@ def test_bf16_runs_on_cpu_is_recorded_and_agrees_with_fp32(run_cli, native_low_p
             con.close()
         result = run_cli("--db", tmp_path / f"{p}.duckdb", "map", "1", "dog.n.01", "--json")
         assert result.exit_code == 0 and json.loads(result.stdout)["precision"] == p
+    # A new file is encoded in the precision asked for now, whatever the stored images used.
+    new = _png(tmp_path / "new.png", 7)
+    for asked in ("fp32", "bf16"):
+        result = run_cli("--db", tmp_path / "fp32.duckdb", "map", new, "dog.n.01", "--json", "--precision", asked)
+        assert result.exit_code == 0, result.output
+        info = json.loads(result.stdout)
+        assert (info["source"], info["precision"]) == ("computed", asked)
 
     emb_bf16_differs = False
     for (img, e32, top32, s32), (_, elo, toplo, slo) in zip(stored["fp32"], stored["bf16"]):
