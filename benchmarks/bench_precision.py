@@ -91,8 +91,8 @@ def bare_windows_per_s(model, batch: int, repeat: int) -> tuple[float, list[floa
 
 
 def cmd_overhead(args, spec, device) -> None:
-    """Rounds of [one bare forward of `batch` windows, then `ingest` of a group of images], in one
-    process: interleaving puts both under the same load on a shared machine."""
+    """Rounds of [one bare forward of `batch` windows, then `ingest` of a group of images], and a closing
+    bare forward, in one process: interleaving puts both under the same load on a shared machine."""
     settings = Settings(**PRESETS[args.preset])
     precision = precision_mod.resolve_precision(args.precision, device)
     work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
@@ -122,6 +122,10 @@ def cmd_overhead(args, spec, device) -> None:
                 stages[k] = stages.get(k, 0.0) + v
             print(f"round {r}: bare {rate:.2f} windows/s; ingest {report.count('ingested')} images, {report.windows} "
                   f"windows in {secs:.1f} s = {report.windows / secs:.2f} windows/s")
+        rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)  # closing: bare, ingest, ..., bare
+        bare_w += args.batch_size * len(times)
+        bare_t += sum(times)
+        print(f"closing bare forward: {rate:.2f} windows/s")
     bare, eng = bare_w / bare_t, eng_w / eng_t
     print(f"bare loop: {bare_w:.0f} windows in {bare_t:.1f} s = {bare:.2f} windows/s")
     print(f"ingest end to end: {eng_w:.0f} windows in {eng_t:.1f} s = {eng:.2f} windows/s")
