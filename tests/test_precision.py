@@ -213,7 +213,7 @@ def test_init_again_keeps_stored_definitions_and_says_so(run_cli, native_low_pre
                      "--vocab", small_vocab_file, "--precision", "bf16")
     assert result.exit_code == 0, result.output
     assert "definitions in fp32" in result.stdout
-    assert "embedded in fp32 and are kept; --precision bf16 applies to new embeddings" in result.output
+    assert "definitions are kept (they were embedded in fp32); --precision bf16 applies to new" in result.output
 
 
 # --------------------------------------------------------------------------- schema 007

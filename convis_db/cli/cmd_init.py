@@ -44,8 +44,10 @@ def command(app: App, model: str, pretrained: str, device: str, precision: str, 
         notes.append(f"{len(report.missing_words)} vocabulary words have no WordNet noun sense: "
                      + ", ".join(report.missing_words))
     if not report.embedded_definitions and report.definition_precision != report.precision:
-        notes.append(f"the stored definitions were embedded in {report.definition_precision} and are kept; "
-                     f"--precision {report.precision} applies to new embeddings (another --db to re-embed).")
+        stored = ("their precision was not recorded (written before schema 007)" if report.definition_precision
+                  == "unrecorded" else f"they were embedded in {report.definition_precision}")
+        notes.append(f"the stored definitions are kept ({stored}); --precision {report.precision} applies to new "
+                     "embeddings (another --db to re-embed).")
     if report.is_random:
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
     text = (f"{report.db}: vocabulary {report.vocabulary}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
