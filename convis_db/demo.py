@@ -18,6 +18,7 @@ from convis_db.engine.render import render
 from convis_db.engine.settings import CPU_FAST, PAPER, Settings
 from convis_db.ingest import Ingestor
 from convis_db.init_db import initialise
+from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import resolve_model
 from convis_db.paths import sample_images_dir
 from convis_db.progress import Progress, no_progress
@@ -37,6 +38,7 @@ class DemoReport:
     settings: dict
     model: str
     hierarchy: str = ""
+    precision: str = ""
     images: list[dict] = field(default_factory=list)
     maps: list[str] = field(default_factory=list)
     ingest: dict = field(default_factory=dict)
@@ -52,20 +54,23 @@ def top_concepts(con, image_id: int, k: int = 5) -> list[dict]:
 
 
 def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir: str | Path,
-             preset: str = "auto", progress: Progress = no_progress, hierarchy: str | None = None) -> DemoReport:
+             preset: str = "auto", progress: Progress = no_progress, hierarchy: str | None = None,
+             precision: str | None = None) -> DemoReport:
+    precision = resolve_precision(precision, device)
     if preset == "auto":
         preset = "paper" if device.type == "cuda" else "cpu-fast"
     settings = Settings(**(PAPER if preset == "paper" else CPU_FAST))
     spec = resolve_model(model, pretrained)
-    init = initialise(db, "physical-objects", spec, device, progress=progress, hierarchy=hierarchy)
+    init = initialise(db, "physical-objects", spec, device, progress=progress, hierarchy=hierarchy,
+                      precision=precision)
     images = sorted(p for p in sample_images_dir().iterdir() if p.suffix.lower() in (".jpg", ".png"))
     with Ingestor(db, model=model, pretrained=pretrained, device=device, settings=settings,
-                  progress=progress) as ingestor:
+                  progress=progress, precision=precision) as ingestor:
         ingest_report = ingestor.run(images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     report = DemoReport(db=str(db), preset=preset, settings=settings.as_dict(), model=spec.label,
-                        hierarchy=init.hierarchy, ingest=ingest_report.summary())
+                        hierarchy=init.hierarchy, precision=precision, ingest=ingest_report.summary())
     con = connect(db)
     try:
         service = MapService(con, torch.device("cpu"))

@@ -34,6 +34,7 @@ from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError, DatabaseError, UsageError
 from convis_db.models.clip import load_model
+from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import ModelSpec, resolve_model
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import index_lacks_image_level, refresh_concept_index, reindex_from_scores
@@ -63,6 +64,7 @@ class IngestReport:
     interrupted: bool = False
     stopped_by: str | None = None   # SIGINT or SIGTERM when a signal stopped the run
     model: str = ""
+    precision: str = ""      # the image encoder's, recorded with every image ingested
     settings: dict = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -80,7 +82,8 @@ class IngestReport:
             "backfilled": self.count("backfilled"),
             "windows": self.windows, "seconds": round(self.seconds, 3),
             "images_per_s": round(self.count("ingested") / secs, 3), "windows_per_s": round(self.windows / secs, 1),
-            "interrupted": self.interrupted, "stopped_by": self.stopped_by, "model": self.model, "settings": self.settings,
+            "interrupted": self.interrupted, "stopped_by": self.stopped_by, "model": self.model,
+            "precision": self.precision, "settings": self.settings,
             "stage_seconds": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
@@ -236,15 +239,17 @@ class Ingestor:
 
     `settings` are complete settings to use; `options` are the settings options the user gave (None
     for one not given), completed from the database's stored settings when it has images, so that
-    repeating one of them is not mistaken for a change.
+    repeating one of them is not mistaken for a change. `precision` (None: the device's default) is
+    the image encoder's, recorded with each image.
     """
 
     def __init__(self, db_path: str | Path, *, model: str | None = None, pretrained: str | None = None,
                  device: torch.device, settings: Settings | None = None, batch_size: int = 128,
                  progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2,
-                 options: dict[str, int | None] | None = None):
+                 options: dict[str, int | None] | None = None, precision: str | None = None):
         self.db_path = str(db_path)
         self.device = device
+        self.precision = resolve_precision(precision, device)  # before opening: an impossible one changes nothing
         self.batch_size = batch_size
         self.progress = progress
         self.retry_failed = retry_failed
@@ -346,7 +351,7 @@ class Ingestor:
 
     def engine(self) -> ConceptEngine:
         if self._engine is None:
-            loaded = load_model(self.spec, self.device)
+            loaded = load_model(self.spec, self.device, self.precision)
             defs = load_definition_embeddings(self.con, self.model_id)
             levels = load_hierarchy(self.con).propagation_levels
             self._engine = ConceptEngine(loaded, defs, levels, self.settings, batch_size=self.batch_size)
@@ -356,7 +361,8 @@ class Ingestor:
     def run(self, inputs: Iterable[str | Path], recursive: bool = False) -> IngestReport:
         t0 = time.perf_counter()
         files, problems = collect_image_paths(inputs, recursive)
-        report = IngestReport(outcomes=list(problems), model=self.spec.label, settings=self.settings.as_dict())
+        report = IngestReport(outcomes=list(problems), model=self.spec.label, precision=self.precision,
+                              settings=self.settings.as_dict())
         previously_failed = set() if self.retry_failed else failed_paths(self.con)
         with self.progress("Ingesting", len(files), "img") as tick, _StopOnSignal() as stop, \
                 _PipelinedWriter(self.con) as writer:
@@ -524,7 +530,7 @@ class Ingestor:
             key, sha = outcome.path, image.sha256
             writer.submit(outcome, sha, exp, t0,
                           lambda cursor, exp=exp, sha=sha, key=key: write_image(cursor, exp, sha, key, self.model_id,
-                                                                                self.settings))
+                                                                                self.settings, self.precision))
 
     def _explain_alone(self, outcome: IngestOutcome, image: DecodedImage, t0: float):
         """explain_pixels for one image; a failure is recorded on its outcome (returns None)."""

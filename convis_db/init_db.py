@@ -10,11 +10,13 @@ import torch
 
 from convis_db.errors import DatabaseError
 from convis_db.models.clip import load_model
+from convis_db.models.precision import precision_label, resolve_precision
 from convis_db.models.registry import ModelSpec
 from convis_db.progress import Progress, no_progress
 from convis_db.store.db import connect
 from convis_db.store.hierarchy_store import stored_vocabulary, write_hierarchy
 from convis_db.store.model_store import (
+    definition_precision,
     find_model_id,
     has_definition_embeddings,
     register_model,
@@ -41,21 +43,27 @@ class InitReport:
     is_random: bool = False
     built_hierarchy: bool = False
     embedded_definitions: int = 0
+    precision: str = ""             # the precision asked for (resolved): used for definitions embedded now
+    definition_precision: str = ""  # the precision of the stored definitions ('unrecorded' before schema 007)
 
 
 def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: torch.device,
-               batch_size: int = 256, progress: Progress = no_progress, hierarchy: str | None = None) -> InitReport:
+               batch_size: int = 256, progress: Progress = no_progress, hierarchy: str | None = None,
+               precision: str | None = None) -> InitReport:
     """Create or extend a database. Idempotent: a second run with the same arguments changes nothing.
 
     `hierarchy` is how T is built ('reference', the authors' T, or 'extended'); None means the
-    default for a new database and whatever an existing one holds.
+    default for a new database and whatever an existing one holds. Definitions are embedded in
+    `precision` (None: the device's default) and it is recorded with them; definitions already
+    stored are kept as they are, whatever precision is asked for now.
     """
+    precision = resolve_precision(precision, device)  # before anything: an impossible one leaves no file
     vocab = load_vocabulary(vocab_spec)  # before creating anything: a bad --vocab leaves no file behind
     if hierarchy is not None:
         check_hierarchy_kind(hierarchy)
     # A new database needs the model: load it first, so that weights that cannot be had (offline)
     # fail before any file is made or any minute is spent on the hierarchy.
-    preloaded = None if Path(db_path).exists() else load_model(spec, device)
+    preloaded = None if Path(db_path).exists() else load_model(spec, device, precision)
     con = connect(db_path, write=True, create=True)
     try:
         stored = stored_vocabulary(con)
@@ -75,7 +83,7 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
                 f"{db_path} holds T built with --hierarchy {stored['hierarchy']}; one database holds one T. "
                 f"Drop --hierarchy {hierarchy} to use it, or build another --db with --hierarchy {hierarchy}."
             )
-        model_id, embedded = _ensure_model(con, spec, device, batch_size, progress, preloaded)
+        model_id, embedded = _ensure_model(con, spec, device, batch_size, progress, preloaded, precision)
         counts = con.execute(
             "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"
         ).fetchone()
@@ -84,28 +92,33 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
             db=str(db_path), vocabulary=vocab_row["name"], hierarchy=vocab_row["hierarchy"], n_synsets=counts[0], n_edges=counts[1],
             n_closure_pairs=counts[2], missing_words=list(vocab_row["missing_words"]), model=spec.label,
             model_id=model_id, is_random=spec.is_random, built_hierarchy=built, embedded_definitions=embedded,
+            precision=precision, definition_precision=precision_label(definition_precision(con, model_id)),
         )
     finally:
         con.close()
 
 
 def _ensure_model(con, spec: ModelSpec, device: torch.device, batch_size: int, progress: Progress,
-                  preloaded=None) -> tuple[int, int]:
+                  preloaded=None, precision: str = "fp32") -> tuple[int, int]:
     """Register the model and embed definitions if needed: (model_id, definitions embedded now)."""
     mid = find_model_id(con, spec)
     if mid is not None and has_definition_embeddings(con, mid):
+        stored = definition_precision(con, mid)
+        if stored != precision:
+            log.info("definitions of %s are kept as stored (%s); %s applies to new embeddings only",
+                     spec.label, precision_label(stored), precision)
         return mid, 0
-    loaded = preloaded or load_model(spec, device)
+    loaded = preloaded or load_model(spec, device, precision)
     definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
     with progress("Embedding definitions", len(definitions), "synsets") as tick:
         emb = loaded.encode_text(definitions, batch_size=batch_size, progress=tick)
     con.execute("BEGIN TRANSACTION")
     try:
         mid = register_model(con, loaded)
-        write_definition_embeddings(con, mid, emb)
+        write_definition_embeddings(con, mid, emb, loaded.precision)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    log.info("embedded %d definitions with %s", len(definitions), spec.label)
+    log.info("embedded %d definitions with %s in %s", len(definitions), spec.label, loaded.precision)
     return mid, len(definitions)

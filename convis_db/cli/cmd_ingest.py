@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
-from convis_db.cli.context import App, device_option, pass_app
+from convis_db.cli.context import App, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.engine.settings import CPU_FAST, PAPER
 from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
+from convis_db.models.precision import resolve_precision
 
 
 def settings_options(f):
@@ -38,11 +39,12 @@ def settings_options(f):
               help="Model to use (default: the database's). Env: CONVIS_MODEL.")
 @click.option("--pretrained", envvar="CONVIS_PRETRAINED", default=None, help="Weights of --model.")
 @device_option
+@precision_option
 @settings_options
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file outcomes and summary as JSON.")
 @pass_app
 def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image_level, model, pretrained, device,
-            preset, stride, small, large, max_pixels, top_k, as_json) -> None:
+            precision, preset, stride, small, large, max_pixels, top_k, as_json) -> None:
     """Explain images and store every concept's score, idempotently (files already stored are skipped).
 
     A file that cannot be used is recorded with its reason and the run goes on; it is tried again
@@ -63,9 +65,11 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         base = PAPER if preset == "paper" else CPU_FAST
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
     dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     batch_size = batch_size or (512 if dev.type == "cuda" else 128)
     with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
-                  batch_size=batch_size, progress=app.progress, retry_failed=retry_failed) as ingestor:
+                  batch_size=batch_size, progress=app.progress, retry_failed=retry_failed,
+                  precision=precision) as ingestor:
         if dev.type == "cpu" and ingestor.settings.stride == PAPER["stride"] and \
                 ingestor.settings.max_pixels == PAPER["max_pixels"] and not app.quiet:
             click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
@@ -86,7 +90,7 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         (f"image-level scores added to {summary['backfilled']} stored images; " if backfill_image_level else "")
         + f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
         f"{summary['windows']} windows in {summary['seconds']:.1f} s ({summary['windows_per_s']} windows/s, "
-        f"{summary['images_per_s']} images/s)" + ("; INTERRUPTED" if report.interrupted else ""))
+        f"{summary['images_per_s']} images/s, {summary['precision']})" + ("; INTERRUPTED" if report.interrupted else ""))
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
     if report.interrupted:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from convis_db.cli.context import App, device_option, model_options, pass_app
+from convis_db.cli.context import App, device_option, model_options, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.init_db import initialise
 from convis_db.models.device import resolve_device
+from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import resolve_model
 from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
 
@@ -15,6 +16,7 @@ from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
 @click.command("init")
 @model_options()
 @device_option
+@precision_option
 @click.option("--vocab", default="physical-objects", show_default=True,
               help="physical-objects (the paper's 1980 words), all-nouns (every noun synset), or a word file.")
 @click.option("--hierarchy", type=click.Choice(HIERARCHY_KINDS), default=None,
@@ -26,7 +28,8 @@ from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
               help="Definitions per text-encoder batch.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def command(app: App, model: str, pretrained: str, device: str, vocab: str, hierarchy: str | None, batch_size: int,
+def command(app: App, model: str, pretrained: str, device: str, precision: str, vocab: str, hierarchy: str | None,
+            batch_size: int,
             as_json: bool) -> None:
     """Build the WordNet hierarchy T and embed every definition with a CLIP model.
 
@@ -40,8 +43,9 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, hier
       convis-db --db x.duckdb init --model ViT-B-32 --pretrained openai --hierarchy extended
     """
     spec = resolve_model(model, pretrained)
-    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress,
-                        hierarchy=hierarchy)
+    dev = resolve_device(device)
+    report = initialise(app.db, vocab, spec, dev, batch_size=batch_size, progress=app.progress,
+                        hierarchy=hierarchy, precision=resolve_precision(precision, dev))
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
@@ -49,9 +53,14 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, hier
                      + ", ".join(report.missing_words)
                      + (" (--hierarchy extended normalises spellings such as 'hot dog' and finds more of them)"
                         if report.hierarchy == "reference" else ""))
+    if not report.embedded_definitions and report.definition_precision != report.precision:
+        stored = ("their precision was not recorded (written before schema 007)" if report.definition_precision
+                  == "unrecorded" else f"they were embedded in {report.definition_precision}")
+        notes.append(f"the stored definitions are kept ({stored}); --precision {report.precision} applies to new "
+                     "embeddings (another --db to re-embed).")
     if report.is_random:
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
     text = (f"{report.db}: vocabulary {report.vocabulary}, hierarchy {report.hierarchy}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
             f"{report.n_closure_pairs} closure pairs; model {report.model} (id {report.model_id}), "
-            f"{report.embedded_definitions} definitions embedded now.")
+            f"{report.embedded_definitions} definitions embedded now; definitions in {report.definition_precision}.")
     emit(Result(rows=[row], data=row, text=text, notes=notes), "json" if as_json else "table")

@@ -8,12 +8,13 @@ import click
 import numpy as np
 from PIL import Image
 
-from convis_db.cli.context import App, device_option, pass_app
+from convis_db.cli.context import App, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.cli.types import score_range
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
+from convis_db.models.precision import check_fp32_method, precision_label, resolve_precision
 from convis_db.query.maps import MapService
 
 
@@ -32,9 +33,11 @@ from convis_db.query.maps import MapService
 @click.option("--threshold", type=score_range(), default=0.0, show_default=True,
               help="Hide normalised values below this in the PNG.")
 @device_option
+@precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the map's summary as JSON.")
 @pass_app
-def command(app: App, image, concept, method, text, output, style, npy, only_self, threshold, device, as_json) -> None:
+def command(app: App, image, concept, method, text, output, style, npy, only_self, threshold, device, precision,
+            as_json) -> None:
     """Saliency map of CONCEPT on IMAGE: a stored image (id, path or sha256; no model run) or a new file.
 
     \b
@@ -49,20 +52,22 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
         raise UsageError(f"-o {output}: maps are written as PNG images; name the file .png (--npy writes raw values).")
     if npy and Path(npy).suffix.lower() != ".npy":
         raise UsageError(f"--npy {npy}: raw maps are written in numpy's .npy format; name the file .npy.")
+    dev = resolve_device(device)
     if method == "grad-eclip":
+        check_fp32_method(precision, "Grad-ECLIP")
         if only_self:
             raise UsageError("--only-self is a convis option; drop it with --method grad-eclip.")
-        return _grad_eclip(app, image, concept, text, output, style, npy, threshold, device, as_json)
+        return _grad_eclip(app, image, concept, text, output, style, npy, threshold, dev, as_json)
     if concept is None:
         raise UsageError("give the CONCEPT to map, a synset name such as dog.n.01.")
     if text is not None:
         raise UsageError("--text is for --method grad-eclip; a convis map is of a CONCEPT.")
     with app.reader() as con:
-        cmap = MapService(con, resolve_device(device)).for_ref(image, concept, only_self)
+        cmap = MapService(con, dev, resolve_precision(precision, dev)).for_ref(image, concept, only_self)
     _write_outputs(cmap.saliency, cmap.image_path, output, style, npy, threshold)
     info = {"image_id": cmap.image_id, "image": cmap.image_path, "synset": cmap.synset, "source": cmap.source,
             "only_self": cmap.only_self, "work_width": cmap.grid.width, "work_height": cmap.grid.height,
-            "peak": cmap.peak, "output": output, "npy": npy}
+            "peak": cmap.peak, "precision": precision_label(cmap.precision), "output": output, "npy": npy}
     text = (f"{cmap.synset} on {cmap.image_path} ({cmap.source}): peak {cmap.peak['score']:.4f} at "
             f"({cmap.peak['x_orig']}, {cmap.peak['y_orig']}) original pixels"
             + (f"; wrote {output}" if output else "") + (f"; wrote {npy}" if npy else ""))
@@ -91,7 +96,7 @@ def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, d
     from convis_db.explainers.grad_eclip import GradEclipService
 
     with app.reader() as con:
-        gmap = GradEclipService(con, resolve_device(device)).for_ref(image, concept, text)
+        gmap = GradEclipService(con, device).for_ref(image, concept, text)
     _write_outputs(gmap.saliency, gmap.image_path, output, style, npy, threshold)
     info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
             "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,

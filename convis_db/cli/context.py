@@ -60,6 +60,16 @@ def device_option(f):
                         help="Where CLIP runs: auto picks cuda when a GPU is visible.")(f)
 
 
+def precision_option(f):
+    """--precision auto|fp32|bf16|fp16, resolved with convis_db.models.precision.resolve_precision."""
+    from convis_db.models.precision import PRECISION_CHOICES
+
+    return click.option("--precision", type=click.Choice(PRECISION_CHOICES), default="auto", show_default=True,
+                        help="Number format CLIP computes in: auto is fp32 on a CPU, bf16 on CUDA (fp16 on a GPU "
+                             "without bf16). bf16/fp16 on a CPU need native support (AVX512-BF16, AMX). "
+                             "Recorded with what it produces.")(f)
+
+
 def configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     if quiet:

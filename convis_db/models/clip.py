@@ -1,7 +1,8 @@
 """Load an open_clip model and run its text and image encoders in batches.
 
 The engine only ever calls `encode_text` (definitions) and `encode_image_batch` (already cropped,
-resized and normalised patches on the device). Both return L2-normalised float32 embeddings.
+resized and normalised patches on the device). Both return L2-normalised float32 embeddings, computed
+in the model's precision (convis_db/models/precision.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from convis_db.errors import ModelError
+from convis_db.models.precision import precision_context, resolve_precision
 from convis_db.models.registry import RANDOM_SEED, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,11 @@ class LoadedModel:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     embed_dim: int
+    precision: str = "fp32"      # fp32 | bf16 | fp16, resolved for `device` (resolve_precision)
 
     def autocast(self):
-        """bf16 autocast on CUDA (fp16 where bf16 is unsupported); full precision on CPU."""
-        if self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
+        """The context both encoders run in: autocast to bf16/fp16, or nothing for fp32."""
+        return precision_context(self.precision, self.device)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], batch_size: int = 256,
@@ -127,9 +127,15 @@ def _quiet_loader_logs():
             lg.setLevel(level)
 
 
-def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
-    """Build the model; a tag that cannot be downloaded raises ModelError with the offline recipe."""
+def load_model(spec: ModelSpec, device: torch.device, precision: str | None = None) -> LoadedModel:
+    """Build the model; a tag that cannot be downloaded raises ModelError with the offline recipe.
+
+    `precision` is fp32, bf16, fp16, or None/'auto' for the device's default; one the device cannot
+    run is a UsageError before anything is loaded.
+    """
     import open_clip
+
+    precision = resolve_precision(precision, device)
 
     if spec.config_path:
         open_clip.add_model_config(spec.config_path)
@@ -165,4 +171,4 @@ def load_model(spec: ModelSpec, device: torch.device) -> LoadedModel:
     tokenizer = open_clip.get_tokenizer(spec.name)
     if spec.is_random:
         log.warning("model %s has random weights: every score it produces is meaningless", spec.name)
-    return LoadedModel(spec, model, tokenizer, device, size, mean, std, embed_dim)
+    return LoadedModel(spec, model, tokenizer, device, size, mean, std, embed_dim, precision)

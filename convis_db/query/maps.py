@@ -37,6 +37,7 @@ class ConceptMap:
     image_path: str
     source: str                     # "database" or "computed"
     only_self: bool = False
+    precision: str | None = None    # the image encoder's: the stored image's (None: unrecorded) or this run's
 
     @property
     def scale(self) -> float:
@@ -56,9 +57,10 @@ class ConceptMap:
 class MapService:
     """Computes maps against one database; keeps the definitions and (when needed) the model loaded."""
 
-    def __init__(self, con, device: torch.device | None = None):
+    def __init__(self, con, device: torch.device | None = None, precision: str | None = None):
         self.con = con
         self.device = device or torch.device("cpu")
+        self.precision = precision  # for new files only (None: the device's default); stored maps run no model
         self._mappers: dict[int, ConceptMapper] = {}
         self._engine: ConceptEngine | None = None
 
@@ -77,7 +79,7 @@ class MapService:
         emb = load_window_embeddings(self.con, image.image_id)
         saliency = self.mapper(image.model_id).concept_map(emb, image.grid, ids)
         return ConceptMap(concept, sid, saliency, image.grid, image.width, image.height, image.image_id,
-                          image.path, "database", only_self)
+                          image.path, "database", only_self, image.precision)
 
     def for_file(self, path: str | Path, concept: str, only_self: bool = False) -> ConceptMap:
         decoded = read_image(path)
@@ -90,7 +92,8 @@ class MapService:
         emb = engine.encode_windows(img, grid)
         saliency = engine.mapper.concept_map(emb, grid, ids)
         return ConceptMap(concept, sid, saliency, grid, decoded.width, decoded.height, None,
-                          str(Path(path).absolute()), "computed", only_self)
+                          str(Path(path).absolute()), "computed", only_self,
+                          getattr(engine.model, "precision", None))
 
     def for_ref(self, ref: str, concept: str, only_self: bool = False) -> ConceptMap:
         """IMAGE as a stored id/path/hash, else a file on disk."""
@@ -103,16 +106,17 @@ class MapService:
 
     def _model_engine(self) -> ConceptEngine:
         if self._engine is None:
-            self._engine, _ = engine_for_database(self.con, self.device)
+            self._engine, _ = engine_for_database(self.con, self.device, precision=self.precision)
         return self._engine
 
 
-def engine_for_database(con, device: torch.device, batch_size: int = 128) -> tuple[ConceptEngine, int]:
+def engine_for_database(con, device: torch.device, batch_size: int = 128,
+                        precision: str | None = None) -> tuple[ConceptEngine, int]:
     """The engine for new files: the model and settings of the stored images (one profile per
     database, its window layout included), else the database's model with the paper's settings and the
-    database's layout. Returns it with the model id."""
+    database's layout; its encoder in `precision` (None: the device's default). Returns it with the model id."""
     profile = stored_profile(con)
-    model_id, loaded = load_database_model(con, device)
+    model_id, loaded = load_database_model(con, device, precision)
     settings = profile[1] if profile else Settings(layout=database_layout(con))
     defs = load_definition_embeddings(con, model_id)
     engine = ConceptEngine(loaded, defs, load_hierarchy(con).propagation_levels, settings, batch_size=batch_size)

@@ -6,6 +6,9 @@ import os
 
 import duckdb
 
+from convis_db.models.precision import precision_label
+from convis_db.store.migrations import has_column
+
 COUNTED_TABLES = ("synsets", "isa_edges", "closure", "models", "definition_embeddings", "images", "windows",
                   "image_scores", "window_concepts", "image_embeddings", "ingest_failures")
 
@@ -35,6 +38,10 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
         # Images with the image-level scores of schema 005 (older images need ingest --backfill-image-level).
         out["images_with_image_level"] = out.get("image_embeddings", 0)
     if out.get("images"):
+        # The image encoder's precision per image ('unrecorded': ingested before schema 007).
+        column = "precision" if has_column(con, "images", "precision") else "NULL"  # one of two literals
+        out["image_precisions"] = {precision_label(p): n for p, n in con.execute(
+            f"SELECT {column} AS p, count(*) FROM images GROUP BY p ORDER BY p NULLS FIRST").fetchall()}
         # Rows per image, by construction: windows, |T| scores, windows x top_k concepts.
         out["windows_per_image"] = round(out["windows"] / out["images"], 1)
     return out

@@ -19,6 +19,7 @@ from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.db import rollback_quietly
+from convis_db.store.migrations import has_column, has_table
 
 
 @dataclass
@@ -36,6 +37,7 @@ class StoredImage:
     grid_rows: int
     grid_cols: int
     n_windows: int
+    precision: str | None = None    # fp32 | bf16 | fp16 of the image encoder; None: written before schema 007
 
     @property
     def grid(self) -> WindowGrid:
@@ -48,32 +50,21 @@ _IMAGE_COLUMNS = ("image_id, sha256, path, model_id, width, height, work_width, 
                   "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows, {layout}")
 
 
-def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
-    """Whether the (possibly older, unmigrated) schema of this database file has this column."""
-    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
-                       "AND database_name = current_database() AND schema_name = current_schema()",
-                       [table, column]).fetchone()[0] > 0
-
-
-def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    """Whether this database file has the table (schema 005's tables are missing from older files)."""
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? "
-                       "AND database_name = current_database() AND schema_name = current_schema()",
-                       [table]).fetchone()[0] > 0
-
-
 def _select_images(con: duckdb.DuckDBPyConnection, where: str, params: list):
-    """Rows of `images` (`where` is a fixed clause of the callers below): schema 005 and older ones."""
+    """Rows of `images` (`where` is a fixed clause of the callers below), for every schema: a file not
+    yet migrated reads as the 'origin' layout (before 005) and an unrecorded precision (before 007)."""
     layout = "layout" if has_column(con, "images", "layout") else "'origin' AS layout"
-    return con.execute(f"SELECT {_IMAGE_COLUMNS.format(layout=layout)} FROM images {where}", params).fetchone()
+    precision = "precision" if has_column(con, "images", "precision") else "NULL AS precision"
+    return con.execute(f"SELECT {_IMAGE_COLUMNS.format(layout=layout)}, {precision} FROM images {where}",
+                       params).fetchone()
 
 
 def _row_to_image(row) -> StoredImage:
     (image_id, sha, path, model_id, w, h, ww, wh, scale, max_pixels, stride, small, large, top_k,
-     rows, cols, n, layout) = row
+     rows, cols, n, layout, precision) = row
     settings = Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k,
                         layout=layout or "origin")
-    return StoredImage(image_id, sha, path, model_id, w, h, ww, wh, scale, settings, rows, cols, n)
+    return StoredImage(image_id, sha, path, model_id, w, h, ww, wh, scale, settings, rows, cols, n, precision)
 
 
 def find_by_sha(con: duckdb.DuckDBPyConnection, sha256: str) -> StoredImage | None:
@@ -130,9 +121,12 @@ def database_layout(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: str, path: str, model_id: int,
-                settings: Settings) -> int:
+                settings: Settings, precision: str | None = None) -> int:
     """Insert the image, its windows, its concept scores (map and image level), its image embedding and
-    its windows' top concepts in one transaction."""
+    its windows' top concepts in one transaction.
+
+    `precision` is the image encoder's (fp32, bf16, fp16); ingest always gives it.
+    """
     g = exp.grid
     if g.layout != settings.layout:
         raise DatabaseError(f"image {path} was explained with the {g.layout!r} window layout but the database "
@@ -142,11 +136,12 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
     try:
         image_id = con.execute(
             """INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
-                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows, layout)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
+                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows, layout,
+                                   precision)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
             [sha256, path, model_id, exp.width, exp.height, g.width, g.height, exp.scale, settings.stride,
              settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows,
-             g.layout],
+             g.layout, precision],
         ).fetchone()[0]
         nw = g.n_windows
         widx = np.arange(nw, dtype=np.int32)

@@ -69,6 +69,21 @@ def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
     return dict(con.execute("SELECT version, name FROM schema_migrations").fetchall())
 
 
+def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    """Whether `table` has `column`: a read-only connection is not migrated, so a database written by
+    an older convis-db may lack a column added since (read it as NULL)."""
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+                       "AND database_name = current_database() AND schema_name = current_schema()",
+                       [table, column]).fetchone()[0] > 0
+
+
+def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    """Whether this database file has the table (tables of later migrations are missing from older files)."""
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? "
+                       "AND database_name = current_database() AND schema_name = current_schema()",
+                       [table]).fetchone()[0] > 0
+
+
 def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
     newest = max(m.version for m in available_migrations())
     applied = applied_versions(con)

@@ -10,6 +10,7 @@ from convis_db.errors import DatabaseError, did_you_mean
 from convis_db.models.clip import LoadedModel
 from convis_db.models.registry import ModelSpec
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.migrations import has_column
 
 
 def find_model_id(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> int | None:
@@ -40,7 +41,9 @@ def register_model(con: duckdb.DuckDBPyConnection, loaded: LoadedModel) -> int:
     return int(row[0])
 
 
-def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, embeddings: np.ndarray) -> None:
+def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, embeddings: np.ndarray,
+                                precision: str | None = None) -> None:
+    """Store the (|T|, D) definition embeddings and the text encoder's precision (fp32, bf16, fp16)."""
     table = pa.table({
         "model_id": pa.array(np.full(len(embeddings), model_id, np.int32)),
         "synset_id": pa.array(np.arange(len(embeddings), dtype=np.int32)),
@@ -51,6 +54,16 @@ def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, e
         con.execute("INSERT INTO definition_embeddings SELECT * FROM _defemb")
     finally:
         con.unregister("_defemb")
+    if precision is not None:
+        con.execute("UPDATE models SET definition_precision = ? WHERE model_id = ?", [precision, model_id])
+
+
+def definition_precision(con: duckdb.DuckDBPyConnection, model_id: int) -> str | None:
+    """The precision that embedded a model's definitions; None when written before schema 007."""
+    if not has_column(con, "models", "definition_precision"):
+        return None
+    row = con.execute("SELECT definition_precision FROM models WHERE model_id = ?", [model_id]).fetchone()
+    return row[0] if row else None
 
 
 def has_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int) -> bool:
@@ -123,11 +136,12 @@ def spec_from_row(row: dict) -> ModelSpec:
                      config_json=row["config_json"], weights_sha256=row["weights_sha256"])
 
 
-def load_database_model(con: duckdb.DuckDBPyConnection, device) -> tuple[int, LoadedModel]:
-    """The model a database's maps use: the one its images were ingested with, else its only model."""
+def load_database_model(con: duckdb.DuckDBPyConnection, device, precision: str | None = None) -> tuple[int, LoadedModel]:
+    """The model a database's maps use: the one its images were ingested with, else its only model,
+    in `precision` (None: the device's default)."""
     from convis_db.models.clip import load_model
     from convis_db.store.image_store import stored_profile
 
     profile = stored_profile(con)
     model_id = profile[0] if profile else pick_model(con, None)
-    return model_id, load_model(spec_from_row(model_row(con, model_id)), device)
+    return model_id, load_model(spec_from_row(model_row(con, model_id)), device, precision)

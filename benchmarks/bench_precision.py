@@ -1,0 +1,276 @@
+"""Precision and the cost of the pipeline around the image encoder, measured as ratios in one process.
+
+    python benchmarks/bench_precision.py overhead --preset cpu-fast --images 3 --rounds 2  # (1) ingest / bare loop
+    python benchmarks/bench_precision.py overhead --preset paper --images 1 --rounds 1
+    python benchmarks/bench_precision.py compare --preset cpu-fast               # (2) bf16 vs fp32: speed, agreement
+    python benchmarks/bench_precision.py init                                    # (3) 7,343 definitions per precision
+    python benchmarks/bench_precision.py variants                                # ways of running bf16 here
+
+(1) windows/s of `ingest` end to end (decode threads, cut + resize, encode, rank, aggregate, writer
+    thread, concept index) over windows/s of a bare `encode_image_batch` loop on ready tensors of the
+    same batch size, same precision, same process; bare forwards and ingests alternate in rounds, so
+    load from other processes on a shared machine hits both alike.
+(2) the engine on one image in fp32 and in bf16, side by side: encode-stage speed ratio, share of
+    windows whose top-1 synset is unchanged, mean |delta rank_sim| over each window's fp32 top-100,
+    max |delta| of one concept's map. Where the CPU has no native bf16, the library refuses bf16;
+    `--force` lifts that refusal here to measure the slow path it protects users from.
+(3) encode_text of every definition of the physical-objects T, per precision (same forcing).
+`variants`: one forward in fp32, autocast bf16, model.to(bfloat16) and autocast fp16, to see why.
+
+Defaults: ViT-B-32 with seeded random weights (`--pretrained none`): the same cost as real weights;
+agreement with real weights may differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import make_images
+from common import header
+
+import convis_db.models.precision as precision_mod
+from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.images import read_image
+from convis_db.engine.settings import CPU_FAST, PAPER, Settings
+from convis_db.ingest import Ingestor
+from convis_db.init_db import initialise
+from convis_db.models.clip import load_model
+from convis_db.models.device import resolve_device
+from convis_db.models.registry import resolve_model
+from convis_db.store.db import connect
+from convis_db.store.hierarchy_store import (
+    descendant_ids,
+    find_synset_name,
+    load_hierarchy,
+)
+from convis_db.store.model_store import find_model_id, load_definition_embeddings
+
+CACHE = Path(tempfile.gettempdir()) / "convis-bench-precision"
+PRESETS = {"cpu-fast": CPU_FAST, "paper": PAPER}
+
+
+def force_low_precision() -> None:
+    """Let bf16/fp16 run on a CPU without native kernels (the library refuses them there)."""
+    precision_mod.cpu_has_native = lambda precision: True
+
+
+def base_db(spec, device) -> Path:
+    """A database with the physical-objects T and the model's fp32 definitions, built once and cached."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"{spec.name}-{spec.pretrained}.duckdb".replace("/", "_")
+    t0 = time.perf_counter()
+    report = initialise(path, "physical-objects", spec, device, precision="fp32")  # idempotent: resumes a killed build
+    if report.embedded_definitions:
+        print(f"INIT fp32 (built {path.name}): `init` {time.perf_counter() - t0:.1f} s end to end, hierarchy "
+              f"{'built' if report.built_hierarchy else 'stored'}, {report.embedded_definitions} definitions embedded")
+    return path
+
+
+def bare_windows_per_s(model, batch: int, repeat: int) -> tuple[float, list[float]]:
+    """Windows/s of encode_image_batch on ready patches: 2 x batch patches per forward."""
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randn(2 * batch, 3, model.image_size, model.image_size, generator=g).to(model.device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        model.encode_image_batch(patches)
+        if model.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return batch / float(np.median(times)), times
+
+
+def cmd_overhead(args, spec, device) -> None:
+    """Rounds of [one bare forward of `batch` windows, then `ingest` of a group of images], and a closing
+    bare forward, in one process: interleaving puts both under the same load on a shared machine."""
+    settings = Settings(**PRESETS[args.preset])
+    precision = precision_mod.resolve_precision(args.precision, device)
+    work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    db = work / "ingest.duckdb"
+    shutil.copyfile(base_db(spec, device), db)
+    paths = make_images(work, args.images * args.rounds, np.random.default_rng(0))
+    groups = [paths[i::args.rounds] for i in range(args.rounds)]
+    print(f"torch threads {torch.get_num_threads()}; precision {precision}; batch {args.batch_size} windows "
+          f"({2 * args.batch_size} patches per forward); preset {args.preset} {settings.as_dict()}; "
+          f"{args.rounds} rounds of {args.repeat} bare forward(s) + ingest of {args.images} images")
+    bare_w = bare_t = eng_w = eng_t = 0.0
+    stages: dict[str, float] = {}
+    with Ingestor(db, device=device, settings=settings, batch_size=args.batch_size, precision=precision,
+                  decode_threads=2) as ingestor:
+        model = ingestor.engine().model            # the ingest's own model, loaded before the clock starts
+        model.encode_image_batch(torch.zeros(4, 3, model.image_size, model.image_size, device=device))  # warm-up
+        for r, group in enumerate(groups, 1):
+            rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)
+            bare_w += args.batch_size * len(times)
+            bare_t += sum(times)
+            t = time.perf_counter()
+            report = ingestor.run(group)
+            secs = time.perf_counter() - t
+            eng_w += report.windows
+            eng_t += secs
+            for k, v in report.timings.items():
+                stages[k] = stages.get(k, 0.0) + v
+            print(f"round {r}: bare {rate:.2f} windows/s; ingest {report.count('ingested')} images, {report.windows} "
+                  f"windows in {secs:.1f} s = {report.windows / secs:.2f} windows/s")
+        rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)  # closing: bare, ingest, ..., bare
+        bare_w += args.batch_size * len(times)
+        bare_t += sum(times)
+        print(f"closing bare forward: {rate:.2f} windows/s")
+    bare, eng = bare_w / bare_t, eng_w / eng_t
+    print(f"bare loop: {bare_w:.0f} windows in {bare_t:.1f} s = {bare:.2f} windows/s")
+    print(f"ingest end to end: {eng_w:.0f} windows in {eng_t:.1f} s = {eng:.2f} windows/s")
+    print("ingest stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items())
+          + f"; outside the encoder: {100 * (1 - stages.get('encode', 0.0) / eng_t):.1f}% of the ingest wall time")
+    print(f"RATIO engine (ingest end to end) / bare encode loop = {eng / bare:.3f}   (target >= 0.9)")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def full_rank_less(emb: np.ndarray, defs: np.ndarray) -> np.ndarray:
+    """(W, n) |T| * rank_sim of every synset for every window, straight from the definition: the number
+    of synsets whose cosine is strictly smaller."""
+    z = emb.astype(np.float64) @ defs.astype(np.float64).T
+    sorted_z = np.sort(z, axis=1)
+    return np.stack([np.searchsorted(sorted_z[i], z[i], side="left") for i in range(len(z))])
+
+
+def cmd_compare(args, spec, device) -> None:
+    native = precision_mod.cpu_has_native(args.low)
+    if args.force:
+        force_low_precision()
+    low = args.low
+    settings = Settings(**PRESETS[args.preset])
+    db = base_db(spec, device)
+    con = connect(db)
+    defs = load_definition_embeddings(con, find_model_id(con, spec))
+    levels = load_hierarchy(con).propagation_levels
+    concepts = {c: descendant_ids(con, find_synset_name(con, c)) for c in ("dog.n.01", "animal.n.01", "entity.n.01")}
+    con.close()
+    image = read_image(min((Path(__file__).resolve().parents[1] / "convis_db/resources/images").glob("*.jpg")))
+    print(f"torch threads {torch.get_num_threads()}; native {args.low} on this CPU: {native} (forced: {args.force}); "
+          f"image {image.width}x{image.height}; preset {args.preset}")
+    runs = {}
+    for prec in ("fp32", low):
+        model = load_model(spec, device, prec)
+        engine = ConceptEngine(model, defs, levels, settings, batch_size=args.batch_size)
+        model.encode_image_batch(torch.zeros(4, 3, model.image_size, model.image_size, device=device))  # warm-up
+        t = time.perf_counter()
+        exp = engine.explain_pixels(image.pixels)
+        secs = time.perf_counter() - t
+        runs[prec] = (engine, exp, secs)
+        print(f"{prec}: {exp.grid.n_windows} windows, encode {exp.timings['encode']:.1f} s, total {secs:.1f} s "
+              f"({exp.grid.n_windows / exp.timings['encode']:.2f} windows/s in the encoder)")
+    (e32, x32, _), (elo, xlo, _) = runs["fp32"], runs[low]
+    speed = x32.timings["encode"] / xlo.timings["encode"]
+    top1 = float(np.mean(x32.top_ids[:, 0] == xlo.top_ids[:, 0]))
+    r32, rlo = full_rank_less(x32.embeddings, defs), full_rank_less(xlo.embeddings, defs)
+    n = defs.shape[0]
+    idx = x32.top_ids.astype(np.int64)
+    rows = np.arange(len(idx))[:, None]
+    mean_delta = float(np.mean(np.abs(r32[rows, idx] - rlo[rows, idx]))) / n
+    cos = float(np.min(np.sum(x32.embeddings * xlo.embeddings, axis=1)))
+    print(f"SPEED {low}/fp32 (encode stage) = {speed:.2f}x   (target >= 1.6x)")
+    print(f"AGREEMENT top-1 synset unchanged: {top1:.3f} of {len(idx)} windows; mean |delta rank_sim| over the fp32 "
+          f"top-{idx.shape[1]}: {mean_delta:.5f}; min cosine(fp32, {low}) of a window embedding: {cos:.5f}")
+    for c, ids in concepts.items():
+        m32 = e32.mapper.concept_map(x32.embeddings, x32.grid, ids)
+        mlo = elo.mapper.concept_map(xlo.embeddings, xlo.grid, ids)
+        print(f"MAP {c}: max |delta| {float(np.max(np.abs(m32 - mlo))):.5f} (map range {m32.min():.4f}..{m32.max():.4f})")
+
+
+def cmd_init(args, spec, device) -> None:
+    native = precision_mod.cpu_has_native("bf16")
+    if args.force:
+        force_low_precision()
+    db = base_db(spec, device)
+    con = connect(db)
+    definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
+    con.close()
+    print(f"torch threads {torch.get_num_threads()}; {len(definitions)} definitions; "
+          f"native bf16 on this CPU: {native} (forced: {args.force})")
+    sample = definitions[:: args.every] if args.every > 1 else definitions
+    out = {}
+    for prec in args.precisions.split(","):
+        model = load_model(spec, device, prec)
+        model.encode_text(definitions[:8])  # warm-up
+        t = time.perf_counter()
+        out[prec] = model.encode_text(sample, batch_size=256)
+        secs = time.perf_counter() - t
+        full = secs * len(definitions) / len(sample)
+        note = "" if len(sample) == len(definitions) else f" (every {args.every}th: {len(sample)} texts in {secs:.1f} s)"
+        print(f"INIT {prec}: encode_text of {len(definitions)} definitions {full:.1f} s{note}")
+    if "fp32" in out:
+        for prec, emb in out.items():
+            if prec != "fp32":
+                cos = np.sum(out["fp32"] * emb, axis=1)
+                print(f"{prec} vs fp32 definition embeddings: min cosine {cos.min():.5f}, mean {cos.mean():.5f}")
+
+
+def cmd_variants(args, spec, device) -> None:
+    """Why low precision is slow or fast here: one forward of `--patches` patches per way of running it."""
+    import contextlib
+
+    print(f"torch threads {torch.get_num_threads()}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+          f"oneDNN native bf16 {precision_mod.cpu_has_native('bf16')}, fp16 {precision_mod.cpu_has_native('fp16')}")
+    force_low_precision()
+    base = load_model(spec, device, "fp32")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(args.patches, 3, base.image_size, base.image_size, generator=g).to(device)
+    cast = load_model(spec, device, "fp32")
+    cast.model.to(torch.bfloat16)
+    ways = {
+        "fp32": (base.model, x, contextlib.nullcontext),
+        "autocast bf16 (what --precision bf16 runs)": (base.model, x,
+                                                        lambda: torch.autocast(device.type, dtype=torch.bfloat16)),
+        "model.to(bfloat16)": (cast.model, x.bfloat16(), contextlib.nullcontext),
+        "autocast fp16": (base.model, x, lambda: torch.autocast(device.type, dtype=torch.float16)),
+    }
+    ref = None
+    for name, (model, inputs, ctx) in ways.items():
+        with torch.inference_mode(), ctx():
+            model.encode_image(inputs[:1])  # warm-up
+            t = time.perf_counter()
+            feats = model.encode_image(inputs).float()
+            secs = time.perf_counter() - t
+        feats = torch.nn.functional.normalize(feats, dim=-1)
+        ref = feats if ref is None else ref
+        cos = float((feats * ref).sum(-1).min())
+        print(f"VARIANT {name}: {args.patches / secs:.2f} patches/s; min cosine to fp32 {cos:.5f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["overhead", "compare", "init", "variants"])
+    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--pretrained", default="none")
+    ap.add_argument("--preset", default="cpu-fast", choices=list(PRESETS))
+    ap.add_argument("--precision", default="auto", help="overhead: the precision of both loops")
+    ap.add_argument("--low", default="bf16", choices=["bf16", "fp16"], help="compare: the precision set beside fp32")
+    ap.add_argument("--precisions", default="fp32,bf16", help="init: precisions to time")
+    ap.add_argument("--every", type=int, default=1, help="init: time every Nth definition only, scaled to all")
+    ap.add_argument("--images", type=int, default=3, help="overhead: images ingested per round")
+    ap.add_argument("--rounds", type=int, default=2, help="overhead: rounds of bare forwards + ingest")
+    ap.add_argument("--batch-size", type=int, default=128, help="windows per batch (ingest's CPU default)")
+    ap.add_argument("--repeat", type=int, default=1, help="overhead: bare forwards per round")
+    ap.add_argument("--patches", type=int, default=8, help="variants: patches per forward")
+    ap.add_argument("--force", action="store_true", help="run bf16/fp16 on a CPU without native kernels")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+    spec = resolve_model(args.model, args.pretrained)
+    header(f"bench_precision {args.what}: model {spec.label}, device {device} (shared machine: compare ratios)")
+    {"overhead": cmd_overhead, "compare": cmd_compare, "init": cmd_init,
+     "variants": cmd_variants}[args.what](args, spec, device)
+
+
+if __name__ == "__main__":
+    main()
