@@ -220,9 +220,15 @@ class Database:
         >>> db.stats()["images"]                                   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | Path, *, device: str | torch.device = "auto", write: bool = False):
+    def __init__(self, path: str | Path, *, device: str | torch.device = "auto", precision: str | None = None,
+                 write: bool = False):
+        from convis_db.models.precision import resolve_precision
+
         self.path = Path(path).expanduser()
         self.device = _device(device)
+        #: The encoder's precision for what runs a model here (ingest, maps of new files): fp32, bf16
+        #: or fp16, resolved once (None/"auto": fp32 on CPU, bf16 on CUDA).
+        self.precision = resolve_precision(precision, self.device)
         self.writable = write
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
@@ -256,11 +262,12 @@ class Database:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<convis_db.Database {self.path} ({'read-write' if self.writable else 'read-only'}, {self.device})>"
+        mode = "read-write" if self.writable else "read-only"
+        return f"<convis_db.Database {self.path} ({mode}, {self.device}, {self.precision})>"
 
     def _map_service(self) -> MapService:
         if self._maps is None:
-            self._maps = MapService(self.con, self.device)
+            self._maps = MapService(self.con, self.device, self.precision)
         return self._maps
 
     # -- writing -----------------------------------------------------------------------------
@@ -282,7 +289,7 @@ class Database:
         self.close()  # one process opens a file in one mode at a time: the writer needs it alone
         batch = batch_size or (512 if self.device.type == "cuda" else 128)
         with Ingestor(self.path, device=self.device, settings=settings, batch_size=batch,
-                      progress=_progress(progress), retry_failed=retry_failed) as ingestor:
+                      progress=_progress(progress), retry_failed=retry_failed, precision=self.precision) as ingestor:
             return ingestor.run(items, recursive=recursive)
 
     # -- queries -----------------------------------------------------------------------------
@@ -375,19 +382,21 @@ class Database:
         return database_stats(self.con, str(self.path))
 
 
-def open(path: str | Path, *, device: str | torch.device = "auto", write: bool = False) -> Database:  # noqa: A001
-    """Open an existing database: read-only unless `write=True` (needed by `ingest`).
+def open(path: str | Path, *, device: str | torch.device = "auto", precision: str | None = None,  # noqa: A001
+         write: bool = False) -> Database:
+    """Open an existing database: read-only unless `write=True` (needed by `ingest`). `device` and
+    `precision` are resolved once, as the CLI's --device and --precision.
 
     Example:
         >>> import convis_db
         >>> db = convis_db.open("photos.duckdb", device="cpu")     # doctest: +SKIP
     """
-    return Database(path, device=device, write=write)
+    return Database(path, device=device, precision=precision, write=write)
 
 
 def create(path: str | Path, *, model: str | None = None, pretrained: str | None = None,
            vocab: str = "physical-objects", hierarchy: str | None = None, device: str | torch.device = "auto",
-           batch_size: int = 256, progress: ProgressArg = False) -> Database:
+           precision: str | None = None, batch_size: int = 256, progress: ProgressArg = False) -> Database:
     """Create (or extend) a database: the WordNet hierarchy of `vocab` and the definition embeddings
     of `model`; returns it opened for writing. Idempotent, like `convis-db init`.
 
@@ -402,8 +411,12 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
 
     dev = _device(device)
     spec = resolve_model(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
-    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy)
-    return Database(path, device=dev, write=True)
+    from convis_db.models.precision import resolve_precision
+
+    resolved = resolve_precision(precision, dev)
+    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy,
+               precision=resolved)
+    return Database(path, device=dev, precision=resolved, write=True)
 
 
 __all__ = ["Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord", "Map", "Region", "SearchHit",

@@ -26,11 +26,13 @@ from convis_db.models.precision import precision_label, resolve_precision
 #: Small settings so every image has a few dozen windows.
 OPTS = ["--max-pixels", "6000", "--stride", "16", "--small", "32", "--large", "48", "--top-k", "5"]
 
-# Agreement of bf16 with fp32 (tiny random model; measured: min cosine 0.93, top-1 all equal, scores within
-# one rank step). Real weights may differ; docs/benchmarks.md has ViT-B-32 figures.
+# Agreement of bf16 with fp32 (tiny random model; measured: min cosine 0.93, scores within one rank step,
+# top-1 unchanged for 89% of windows: with the equal-coverage lattice the border windows are mostly the
+# mean-colour fill, whose best synsets are near ties). Real weights may differ; docs/benchmarks.md has
+# ViT-B-32 figures.
 MIN_WINDOW_COSINE = 0.85       # the worst window
 MIN_MEAN_COSINE = 0.97
-MIN_TOP1_SHARE = 0.9           # windows whose best synset is unchanged
+MIN_TOP1_SHARE = 0.85          # windows whose best synset is unchanged
 MAX_RANK_STEPS = 3             # |delta| of any stored score or map value, in units of 1 / |T|
 
 

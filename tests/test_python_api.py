@@ -102,3 +102,13 @@ def test_every_public_name_has_a_docstring_with_an_example():
         assert doc, name
         if callable(obj) and not isinstance(obj, type) or name in ("Database", "Map"):
             assert ">>>" in doc or "Example" in doc or "notebook" in doc, name
+
+
+def test_precision_is_resolved_once_like_the_cli(notebook):
+    folder, _ = notebook
+    with convis_db.open(folder / "notebook.duckdb", device="cpu") as db:
+        assert db.precision == "fp32"
+    with convis_db.open(folder / "notebook.duckdb", device="cpu", precision="bf16") as db:
+        assert db.precision == "bf16" and "bf16" in repr(db)
+    with pytest.raises(UsageError, match="--precision"):
+        convis_db.open(folder / "notebook.duckdb", device="cpu", precision="fp64")
