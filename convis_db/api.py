@@ -287,8 +287,7 @@ class Database:
             raise UsageError(f"{self.path} was opened read-only; open it with convis_db.open(path, write=True) to ingest.")
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
         self.close()  # one process opens a file in one mode at a time: the writer needs it alone
-        batch = batch_size or (512 if self.device.type == "cuda" else 128)
-        with Ingestor(self.path, device=self.device, settings=settings, batch_size=batch,
+        with Ingestor(self.path, device=self.device, settings=settings, batch_size=batch_size,
                       progress=_progress(progress), retry_failed=retry_failed, precision=self.precision) as ingestor:
             return ingestor.run(items, recursive=recursive)
 

@@ -29,7 +29,7 @@ import duckdb
 import torch
 
 from convis_db.engine.capacity import check_fits
-from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.explainer import ConceptEngine, default_batch_size
 from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError, DatabaseError, UsageError
@@ -244,13 +244,13 @@ class Ingestor:
     """
 
     def __init__(self, db_path: str | Path, *, model: str | None = None, pretrained: str | None = None,
-                 device: torch.device, settings: Settings | None = None, batch_size: int = 128,
+                 device: torch.device, settings: Settings | None = None, batch_size: int | None = None,
                  progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2,
                  options: dict[str, int | None] | None = None, precision: str | None = None):
         self.db_path = str(db_path)
         self.device = device
         self.precision = resolve_precision(precision, device)  # before opening: an impossible one changes nothing
-        self.batch_size = batch_size
+        self.batch_size = batch_size or default_batch_size(device)
         self.progress = progress
         self.retry_failed = retry_failed
         self.decode_threads = decode_threads

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from convis_db.cli.context import App, device_option, pass_app, precision_option
+from convis_db.cli.context import App, batch_size_option, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.cli.types import FiniteFloatRange
 from convis_db.errors import UsageError
@@ -56,11 +56,12 @@ def _random_weights_note(con) -> list[str]:
 @click.option("--tau-step", type=FiniteFloatRange(0.001, 0.5), default=0.01, show_default=True,
               help="Spacing of the threshold grid tau = 0, step, ..., < 1.")
 @device_option
+@batch_size_option
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report (every tau) as JSON.")
 @pass_app
 def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, only_self, text, iou_threshold,
-         tau_step, device, precision, as_json) -> None:
+         tau_step, device, batch_size, precision, as_json) -> None:
     """MaxBoxAcc and MaxBoxAccV2 of a method's maps on a CUB-200-2011 folder or a COCO instances JSON.
 
     MaxBoxAcc: the largest component's box, IoU >= --iou-threshold, best tau. MaxBoxAccV2 (Choe et
@@ -90,7 +91,7 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
     if text is not None and data.kind != "cub":
         raise UsageError("--text works with one concept (CUB); COCO categories use their synsets' definitions.")
     with app.reader() as con:
-        explainer = (convis_for_database(con, dev, only_self, precision=precision) if method == "convis"
+        explainer = (convis_for_database(con, dev, only_self, batch_size=batch_size, precision=precision) if method == "convis"
                      else grad_eclip_for_database(con, dev, text))
         report = evaluate_wsol(data, explainer, tau_step=tau_step, iou_threshold=iou_threshold, progress=app.progress)
         notes = _random_weights_note(con)
@@ -137,11 +138,12 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
                    "instead of one per window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="random_state of the IsolationForest and of the linear probe.")
 @device_option
+@batch_size_option
 @precision_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv, prompts, no_maps, seed, device,
-        precision, as_json) -> None:
+        batch_size, precision, as_json) -> None:
     """AUROC of in-distribution vs out-of-distribution test images: every column of the paper's Table I.
 
     \b
@@ -168,7 +170,7 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
     with app.reader() as con:
         labeller = WordNetLabeller(con, positive, negative)
         dev = resolve_device(device)
-        explainer = convis_for_database(con, dev, precision=resolve_precision(precision, dev))
+        explainer = convis_for_database(con, dev, batch_size=batch_size, precision=resolve_precision(precision, dev))
         explainer.prepare([positive])
         report = evaluate_ood(explainer, positive, train, test, labeller, negative=negative,
                               ignored_folders=[f"train/{d}" for d in ignored_train]

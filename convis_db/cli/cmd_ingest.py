@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from convis_db.cli.context import App, device_option, pass_app, precision_option
+from convis_db.cli.context import App, batch_size_option, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.engine.settings import CPU_FAST, PAPER
 from convis_db.ingest import Ingestor
@@ -29,8 +29,7 @@ def settings_options(f):
 @click.command("ingest")
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.option("-r", "--recursive", is_flag=True, help="Descend into folders.")
-@click.option("--batch-size", default=None, type=click.IntRange(1, 65536),
-              help="Windows per encoder batch, two patches each [128 on CPU, 512 on CUDA].")
+@batch_size_option
 @click.option("--retry-failed", is_flag=True, help="Try again files that failed in an earlier run.")
 @click.option("--backfill-image-level", is_flag=True,
               help="Add the image-level scores (one whole-image pass each) to stored images that lack them "
@@ -66,7 +65,6 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    batch_size = batch_size or (512 if dev.type == "cuda" else 128)
     with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
                   batch_size=batch_size, progress=app.progress, retry_failed=retry_failed,
                   precision=precision) as ingestor:

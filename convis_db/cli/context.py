@@ -55,6 +55,12 @@ def model_options(default_model: str | None = DEFAULT_MODEL, default_pretrained:
     return decorate
 
 
+def batch_size_option(f):
+    """--batch-size: windows per encoder batch (None: the engine's device-based default)."""
+    return click.option("--batch-size", default=None, type=click.IntRange(1, 65536),
+                        help="Windows per encoder batch, two patches each [128 on CPU, 512 on CUDA].")(f)
+
+
 def device_option(f):
     return click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                         help="Where CLIP runs: auto picks cuda when a GPU is visible.")(f)

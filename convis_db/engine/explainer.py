@@ -74,15 +74,21 @@ class Timer:
         return _Stage()
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Windows per encoder batch (two patches each) when none is asked for: the one place of this
+    default. 512 fills a GPU; on a CPU, 128 keeps the working set in cache with no loss of speed."""
+    return 512 if torch.device(device).type == "cuda" else 128
+
+
 class ConceptEngine:
     """Everything needed to explain images with one model against one hierarchy."""
 
     def __init__(self, model: LoadedModel, definitions: np.ndarray, levels: list, settings: Settings,
-                 batch_size: int = 128):
+                 batch_size: int | None = None):
         self.model = model
         self.settings = settings
-        self.batch_size = batch_size
         self.device = model.device
+        self.batch_size = batch_size or default_batch_size(self.device)
         self.ranker = SynsetRanker(definitions, self.device)
         self.propagator = Propagator(levels, self.device)
         self.n = self.ranker.n

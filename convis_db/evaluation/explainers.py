@@ -167,7 +167,7 @@ def database_stored_windows(con, model_id: int) -> StoredLookup:
     return lookup
 
 
-def convis_for_database(con, device: torch.device, only_self: bool = False, batch_size: int = 128,
+def convis_for_database(con, device: torch.device, only_self: bool = False, batch_size: int | None = None,
                         precision: str | None = None) -> ConVisExplainer:
     engine, model_id = engine_for_database(con, device, batch_size, precision)
     return ConVisExplainer(engine, database_concept_ids(con), only_self, database_stored_windows(con, model_id))

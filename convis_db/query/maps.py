@@ -110,7 +110,7 @@ class MapService:
         return self._engine
 
 
-def engine_for_database(con, device: torch.device, batch_size: int = 128,
+def engine_for_database(con, device: torch.device, batch_size: int | None = None,
                         precision: str | None = None) -> tuple[ConceptEngine, int]:
     """The engine for new files: the model and settings of the stored images (one profile per
     database, its window layout included), else the database's model with the paper's settings and the
