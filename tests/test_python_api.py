@@ -104,10 +104,16 @@ def test_every_public_name_has_a_docstring_with_an_example():
             assert ">>>" in doc or "Example" in doc or "notebook" in doc, name
 
 
-def test_precision_is_resolved_once_like_the_cli(notebook):
+def test_precision_is_resolved_once_like_the_cli(notebook, monkeypatch):
+    from convis_db.models import precision as precision_mod
+
     folder, _ = notebook
     with convis_db.open(folder / "notebook.duckdb", device="cpu") as db:
         assert db.precision == "fp32"
+    monkeypatch.setattr(precision_mod, "cpu_has_native", lambda precision: False)
+    with pytest.raises(UsageError, match="--precision bf16"):  # refused where the CPU has no bf16 kernels
+        convis_db.open(folder / "notebook.duckdb", device="cpu", precision="bf16")
+    monkeypatch.setattr(precision_mod, "cpu_has_native", lambda precision: True)
     with convis_db.open(folder / "notebook.duckdb", device="cpu", precision="bf16") as db:
         assert db.precision == "bf16" and "bf16" in repr(db)
     with pytest.raises(UsageError, match="--precision"):
