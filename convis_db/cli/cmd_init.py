@@ -18,9 +18,14 @@ from convis_db.models.registry import resolve_model
               help="physical-objects (the paper's 1980 words), all-nouns (every noun synset), or a word file.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Definitions per text-encoder batch.")
+@click.option("--embeddings", type=click.Choice(["float32", "float16", "none"]), default=None,
+              help="How window embeddings are stored [float32 for a new database]: float32 (maps from stored data "
+                   "equal the stored scores), float16 (half the bytes), none (no embeddings: maps of stored images "
+                   "are recomputed with the model from the image file). Scores and top-K are exact in all three.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
-def command(app: App, model: str, pretrained: str, device: str, vocab: str, batch_size: int, as_json: bool) -> None:
+def command(app: App, model: str, pretrained: str, device: str, vocab: str, batch_size: int, embeddings: str | None,
+            as_json: bool) -> None:
     """Build the WordNet hierarchy T and embed every definition with a CLIP model.
 
     Running it again with another model adds that model's embeddings; with the same arguments it
@@ -32,7 +37,8 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, batc
       convis-db --db x.duckdb init --model tests/data/tiny-clip.json --pretrained none --vocab words.txt
     """
     spec = resolve_model(model, pretrained)
-    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress)
+    report = initialise(app.db, vocab, spec, resolve_device(device), batch_size=batch_size, progress=app.progress,
+                        embeddings=embeddings)
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
@@ -42,5 +48,5 @@ def command(app: App, model: str, pretrained: str, device: str, vocab: str, batc
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
     text = (f"{report.db}: vocabulary {report.vocabulary}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
             f"{report.n_closure_pairs} closure pairs; model {report.model} (id {report.model_id}), "
-            f"{report.embedded_definitions} definitions embedded now.")
+            f"{report.embedded_definitions} definitions embedded now; window embeddings stored as {report.embeddings}.")
     emit(Result(rows=[row], data=row, text=text, notes=notes), "json" if as_json else "table")

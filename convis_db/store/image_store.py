@@ -86,52 +86,141 @@ def stored_profile(con: duckdb.DuckDBPyConnection) -> tuple[int, Settings] | Non
     return model_id, Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k)
 
 
+#: The tables one image's explanation fills, in insert order (images first: the others refer to it).
+#: write_image and the shard writer (store/shards.py) both take their rows from image_tables, so a
+#: table added here is stored by a plain ingest, written into shards and merged, with no other change.
+IMAGE_TABLES = ("images", "windows", "image_scores", "window_concepts")
+
+#: How window embeddings are stored (init --embeddings; schema/009_compact_storage.sql).
+EMBEDDING_CHOICES = ("float32", "float16", "none")
+
+
+class EmbeddingsNotStoredError(DatabaseError):
+    """The database keeps no window embeddings (init --embeddings none): maps need the model."""
+
+
+def embedding_storage(con: duckdb.DuckDBPyConnection) -> str:
+    """float32, float16 or none. A database from before schema 009 (or opened read-only before its
+    upgrade) has no storage_settings table: it stores float32."""
+    try:
+        row = con.execute("SELECT embeddings FROM storage_settings").fetchone()
+    except duckdb.CatalogException:
+        return "float32"
+    return row[0] if row else "float32"
+
+
+def set_embedding_storage(con: duckdb.DuckDBPyConnection, storage: str, db_path: str = "") -> bool:
+    """Record the storage choice; allowed while the database holds no images. True if it changed."""
+    if storage not in EMBEDDING_CHOICES:
+        raise DatabaseError(f"unknown --embeddings {storage!r}; valid: {', '.join(EMBEDDING_CHOICES)}.")
+    current = embedding_storage(con)
+    if storage == current:
+        return False
+    n = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    if n:
+        raise DatabaseError(
+            f"{db_path or 'the database'} stores window embeddings as {current} and already holds {n} images; "
+            f"one database keeps one choice. Drop --embeddings {storage}, or use another --db for it.")
+    con.execute("UPDATE storage_settings SET embeddings = ?", [storage])
+    return True
+
+
+def embedding_columns(matrix: np.ndarray, storage: str) -> dict[str, pa.Array]:
+    """The windows table's embedding column(s) for one storage choice: float32 as FLOAT[] (exact),
+    float16 as little-endian IEEE half bytes in a BLOB (DuckDB has no half type), none: nothing."""
+    if storage == "float32":
+        return {"embedding": matrix_to_list_array(matrix)}
+    if storage == "float16":
+        half = np.ascontiguousarray(matrix, dtype="<f2")
+        n, d = half.shape
+        fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n, [None, pa.py_buffer(half.tobytes())])
+        return {"embedding_f16": fixed.cast(pa.binary())}
+    if storage == "none":
+        return {}
+    raise DatabaseError(f"unknown embedding storage {storage!r}; valid: {', '.join(EMBEDDING_CHOICES)}.")
+
+
+def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, settings: Settings,
+                 image_id: int, storage: str = "float32") -> dict[str, pa.Table]:
+    """Every row the database stores for one image, per table (keys: IMAGE_TABLES), as Arrow tables.
+
+    Columns are matched to the tables by name, so a column left out takes its default (NULL, or
+    ingested_at's current_timestamp). Scores and top-K come from the float32 ranking whatever the
+    storage choice: only the window embeddings themselves are kept more compactly.
+    """
+    g = exp.grid
+    n_syn = exp.n_synsets
+    nw = g.n_windows
+    widx = np.arange(nw, dtype=np.int32)
+    images = pa.table({
+        "image_id": pa.array([image_id], pa.int32()), "sha256": [sha256], "path": [path],
+        "model_id": pa.array([model_id], pa.int32()), "width": pa.array([exp.width], pa.int32()),
+        "height": pa.array([exp.height], pa.int32()), "work_width": pa.array([g.width], pa.int32()),
+        "work_height": pa.array([g.height], pa.int32()), "scale": pa.array([exp.scale], pa.float64()),
+        "stride": pa.array([settings.stride], pa.int32()), "small": pa.array([settings.small], pa.int32()),
+        "large": pa.array([settings.large], pa.int32()), "max_pixels": pa.array([settings.max_pixels], pa.int32()),
+        "top_k": pa.array([settings.top_k], pa.int32()), "grid_rows": pa.array([g.rows], pa.int32()),
+        "grid_cols": pa.array([g.cols], pa.int32()), "n_windows": pa.array([nw], pa.int32()),
+    })
+    windows = pa.table({
+        "image_id": pa.array(np.full(nw, image_id, np.int32)),
+        "window_idx": widx,
+        "grid_row": (widx // g.cols).astype(np.int32),
+        "grid_col": (widx % g.cols).astype(np.int32),
+        "x0": exp.boxes[:, 0], "y0": exp.boxes[:, 1], "x1": exp.boxes[:, 2], "y1": exp.boxes[:, 3],
+        **embedding_columns(exp.embeddings, storage),
+    })
+    scores = pa.table({
+        "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
+        "synset_id": np.arange(n_syn, dtype=np.int32),
+        "score": exp.scores.score.astype(np.float64),
+        "peak_x": exp.scores.x, "peak_y": exp.scores.y,
+        "self_score": exp.self_scores.score.astype(np.float64),
+        "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
+    })
+    k = exp.top_ids.shape[1]
+    concepts = pa.table({
+        "image_id": pa.array(np.full(nw * k, image_id, np.int32)),
+        "window_idx": np.repeat(widx, k),
+        "k": np.tile(np.arange(1, k + 1, dtype=np.int16), nw),
+        "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
+        "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
+    })
+    return {"images": images, "windows": windows, "image_scores": scores, "window_concepts": concepts}
+
+
+def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> None:
+    """INSERT ... BY NAME each Arrow table's rows into the table of that name, in IMAGE_TABLES order
+    (names only from there). The caller holds the transaction."""
+    for name in IMAGE_TABLES:
+        rows = tables.get(name)
+        if rows is None:
+            continue
+        con.register("_rows", rows)
+        try:
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")  # name from the allowlist
+        finally:
+            con.unregister("_rows")
+    unknown = set(tables) - set(IMAGE_TABLES)
+    if unknown:
+        raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
+
+
+def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
+    """n new image ids from images' own sequence (what the column default would give)."""
+    if n <= 0:
+        return []
+    return [int(r[0]) for r in con.execute("SELECT nextval('image_id_seq') FROM range(?)", [n]).fetchall()]
+
+
 def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: str, path: str, model_id: int,
                 settings: Settings) -> int:
     """Insert the image, its windows, its concept scores and its windows' top concepts in one transaction."""
-    g = exp.grid
-    n_syn = exp.n_synsets
+    storage = embedding_storage(con)
     con.execute("BEGIN TRANSACTION")
     try:
-        image_id = con.execute(
-            """INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
-                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
-            [sha256, path, model_id, exp.width, exp.height, g.width, g.height, exp.scale, settings.stride,
-             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows],
-        ).fetchone()[0]
-        nw = g.n_windows
-        widx = np.arange(nw, dtype=np.int32)
-        windows = pa.table({
-            "image_id": pa.array(np.full(nw, image_id, np.int32)),
-            "window_idx": widx,
-            "grid_row": (widx // g.cols).astype(np.int32),
-            "grid_col": (widx % g.cols).astype(np.int32),
-            "x0": exp.boxes[:, 0], "y0": exp.boxes[:, 1], "x1": exp.boxes[:, 2], "y1": exp.boxes[:, 3],
-            "embedding": matrix_to_list_array(exp.embeddings),
-        })
-        scores = pa.table({
-            "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
-            "synset_id": np.arange(n_syn, dtype=np.int32),
-            "score": exp.scores.score.astype(np.float64),
-            "peak_x": exp.scores.x, "peak_y": exp.scores.y,
-            "self_score": exp.self_scores.score.astype(np.float64),
-            "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
-        })
-        k = exp.top_ids.shape[1]
-        concepts = pa.table({
-            "image_id": pa.array(np.full(nw * k, image_id, np.int32)),
-            "window_idx": np.repeat(widx, k),
-            "k": np.tile(np.arange(1, k + 1, dtype=np.int16), nw),
-            "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
-            "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
-        })
-        for name, table in (("windows", windows), ("image_scores", scores), ("window_concepts", concepts)):
-            con.register("_rows", table)
-            try:
-                con.execute(f"INSERT INTO {name} SELECT * FROM _rows")  # table names from the tuple above
-            finally:
-                con.unregister("_rows")
+        image_id = next_image_ids(con, 1)[0]
+        insert_tables(con, image_tables(exp, sha256, path, model_id, settings, image_id, storage))
         con.execute("DELETE FROM ingest_failures WHERE path = ?", [path])
         con.execute("COMMIT")
     except Exception:
@@ -141,10 +230,31 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
 
 
 def load_window_embeddings(con: duckdb.DuckDBPyConnection, image_id: int) -> np.ndarray:
-    tbl = fetch_arrow(con, "SELECT embedding FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id])
-    if tbl.num_rows == 0:
+    """(W, D) float32 window embeddings of a stored image, float16 ones read back as float32.
+
+    Raises EmbeddingsNotStoredError in a database made with init --embeddings none.
+    """
+    storage = embedding_storage(con)
+    if storage == "none":
+        raise EmbeddingsNotStoredError(
+            f"image {image_id}'s window embeddings are not stored (this database was made with "
+            "init --embeddings none): its maps need the model and the image file.")
+    column = "embedding" if storage == "float32" else "embedding_f16"  # from EMBEDDING_CHOICES only
+    tbl = fetch_arrow(con, f"SELECT {column} FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id])
+    if tbl.num_rows == 0 or tbl.column(column).null_count:
         raise DatabaseError(f"image {image_id} has no stored windows; the database may be damaged. Re-ingest it.")
-    return list_column_to_matrix(tbl.column("embedding"))
+    if storage == "float32":
+        return list_column_to_matrix(tbl.column(column))
+    return half_blobs_to_matrix(tbl.column(column))
+
+
+def half_blobs_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of equal-length float16 BLOBs -> (rows, dim) float32, without per-row Python work."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = arr.cast(pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return data.view("<f2").reshape(len(arr), -1).astype(np.float32)
 
 
 def record_failure(con: duckdb.DuckDBPyConnection, path: str, sha256: str | None, error: str) -> None:
