@@ -7,6 +7,7 @@ import click
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, emit
 from convis_db.engine.settings import CPU_FAST, PAPER
+from convis_db.errors import UsageError
 from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
 
@@ -36,10 +37,22 @@ def settings_options(f):
 @click.option("--pretrained", envvar="CONVIS_PRETRAINED", default=None, help="Weights of --model.")
 @device_option
 @settings_options
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool (one GPU per worker when the cluster has GPUs) "
+                   "writes Parquet shards, merged here. Needs pip install 'convis-db[ray]'.")
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray), e.g. auto or ray://head:10001 "
+                                              "[RAY_ADDRESS, else a local cluster].")
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the shards (--engine ray); on a cluster, storage every node reaches [DB.shards].")
+@click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Files per shard (--engine ray): the unit of work, written once and resumed whole.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray actors (--engine ray) [one per GPU, else one per two CPUs of the cluster].")
+@click.option("--no-merge", is_flag=True, help="Write shards only (--engine ray); merge later with convis-db merge.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file outcomes and summary as JSON.")
 @pass_app
 def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrained, device, preset, stride, small,
-            large, max_pixels, top_k, as_json) -> None:
+            large, max_pixels, top_k, engine, address, shards_dir, shard_size, workers, no_merge, as_json) -> None:
     """Explain images and store every concept's score, idempotently (files already stored are skipped).
 
     A file that cannot be used is recorded with its reason and the run goes on; it is tried again
@@ -56,6 +69,17 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     if preset:
         base = PAPER if preset == "paper" else CPU_FAST
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
+    if engine == "ray":
+        from convis_db.distributed.ray_ingest import ray_ingest  # imports Ray only here
+
+        report = ray_ingest(app.db, paths, recursive=recursive, shards_dir=shards_dir, address=address,
+                            shard_size=shard_size, workers=workers, batch_size=batch_size, model=model,
+                            pretrained=pretrained, options=options, retry_failed=retry_failed, merge=not no_merge,
+                            progress=app.progress)
+        _emit(report, as_json)
+        return
+    if address or shards_dir or no_merge or workers:
+        raise UsageError("--address, --shards, --workers and --no-merge belong to --engine ray.")
     dev = resolve_device(device)
     batch_size = batch_size or (512 if dev.type == "cuda" else 128)
     with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
@@ -65,6 +89,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
             click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
                        "--preset cpu-fast is about 20x lighter (on a new database).", err=True)
         report = ingestor.run(paths, recursive=recursive)
+    _emit(report, as_json)
+
+
+def _emit(report, as_json: bool) -> None:
     summary = report.summary()
     rows = [o.__dict__ for o in report.outcomes]
     text_lines = [f"{o.status:8s} {o.path}" + (f"  (image {o.image_id})" if o.image_id else "")
@@ -73,6 +101,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
         f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
         f"{summary['windows']} windows in {summary['seconds']:.1f} s ({summary['windows_per_s']} windows/s, "
         f"{summary['images_per_s']} images/s)" + ("; INTERRUPTED" if report.interrupted else ""))
+    if summary.get("engine") == "ray":
+        text_lines.append(f"shards: {summary['shards_total']} in {summary['shards_dir']}, {summary['shards_explained']} "
+                          f"explained now by {summary['workers']} workers, {summary['shards_reused']} finished before, "
+                          f"{summary['shards_merged_before']} merged before")
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
     if report.interrupted:
