@@ -134,6 +134,8 @@ def write_shard(shards_dir: str | Path, content: ShardContent, manifest: dict) -
             json.dump(body, fh)
             fh.flush()
             os.fsync(fh.fileno())
+        if final.exists() and not is_finished(final):  # a copy cut short on storage without atomic renames
+            shutil.rmtree(final, ignore_errors=True)
         try:
             os.rename(tmp, final)
         except OSError:
