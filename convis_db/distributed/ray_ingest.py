@@ -47,6 +47,22 @@ class RayUnavailableError(ConvisError):
     """Ray is not installed (it is an optional extra)."""
 
 
+class RayIngestError(ConvisError):
+    """A Ray worker failed (model not loadable on a node, shards folder not writable, ...)."""
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost error's first line (Ray nests the worker's traceback in its own message)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = str(exc).strip().splitlines()
+    for line in reversed(text):  # the worker's own "ErrorType: message" line comes last
+        line = line.strip()
+        if line and not line.startswith(("File ", "^", "Traceback")):
+            return line[:500]
+    return type(exc).__name__
+
+
 def require_ray():
     """The ray module, or a clear error naming the extra that installs it."""
     try:
@@ -203,6 +219,14 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
                 merge_ready()
             except KeyboardInterrupt:
                 report.interrupted = True
+            except ConvisError:
+                raise
+            except Exception as exc:  # a worker failed (Ray wraps its error): say so in one line, keep the work
+                if not type(exc).__module__.startswith("ray"):
+                    raise
+                raise RayIngestError(
+                    f"a Ray worker failed: {_root_message(exc)}. Shards finished so far are kept"
+                    f"{' and merged' if merge else ''}; fix the cause and run the same command again.") from exc
         _collect_outcomes(report, shards_dir, files_of, merges, pending if merge else [], done)
         if merges and any(m.images for m in merges):
             refresh_concept_index(con)
