@@ -89,7 +89,7 @@ def main() -> None:
             ro = connect(db)
             service = MapService(ro, torch.device("cpu"))
             stored = get_image(ro, "1")
-            q = timeit(lambda: service.for_stored(stored, args.concept), repeat=3)
+            q = timeit(lambda service=service, stored=stored: service.for_stored(stored, args.concept), repeat=3)
             ro.close()
             results["choices"][storage] = {"bytes_per_image": per_image, "map_ms": q["median_ms"]}
             print(f"{storage:8s} {per_image / 1e6:6.2f} MB per image; one concept's map from the DB "

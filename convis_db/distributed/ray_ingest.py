@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -67,7 +67,7 @@ def require_ray():
     """The ray module, or a clear error naming the extra that installs it."""
     try:
         import ray
-        import ray.data  # noqa: F401
+        import ray.data  # noqa: F401 - Ray Data is what --engine ray needs
     except ImportError as exc:
         raise RayUnavailableError(
             "--engine ray needs Ray Data, which is not installed: pip install 'convis-db[ray]' "
@@ -118,8 +118,8 @@ class _ShardActor:
         out: dict[str, list] = {"shard": [], "images": [], "skipped": [], "failed": [], "seconds": []}
         for name, files in zip(batch["shard"], batch["files"]):
             summary = explain_shard(self.engine, self.job, str(name), [str(f) for f in files])
-            for key in out:
-                out[key].append(summary[key])
+            for key, values in out.items():
+                values.append(summary[key])
         return out
 
 
