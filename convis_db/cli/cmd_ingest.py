@@ -40,8 +40,8 @@ def settings_options(f):
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: a Ray Data actor pool (one GPU per worker when the cluster has GPUs) "
                    "writes Parquet shards, merged here. Needs pip install 'convis-db[ray]'.")
-@click.option("--address", default=None, help="Ray cluster to join (--engine ray), e.g. auto or ray://head:10001 "
-                                              "[RAY_ADDRESS, else a local cluster].")
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray): auto (the cluster this node "
+                                              "belongs to) or HEAD:6379 [RAY_ADDRESS, else a new local cluster].")
 @click.option("--shards", "shards_dir", type=click.Path(file_okay=False), default=None,
               help="Folder of the shards (--engine ray); on a cluster, storage every node reaches [DB.shards].")
 @click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True,
@@ -64,6 +64,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, model, pretrai
     Example:
       convis-db --db x.duckdb ingest photos/ --recursive
       convis-db --db x.duckdb ingest a.jpg b.png --stride 32 --max-pixels 100000
+      convis-db --db x.duckdb ingest /shared/photos -r --engine ray --address auto --shards /shared/shards
+
+    With --engine ray, Ray Data workers explain shards of --shard-size files into Parquet under
+    --shards, merged here as they finish (docs/scale.md); run the same command again to resume.
     """
     options = dict(stride=stride, small=small, large=large, max_pixels=max_pixels, top_k=top_k)
     if preset:
