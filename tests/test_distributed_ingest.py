@@ -187,3 +187,46 @@ def test_only_the_ray_engine_imports_ray():
                 found.setdefault(path.name, []).append(node.col_offset)
     assert set(found) == {"ray_ingest.py"}
     assert all(col > 0 for col in found["ray_ingest.py"])  # indented: inside functions only
+
+
+def _job(db, shards):
+    from convis_db.distributed.shard_worker import ShardJob
+    from convis_db.store.hierarchy_store import load_hierarchy
+    from convis_db.store.image_store import embedding_storage
+    from convis_db.store.model_store import load_definition_embeddings, model_row, spec_from_row
+
+    con = connect(db)
+    try:
+        return ShardJob(spec=spec_from_row(model_row(con, 1)), definitions=load_definition_embeddings(con, 1),
+                        levels=load_hierarchy(con).propagation_levels, settings=SETTINGS,
+                        storage=embedding_storage(con), shards_dir=str(shards), batch_size=16)
+    finally:
+        con.close()
+
+
+def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collection, plain_db, tmp_path, run_cli):
+    """The shard worker needs no Ray: shards it writes in this process merge into the plain
+    ingest's rows; a shard explained under other settings is refused with the difference named."""
+    from convis_db.distributed.shard_worker import build_engine, explain_shard
+
+    shards = tmp_path / "shards"
+    job = _job(tiny_db, shards)
+    engine = build_engine(job, torch.device("cpu"))
+    files, _ = collect_image_paths([collection], recursive=False)
+    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
+        explain_shard(engine, job, name, chunk)
+    db = tmp_path / "merged.duckdb"
+    shutil.copyfile(tiny_db, db)
+    res = run_cli("--db", db, "merge", shards, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["images_added"] == 5
+    assert_same(plain_db, db)
+
+    other = tmp_path / "other.duckdb"
+    shutil.copyfile(plain_db, other)
+    con = connect(other, write=True)
+    con.execute("DELETE FROM merged_shards")
+    con.execute("UPDATE images SET stride = 32")  # as if its images were explained at another stride
+    con.close()
+    res = run_cli("--db", other, "merge", shards)
+    assert res.exit_code == 2 and "settings" in res.stderr and "Traceback" not in res.stderr

@@ -111,6 +111,10 @@ def _emit(report, as_json: bool) -> None:
                           f"{summary['shards_merged_before']} merged before")
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
+    if report.interrupted and summary.get("engine") == "ray":
+        click.echo(f"interrupted: {summary['ingested']} images merged in this run; finished shards are kept. "
+                   "Run the same command again to do the rest.", err=True)
+        click.get_current_context().exit(130)
     if report.interrupted:
         click.echo(f"interrupted: stopped after the current image; {summary['ingested']} images stored in this run, "
                    "each one whole. Run the same command again to ingest the rest.", err=True)

@@ -188,6 +188,7 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
                            batch_size=ing.batch_size,
                            known_sha256={r[0] for r in con.execute("SELECT sha256 FROM images").fetchall()},
                            skip_paths=set() if retry_failed else failed_paths(con))
+            workers = min(workers, len(todo))  # no idle actors (each one loads the model)
             report.workers, report.gpus_per_worker = workers, gpus
             cpus_per_worker = 0 if gpus else max(1, cpus // workers)
             ds = ray.data.from_items([{"shard": n, "files": f} for n, f in todo], override_num_blocks=len(todo))
