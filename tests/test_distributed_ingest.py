@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -122,45 +124,64 @@ def test_ray_ingest_and_merge_equal_a_plain_ingest(ray_cluster, tiny_db, collect
 
 @pytest.mark.slow
 def test_a_killed_ray_ingest_resumes(ray_cluster, tiny_db, collection, plain_db, tmp_path, run_cli):
-    """Stopped after its first shard (as if the driver were killed), with a half-written temporary
-    shard and a final-named shard without manifest left behind: the same command finishes the job,
-    explaining only the shards that were not finished."""
-    from convis_db.distributed.ray_ingest import ray_ingest
-
+    """The driver (a `convis-db ingest --engine ray` process on this cluster) is SIGKILLed once its
+    first shard is finished; with a half-written temporary shard and a final-named shard without a
+    manifest also left behind, the same command finishes the job, explaining only what was not
+    finished, and the database equals a plain ingest."""
     db, shards = tmp_path / "ray.duckdb", tmp_path / "shards"
     shutil.copyfile(tiny_db, db)
-
-    def stop(summary):
-        raise KeyboardInterrupt
-
-    first = ray_ingest(db, [collection], shards_dir=shards, shard_size=2, batch_size=16,
-                       options=SETTINGS.as_dict(), on_shard=stop)
-    assert first.interrupted and first.shards_total == 4
+    args = ["--db", str(db), "-q", "ingest", str(collection), "--engine", "ray", "--shards", str(shards),
+            "--shard-size", "1", *OPTIONS, "--json"]
+    address = ray_cluster.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "convis_db", *args, "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if shards.is_dir() and any((p / "manifest.json").is_file() for p in shards.iterdir()):
+                break
+            time.sleep(0.05)
+    finally:
+        driver.kill()
+        driver.wait()
     done = {p.name for p in shards.iterdir() if (p / "manifest.json").is_file()}
-    assert 1 <= len(done) < 4
-    stale = shards / ".shard-00003-0123456789ab.tmp-deadbeef"
+    assert 1 <= len(done) < 7  # killed part-way (7 files, one per shard)
+    stale = shards / ".shard-00006-0123456789ab.tmp-deadbeef"
     stale.mkdir(exist_ok=True)
     (stale / "windows.parquet").write_bytes(b"PAR1 cut short")
     files, _ = collect_image_paths([collection], recursive=False)
-    names = [n for n, _ in plan_shards([str(f.absolute()) for f in files], 2)]
+    names = [n for n, _ in plan_shards([str(f.absolute()) for f in files], 1)]
     unfinished = next(n for n in names if n not in done)
     (shards / unfinished).mkdir(exist_ok=True)  # a copy cut short where renames are not atomic: no manifest
     (shards / unfinished / "images.parquet").write_bytes(b"PAR1 cut short")
-    con = connect(db)
+    con = connect(db)  # opens after the kill: whole shards only
     stored = con.execute("SELECT count(*) FROM images").fetchone()[0]
     con.close()
     assert stored < 5
 
-    res = run_cli("--db", db, "-q", "ingest", collection, "--engine", "ray", "--shards", shards, "--shard-size", "2",
-                  *OPTIONS, "--json")
+    res = run_cli(*args)
     assert res.exit_code == 0, res.stderr
     summary = json.loads(res.stdout)["summary"]  # stdout holds the JSON only: Ray logs elsewhere
     assert summary["interrupted"] is False
-    assert summary["shards_explained"] == 4 - len(done)
+    assert summary["shards_explained"] == 7 - len(done)
     assert summary["shards_reused"] + summary["shards_merged_before"] == len(done)
     assert not [p for p in shards.iterdir() if p.name.startswith(".")]
     assert (shards / unfinished / "manifest.json").is_file()
     assert_same(plain_db, db)
+
+
+def test_stopping_the_driver_keeps_finished_shards(ray_cluster, tiny_db, collection, tmp_path):
+    """A stop requested in the driver (Ctrl-C) ends the run as interrupted, with its shards kept."""
+    from convis_db.distributed.ray_ingest import ray_ingest
+
+    def stop(summary):
+        raise KeyboardInterrupt
+
+    db = tmp_path / "ray.duckdb"
+    shutil.copyfile(tiny_db, db)
+    report = ray_ingest(db, [collection], shards_dir=tmp_path / "shards", shard_size=4, batch_size=16,
+                        options=SETTINGS.as_dict(), on_shard=stop)
+    assert report.interrupted and report.shards_explained == 1 and report.shards_total == 2
 
 
 def test_ray_missing_is_a_clear_error(tiny_db_copy, collection, run_cli, monkeypatch):
