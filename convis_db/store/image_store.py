@@ -192,6 +192,9 @@ def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, s
 def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> None:
     """INSERT ... BY NAME each Arrow table's rows into the table of that name, in IMAGE_TABLES order
     (names only from there). The caller holds the transaction."""
+    unknown = set(tables) - set(IMAGE_TABLES)
+    if unknown:
+        raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
     for name in IMAGE_TABLES:
         rows = tables.get(name)
         if rows is None:
@@ -201,9 +204,6 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
             con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")  # name from the allowlist
         finally:
             con.unregister("_rows")
-    unknown = set(tables) - set(IMAGE_TABLES)
-    if unknown:
-        raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
 
 
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
