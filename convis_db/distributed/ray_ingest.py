@@ -204,11 +204,10 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
             while merge and pending and pending[0] in done:
                 merges.append(merge_shard(con, shards_dir / pending.pop(0)))
 
-        with progress("Ingesting shards", len(plan) - report.shards_merged_before, "shard") as tick:
-            merge_ready()
-            for _ in range(len(merges)):
-                tick(1)
+        with progress("Ingesting shards", len(todo) + report.shards_reused, "shard") as tick:
+            tick(report.shards_reused)  # finished before this run: merged (below) without explaining
             try:
+                merge_ready()
                 if todo:
                     for row in ds.iter_rows():
                         report.shards_explained += 1

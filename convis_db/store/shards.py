@@ -262,7 +262,7 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
                     [name, result.images, result.skipped])
         con.execute("COMMIT")
-    except Exception:
+    except BaseException:  # a Ctrl-C (KeyboardInterrupt) too: never leave the transaction open
         con.execute("ROLLBACK")
         raise
     log.info("merged %s: %d images added, %d already stored, %d failures recorded", name, result.images,
