@@ -1,4 +1,4 @@
-"""Query speed on a generated collection: `search` and `explain` over 10,000 images' stored rows.
+"""Query speed on a generated collection: `search` and `explain` over 10,000 (or 100,000) images' rows.
 
 No model runs: the hierarchy is built from WordNet (physical-objects, ~7,300 synsets), and the
 image rows and every image's score for every concept are generated in SQL (random values), which is
@@ -6,6 +6,7 @@ what the queries read, with the image-level counts of schema 005. Targets (issue
 search < 100 ms (by image and by map), explain < 50 ms.
 
     python benchmarks/bench_queries.py --images 10000
+    python benchmarks/bench_queries.py --images 100000 --db /tmp/bench100k.duckdb   # ~15 GB, minutes
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header, timeit  # noqa: E402
 
-from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
 from convis_db.store.db import connect  # noqa: E402
 from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
 from convis_db.wordnet.hierarchy import build_hierarchy  # noqa: E402
@@ -29,7 +29,22 @@ from convis_db.wordnet.source import open_wordnet  # noqa: E402
 from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
 
 
+#: Multipliers of the generated scores' permutations (coprime with any collection size checked below).
+_A, _B, _C, _D = 7919, 104_729, 15_485_863, 32_452_843
+
+
 def build(db: Path, n_images: int) -> float:
+    """Generate the collection in DuckDB with no sort and no Python loop over rows.
+
+    Each (image, synset) gets score 0.9 + 0.1 * (1 - p / N), where p = ((image - 1) * A + synset * B)
+    mod N is a permutation of the N images for each synset: so image_scores can be written in image
+    order (as ingestion writes it) and concept_index in (synset, score DESC) order, the layout of one
+    sorted run after an ingest, both straight from one range each, with equal values in both.
+    """
+    import math
+
+    if math.gcd(_A, n_images) != 1:
+        raise SystemExit(f"--images {n_images} shares a factor with {_A}; pick another size")
     t0 = time.perf_counter()
     con = connect(db, write=True, create=True)
     vocab = load_vocabulary("physical-objects")
@@ -38,19 +53,32 @@ def build(db: Path, n_images: int) -> float:
     n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
     con.execute("""INSERT INTO models (name, pretrained, is_random, config_json, embed_dim, image_size, image_mean, image_std)
                    VALUES ('generated', 'none', true, '{}', 512, 224, [0.5,0.5,0.5], [0.5,0.5,0.5])""")
-    con.execute(f"""INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
+    con.execute("""INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
                         small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
                     SELECT sha256(i::VARCHAR), 'generated/' || i || '.jpg', 1, 800, 600, 632, 474, 800.0 / 632, 16, 64,
                            128, 300000, 100, 30, 40, 1200
-                    FROM range(1, {n_images + 1}) t(i)""")
-    # Scores per image in image order, as ingestion writes them (one image per transaction).
-    con.execute(f"""INSERT INTO image_scores
-                    SELECT i, s, 0.9 + 0.1 * random(), (random() * 632)::INT, (random() * 474)::INT,
-                           random(), (random() * 632)::INT, (random() * 474)::INT,
-                           (random() * {n})::INT AS best, (random() * {n})::INT
-                    FROM range(1, {n_images + 1}) t(i), range(0, {n}) u(s) ORDER BY i, s""")
-    con.execute(f"""INSERT INTO image_embeddings SELECT i, [0.0]::FLOAT[] FROM range(1, {n_images + 1}) t(i)""")
-    refresh_concept_index(con)  # as `ingest` does at the end of a run
+                    FROM range(1, ? + 1) t(i)""", [n_images])
+    N = n_images
+    values = f"""0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE) AS score,
+                 ((i * 31 + s * 17) % 632)::INT AS peak_x, ((i * 13 + s * 7) % 474)::INT AS peak_y,
+                 0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE AS self_score,
+                 ((i * 7 + s * 29) % 632)::INT AS self_peak_x, ((i * 11 + s * 3) % 474)::INT AS self_peak_y,
+                 ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
+    # image order, as ingestion writes it (DuckDB keeps a range's insertion order)
+    con.execute(f"""INSERT INTO image_scores BY NAME
+                    SELECT i::INT AS image_id, s::INT AS synset_id, {values}
+                    FROM (SELECT x // {n} + 1 AS i, x % {n} AS s FROM range(0, {N * n}) t(x))""")
+    print(f"  image_scores: {time.perf_counter() - t0:.0f} s", flush=True)
+    a_inv = pow(_A, -1, N)
+    # (synset, score DESC) order: the k-th best image of synset s has p = k
+    con.execute(f"""INSERT INTO concept_index BY NAME
+                    SELECT s::INT AS synset_id, i::INT AS image_id, {values}
+                    FROM (SELECT s, ((k - (s * {_B}) % {N} + {N}) % {N}) * {a_inv} % {N} + 1 AS i
+                          FROM (SELECT x // {N} AS s, x % {N} AS k FROM range(0, {N * n}) t(x)))""")
+    con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = 1", [N])
+    print(f"  concept_index: {time.perf_counter() - t0:.0f} s", flush=True)
+    # Every image has image-level scores (schema 005), so search ranks by image by default as on a new database.
+    con.execute("INSERT INTO image_embeddings SELECT i::INT, [0.0]::FLOAT[] FROM range(1, ? + 1) t(i)", [n_images])
     con.execute("CHECKPOINT")
     con.close()
     return time.perf_counter() - t0

@@ -14,6 +14,7 @@ from convis_db.models.precision import precision_label, resolve_precision
 from convis_db.models.registry import ModelSpec
 from convis_db.progress import Progress, no_progress
 from convis_db.store.db import connect
+from convis_db.store.image_store import embedding_storage, set_embedding_storage
 from convis_db.store.hierarchy_store import stored_vocabulary, write_hierarchy
 from convis_db.store.model_store import (
     definition_precision,
@@ -45,17 +46,20 @@ class InitReport:
     embedded_definitions: int = 0
     precision: str = ""             # the precision asked for (resolved): used for definitions embedded now
     definition_precision: str = ""  # the precision of the stored definitions ('unrecorded' before schema 007)
+    embeddings: str = "float32"     # how window embeddings are stored (init --embeddings)
 
 
 def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: torch.device,
                batch_size: int = 256, progress: Progress = no_progress, hierarchy: str | None = None,
-               precision: str | None = None) -> InitReport:
+               precision: str | None = None, embeddings: str | None = None) -> InitReport:
     """Create or extend a database. Idempotent: a second run with the same arguments changes nothing.
 
     `hierarchy` is how T is built ('reference', the authors' T, or 'extended'); None means the
     default for a new database and whatever an existing one holds. Definitions are embedded in
     `precision` (None: the device's default) and it is recorded with them; definitions already
-    stored are kept as they are, whatever precision is asked for now.
+    stored are kept as they are, whatever precision is asked for now. `embeddings` (float32, float16
+    or none; None keeps the database's, float32 for a new one) is how window embeddings will be
+    stored; it can change only while the database holds no images.
     """
     precision = resolve_precision(precision, device)  # before anything: an impossible one leaves no file
     vocab = load_vocabulary(vocab_spec)  # before creating anything: a bad --vocab leaves no file behind
@@ -83,6 +87,8 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
                 f"{db_path} holds T built with --hierarchy {stored['hierarchy']}; one database holds one T. "
                 f"Drop --hierarchy {hierarchy} to use it, or build another --db with --hierarchy {hierarchy}."
             )
+        if embeddings is not None:
+            set_embedding_storage(con, embeddings, str(db_path))
         model_id, embedded = _ensure_model(con, spec, device, batch_size, progress, preloaded, precision)
         counts = con.execute(
             "SELECT (SELECT count(*) FROM synsets), (SELECT count(*) FROM isa_edges), (SELECT count(*) FROM closure)"
@@ -93,6 +99,7 @@ def initialise(db_path: str | Path, vocab_spec: str, spec: ModelSpec, device: to
             n_closure_pairs=counts[2], missing_words=list(vocab_row["missing_words"]), model=spec.label,
             model_id=model_id, is_random=spec.is_random, built_hierarchy=built, embedded_definitions=embedded,
             precision=precision, definition_precision=precision_label(definition_precision(con, model_id)),
+            embeddings=embedding_storage(con),
         )
     finally:
         con.close()

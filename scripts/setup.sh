@@ -25,5 +25,6 @@ if [ "$(uname -m)" = "x86_64" ]; then
 else
     python -m pip install -q "torch==2.9.1" "torchvision==0.24.1"
 fi
-python -m pip install -q -e ".[test]"
-python -c "import torch, torchvision, open_clip, faiss, duckdb, nltk; print('convis-db environment ready:', 'torch', torch.__version__, '| faiss', faiss.__version__, '| duckdb', duckdb.__version__)"
+# The ray extra (ingest --engine ray) is installed too, so that its tests run in CI.
+python -m pip install -q -e ".[test,ray]"
+python -c "import torch, torchvision, open_clip, faiss, duckdb, nltk; import ray; print('convis-db environment ready:', 'torch', torch.__version__, '| faiss', faiss.__version__, '| duckdb', duckdb.__version__, '| ray', ray.__version__)"

@@ -134,3 +134,19 @@ def run_cli() -> Callable[..., Result]:
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster (2 CPUs), started once per test session and shut down at its end.
+
+    Ray is an optional extra (convis-db[ray]); scripts/setup.sh installs it, so CI runs these tests.
+    Workers import convis_db as this process does (the editable install, or PYTHONPATH).
+    """
+    ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'convis-db[ray]'")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    yield ray
+    if started:
+        ray.shutdown()

@@ -24,8 +24,10 @@ def _tables(con) -> set[str]:
 
 
 def test_shipped_migrations_are_numbered_from_one():
+    # Increasing from 001 without duplicates; numbers are handed out ahead of merging, so a branch may
+    # hold a gap (009 before 005-008 land).
     versions = [m.version for m in available_migrations()]
-    assert versions == list(range(1, len(versions) + 1))
+    assert versions[0] == 1 and versions == sorted(set(versions))
     assert len(versions) >= 2
 
 

@@ -7,6 +7,7 @@ import click
 from convis_db.cli.context import App, batch_size_option, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
 from convis_db.engine.settings import CPU_FAST, PAPER
+from convis_db.errors import UsageError
 from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
 from convis_db.models.precision import resolve_precision
@@ -40,10 +41,23 @@ def settings_options(f):
 @device_option
 @precision_option
 @settings_options
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data actor pool (one GPU per worker when the cluster has GPUs) "
+                   "writes Parquet shards, merged here. Needs pip install 'convis-db[ray]'.")
+@click.option("--address", default=None, help="Ray cluster to join (--engine ray): auto (the cluster this node "
+                                              "belongs to) or HEAD:6379 [RAY_ADDRESS, else a new local cluster].")
+@click.option("--shards", "shards_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of the shards (--engine ray); on a cluster, storage every node reaches [DB.shards].")
+@click.option("--shard-size", type=click.IntRange(1), default=64, show_default=True,
+              help="Files per shard (--engine ray): the unit of work, written once and resumed whole.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Ray actors (--engine ray) [one per GPU, else one per two CPUs of the cluster].")
+@click.option("--no-merge", is_flag=True, help="Write shards only (--engine ray); merge later with convis-db merge.")
 @click.option("--json", "as_json", is_flag=True, help="Print the per-file outcomes and summary as JSON.")
 @pass_app
 def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image_level, model, pretrained, device,
-            precision, preset, stride, small, large, max_pixels, top_k, as_json) -> None:
+            precision, preset, stride, small, large, max_pixels, top_k, engine, address, shards_dir, shard_size, workers,
+            no_merge, as_json) -> None:
     """Explain images and store every concept's score, idempotently (files already stored are skipped).
 
     A file that cannot be used is recorded with its reason and the run goes on; it is tried again
@@ -56,6 +70,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
       convis-db --db x.duckdb ingest photos/ --recursive
       convis-db --db x.duckdb ingest a.jpg b.png --stride 32 --max-pixels 100000
       convis-db --db old.duckdb ingest --backfill-image-level
+      convis-db --db x.duckdb ingest /shared/photos -r --engine ray --address auto --shards /shared/shards
+
+    With --engine ray, Ray Data workers explain shards of --shard-size files into Parquet under
+    --shards, merged here as they finish (docs/scale.md); run the same command again to resume.
     """
     if not paths and not backfill_image_level:
         raise click.UsageError("give image files or folders to ingest (or --backfill-image-level).")
@@ -63,6 +81,19 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
     if preset:
         base = PAPER if preset == "paper" else CPU_FAST
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
+    if engine == "ray":
+        if backfill_image_level:
+            raise UsageError("--backfill-image-level runs in this process; drop --engine ray for it.")
+        from convis_db.distributed.ray_ingest import ray_ingest  # imports Ray only here
+
+        report = ray_ingest(app.db, paths, recursive=recursive, shards_dir=shards_dir, address=address,
+                            shard_size=shard_size, workers=workers, batch_size=batch_size, model=model,
+                            pretrained=pretrained, options=options, retry_failed=retry_failed, merge=not no_merge,
+                            progress=app.progress, precision=precision)
+        _emit(report, as_json)
+        return
+    if address or shards_dir or no_merge or workers:
+        raise UsageError("--address, --shards, --workers and --no-merge belong to --engine ray.")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
     with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
@@ -79,6 +110,10 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
                 ingested.outcomes = report.outcomes + ingested.outcomes
                 ingested.seconds += report.seconds
             report = ingested
+    _emit(report, as_json, backfill_image_level)
+
+
+def _emit(report, as_json: bool, backfill_image_level: bool = False) -> None:
     summary = report.summary()
     rows = [o.__dict__ for o in report.outcomes]
     text_lines = [f"{o.status:8s} {o.path}" + (f"  (image {o.image_id})" if o.image_id else "")
@@ -88,9 +123,18 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         (f"image-level scores added to {summary['backfilled']} stored images; " if backfill_image_level else "")
         + f"ingested {summary['ingested']}, skipped {summary['skipped']}, failed {summary['failed']}; "
         f"{summary['windows']} windows in {summary['seconds']:.1f} s ({summary['windows_per_s']} windows/s, "
-        f"{summary['images_per_s']} images/s, {summary['precision']})" + ("; INTERRUPTED" if report.interrupted else ""))
+        f"{summary['images_per_s']} images/s" + (f", {summary['precision']}" if summary.get("precision") else "") + ")"
+        + ("; INTERRUPTED" if report.interrupted else ""))
+    if summary.get("engine") == "ray":
+        text_lines.append(f"shards: {summary['shards_total']} in {summary['shards_dir']}, {summary['shards_explained']} "
+                          f"explained now by {summary['workers']} workers, {summary['shards_reused']} finished before, "
+                          f"{summary['shards_merged_before']} merged before")
     emit(Result(rows=rows, data={"summary": summary, "files": rows}, text="\n".join(text_lines)),
          "json" if as_json else "table")
+    if report.interrupted and summary.get("engine") == "ray":
+        click.echo(f"interrupted: {summary['ingested']} images merged in this run; finished shards are kept. "
+                   "Run the same command again to do the rest.", err=True)
+        click.get_current_context().exit(130)
     if report.interrupted:
         terminated = report.stopped_by == "SIGTERM"
         click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: stopped after the current image; "

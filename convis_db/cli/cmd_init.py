@@ -26,10 +26,14 @@ from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
                    "An existing database keeps its own.")
 @click.option("--batch-size", default=256, show_default=True, type=click.IntRange(1, 65536),
               help="Definitions per text-encoder batch.")
+@click.option("--embeddings", type=click.Choice(["float32", "float16", "none"]), default=None,
+              help="How window embeddings are stored [float32 for a new database]: float32 (maps from stored data "
+                   "equal the stored scores), float16 (half the bytes), none (no embeddings: maps of stored images "
+                   "are recomputed with the model from the image file). Scores and top-K are exact in all three.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_app
 def command(app: App, model: str, pretrained: str, device: str, precision: str, vocab: str, hierarchy: str | None,
-            batch_size: int,
+            batch_size: int, embeddings: str | None,
             as_json: bool) -> None:
     """Build the WordNet hierarchy T and embed every definition with a CLIP model.
 
@@ -45,7 +49,7 @@ def command(app: App, model: str, pretrained: str, device: str, precision: str, 
     spec = resolve_model(model, pretrained)
     dev = resolve_device(device)
     report = initialise(app.db, vocab, spec, dev, batch_size=batch_size, progress=app.progress,
-                        hierarchy=hierarchy, precision=resolve_precision(precision, dev))
+                        hierarchy=hierarchy, precision=resolve_precision(precision, dev), embeddings=embeddings)
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
@@ -62,5 +66,6 @@ def command(app: App, model: str, pretrained: str, device: str, precision: str, 
         notes.append("random weights: every score in this database is meaningless (smoke runs only).")
     text = (f"{report.db}: vocabulary {report.vocabulary}, hierarchy {report.hierarchy}, {report.n_synsets} synsets, {report.n_edges} is-a edges, "
             f"{report.n_closure_pairs} closure pairs; model {report.model} (id {report.model_id}), "
-            f"{report.embedded_definitions} definitions embedded now; definitions in {report.definition_precision}.")
+            f"{report.embedded_definitions} definitions embedded now; definitions in {report.definition_precision}; "
+            f"window embeddings stored as {report.embeddings}.")
     emit(Result(rows=[row], data=row, text=text, notes=notes), "json" if as_json else "table")

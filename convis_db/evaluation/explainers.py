@@ -156,13 +156,16 @@ def database_concept_ids(con) -> ConceptIds:
 
 
 def database_stored_windows(con, model_id: int) -> StoredLookup:
-    from convis_db.store.image_store import find_by_sha, load_window_embeddings
+    from convis_db.store.image_store import EmbeddingsNotStoredError, find_by_sha, load_window_embeddings
 
     def lookup(sha256: str):
         stored = find_by_sha(con, sha256)
         if stored is None or stored.model_id != model_id:
             return None
-        return load_window_embeddings(con, stored.image_id), stored.grid
+        try:
+            return load_window_embeddings(con, stored.image_id), stored.grid
+        except EmbeddingsNotStoredError:  # init --embeddings none: encode it like a new image
+            return None
 
     return lookup
 

@@ -16,10 +16,10 @@ from convis_db.engine.pixels import original_point
 from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
-from convis_db.errors import NotFoundError
+from convis_db.errors import ImageError, NotFoundError
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name, load_hierarchy
-from convis_db.store.image_store import (StoredImage, database_layout, find_by_sha, get_image, load_window_embeddings,
-                                        stored_profile)
+from convis_db.store.image_store import (EmbeddingsNotStoredError, StoredImage, database_layout, find_by_sha,
+                                        get_image, load_window_embeddings, stored_profile)
 from convis_db.store.model_store import load_database_model, load_definition_embeddings
 
 log = logging.getLogger(__name__)
@@ -76,10 +76,27 @@ class MapService:
 
     def for_stored(self, image: StoredImage, concept: str, only_self: bool = False) -> ConceptMap:
         sid, ids = self.concept_ids(concept, only_self)
-        emb = load_window_embeddings(self.con, image.image_id)
+        emb = self.window_embeddings(image)
         saliency = self.mapper(image.model_id).concept_map(emb, image.grid, ids)
         return ConceptMap(concept, sid, saliency, image.grid, image.width, image.height, image.image_id,
                           image.path, "database", only_self, image.precision)
+
+    def window_embeddings(self, image: StoredImage) -> np.ndarray:
+        """The stored window embeddings; in a database that keeps none (init --embeddings none), the
+        windows encoded again from the image file with the model, if the file is still there unchanged."""
+        try:
+            return load_window_embeddings(self.con, image.image_id)
+        except EmbeddingsNotStoredError as exc:
+            try:
+                decoded = read_image(image.path)
+            except ImageError as err:
+                raise EmbeddingsNotStoredError(f"{exc} Its file cannot be read ({err}).") from err
+            if decoded.sha256 != image.sha256:
+                raise EmbeddingsNotStoredError(f"{exc} Its file {image.path} has changed since it was ingested.") from exc
+            engine = self._model_engine()
+            img, grid = engine.working_image(decoded.pixels)
+            log.info("image %d: window embeddings not stored; encoded again from %s", image.image_id, image.path)
+            return engine.encode_windows(img, grid).cpu().numpy()
 
     def for_file(self, path: str | Path, concept: str, only_self: bool = False) -> ConceptMap:
         decoded = read_image(path)

@@ -10,7 +10,7 @@ from convis_db.models.precision import precision_label
 from convis_db.store.migrations import has_column
 
 COUNTED_TABLES = ("synsets", "isa_edges", "closure", "models", "definition_embeddings", "images", "windows",
-                  "image_scores", "window_concepts", "image_embeddings", "ingest_failures")
+                  "image_scores", "window_concepts", "image_embeddings", "ingest_failures", "merged_shards")
 
 
 def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
@@ -18,6 +18,9 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
     out: dict = {"db": str(path), "file_bytes": os.path.getsize(path) if os.path.exists(path) else 0}
     version = con.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] if "schema_migrations" in tables else None
     out["schema_version"] = version
+    from convis_db.store.image_store import embedding_storage
+
+    out["window_embeddings"] = embedding_storage(con)  # init --embeddings: float32, float16 or none
     if "vocabulary" in tables:
         row = con.execute("SELECT name, n_words, len(missing_words), n_synsets, wordnet_version FROM vocabulary").fetchone()
         if row:

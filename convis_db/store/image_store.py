@@ -120,6 +120,145 @@ def database_layout(con: duckdb.DuckDBPyConnection) -> str:
     return "origin" if has_images else DEFAULT_LAYOUT
 
 
+#: The tables one image's explanation fills, in insert order (images first: the others refer to it).
+#: write_image and the shard writer (store/shards.py) both take their rows from image_tables, so a
+#: table added here is stored by a plain ingest, written into shards and merged, with no other change.
+IMAGE_TABLES = ("images", "windows", "image_scores", "window_concepts", "image_embeddings")
+
+#: How window embeddings are stored (init --embeddings; schema/009_compact_storage.sql).
+EMBEDDING_CHOICES = ("float32", "float16", "none")
+
+
+class EmbeddingsNotStoredError(DatabaseError):
+    """The database keeps no window embeddings (init --embeddings none): maps need the model."""
+
+
+def embedding_storage(con: duckdb.DuckDBPyConnection) -> str:
+    """float32, float16 or none. A database from before schema 009 (or opened read-only before its
+    upgrade) has no storage_settings table: it stores float32."""
+    try:
+        row = con.execute("SELECT embeddings FROM storage_settings").fetchone()
+    except duckdb.CatalogException:
+        return "float32"
+    return row[0] if row else "float32"
+
+
+def set_embedding_storage(con: duckdb.DuckDBPyConnection, storage: str, db_path: str = "") -> bool:
+    """Record the storage choice; allowed while the database holds no images. True if it changed."""
+    if storage not in EMBEDDING_CHOICES:
+        raise DatabaseError(f"unknown --embeddings {storage!r}; valid: {', '.join(EMBEDDING_CHOICES)}.")
+    current = embedding_storage(con)
+    if storage == current:
+        return False
+    n = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    if n:
+        raise DatabaseError(
+            f"{db_path or 'the database'} stores window embeddings as {current} and already holds {n} images; "
+            f"one database keeps one choice. Drop --embeddings {storage}, or use another --db for it.")
+    con.execute("UPDATE storage_settings SET embeddings = ?", [storage])
+    return True
+
+
+def embedding_columns(matrix: np.ndarray, storage: str) -> dict[str, pa.Array]:
+    """The windows table's embedding column(s) for one storage choice: float32 as FLOAT[] (exact),
+    float16 as little-endian IEEE half bytes in a BLOB (DuckDB has no half type), none: nothing."""
+    if storage == "float32":
+        return {"embedding": matrix_to_list_array(matrix)}
+    if storage == "float16":
+        half = np.ascontiguousarray(matrix, dtype="<f2")
+        n, d = half.shape
+        fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n, [None, pa.py_buffer(half.tobytes())])
+        return {"embedding_f16": fixed.cast(pa.binary())}
+    if storage == "none":
+        return {}
+    raise DatabaseError(f"unknown embedding storage {storage!r}; valid: {', '.join(EMBEDDING_CHOICES)}.")
+
+
+def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, settings: Settings,
+                 image_id: int, storage: str = "float32", precision: str | None = None) -> dict[str, pa.Table]:
+    """Every row the database stores for one image, per table (keys: IMAGE_TABLES), as Arrow tables.
+
+    Columns are matched to the tables by name, so a column left out takes its default (NULL, or
+    ingested_at's current_timestamp). Scores and top-K come from the float32 ranking whatever the
+    storage choice: only the window embeddings themselves are kept more compactly.
+    """
+    g = exp.grid
+    if g.layout != settings.layout:
+        raise DatabaseError(f"image {path} was explained with the {g.layout!r} window layout but the database "
+                            f"uses {settings.layout!r}; this is a bug, please report it.")
+    n_syn = exp.n_synsets
+    nw = g.n_windows
+    widx = np.arange(nw, dtype=np.int32)
+    images = pa.table({
+        "image_id": pa.array([image_id], pa.int32()), "sha256": [sha256], "path": [path],
+        "model_id": pa.array([model_id], pa.int32()), "width": pa.array([exp.width], pa.int32()),
+        "height": pa.array([exp.height], pa.int32()), "work_width": pa.array([g.width], pa.int32()),
+        "work_height": pa.array([g.height], pa.int32()), "scale": pa.array([exp.scale], pa.float64()),
+        "stride": pa.array([settings.stride], pa.int32()), "small": pa.array([settings.small], pa.int32()),
+        "large": pa.array([settings.large], pa.int32()), "max_pixels": pa.array([settings.max_pixels], pa.int32()),
+        "top_k": pa.array([settings.top_k], pa.int32()), "grid_rows": pa.array([g.rows], pa.int32()),
+        "grid_cols": pa.array([g.cols], pa.int32()), "n_windows": pa.array([nw], pa.int32()),
+        "layout": [g.layout], "precision": pa.array([precision], pa.string()),
+    })
+    windows = pa.table({
+        "image_id": pa.array(np.full(nw, image_id, np.int32)),
+        "window_idx": widx,
+        "grid_row": (widx // g.cols).astype(np.int32),
+        "grid_col": (widx % g.cols).astype(np.int32),
+        "x0": exp.boxes[:, 0], "y0": exp.boxes[:, 1], "x1": exp.boxes[:, 2], "y1": exp.boxes[:, 3],
+        **embedding_columns(exp.embeddings, storage),
+    })
+    level = exp.image_level  # the paper's image-level scores (None only for explanations made without them)
+    missing = pa.nulls(n_syn, pa.int32())
+    scores = pa.table({
+        "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
+        "synset_id": np.arange(n_syn, dtype=np.int32),
+        "score": exp.scores.score.astype(np.float64),
+        "peak_x": exp.scores.x, "peak_y": exp.scores.y,
+        "self_score": exp.self_scores.score.astype(np.float64),
+        "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
+        "image_max_rank_less": pa.array(level.max_rank_less.astype(np.int32)) if level else missing,
+        "image_rank_less": pa.array(level.rank_less.astype(np.int32)) if level else missing,
+    })
+    k = exp.top_ids.shape[1]
+    concepts = pa.table({
+        "image_id": pa.array(np.full(nw * k, image_id, np.int32)),
+        "window_idx": np.repeat(widx, k),
+        "k": np.tile(np.arange(1, k + 1, dtype=np.int16), nw),
+        "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
+        "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
+    })
+    tables = {"images": images, "windows": windows, "image_scores": scores, "window_concepts": concepts}
+    if level is not None:
+        tables["image_embeddings"] = pa.table({"image_id": pa.array([image_id], pa.int32()),
+                                               "embedding": matrix_to_list_array(level.embedding[None, :])})
+    return tables
+
+
+def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -> None:
+    """INSERT ... BY NAME each Arrow table's rows into the table of that name, in IMAGE_TABLES order
+    (names only from there). The caller holds the transaction."""
+    unknown = set(tables) - set(IMAGE_TABLES)
+    if unknown:
+        raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
+    for name in IMAGE_TABLES:
+        rows = tables.get(name)
+        if rows is None:
+            continue
+        con.register("_rows", rows)
+        try:
+            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")  # name from the allowlist
+        finally:
+            con.unregister("_rows")
+
+
+def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
+    """n new image ids from images' own sequence (what the column default would give)."""
+    if n <= 0:
+        return []
+    return [int(r[0]) for r in con.execute("SELECT nextval('image_id_seq') FROM range(?)", [n]).fetchall()]
+
+
 def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: str, path: str, model_id: int,
                 settings: Settings, precision: str | None = None) -> int:
     """Insert the image, its windows, its concept scores (map and image level), its image embedding and
@@ -127,64 +266,11 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
 
     `precision` is the image encoder's (fp32, bf16, fp16); ingest always gives it.
     """
-    g = exp.grid
-    if g.layout != settings.layout:
-        raise DatabaseError(f"image {path} was explained with the {g.layout!r} window layout but the database "
-                            f"uses {settings.layout!r}; this is a bug, please report it.")
-    n_syn = exp.n_synsets
+    storage = embedding_storage(con)
     con.execute("BEGIN TRANSACTION")
     try:
-        image_id = con.execute(
-            """INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
-                                   small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows, layout,
-                                   precision)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING image_id""",
-            [sha256, path, model_id, exp.width, exp.height, g.width, g.height, exp.scale, settings.stride,
-             settings.small, settings.large, settings.max_pixels, settings.top_k, g.rows, g.cols, g.n_windows,
-             g.layout, precision],
-        ).fetchone()[0]
-        nw = g.n_windows
-        widx = np.arange(nw, dtype=np.int32)
-        windows = pa.table({
-            "image_id": pa.array(np.full(nw, image_id, np.int32)),
-            "window_idx": widx,
-            "grid_row": (widx // g.cols).astype(np.int32),
-            "grid_col": (widx % g.cols).astype(np.int32),
-            "x0": exp.boxes[:, 0], "y0": exp.boxes[:, 1], "x1": exp.boxes[:, 2], "y1": exp.boxes[:, 3],
-            "embedding": matrix_to_list_array(exp.embeddings),
-        })
-        has_level = exp.image_level is not None
-        missing = pa.nulls(n_syn, pa.int32())
-        scores = pa.table({
-            "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
-            "synset_id": np.arange(n_syn, dtype=np.int32),
-            "score": exp.scores.score.astype(np.float64),
-            "peak_x": exp.scores.x, "peak_y": exp.scores.y,
-            "self_score": exp.self_scores.score.astype(np.float64),
-            "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
-            "image_max_rank_less": pa.array(exp.image_level.max_rank_less.astype(np.int32)) if has_level else missing,
-            "image_rank_less": pa.array(exp.image_level.rank_less.astype(np.int32)) if has_level else missing,
-        })
-        k = exp.top_ids.shape[1]
-        concepts = pa.table({
-            "image_id": pa.array(np.full(nw * k, image_id, np.int32)),
-            "window_idx": np.repeat(widx, k),
-            "k": np.tile(np.arange(1, k + 1, dtype=np.int16), nw),
-            "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
-            "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
-        })
-        tables = [("windows", windows), ("image_scores", scores), ("window_concepts", concepts)]
-        if has_level:
-            tables.append(("image_embeddings", pa.table({
-                "image_id": pa.array([image_id], pa.int32()),
-                "embedding": matrix_to_list_array(exp.image_level.embedding[None, :])})))
-        for name, table in tables:
-            columns = ", ".join(table.column_names)  # names from the tables built above
-            con.register("_rows", table)
-            try:
-                con.execute(f"INSERT INTO {name} ({columns}) SELECT {columns} FROM _rows")  # table names from the list above
-            finally:
-                con.unregister("_rows")
+        image_id = next_image_ids(con, 1)[0]
+        insert_tables(con, image_tables(exp, sha256, path, model_id, settings, image_id, storage, precision))
         con.execute("DELETE FROM ingest_failures WHERE path = ?", [path])
         con.execute("COMMIT")
     except Exception:
@@ -256,10 +342,31 @@ def load_image_embedding(con: duckdb.DuckDBPyConnection, image_id: int) -> np.nd
 
 
 def load_window_embeddings(con: duckdb.DuckDBPyConnection, image_id: int) -> np.ndarray:
-    tbl = fetch_arrow(con, "SELECT embedding FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id])
-    if tbl.num_rows == 0:
+    """(W, D) float32 window embeddings of a stored image, float16 ones read back as float32.
+
+    Raises EmbeddingsNotStoredError in a database made with init --embeddings none.
+    """
+    storage = embedding_storage(con)
+    if storage == "none":
+        raise EmbeddingsNotStoredError(
+            f"image {image_id}'s window embeddings are not stored (this database was made with "
+            "init --embeddings none): its maps need the model and the image file.")
+    column = "embedding" if storage == "float32" else "embedding_f16"  # from EMBEDDING_CHOICES only
+    tbl = fetch_arrow(con, f"SELECT {column} FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id])
+    if tbl.num_rows == 0 or tbl.column(column).null_count:
         raise DatabaseError(f"image {image_id} has no stored windows; the database may be damaged. Re-ingest it.")
-    return list_column_to_matrix(tbl.column("embedding"))
+    if storage == "float32":
+        return list_column_to_matrix(tbl.column(column))
+    return half_blobs_to_matrix(tbl.column(column))
+
+
+def half_blobs_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """A column of equal-length float16 BLOBs -> (rows, dim) float32, without per-row Python work."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    arr = arr.cast(pa.large_binary())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    return data.view("<f2").reshape(len(arr), -1).astype(np.float32)
 
 
 def record_failure(con: duckdb.DuckDBPyConnection, path: str, sha256: str | None, error: str) -> None:

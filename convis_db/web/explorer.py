@@ -43,7 +43,7 @@ from convis_db.query.search import choose_level, count_images, search_images
 from convis_db.query.stats import database_stats
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
-from convis_db.store.image_store import StoredImage, get_image, has_column, load_window_embeddings
+from convis_db.store.image_store import StoredImage, get_image, has_column
 from convis_db.web.cache import LRUCache
 
 log = logging.getLogger(__name__)
@@ -420,7 +420,7 @@ class Explorer:
         sims = self.similarity_cache.get(image.image_id)
         if sims is None:
             with self._db_lock:
-                emb = load_window_embeddings(self.con, image.image_id)
+                emb = self._maps.window_embeddings(image)  # re-encoded from the file with --embeddings none
                 mapper = self._maps.mapper(image.model_id)
             with torch.inference_mode():
                 z = mapper.ranker.similarities(torch.from_numpy(emb)).cpu()

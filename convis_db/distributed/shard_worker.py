@@ -1,0 +1,149 @@
+"""Explain one shard's files and write the shard: what each distributed worker runs.
+
+The images are grouped into shared encoder batches by the same rule as a plain `ingest` (a group is
+explained once it holds at least `batch_size` windows), and the rows come from the same
+image_store.image_tables, so a shard holds what a plain ingest would store. Decoding runs in threads
+ahead of the model, as in a plain ingest.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.images import DecodedImage, read_image
+from convis_db.engine.settings import Settings
+from convis_db.engine.windows import WindowGrid, working_size
+from convis_db.errors import ConvisError
+from convis_db.models.clip import load_model
+from convis_db.models.registry import ModelSpec
+from convis_db.store.image_store import image_tables
+from convis_db.store.shards import ShardContent, write_shard
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardJob:
+    """Everything a worker needs, read once from the database by the driver (workers never open it)."""
+
+    spec: ModelSpec
+    definitions: np.ndarray          # (|T|, D) float32
+    levels: list                     # the hierarchy's propagation levels
+    settings: Settings
+    storage: str                     # float32 | float16 | none
+    shards_dir: str
+    batch_size: int = 128            # windows per encoder batch
+    known_sha256: set[str] = field(default_factory=set)   # images the database holds already
+    skip_paths: set[str] = field(default_factory=set)     # files that failed before (no --retry-failed)
+    decode_threads: int = 2
+    precision: str | None = None     # asked for (None/auto: each worker's device default), resolved on the worker
+
+    @property
+    def manifest(self) -> dict:
+        return {"model": {"name": self.spec.name, "pretrained": self.spec.pretrained,
+                          "weights_sha256": self.spec.weights_sha256},
+                "settings": self.settings.as_dict(), "embeddings": self.storage,
+                "n_synsets": int(self.definitions.shape[0]), "batch_size": self.batch_size}
+
+
+def build_engine(job: ShardJob, device: torch.device) -> ConceptEngine:
+    from convis_db.models.precision import resolve_precision
+
+    precision = resolve_precision(job.precision, device)  # on the worker's own device
+    return ConceptEngine(load_model(_spec_here(job.spec), device, precision), job.definitions, job.levels,
+                         job.settings, batch_size=job.batch_size)
+
+
+def _spec_here(spec: ModelSpec) -> ModelSpec:
+    """The spec with a config file this node can read: a model from a config JSON (not one of
+    open_clip's own) is registered from the config stored with the database, not from the driver's path."""
+    import open_clip
+
+    if spec.config_path and Path(spec.config_path).is_file():
+        return spec
+    if spec.name in open_clip.list_models() or not spec.config_json:
+        return spec
+    path = Path(tempfile.mkdtemp(prefix="convis-config-")) / f"{spec.name}.json"
+    path.write_text(spec.config_json, encoding="utf-8")
+    return replace(spec, config_path=str(path))
+
+
+def _decode(path: str) -> DecodedImage | ConvisError:
+    try:
+        return read_image(path)
+    except ConvisError as exc:
+        return exc
+
+
+def explain_shard(engine: ConceptEngine, job: ShardJob, name: str, files: list[str]) -> dict:
+    """Explain `files` and write shard `name`; returns a small summary (counts, seconds)."""
+    t0 = time.perf_counter()
+    content = ShardContent(name, list(files))
+    seen: set[str] = set()
+    group: list[tuple[str, DecodedImage]] = []
+    windows = 0
+
+    def flush() -> None:
+        nonlocal group, windows
+        batch, group, windows = group, [], 0
+        if not batch:
+            return
+        try:
+            explanations = engine.explain_many([img.pixels for _, img in batch])
+        except (ConvisError, RuntimeError, ValueError, MemoryError):
+            explanations = [_explain_alone(engine, path, img, content) for path, img in batch]
+        for (path, img), exp in zip(batch, explanations):
+            if exp is not None:
+                local_id = len(content.images) + 1
+                content.add_image(path, image_tables(exp, img.sha256, path, 0, job.settings, local_id, job.storage,
+                                                        getattr(engine.model, "precision", None)))
+
+    todo = [p for p in files if p not in job.skip_paths]
+    content.skipped.extend((p, "failed before; re-run with --retry-failed to try again.")
+                           for p in files if p in job.skip_paths)
+    s = job.settings
+    with ThreadPoolExecutor(max_workers=job.decode_threads, thread_name_prefix="decode") as pool:
+        for path, decoded in zip(todo, pool.map(_decode, todo)):
+            if isinstance(decoded, ConvisError):
+                content.failures.append((path, None, str(decoded)))
+                continue
+            if decoded.sha256 in job.known_sha256:
+                content.skipped.append((path, "already stored (same content)."))
+                continue
+            if decoded.sha256 in seen:
+                content.skipped.append((path, "same content as an earlier file of this run."))
+                continue
+            seen.add(decoded.sha256)
+            group.append((path, decoded))
+            w, h = working_size(decoded.width, decoded.height, s.max_pixels)
+            windows += WindowGrid(h, w, s.stride, s.small, s.large).n_windows
+            if windows >= job.batch_size:
+                flush()
+        flush()
+    write_shard(job.shards_dir, content, job.manifest)
+    seconds = time.perf_counter() - t0
+    log.info("wrote %s: %d images, %d skipped, %d failed in %.1f s", name, len(content.images),
+             len(content.skipped), len(content.failures), seconds)
+    return {"shard": name, "images": len(content.images), "skipped": len(content.skipped),
+            "failed": len(content.failures), "seconds": seconds}
+
+
+def _explain_alone(engine: ConceptEngine, path: str, image: DecodedImage, content: ShardContent):
+    try:
+        return engine.explain_pixels(image.pixels)
+    except ConvisError as exc:
+        reason = str(exc)
+    except (RuntimeError, ValueError, MemoryError) as exc:
+        log.exception("failed on %s", path)
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    content.failures.append((path, image.sha256, reason))
+    return None

@@ -1,0 +1,150 @@
+"""init --embeddings float32|float16|none: what each keeps, what is exact, and the upgrade of a
+database made before schema 009 (which reads as float32)."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convis_db.engine.settings import Settings
+from convis_db.errors import DatabaseError
+from convis_db.ingest import Ingestor
+from convis_db.init_db import initialise
+from convis_db.store import migrations
+from convis_db.store.db import connect
+from convis_db.store.image_store import EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings
+
+SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("compact")
+    rng = np.random.default_rng(11)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    return folder
+
+
+def _db(tiny_db, tmp_path, images, storage, tiny_spec, vocab):
+    db = tmp_path / f"{storage}.duckdb"
+    shutil.copyfile(tiny_db, db)
+    report = initialise(db, str(vocab), tiny_spec, torch.device("cpu"), embeddings=storage)
+    assert report.embeddings == storage and report.embedded_definitions == 0
+    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+        assert ing.run([images]).count("ingested") == 2
+    return db
+
+
+def _scores(db):
+    con = connect(db)
+    try:
+        return {
+            "scores": con.execute("SELECT image_id, synset_id, score, peak_x, peak_y, self_score FROM image_scores "
+                                  "ORDER BY 1, 2").fetchall(),
+            "top_k": con.execute("SELECT * FROM window_concepts ORDER BY 1, 2, 3").fetchall(),
+            "search": con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall(),
+        }
+    finally:
+        con.close()
+
+
+def _maps(db, concept="dog.n.01"):
+    from convis_db.query.maps import MapService
+
+    con = connect(db)
+    try:
+        service = MapService(con)
+        return [service.for_stored(get_image(con, i), concept).saliency for i in (1, 2)]
+    finally:
+        con.close()
+
+
+def test_float16_and_none_keep_scores_and_top_k_exact(tiny_db, tmp_path, images, tiny_spec, small_vocab_file):
+    dbs = {s: _db(tiny_db, tmp_path, images, s, tiny_spec, small_vocab_file) for s in ("float32", "float16", "none")}
+    exact = _scores(dbs["float32"])
+    for storage in ("float16", "none"):
+        assert _scores(dbs[storage]) == exact, storage  # computed from float32 before storing
+
+    con = connect(dbs["float16"])
+    assert embedding_storage(con) == "float16"
+    row = con.execute("SELECT count(embedding), min(octet_length(embedding_f16)), count(*) FROM windows").fetchone()
+    dim = con.execute("SELECT embed_dim FROM models").fetchone()[0]
+    assert row == (0, 2 * dim, row[2])  # no FLOAT[]; two bytes per dimension
+    half = load_window_embeddings(con, 1)
+    con.close()
+    con = connect(dbs["float32"])
+    full = load_window_embeddings(con, 1)
+    con.close()
+    assert half.dtype == np.float32 and half.shape == full.shape
+    np.testing.assert_array_equal(half, full.astype(np.float16).astype(np.float32))  # round to nearest half
+
+    con = connect(dbs["none"])
+    assert con.execute("SELECT count(embedding), count(embedding_f16) FROM windows").fetchone() == (0, 0)
+    with pytest.raises(EmbeddingsNotStoredError, match="init --embeddings none"):
+        load_window_embeddings(con, 1)
+    con.close()
+
+    # Maps: float16 maps move by at most a few rank steps; none re-encodes the file (same batching: equal).
+    n = len(exact["scores"]) // 2
+    for a, b, c in zip(_maps(dbs["float32"]), _maps(dbs["float16"]), _maps(dbs["none"])):
+        np.testing.assert_allclose(a, b, atol=3.0 / n)
+        np.testing.assert_allclose(a, c, atol=1.0 / n + 1e-12)
+
+
+def test_none_refuses_maps_when_the_file_is_gone_and_init_keeps_one_choice(tiny_db, tmp_path, images, tiny_spec,
+                                                                          run_cli, small_vocab_file):
+    folder = tmp_path / "moved"
+    shutil.copytree(images, folder)
+    db = tmp_path / "none.duckdb"
+    shutil.copyfile(tiny_db, db)
+    res = run_cli("--db", db, "init", "--model", tiny_spec.config_path, "--pretrained", tiny_spec.pretrained,
+                  "--vocab", small_vocab_file, "--embeddings", "none", "--json")
+    assert res.exit_code == 0, res.stderr
+    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+        assert ing.run([folder]).count("ingested") == 2
+    res = run_cli("--db", db, "map", "1", "dog.n.01", "-o", tmp_path / "m.png")
+    assert res.exit_code == 0, res.stderr  # re-encoded from the file
+    shutil.rmtree(folder)
+    res = run_cli("--db", db, "map", "1", "dog.n.01", "-o", tmp_path / "m2.png")
+    assert res.exit_code == 2 and "init --embeddings none" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("--db", db, "search", "dog.n.01", "--json")  # scores need no embeddings
+    assert res.exit_code == 0, res.stderr
+    res = run_cli("--db", db, "init", "--model", tiny_spec.config_path, "--pretrained", tiny_spec.pretrained,
+                  "--vocab", small_vocab_file, "--embeddings", "float32")
+    assert res.exit_code == 2 and "one database keeps one choice" in res.stderr
+
+
+def test_a_database_from_before_schema_009_reads_as_float32_and_upgrades(tiny_spec, small_vocab_file, tmp_path,
+                                                                        images, monkeypatch):
+    shipped = migrations.available_migrations()
+    monkeypatch.setattr(migrations, "available_migrations", lambda folder=None: [m for m in shipped if m.version < 9])
+    db = tmp_path / "old.duckdb"
+    initialise(db, str(small_vocab_file), tiny_spec, torch.device("cpu"))
+    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+        assert ing.run([images]).count("ingested") == 2
+    con = connect(db)
+    assert "storage_settings" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+                                      .fetchall()}
+    before, emb_before = _scores(db), load_window_embeddings(con, 1)
+    con.close()
+    maps_before = _maps(db)
+    monkeypatch.undo()
+
+    con = connect(db)  # read-only: not upgraded yet, still answers
+    assert embedding_storage(con) == "float32"
+    np.testing.assert_array_equal(load_window_embeddings(con, 1), emb_before)
+    con.close()
+    con = connect(db, write=True)  # upgraded now
+    assert 9 in {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
+    assert embedding_storage(con) == "float32"
+    con.close()
+    assert _scores(db) == before
+    for a, b in zip(maps_before, _maps(db)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(DatabaseError, match="one database keeps one choice"):
+        initialise(db, str(small_vocab_file), tiny_spec, torch.device("cpu"), embeddings="float16")

@@ -1,0 +1,253 @@
+"""`ingest --engine ray` on a real local Ray cluster, and `merge`: the same rows as a plain ingest.
+
+Exactness: each test image has more windows than the encoder batch (16), so every image is explained
+in its own batches by both engines (as at the paper's settings, where an image has ~1,200 windows and
+a batch 128 or 512), and stored scores, top-K, embeddings and maps must be equal, not close.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convis_db.engine.settings import Settings
+from convis_db.ingest import Ingestor, collect_image_paths
+from convis_db.store.db import connect
+from convis_db.store.shards import plan_shards
+
+SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
+OPTIONS = ["--max-pixels", "9000", "--stride", "16", "--small", "32", "--large", "64", "--top-k", "5",
+           "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory):
+    """Five images, a duplicate of one of them under another name, and an empty (bad) file."""
+    folder = tmp_path_factory.mktemp("collection")
+    rng = np.random.default_rng(7)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    shutil.copyfile(folder / "img_2.png", folder / "img_2_copy.png")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plain_db(tiny_db, collection, tmp_path_factory):
+    db = tmp_path_factory.mktemp("plain") / "plain.duckdb"
+    shutil.copyfile(tiny_db, db)
+    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+        report = ing.run([collection])
+    assert (report.count("ingested"), report.count("skipped"), report.count("failed")) == (5, 1, 1)
+    return db
+
+
+def snapshot(db) -> dict:
+    """Everything stored per image, keyed by path (image ids are compared separately)."""
+    con = connect(db)
+    try:
+        q = {
+            "images": "SELECT path, sha256, width, height, work_width, work_height, scale, grid_rows, grid_cols, "
+                      "n_windows FROM images ORDER BY path",
+            "scores": "SELECT i.path, s.synset_id, s.score, s.peak_x, s.peak_y, s.self_score, s.self_peak_x, "
+                      "s.self_peak_y FROM image_scores s JOIN images i USING (image_id) ORDER BY 1, 2",
+            "top_k": "SELECT i.path, c.window_idx, c.k, c.synset_id, c.rank_less FROM window_concepts c "
+                     "JOIN images i USING (image_id) ORDER BY 1, 2, 3",
+            "windows": "SELECT i.path, w.window_idx, w.x0, w.y0, w.x1, w.y1, w.embedding FROM windows w "
+                       "JOIN images i USING (image_id) ORDER BY 1, 2",
+            "failures": "SELECT path FROM ingest_failures ORDER BY path",
+            "index": "SELECT count(*) FROM concept_index",
+            "ids": "SELECT path, image_id FROM images ORDER BY image_id",
+        }
+        return {k: con.execute(v).fetchall() for k, v in q.items()}
+    finally:
+        con.close()
+
+
+def maps(db, concept="dog.n.01") -> dict:
+    from convis_db.query.maps import MapService
+    from convis_db.store.image_store import get_image
+
+    con = connect(db)
+    try:
+        service = MapService(con)
+        paths = [r[0] for r in con.execute("SELECT path FROM images ORDER BY path").fetchall()]
+        return {p: service.for_stored(get_image(con, p), concept).saliency for p in paths}
+    finally:
+        con.close()
+
+
+def assert_same(a, b) -> None:
+    sa, sb = snapshot(a), snapshot(b)
+    for key in sa:
+        assert sa[key] == sb[key], key
+    ma, mb = maps(a), maps(b)
+    assert ma.keys() == mb.keys() and len(ma) == 5
+    for p in ma:
+        np.testing.assert_array_equal(ma[p], mb[p])
+
+
+@pytest.mark.slow
+def test_ray_ingest_and_merge_equal_a_plain_ingest(ray_cluster, tiny_db, collection, plain_db, tmp_path, run_cli):
+    from convis_db.distributed.ray_ingest import ray_ingest
+
+    db, shards = tmp_path / "ray.duckdb", tmp_path / "shards"
+    shutil.copyfile(tiny_db, db)
+    report = ray_ingest(db, [collection], shards_dir=shards, shard_size=3, batch_size=16,
+                        options=SETTINGS.as_dict())
+    s = report.summary()
+    assert (s["ingested"], s["skipped"], s["failed"]) == (5, 1, 1)
+    assert (s["shards_total"], s["shards_explained"]) == (3, 3)
+    assert sorted(p.name for p in shards.iterdir() if p.name.startswith(".")) == []  # no temporaries left
+    assert_same(plain_db, db)  # same ids too: shards are merged in file order
+
+    # Merging again, here or into another database (shards written elsewhere), is idempotent.
+    res = run_cli("--db", db, "merge", shards, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert [r["status"] for r in json.loads(res.stdout)["shards"]] == ["already-merged"] * 3
+    other = tmp_path / "other.duckdb"
+    shutil.copyfile(tiny_db, other)
+    for added in (5, 0):
+        res = run_cli("--db", other, "merge", shards, "--json")
+        assert res.exit_code == 0, res.stderr
+        assert json.loads(res.stdout)["images_added"] == added
+    assert_same(plain_db, other)
+
+
+@pytest.mark.slow
+def test_a_killed_ray_ingest_resumes(ray_cluster, tiny_db, collection, plain_db, tmp_path, run_cli):
+    """The driver (a `convis-db ingest --engine ray` process on this cluster) is SIGKILLed once its
+    first shard is finished; with a half-written temporary shard and a final-named shard without a
+    manifest also left behind, the same command finishes the job, explaining only what was not
+    finished, and the database equals a plain ingest."""
+    db, shards = tmp_path / "ray.duckdb", tmp_path / "shards"
+    shutil.copyfile(tiny_db, db)
+    args = ["--db", str(db), "-q", "ingest", str(collection), "--engine", "ray", "--shards", str(shards),
+            "--shard-size", "1", *OPTIONS, "--json"]
+    address = ray_cluster.get_runtime_context().gcs_address
+    driver = subprocess.Popen([sys.executable, "-m", "convis_db", *args, "--address", address],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if shards.is_dir() and any((p / "manifest.json").is_file() for p in shards.iterdir()):
+                break
+            time.sleep(0.05)
+    finally:
+        driver.kill()
+        driver.wait()
+    done = {p.name for p in shards.iterdir() if (p / "manifest.json").is_file()}
+    assert 1 <= len(done) < 7  # killed part-way (7 files, one per shard)
+    stale = shards / ".shard-00006-0123456789ab.tmp-deadbeef"
+    stale.mkdir(exist_ok=True)
+    (stale / "windows.parquet").write_bytes(b"PAR1 cut short")
+    files, _ = collect_image_paths([collection], recursive=False)
+    names = [n for n, _ in plan_shards([str(f.absolute()) for f in files], 1)]
+    unfinished = next(n for n in names if n not in done)
+    (shards / unfinished).mkdir(exist_ok=True)  # a copy cut short where renames are not atomic: no manifest
+    (shards / unfinished / "images.parquet").write_bytes(b"PAR1 cut short")
+    con = connect(db)  # opens after the kill: whole shards only
+    stored = con.execute("SELECT count(*) FROM images").fetchone()[0]
+    con.close()
+    assert stored < 5
+
+    res = run_cli(*args)
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads(res.stdout)["summary"]  # stdout holds the JSON only: Ray logs elsewhere
+    assert summary["interrupted"] is False
+    assert summary["shards_explained"] == 7 - len(done)
+    assert summary["shards_reused"] + summary["shards_merged_before"] == len(done)
+    assert not [p for p in shards.iterdir() if p.name.startswith(".")]
+    assert (shards / unfinished / "manifest.json").is_file()
+    assert_same(plain_db, db)
+
+
+def test_stopping_the_driver_keeps_finished_shards(ray_cluster, tiny_db, collection, tmp_path):
+    """A stop requested in the driver (Ctrl-C) ends the run as interrupted, with its shards kept."""
+    from convis_db.distributed.ray_ingest import ray_ingest
+
+    def stop(summary):
+        raise KeyboardInterrupt
+
+    db = tmp_path / "ray.duckdb"
+    shutil.copyfile(tiny_db, db)
+    report = ray_ingest(db, [collection], shards_dir=tmp_path / "shards", shard_size=4, batch_size=16,
+                        options=SETTINGS.as_dict(), on_shard=stop)
+    assert report.interrupted and report.shards_explained == 1 and report.shards_total == 2
+
+
+def test_ray_missing_is_a_clear_error(tiny_db_copy, collection, run_cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    res = run_cli("--db", tiny_db_copy, "ingest", collection, "--engine", "ray")
+    assert res.exit_code == 2
+    assert "convis-db[ray]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_only_the_ray_engine_imports_ray():
+    """Ray is optional: one module imports it, inside a function (require_ray), never at import time."""
+    import ast
+    from pathlib import Path
+
+    import convis_db
+
+    found = {}
+    for path in Path(convis_db.__file__).parent.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            if any(n == "ray" or n.startswith("ray.") for n in names):
+                found.setdefault(path.name, []).append(node.col_offset)
+    assert set(found) == {"ray_ingest.py"}
+    assert all(col > 0 for col in found["ray_ingest.py"])  # indented: inside functions only
+
+
+def _job(db, shards):
+    from convis_db.distributed.shard_worker import ShardJob
+    from convis_db.store.hierarchy_store import load_hierarchy
+    from convis_db.store.image_store import embedding_storage
+    from convis_db.store.model_store import load_definition_embeddings, model_row, spec_from_row
+
+    con = connect(db)
+    try:
+        return ShardJob(spec=spec_from_row(model_row(con, 1)), definitions=load_definition_embeddings(con, 1),
+                        levels=load_hierarchy(con).propagation_levels, settings=SETTINGS,
+                        storage=embedding_storage(con), shards_dir=str(shards), batch_size=16)
+    finally:
+        con.close()
+
+
+def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collection, plain_db, tmp_path, run_cli):
+    """The shard worker needs no Ray: shards it writes in this process merge into the plain
+    ingest's rows; a shard explained under other settings is refused with the difference named."""
+    from convis_db.distributed.shard_worker import build_engine, explain_shard
+
+    shards = tmp_path / "shards"
+    job = _job(tiny_db, shards)
+    engine = build_engine(job, torch.device("cpu"))
+    files, _ = collect_image_paths([collection], recursive=False)
+    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
+        explain_shard(engine, job, name, chunk)
+    db = tmp_path / "merged.duckdb"
+    shutil.copyfile(tiny_db, db)
+    res = run_cli("--db", db, "merge", shards, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["images_added"] == 5
+    assert_same(plain_db, db)
+
+    other = tmp_path / "other.duckdb"
+    shutil.copyfile(plain_db, other)
+    con = connect(other, write=True)
+    con.execute("DELETE FROM merged_shards")
+    con.execute("UPDATE images SET stride = 32")  # as if its images were explained at another stride
+    con.close()
+    res = run_cli("--db", other, "merge", shards)
+    assert res.exit_code == 2 and "settings" in res.stderr and "Traceback" not in res.stderr
