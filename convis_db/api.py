@@ -352,6 +352,19 @@ class Database:
         """
         return Map(self._map_service().for_ref(str(image), concept, only_self))
 
+    def mutual(self, image: str | Path | np.ndarray, labels: list[str], **options):
+        """Why CLIP predicts one of `labels` for `image`: the concepts its vision and language encoders
+        share (Sammani & Deligiannis, NeurIPS 2024; docs/mutual.md), with the definitions of T as the
+        concept bank unless `descriptors=` names a descriptor file. Returns a MutualExplanation.
+
+        Example:
+            >>> exp = db.mutual("cat.jpg", ["cat", "dog", "car"])            # doctest: +SKIP
+            >>> exp.predicted, [c.text for c in exp.mutual_concepts][:3]      # doctest: +SKIP
+        """
+        from convis_db.mutual import explain_image
+
+        return explain_image(image, labels, db=self.path, device=self.device, **options)
+
     def sql(self, query: str, params: list | dict | None = None) -> duckdb.DuckDBPyRelation:
         """A DuckDB relation for a read-only query (`.df()`, `.arrow()`, `.pl()`, `.fetchall()`).
 
@@ -395,12 +408,14 @@ def open(path: str | Path, *, device: str | torch.device = "auto", precision: st
 
 def create(path: str | Path, *, model: str | None = None, pretrained: str | None = None,
            vocab: str = "physical-objects", hierarchy: str | None = None, device: str | torch.device = "auto",
-           precision: str | None = None, batch_size: int = 256, progress: ProgressArg = False) -> Database:
+           precision: str | None = None, embeddings: str | None = None, batch_size: int = 256,
+           progress: ProgressArg = False) -> Database:
     """Create (or extend) a database: the WordNet hierarchy of `vocab` and the definition embeddings
     of `model`; returns it opened for writing. Idempotent, like `convis-db init`.
 
     `hierarchy` is "reference" (the authors' T: hypernyms only, the default) or "extended"
-    (instance hypernyms too); see docs/fidelity.md.
+    (instance hypernyms too); see docs/fidelity.md. `embeddings` is how window embeddings are stored:
+    "float32" (default), "float16" or "none" (see the README's storage section).
 
     Example:
         >>> db = convis_db.create("photos.duckdb", model="ViT-B-32", pretrained="openai")   # doctest: +SKIP
@@ -414,7 +429,7 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
 
     resolved = resolve_precision(precision, dev)
     initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy,
-               precision=resolved)
+               precision=resolved, embeddings=embeddings)
     return Database(path, device=dev, precision=resolved, write=True)
 
 

@@ -24,6 +24,8 @@ from convis_db.store.db import connect
 from convis_db.store.shards import plan_shards
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
+#: The same settings as CLI options (the window layout is the database's, not an option).
+SETTING_OPTIONS = {k: v for k, v in SETTINGS.as_dict().items() if k != "layout"}
 OPTIONS = ["--max-pixels", "9000", "--stride", "16", "--small", "32", "--large", "64", "--top-k", "5",
            "--batch-size", "16"]
 
@@ -102,7 +104,7 @@ def test_ray_ingest_and_merge_equal_a_plain_ingest(ray_cluster, tiny_db, collect
     db, shards = tmp_path / "ray.duckdb", tmp_path / "shards"
     shutil.copyfile(tiny_db, db)
     report = ray_ingest(db, [collection], shards_dir=shards, shard_size=3, batch_size=16,
-                        options=SETTINGS.as_dict())
+                        options=SETTING_OPTIONS)
     s = report.summary()
     assert (s["ingested"], s["skipped"], s["failed"]) == (5, 1, 1)
     assert (s["shards_total"], s["shards_explained"]) == (3, 3)
@@ -180,7 +182,7 @@ def test_stopping_the_driver_keeps_finished_shards(ray_cluster, tiny_db, collect
     db = tmp_path / "ray.duckdb"
     shutil.copyfile(tiny_db, db)
     report = ray_ingest(db, [collection], shards_dir=tmp_path / "shards", shard_size=4, batch_size=16,
-                        options=SETTINGS.as_dict(), on_shard=stop)
+                        options=SETTING_OPTIONS, on_shard=stop)
     assert report.interrupted and report.shards_explained == 1 and report.shards_total == 2
 
 

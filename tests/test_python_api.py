@@ -118,3 +118,14 @@ def test_precision_is_resolved_once_like_the_cli(notebook, monkeypatch):
         assert db.precision == "bf16" and "bf16" in repr(db)
     with pytest.raises(UsageError, match="--precision"):
         convis_db.open(folder / "notebook.duckdb", device="cpu", precision="fp64")
+
+
+def test_mutual_knowledge_through_the_database(notebook):
+    from convis_db.paths import sample_images_dir
+
+    folder, _ = notebook
+    image = sorted(sample_images_dir().glob("*.png"))[0]
+    with convis_db.open(folder / "notebook.duckdb", device="cpu") as db:
+        exp = db.mutual(image, ["dog", "cat", "pizza"])
+    assert exp.predicted in ("dog", "cat", "pizza")
+    assert exp.as_dict()["predicted"] == exp.predicted
