@@ -7,8 +7,8 @@
     python benchmarks/bench_precision.py variants                                # ways of running bf16 here
 
 (1) windows/s of `ingest` end to end (decode threads, cut + resize, encode, rank, aggregate, writer
-    thread, concept index) over windows/s of a bare `encode_image_batch` loop on ready tensors of the
-    same batch size, same precision, same process; bare forwards and ingests alternate in rounds, so
+    thread, concept index) over windows/s of a bare `encode_image_batch` loop on ready tensors (the
+    same images' patches, cut beforehand) of the same batch size, same precision, same process; bare forwards and ingests alternate in rounds, so
     load from other processes on a shared machine hits both alike.
 (2) the engine on one image in fp32 and in bf16, side by side: encode-stage speed ratio, share of
     windows whose top-1 synset is unchanged, mean |delta rank_sim| over each window's fp32 top-100,
@@ -76,10 +76,26 @@ def base_db(spec, device) -> Path:
     return path
 
 
-def bare_windows_per_s(model, batch: int, repeat: int) -> tuple[float, list[float]]:
+def ready_patches(engine, paths: list[Path], batch: int) -> torch.Tensor:
+    """2 x batch normalised patches cut beforehand from the benchmark's own images (small and large of
+    each window, as the engine cuts them), so both loops encode the same kind of pixels."""
+    from convis_db.engine.windows import PatchCutter
+
+    out: list[torch.Tensor] = []
+    while sum(len(t) for t in out) < 2 * batch:
+        for path in paths:
+            img, grid = engine.working_image(read_image(path).pixels)
+            cutter = PatchCutter(img, grid, engine.model.image_size)
+            n = grid.n_windows
+            out += [cutter.patches(grid.small, 0, n), cutter.patches(grid.large, 0, n)]
+    return torch.cat(out)[: 2 * batch].contiguous()
+
+
+def bare_windows_per_s(model, batch: int, repeat: int, patches: torch.Tensor | None = None) -> tuple[float, list[float]]:
     """Windows/s of encode_image_batch on ready patches: 2 x batch patches per forward."""
-    g = torch.Generator().manual_seed(0)
-    patches = torch.randn(2 * batch, 3, model.image_size, model.image_size, generator=g).to(model.device)
+    if patches is None:
+        g = torch.Generator().manual_seed(0)
+        patches = torch.randn(2 * batch, 3, model.image_size, model.image_size, generator=g).to(model.device)
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
@@ -108,9 +124,10 @@ def cmd_overhead(args, spec, device) -> None:
     with Ingestor(db, device=device, settings=settings, batch_size=args.batch_size, precision=precision,
                   decode_threads=2) as ingestor:
         model = ingestor.engine().model            # the ingest's own model, loaded before the clock starts
-        model.encode_image_batch(torch.zeros(4, 3, model.image_size, model.image_size, device=device))  # warm-up
+        ready = ready_patches(ingestor.engine(), paths, args.batch_size)
+        model.encode_image_batch(ready[:4])  # warm-up
         for r, group in enumerate(groups, 1):
-            rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)
+            rate, times = bare_windows_per_s(model, args.batch_size, args.repeat, ready)
             bare_w += args.batch_size * len(times)
             bare_t += sum(times)
             t = time.perf_counter()
@@ -122,7 +139,7 @@ def cmd_overhead(args, spec, device) -> None:
                 stages[k] = stages.get(k, 0.0) + v
             print(f"round {r}: bare {rate:.2f} windows/s; ingest {report.count('ingested')} images, {report.windows} "
                   f"windows in {secs:.1f} s = {report.windows / secs:.2f} windows/s")
-        rate, times = bare_windows_per_s(model, args.batch_size, args.repeat)  # closing: bare, ingest, ..., bare
+        rate, times = bare_windows_per_s(model, args.batch_size, args.repeat, ready)  # closing: bare, ingest, ..., bare
         bare_w += args.batch_size * len(times)
         bare_t += sum(times)
         print(f"closing bare forward: {rate:.2f} windows/s")

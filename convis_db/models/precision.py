@@ -7,7 +7,7 @@ window's ranks by a step or two.
 
 A precision runs only where torch has native kernels for it on the device. On a CPU without them
 (no AVX512-BF16 / AMX for bf16, no AVX512-FP16 / AMX-FP16 for fp16) torch falls back to generic
-loops: measured on an AVX2-only CPU (docs/benchmarks.md), bf16 ran ViT-B-32 about 6.5x slower than
+loops: measured on an AVX2-only CPU (docs/benchmarks.md), bf16 ran ViT-B-32 4 to 6 times slower than
 fp32. That is refused with a one-line error rather than run.
 """
 
