@@ -13,7 +13,6 @@ before the next one; a second one stops at once (the open transaction is rolled 
 from __future__ import annotations
 
 import dataclasses
-import dataclasses
 import logging
 import os
 import signal

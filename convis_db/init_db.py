@@ -26,6 +26,7 @@ from convis_db.store.model_store import (
 from convis_db.wordnet.hierarchy import DEFAULT_HIERARCHY, build_hierarchy, check_hierarchy_kind
 from convis_db.wordnet.source import open_wordnet
 from convis_db.wordnet.vocab import load_vocabulary
+from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +120,8 @@ def _ensure_model(con, spec: ModelSpec, device: torch.device, batch_size: int, p
     definitions = [r[0] for r in con.execute("SELECT definition FROM synsets ORDER BY synset_id").fetchall()]
     with progress("Embedding definitions", len(definitions), "synsets") as tick:
         emb = loaded.encode_text(definitions, batch_size=batch_size, progress=tick)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         mid = register_model(con, loaded)
         write_definition_embeddings(con, mid, emb, loaded.precision)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     log.info("embedded %d definitions with %s in %s", len(definitions), spec.label, loaded.precision)
     return mid, len(definitions)

@@ -25,7 +25,7 @@ from convis_db.errors import UsageError
 from convis_db.ingest import Ingestor
 from faults import images as fi
 from faults.checks import assert_whole, query, table_counts
-from faults.proc import INGESTED_LINE, INTERRUPT_LINE, OPENED_LINE, Watched, module_command
+from faults.proc import INGESTED_LINE, INTERRUPT_LINE, Watched, module_command
 
 pytestmark = pytest.mark.fault
 posix_only = pytest.mark.skipif(os.name != "posix", reason="needs POSIX signals and FIFOs")

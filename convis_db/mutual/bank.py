@@ -22,6 +22,7 @@ import pyarrow as pa
 from convis_db.errors import UsageError
 from convis_db.progress import Progress, no_progress
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,7 @@ def descriptor_bank(con: duckdb.DuckDBPyConnection, model, model_id: int, path: 
 
 
 def _store(con, model_id: int, name: str, sha: str, texts: list[str], classes: list[list[str]], emb: np.ndarray) -> int:
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         bank_id = int(con.execute("INSERT INTO mutual_banks (model_id, name, sha256, n_entries) VALUES (?, ?, ?, ?) "
                                   "RETURNING bank_id", [model_id, name, sha, len(texts)]).fetchone()[0])
         table = pa.table({
@@ -137,8 +137,4 @@ def _store(con, model_id: int, name: str, sha: str, texts: list[str], classes: l
             con.execute("INSERT INTO mutual_bank_entries SELECT * FROM _mutual_bank")
         finally:
             con.unregister("_mutual_bank")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return bank_id

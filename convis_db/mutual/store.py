@@ -5,6 +5,7 @@ from __future__ import annotations
 import duckdb
 
 from convis_db.mutual.explain import MutualExplanation
+from convis_db.store.transaction import transaction
 
 
 def write_explanation(con: duckdb.DuckDBPyConnection, exp: MutualExplanation, model_id: int,
@@ -14,8 +15,7 @@ def write_explanation(con: duckdb.DuckDBPyConnection, exp: MutualExplanation, mo
     if exp.sha256:
         row = con.execute("SELECT image_id FROM images WHERE sha256 = ?", [exp.sha256]).fetchone()
         image_id = int(row[0]) if row else None
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         eid = int(con.execute(
             """INSERT INTO mutual_explanations (image_id, path, sha256, model_id, bank, bank_id, labels, templates,
                    predicted, predicted_score, decomposition, settings_json, n_concepts, n_mutual, mi, auc)
@@ -38,8 +38,4 @@ def write_explanation(con: duckdb.DuckDBPyConnection, exp: MutualExplanation, mo
                  for r, t in enumerate(exp.mutual_concepts, 1)]
         if rows:
             con.executemany("INSERT INTO mutual_textual_concepts VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     return eid

@@ -7,6 +7,8 @@ import logging
 
 import duckdb
 
+from convis_db.store.transaction import transaction
+
 log = logging.getLogger(__name__)
 
 #: Rebuild into one sorted run when more runs than this have been appended.
@@ -26,17 +28,12 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
                          [watermark]).fetchone()
     top, pending = int(newest[0]), int(newest[1])
     if pending:
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(
                 f"""INSERT INTO concept_index ({COLUMNS})
                     SELECT {COLUMNS} FROM image_scores WHERE image_id > ? AND image_id <= ?
                     ORDER BY synset_id, score DESC, image_id""", [watermark, top])  # fixed column list
             con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
         runs += 1
         log.info("concept index: appended %d images as run %d", pending, runs)
     if runs > max_runs:
@@ -46,17 +43,12 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
 
 def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite concept_index as a single run sorted by (synset_id, score DESC)."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.execute("CREATE TEMP TABLE _ci AS SELECT * FROM concept_index ORDER BY synset_id, score DESC, image_id")
         con.execute("DELETE FROM concept_index")
         con.execute("INSERT INTO concept_index SELECT * FROM _ci ORDER BY synset_id, score DESC, image_id")
         con.execute("DROP TABLE _ci")
         con.execute("UPDATE concept_index_state SET runs = 1")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     con.execute("CHECKPOINT")
     log.info("concept index rebuilt as one sorted run")
 
@@ -73,17 +65,12 @@ def index_lacks_image_level(con: duckdb.DuckDBPyConnection) -> bool:
 def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite concept_index from image_scores as one sorted run (after image-level scores were added to
     stored images: their rows in the index are copies made before). One transaction."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
         con.execute("DELETE FROM concept_index")
         con.execute(f"""INSERT INTO concept_index ({COLUMNS})
                         SELECT {COLUMNS} FROM image_scores WHERE image_id <= ?
                         ORDER BY synset_id, score DESC, image_id""", [watermark])  # fixed column list
         con.execute("UPDATE concept_index_state SET runs = 1")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
     con.execute("CHECKPOINT")
     log.info("concept index rewritten with the image-level scores")

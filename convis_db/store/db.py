@@ -21,6 +21,7 @@ import duckdb
 from convis_db.errors import DatabaseError, DatabaseLockedError
 from convis_db.store.migrations import check_not_newer, migrate
 
+
 log = logging.getLogger(__name__)
 _PID = re.compile(r"PID (\d+)")
 _HOLDER = re.compile(r"(?:lock is )?held in (.+?) \(PID (\d+)\)")
@@ -147,18 +148,6 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
         con.close()
         raise
     return con
-
-
-def rollback_quietly(con: duckdb.DuckDBPyConnection) -> None:
-    """ROLLBACK in an error path without hiding the error being handled.
-
-    After some failures (a full disk, an interrupted statement) DuckDB has already aborted the
-    transaction, and a second ROLLBACK raises "no transaction is active", which would replace the
-    real cause ("No space left on device") in the user's message."""
-    try:
-        con.execute("ROLLBACK")
-    except duckdb.Error as exc:
-        log.debug("rollback after an error: %s", _first_line(str(exc)))
 
 
 def damaged_message(path: str | Path, exc: BaseException) -> str:

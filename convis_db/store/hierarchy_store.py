@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from convis_db.errors import DatabaseError, NotFoundError, UsageError, did_you_mean
 from convis_db.wordnet.hierarchy import LEGACY_HIERARCHY, Hierarchy
+from convis_db.store.transaction import transaction
 from convis_db.wordnet.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -36,23 +37,19 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
         "kind": [e[2] for e in h.edges],
     })
     closure = pa.table({"ancestor_id": anc, "descendant_id": desc, "distance": dist})
-    con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(
-            "INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
-            "wordnet_version, hierarchy, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-            [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version, h.kind],
-        )
-        con.register("_synsets", synsets)
-        con.execute("INSERT INTO synsets SELECT * FROM _synsets")
-        con.register("_edges", edges)
-        con.execute("INSERT INTO isa_edges SELECT * FROM _edges")
-        con.register("_closure", closure)
-        con.execute("INSERT INTO closure SELECT * FROM _closure")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+        with transaction(con):
+            con.execute(
+                "INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
+                "wordnet_version, hierarchy, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+                [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version,
+                 h.kind],
+            )
+            for name, table in (("_synsets", synsets), ("_edges", edges), ("_closure", closure)):
+                con.register(name, table)
+            con.execute("INSERT INTO synsets SELECT * FROM _synsets")
+            con.execute("INSERT INTO isa_edges SELECT * FROM _edges")
+            con.execute("INSERT INTO closure SELECT * FROM _closure")
     finally:
         for name in ("_synsets", "_edges", "_closure"):
             con.unregister(name)

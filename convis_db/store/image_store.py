@@ -18,8 +18,8 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
-from convis_db.store.db import rollback_quietly
 from convis_db.store.migrations import has_column, has_table
+from convis_db.store.transaction import transaction
 
 
 @dataclass
@@ -267,15 +267,10 @@ def write_image(con: duckdb.DuckDBPyConnection, exp: ImageExplanation, sha256: s
     `precision` is the image encoder's (fp32, bf16, fp16); ingest always gives it.
     """
     storage = embedding_storage(con)
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         image_id = next_image_ids(con, 1)[0]
         insert_tables(con, image_tables(exp, sha256, path, model_id, settings, image_id, storage, precision))
         con.execute("DELETE FROM ingest_failures WHERE path = ?", [path])
-        con.execute("COMMIT")
-    except Exception:
-        rollback_quietly(con)  # keeps the real cause (e.g. "No space left on device") as the error
-        raise
     return int(image_id)
 
 
@@ -288,8 +283,7 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
         "image_max_rank_less": level.max_rank_less.astype(np.int32),
         "image_rank_less": level.rank_less.astype(np.int32),
     })
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         con.register("_level", rows)
         try:
             con.execute(
@@ -305,10 +299,6 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
             con.execute("INSERT INTO image_embeddings (image_id, embedding) SELECT image_id, embedding FROM _emb")
         finally:
             con.unregister("_emb")
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def images_without_image_level(con: duckdb.DuckDBPyConnection) -> list[StoredImage]:

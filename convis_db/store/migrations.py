@@ -16,6 +16,7 @@ import duckdb
 
 from convis_db.errors import DatabaseError
 from convis_db.paths import schema_dir
+from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
@@ -133,17 +134,9 @@ def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
         if mig.version in done:
             continue
         log.info("applying schema %03d_%s", mig.version, mig.name)
-        con.execute("BEGIN TRANSACTION")
-        try:
+        with transaction(con):
             con.execute(mig.sql)
             con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                         [mig.version, mig.name, mig.checksum])
-            con.execute("COMMIT")
-        except Exception:
-            try:
-                con.execute("ROLLBACK")
-            except duckdb.Error:  # already aborted by the failure: keep the failure as the error
-                pass
-            raise
         applied_now.append(mig.version)
     return applied_now

@@ -41,6 +41,7 @@ from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.image_store import (IMAGE_TABLES, embedding_storage, insert_tables, next_image_ids,
                                          record_failure, stored_profile)
+from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +225,7 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
     tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES if (folder / f"{t}.parquet").is_file()}
     failures = pq.read_table(folder / f"{FAILURES}.parquet").to_pylist()
     result = ShardMerge(name, "merged", failed=len(failures))
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):  # a Ctrl-C too: never left open
         images = tables.get("images")
         local_ids = images.column("image_id").to_numpy() if images is not None else np.zeros(0, np.int64)
         shas = images.column("sha256").to_pylist() if images is not None else []
@@ -261,10 +261,6 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         result.images, result.skipped = len(new_ids), int((~keep).sum())
         con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
                     [name, result.images, result.skipped])
-        con.execute("COMMIT")
-    except BaseException:  # a Ctrl-C (KeyboardInterrupt) too: never leave the transaction open
-        con.execute("ROLLBACK")
-        raise
     log.info("merged %s: %d images added, %d already stored, %d failures recorded", name, result.images,
              result.skipped, result.failed)
     return result
