@@ -79,6 +79,16 @@ class SearchHit:
     by: str = "map"
 
 
+class SearchHits(list):
+    """The hits of one search, best first (a list of SearchHit), with the score they are ranked by
+    (`by`: "image" or "map") and notes for the user (e.g. how many images lack image-level scores)."""
+
+    def __init__(self, hits: Iterable[SearchHit], by: str, notes: list[str]):
+        super().__init__(hits)
+        self.by = by
+        self.notes = notes
+
+
 @dataclass(frozen=True)
 class Region:
     """A connected part of an image where a concept's saliency reaches the threshold; the box
@@ -123,6 +133,11 @@ class ExplanationNode:
     children: list[ExplanationNode] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def as_dict(self) -> dict:
+        """The node as the CLI's --json prints it: its fields, extra ones inline, children nested."""
+        return {"synset": self.synset, "score": self.score, "self_score": self.self_score, "peak_x": self.peak_x,
+                "peak_y": self.peak_y, **self.extra, "children": [c.as_dict() for c in self.children]}
+
     @classmethod
     def from_dict(cls, node: dict) -> ExplanationNode:
         known = {"synset", "score", "self_score", "peak_x", "peak_y", "children"}
@@ -140,9 +155,35 @@ class ExplanationNode:
 
 @dataclass
 class Explanation:
+    """An image's explanation tree (`tree`, from the root concept down)."""
+
     image_id: int
     path: str
     tree: ExplanationNode
+
+    def as_dict(self) -> dict:
+        return {"image_id": self.image_id, "path": self.path, "tree": self.tree.as_dict()}
+
+
+@dataclass(frozen=True)
+class ChildConcept:
+    """A direct is-a child of a synset, with its own child and descendant counts."""
+
+    parent: str
+    synset: str
+    definition: str
+    n_children: int
+    n_descendants: int
+
+
+@dataclass(frozen=True)
+class AncestorConcept:
+    """An ancestor of a synset (every DAG path), `distance` edges above it."""
+
+    synset: str
+    distance: int
+    depth: int
+    definition: str
 
 
 @dataclass(frozen=True)
@@ -302,10 +343,11 @@ class Database:
         Example:
             >>> [(h.image_id, round(h.score, 3)) for h in db.search("dog.n.01", limit=2)]   # doctest: +SKIP
         """
-        from convis_db.query.search import search_images
+        from convis_db.query.search import choose_level, search_images
 
-        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, by=by)
-        return [_from_dict(SearchHit, r) for r in rows]
+        level, notes = choose_level(self.con, by)
+        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, by=level)
+        return SearchHits((_from_dict(SearchHit, r) for r in rows), level, notes)
 
     def regions(self, concept: str, *, min_score: float | None = None, image: str | int | None = None,
                 limit: int = 100) -> list[Region]:
@@ -320,7 +362,7 @@ class Database:
                             image=None if image is None else str(image), limit=limit, service=self._map_service())
         return [_from_dict(Region, r) for r in rows]
 
-    def explain(self, image: str | int, *, depth: int = 4, top: int = 3) -> Explanation:
+    def explain(self, image: str | int, *, depth: int = 4, top: int = 3, root: str = "entity.n.01") -> Explanation:
         """What CLIP sees in a stored image, as a tree from entity.n.01: each node's `top` best
         children, `depth` levels down.
 
@@ -329,7 +371,7 @@ class Database:
         """
         from convis_db.query.explain import explain_image
 
-        out = explain_image(self.con, str(image), depth=depth, top=top)
+        out = explain_image(self.con, str(image), depth=depth, top=top, root=root)
         return Explanation(image_id=out["image_id"], path=out["path"], tree=ExplanationNode.from_dict(out["tree"]))
 
     def concepts(self, query: str, *, limit: int = 20) -> list[Concept]:
@@ -342,6 +384,26 @@ class Database:
         from convis_db.query.concepts import find_concepts
 
         return [_from_dict(Concept, r) for r in find_concepts(self.con, query, limit)]
+
+    def children(self, concept: str) -> list[ChildConcept]:
+        """The direct is-a children of one synset (a name, or a query matching one synset), by name.
+
+        Example:
+            >>> [c.synset for c in db.children("animal.n.01")][:3]        # doctest: +SKIP
+        """
+        from convis_db.query.concepts import concept_children
+
+        return [_from_dict(ChildConcept, r) for r in concept_children(self.con, concept)]
+
+    def ancestors(self, concept: str) -> list[AncestorConcept]:
+        """Every ancestor of one synset up to entity.n.01 (all DAG paths), nearest first.
+
+        Example:
+            >>> [a.synset for a in db.ancestors("dog.n.01")][:2]           # doctest: +SKIP
+        """
+        from convis_db.query.concepts import concept_ancestors
+
+        return [_from_dict(AncestorConcept, r) for r in concept_ancestors(self.con, concept)]
 
     def map(self, image: str | int | Path, concept: str, *, only_self: bool = False) -> Map:
         """The saliency map of `concept` on a stored image (id, path or sha256; no model run) or on a
@@ -433,5 +495,5 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
     return Database(path, device=dev, precision=resolved, write=True)
 
 
-__all__ = ["Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord", "Map", "Region", "SearchHit",
-           "create", "open"]
+__all__ = ["AncestorConcept", "ChildConcept", "Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord",
+           "Map", "Region", "SearchHit", "SearchHits", "create", "open"]

@@ -63,6 +63,12 @@ def test_api_answers_equal_the_library_functions(notebook):
         raw = explain_image(db.con, str(hits[0].image_id), depth=3, top=2)["tree"]
         assert [n.synset for n in tree.walk()] == _names(raw)
         assert [c.synset for c in db.concepts("dog")] == [r["synset"] for r in find_concepts(db.con, "dog")]
+        from convis_db.query.concepts import concept_ancestors, concept_children
+
+        assert [c.__dict__ for c in db.children("entity.n.01")] == concept_children(db.con, "entity.n.01")
+        assert [a.__dict__ for a in db.ancestors("dog.n.01")] == concept_ancestors(db.con, "dog.n.01")
+        assert hits.by in ("image", "map") and isinstance(hits.notes, list)
+        assert db.explain(hits[0].image_id, depth=1).as_dict()["tree"]["synset"] == "entity.n.01"
         m = db.map(hits[0].image_id, "entity.n.01")
         assert m.source == "database" and m.peak["score"] == pytest.approx(hits[0].score, abs=1e-12)
         assert m.values.dtype == np.float64 and m.overlay().dtype == np.uint8

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
-from convis_db.query.concepts import concept_ancestors, concept_children, find_concepts
 
 
 @click.command("concepts")
@@ -28,11 +29,12 @@ def command(app: App, query: str, children: bool, ancestors: bool, limit: int) -
     """
     if children and ancestors:
         raise click.UsageError("--children and --ancestors are exclusive; pick one.")
-    with app.reader() as con:
+    with app.database() as db:
         if children:
-            return Result(rows=concept_children(con, query),
+            return Result(rows=[asdict(c) for c in db.children(query)],
                           columns=["synset", "n_children", "n_descendants", "definition"])
         if ancestors:
-            return Result(rows=concept_ancestors(con, query), columns=["synset", "distance", "depth", "definition"])
-        rows = find_concepts(con, query, limit)
+            return Result(rows=[asdict(a) for a in db.ancestors(query)],
+                          columns=["synset", "distance", "depth", "definition"])
+        rows = [asdict(c) for c in db.concepts(query, limit=limit)]
     return Result(rows=rows, columns=["synset", "definition", "n_children", "n_descendants", "path"])

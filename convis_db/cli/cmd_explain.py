@@ -6,7 +6,7 @@ import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
-from convis_db.query.explain import explain_image, render_tree
+from convis_db.query.explain import render_tree
 
 
 def _flatten(node: dict, level: int = 0, out: list | None = None) -> list[dict]:
@@ -32,8 +32,8 @@ def command(app: App, image: str, depth: int, top: int, root: str) -> Result:
       convis-db explain 1 --depth 6 --top 2
       convis-db explain photos/cat.jpg --root animal.n.01 --json
     """
-    with app.reader() as con:
-        result = explain_image(con, image, depth, top, root)
+    with app.database() as db:
+        result = db.explain(image, depth=depth, top=top, root=root).as_dict()
     rows = _flatten(result["tree"])
     return Result(rows=rows, data=result, title=f"image {result['image_id']}: {result['path']}",
                   text="\n".join(render_tree(result["tree"])),

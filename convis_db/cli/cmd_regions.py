@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, query_output
 from convis_db.cli.types import listing_limit, score_range
 from convis_db.models.device import resolve_device
-from convis_db.query.maps import MapService
-from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
+from convis_db.query.regions import DEFAULT_MIN_SCORE
 
 
 @click.command("regions")
@@ -29,6 +30,6 @@ def command(app: App, concept: str, image: str | None, min_score: float, limit: 
       convis-db regions dog.n.01 --min-score 0.98
       convis-db regions animal.n.01 --image 3 --json
     """
-    with app.reader() as con:
-        rows = find_regions(con, concept, min_score, image, limit, MapService(con, resolve_device(device)))
+    with app.database(resolve_device(device)) as db:
+        rows = [asdict(r) for r in db.regions(concept, min_score=min_score, image=image, limit=limit)]
     return Result(rows=rows, columns=["image_id", "score", "x0", "y0", "x1", "y1", "area_fraction", "path"])

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
 from convis_db.cli.types import listing_limit, score_range
-from convis_db.query.search import LEVELS, choose_level, search_images
+from convis_db.query.search import LEVELS
 
 
 @click.command("search")
@@ -34,8 +36,8 @@ def command(app: App, concept: str, by: str | None, min_score: float, limit: int
       convis-db search dog.n.01 --limit 10
       convis-db search animal.n.01 --by map --min-score 0.99 --csv
     """
-    with app.reader() as con:
-        level, notes = choose_level(con, by)
-        rows = search_images(con, concept, min_score, limit, only_self, level)
-    return Result(rows=rows, columns=["image_id", "score", "image_score", "map_score", "peak_x", "peak_y", "path"],
-                  title=f"ranked by {level} score", notes=notes)
+    with app.database() as db:
+        hits = db.search(concept, by=by, min_score=min_score, limit=limit, only_self=only_self)
+    return Result(rows=[asdict(h) for h in hits],
+                  columns=["image_id", "score", "image_score", "map_score", "peak_x", "peak_y", "path"],
+                  title=f"ranked by {hits.by} score", notes=hits.notes)

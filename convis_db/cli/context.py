@@ -6,6 +6,7 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import duckdb
 
@@ -14,6 +15,9 @@ import click
 from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from convis_db.progress import Progress, tqdm_progress
 from convis_db.store.db import connect, require_initialised
+
+if TYPE_CHECKING:
+    from convis_db.api import Database
 
 
 @dataclass
@@ -25,6 +29,18 @@ class App:
     @property
     def progress(self) -> Progress:
         return tqdm_progress(enabled=not self.quiet)
+
+    @contextlib.contextmanager
+    def database(self, device: str = "cpu") -> Iterator[Database]:
+        """The database through the public API (read-only), closed after the command. `device` only
+        matters where the command may run the model (regions, map of a new file)."""
+        from convis_db.api import Database
+
+        db = Database(self.db, device=device)
+        try:
+            yield db
+        finally:
+            db.close()
 
     @contextlib.contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
