@@ -560,3 +560,22 @@ def test_settings_refuse_a_stride_that_leaves_pixels_uncovered():
     Settings(max_pixels=9000, stride=48, small=32, large=48)  # stride == large still covers every pixel
     with pytest.raises(UsageError, match="stride"):
         Settings(max_pixels=9000, stride=64, small=32, large=48)
+
+
+def test_window_batches_pack_images_in_order_without_gaps():
+    from convis_db.engine.explainer import window_batches
+
+    counts = [5, 0, 3, 12, 1]
+    batches = list(window_batches(counts, 4))
+    assert all(sum(b - a for _, a, b in batch) <= 4 for batch in batches)
+    assert all(sum(b - a for _, a, b in batch) == 4 for batch in batches[:-1])  # only the last is partial
+    pieces = [p for batch in batches for p in batch]
+    covered = {i: [] for i in range(len(counts))}
+    for i, a, b in pieces:
+        assert a < b
+        covered[i].append((a, b))
+    for i, n in enumerate(counts):  # each image's windows, once each, in order
+        spans = covered[i]
+        assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] if spans else n == 0
+        assert (spans[-1][1] if spans else 0) == n
+    assert list(window_batches([], 4)) == [] and list(window_batches([0, 0], 4)) == []

@@ -6,9 +6,10 @@ saliency map of any concept is a cheap function of the stored window embeddings.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,19 +60,35 @@ class Timer:
         self.device = device
         self.times: dict[str, float] = {}
 
-    def stage(self, name: str):
-        timer = self
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
 
-        class _Stage:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
 
-            def __exit__(self, *exc):
-                if timer.device.type == "cuda":
-                    torch.cuda.synchronize(timer.device)
-                timer.times[name] = timer.times.get(name, 0.0) + time.perf_counter() - self.t0
-
-        return _Stage()
+def window_batches(window_counts: list[int], batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
+    """Pack the windows of several images, in order, into batches of at most `batch_size` windows:
+    each batch is a list of (image index, first window, stop) pieces, so small images share one
+    forward and a large image is split across several."""
+    batch: list[tuple[int, int, int]] = []
+    room = batch_size
+    for i, count in enumerate(window_counts):
+        start = 0
+        while start < count:
+            stop = min(count, start + room)
+            batch.append((i, start, stop))
+            room -= stop - start
+            start = stop
+            if room == 0:
+                yield batch
+                batch, room = [], batch_size
+    if batch:
+        yield batch
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -135,26 +152,7 @@ class ConceptEngine:
         cutters = [PatchCutter(img, grid, self.model.image_size) for img, grid in images]
         outs = [torch.empty(grid.n_windows, self.model.embed_dim, dtype=torch.float32, device=self.device)
                 for _, grid in images]
-        # (image, start, stop) pieces, cut so that each batch holds at most batch_size windows.
-        pieces: list[tuple[int, int, int]] = []
-        room = self.batch_size
-        for i, (_, grid) in enumerate(images):
-            start = 0
-            while start < grid.n_windows:
-                stop = min(grid.n_windows, start + room)
-                pieces.append((i, start, stop))
-                room -= stop - start
-                start = stop
-                if room == 0:
-                    pieces.append((-1, 0, 0))  # batch boundary
-                    room = self.batch_size
-        batch: list[tuple[int, int, int]] = []
-        for piece in pieces + [(-1, 0, 0)]:
-            if piece[0] >= 0:
-                batch.append(piece)
-                continue
-            if not batch:
-                continue
+        for batch in window_batches([grid.n_windows for _, grid in images], self.batch_size):
             with timer.stage("cut_resize"):
                 small = [cutters[i].patches(images[i][1].small, a, b) for i, a, b in batch]
                 large = [cutters[i].patches(images[i][1].large, a, b) for i, a, b in batch]
@@ -169,7 +167,6 @@ class ConceptEngine:
                     offset += b - a
             if on_batch:
                 on_batch(n)
-            batch = []
         return outs
 
     @torch.inference_mode()
