@@ -78,9 +78,9 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    preset = {"bench": dict(max_pixels=40_000, stride=16, small=64, large=128), "cpu-fast": CPU_FAST,
-              "paper": PAPER}[args.preset]
-    settings = Settings(**preset)
+    settings = {"bench": Settings(max_pixels=40_000, stride=16, small=64, large=128), "cpu-fast": CPU_FAST,
+                "paper": PAPER}[args.preset]
+    preset = settings.as_dict()
     header(f"bench_engine: model {args.model} / {args.pretrained}, device {device}, preset {args.preset} {preset}")
     tmp = tempfile.TemporaryDirectory()
     db = Path(tmp.name) / "bench.duckdb"

@@ -41,7 +41,7 @@ from common import header
 import convis_db.models.precision as precision_mod
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import read_image
-from convis_db.engine.settings import CPU_FAST, PAPER, Settings
+from convis_db.engine.settings import CPU_FAST, PAPER
 from convis_db.ingest import Ingestor
 from convis_db.init_db import initialise
 from convis_db.models.clip import load_model
@@ -109,7 +109,7 @@ def bare_windows_per_s(model, batch: int, repeat: int, patches: torch.Tensor | N
 def cmd_overhead(args, spec, device) -> None:
     """Rounds of [one bare forward of `batch` windows, then `ingest` of a group of images], and a closing
     bare forward, in one process: interleaving puts both under the same load on a shared machine."""
-    settings = Settings(**PRESETS[args.preset])
+    settings = PRESETS[args.preset]
     precision = precision_mod.resolve_precision(args.precision, device)
     work = Path(tempfile.mkdtemp(prefix="bench-precision-"))
     db = work / "ingest.duckdb"
@@ -165,7 +165,7 @@ def cmd_compare(args, spec, device) -> None:
     if args.force:
         force_low_precision()
     low = args.low
-    settings = Settings(**PRESETS[args.preset])
+    settings = PRESETS[args.preset]
     db = base_db(spec, device)
     con = connect(db)
     defs = load_definition_embeddings(con, find_model_id(con, spec))

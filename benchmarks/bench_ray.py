@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header  # noqa: E402
 
-from convis_db.engine.settings import CPU_FAST, PAPER, Settings  # noqa: E402
+from convis_db.engine.settings import CPU_FAST, PAPER  # noqa: E402
 from convis_db.ingest import Ingestor  # noqa: E402
 from convis_db.init_db import initialise  # noqa: E402
 from convis_db.models.registry import resolve_model  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    settings = Settings(**(PAPER if args.preset == "paper" else CPU_FAST))
+    settings = PAPER if args.preset == "paper" else CPU_FAST
     header(f"bench_ray: {args.model} / {args.pretrained}, {args.preset} {settings.as_dict()}, {args.images} images, "
            f"shards of {args.shard_size}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))

@@ -28,7 +28,7 @@ from common import header, timeit  # noqa: E402
 
 from convis_db.engine.explainer import ConceptEngine  # noqa: E402
 from convis_db.engine.images import read_image  # noqa: E402
-from convis_db.engine.settings import PAPER, Settings  # noqa: E402
+from convis_db.engine.settings import PAPER  # noqa: E402
 from convis_db.init_db import initialise  # noqa: E402
 from convis_db.models.clip import load_model  # noqa: E402
 from convis_db.models.registry import resolve_model  # noqa: E402
@@ -48,8 +48,8 @@ def main() -> None:
     ap.add_argument("--concept", default="dog.n.01")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    settings = Settings(**PAPER)
-    header(f"bench_storage: {args.model} / {args.pretrained}, paper settings {PAPER}, top_k {settings.top_k}")
+    settings = PAPER
+    header(f"bench_storage: {args.model} / {args.pretrained}, paper settings {PAPER.as_dict()}, top_k {settings.top_k}")
     tmp = Path(tempfile.mkdtemp(prefix="bench-storage-"))
     try:
         spec = resolve_model(args.model, args.pretrained)

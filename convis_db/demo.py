@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from convis_db.engine.render import render
-from convis_db.engine.settings import CPU_FAST, PAPER, Settings
+from convis_db.engine.settings import CPU_FAST, PAPER
 from convis_db.ingest import Ingestor
 from convis_db.init_db import initialise
 from convis_db.models.precision import resolve_precision
@@ -59,7 +59,7 @@ def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir
     precision = resolve_precision(precision, device)
     if preset == "auto":
         preset = "paper" if device.type == "cuda" else "cpu-fast"
-    settings = Settings(**(PAPER if preset == "paper" else CPU_FAST))
+    settings = PAPER if preset == "paper" else CPU_FAST
     spec = resolve_model(model, pretrained)
     init = initialise(db, "physical-objects", spec, device, progress=progress, hierarchy=hierarchy,
                       precision=precision)

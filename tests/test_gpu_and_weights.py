@@ -75,7 +75,7 @@ def test_ingest_on_gpu_stores_whole_images(tiny_db_copy):
 def test_real_weights_find_the_animals_of_the_paper_figure(tmp_path):
     """With OpenAI's ViT-B-32, the paper's Figure 1 image (a dog, a tiger, two cats) scores higher for
     dog, cat and big cat than for vehicles, and its most specific concepts are animals."""
-    from convis_db.engine.settings import CPU_FAST, PAPER, Settings
+    from convis_db.engine.settings import CPU_FAST, PAPER
     from convis_db.ingest import Ingestor
     from convis_db.init_db import initialise
     from convis_db.models.registry import resolve_model
@@ -84,7 +84,7 @@ def test_real_weights_find_the_animals_of_the_paper_figure(tmp_path):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     db = tmp_path / "real.duckdb"
     initialise(db, "physical-objects", resolve_model("ViT-B-32", CHECKPOINT), device)
-    settings = Settings(**(PAPER if device.type == "cuda" else CPU_FAST))
+    settings = PAPER if device.type == "cuda" else CPU_FAST
     with Ingestor(db, device=device, settings=settings) as ing:
         assert ing.run([SAMPLES / "dogtigercat.png"]).count("ingested") == 1
     con = connect(db)

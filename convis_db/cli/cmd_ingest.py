@@ -6,7 +6,7 @@ import click
 
 from convis_db.cli.context import App, batch_size_option, device_option, pass_app, precision_option
 from convis_db.cli.output import Result, emit
-from convis_db.engine.settings import CPU_FAST, PAPER
+from convis_db.engine.settings import PAPER, preset_options
 from convis_db.errors import UsageError
 from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
@@ -79,7 +79,7 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         raise click.UsageError("give image files or folders to ingest (or --backfill-image-level).")
     options = dict(stride=stride, small=small, large=large, max_pixels=max_pixels, top_k=top_k)
     if preset:
-        base = PAPER if preset == "paper" else CPU_FAST
+        base = preset_options(preset)
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
     if engine == "ray":
         if backfill_image_level:
@@ -99,8 +99,8 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
     with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
                   batch_size=batch_size, progress=app.progress, retry_failed=retry_failed,
                   precision=precision) as ingestor:
-        if dev.type == "cpu" and ingestor.settings.stride == PAPER["stride"] and \
-                ingestor.settings.max_pixels == PAPER["max_pixels"] and not app.quiet:
+        if dev.type == "cpu" and ingestor.settings.stride == PAPER.stride and \
+                ingestor.settings.max_pixels == PAPER.max_pixels and not app.quiet:
             click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
                        "--preset cpu-fast is about 20x lighter (on a new database).", err=True)
         report = ingestor.backfill_image_level() if backfill_image_level else None

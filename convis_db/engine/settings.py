@@ -14,9 +14,6 @@ MAX_PIXELS_CEILING = 4096 * 4096
 MAX_SIDE = 4096
 MAX_TOP_K = 100_000
 
-PAPER = dict(max_pixels=300_000, stride=16, small=64, large=128)
-#: A lighter preset for 2-core CPUs: a smaller working image and a coarser stride.
-CPU_FAST = dict(max_pixels=50_000, stride=32, small=64, large=128)
 
 
 @dataclass(frozen=True)
@@ -36,7 +33,7 @@ class Settings:
                                      ("--large", self.large, MAX_SIDE), ("--top-k", self.top_k, MAX_TOP_K)):
             if value > ceiling:
                 raise UsageError(f"{name} {value} is above the ceiling of {ceiling:,}; use a smaller value "
-                                 f"(the paper's settings: --max-pixels {PAPER['max_pixels']:,}, --stride 16).")
+                                 f"(the paper's settings: --max-pixels {PAPER.max_pixels:,}, --stride {PAPER.stride}).")
         if self.layout not in LAYOUTS:
             raise UsageError(f"window layout {self.layout!r} is not one of {', '.join(LAYOUTS)}.")
         if self.stride < 1:
@@ -54,3 +51,21 @@ class Settings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+#: The paper's settings (the defaults of Settings).
+PAPER = Settings(max_pixels=300_000, stride=16, small=64, large=128)
+#: A lighter preset for 2-core CPUs: a smaller working image and a coarser stride.
+CPU_FAST = Settings(max_pixels=50_000, stride=32, small=64, large=128)
+#: `--preset NAME` values.
+PRESETS = {"paper": PAPER, "cpu-fast": CPU_FAST}
+#: The settings a preset fixes (top-k and the layout are not part of a preset).
+PRESET_FIELDS = ("max_pixels", "stride", "small", "large")
+
+
+def preset_options(name: str) -> dict[str, int]:
+    """The options `--preset NAME` stands for (options given alongside it override them)."""
+    if name not in PRESETS:
+        raise UsageError(f"--preset {name!r} is not one of {', '.join(PRESETS)}.")
+    preset = PRESETS[name]
+    return {f: getattr(preset, f) for f in PRESET_FIELDS}
