@@ -25,6 +25,8 @@ from convis_db.errors import UsageError
 from convis_db.ingest import Ingestor
 from faults import images as fi
 from faults.checks import assert_whole, query, table_counts
+from faults.checks import cli_ok as _ok
+from faults.checks import cli_user_error as _user_error
 from faults.proc import INGESTED_LINE, INTERRUPT_LINE, Watched, module_command
 
 pytestmark = pytest.mark.fault
@@ -61,23 +63,6 @@ HARDENING_CASES = (
     "SIGTERM during ingest",
     "a writer meeting a running serve",
 )
-
-
-def _ok(result) -> str:
-    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
-    return result.stdout
-
-
-def _user_error(result, *words: str) -> str:
-    """Exit 2 with a one-line 'error: ...' on stderr that holds every word; no traceback."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
-    assert isinstance(result.exception, SystemExit), result.exception
-    err = result.stderr
-    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    assert "Traceback" not in err + result.stdout
-    for w in words:
-        assert w.lower() in err.lower(), (w, err)
-    return err
 
 
 def _digest(path: Path) -> str:

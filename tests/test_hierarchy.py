@@ -26,6 +26,7 @@ from convis_db.wordnet.vocab import (
     read_word_file,
     word_variants,
 )
+from schema_history import apply_migrations_below
 
 ROOT = "entity.n.01"
 
@@ -467,17 +468,11 @@ def test_database_from_before_schema_006_reads_as_extended(tmp_path, small_vocab
     from convis_db.models.registry import resolve_model
     from convis_db.store.db import connect
     from convis_db.store.hierarchy_store import stored_vocabulary
-    from convis_db.store.migrations import applied_versions, available_migrations
+    from convis_db.store.migrations import applied_versions
 
     path = tmp_path / "old.duckdb"
     con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-                "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-    for mig in available_migrations():
-        if mig.version < 6:
-            con.execute(mig.sql)
-            con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                        [mig.version, mig.name, mig.checksum])
+    apply_migrations_below(con, 6)
     vocab = load_vocabulary(str(small_vocab_file))
     # The vocabulary row as versions before 006 wrote it: no hierarchy column.
     con.execute("INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "

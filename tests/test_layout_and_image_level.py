@@ -24,6 +24,7 @@ import naive_convis as naive
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.saliency import grid_segments, segment_means
 from convis_db.engine.settings import Settings
+from schema_history import apply_migrations_below
 
 CPU = torch.device("cpu")
 SETTINGS = Settings(max_pixels=9000, stride=16, small=32, large=48, top_k=5)
@@ -225,16 +226,9 @@ def test_search_cli_by_image_and_map(new_db, run_cli):
 
 def _schema_004_copy(source: Path, target: Path) -> None:
     """What convis-db wrote before schema 005: the tables of migrations 001-004 with the rows of `source`."""
-    from convis_db.store.migrations import available_migrations
 
     con = duckdb.connect(str(target))
-    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-                "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-    for m in available_migrations():
-        if m.version < 5:
-            con.execute(m.sql)
-            con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                        [m.version, m.name, m.checksum])
+    apply_migrations_below(con, 5)
     con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
     # Each table keeps the columns it had at schema 004 (later migrations add columns to some).
     for table in ("vocabulary", "synsets", "isa_edges", "closure", "models", "definition_embeddings", "windows",

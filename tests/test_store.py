@@ -11,6 +11,7 @@ from convis_db.errors import DatabaseError
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import find_synset_name, load_hierarchy, stored_vocabulary
 from convis_db.store.migrations import applied_versions, available_migrations, migrate
+from schema_history import apply_migrations_below
 
 EXPECTED_TABLES = {"schema_migrations", "vocabulary", "synsets", "isa_edges", "closure", "models",
                    "definition_embeddings", "images", "windows", "image_scores", "window_concepts", "ingest_failures"}
@@ -76,11 +77,7 @@ def test_partial_database_gets_only_the_missing_migrations(tmp_path):
     first, *rest = available_migrations()
     path = tmp_path / "partial.duckdb"
     con = duckdb.connect(str(path))
-    con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
-                "checksum VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)")
-    con.execute(first.sql)
-    con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
-                [first.version, first.name, first.checksum])
+    apply_migrations_below(con, first.version + 1)
     assert migrate(con, str(path)) == [m.version for m in rest]
     assert set(applied_versions(con)) == {m.version for m in available_migrations()}
     con.close()

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from convis_db.errors import UsageError
 from convis_db.progress import Progress, no_progress
-from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -132,9 +132,5 @@ def _store(con, model_id: int, name: str, sha: str, texts: list[str], classes: l
             "classes": pa.array(classes, type=pa.list_(pa.string())),
             "embedding": matrix_to_list_array(emb),
         })
-        con.register("_mutual_bank", table)
-        try:
-            con.execute("INSERT INTO mutual_bank_entries SELECT * FROM _mutual_bank")
-        finally:
-            con.unregister("_mutual_bank")
+        insert_arrow(con, "mutual_bank_entries", table)
     return bank_id

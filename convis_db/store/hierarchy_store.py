@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from convis_db.errors import DatabaseError, NotFoundError, UsageError, did_you_mean
 from convis_db.wordnet.hierarchy import LEGACY_HIERARCHY, Hierarchy
+from convis_db.store.arrow_io import insert_arrow
 from convis_db.store.transaction import transaction
 from convis_db.wordnet.vocab import Vocabulary
 
@@ -37,22 +38,15 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
         "kind": [e[2] for e in h.edges],
     })
     closure = pa.table({"ancestor_id": anc, "descendant_id": desc, "distance": dist})
-    try:
-        with transaction(con):
-            con.execute(
-                "INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
-                "wordnet_version, hierarchy, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
-                [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version,
-                 h.kind],
-            )
-            for name, table in (("_synsets", synsets), ("_edges", edges), ("_closure", closure)):
-                con.register(name, table)
-            con.execute("INSERT INTO synsets SELECT * FROM _synsets")
-            con.execute("INSERT INTO isa_edges SELECT * FROM _edges")
-            con.execute("INSERT INTO closure SELECT * FROM _closure")
-    finally:
-        for name in ("_synsets", "_edges", "_closure"):
-            con.unregister(name)
+    with transaction(con):
+        con.execute(
+            "INSERT INTO vocabulary (vocab_id, name, source, words_sha256, n_words, missing_words, n_synsets, "
+            "wordnet_version, hierarchy, created_at) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?, current_timestamp)",
+            [vocab.name, vocab.source, vocab.fingerprint, h.n_words, h.missing_words, h.size, wordnet_version,
+             h.kind],
+        )
+        for name, table in (("synsets", synsets), ("isa_edges", edges), ("closure", closure)):
+            insert_arrow(con, name, table)
 
 
 def _has_hierarchy_column(con: duckdb.DuckDBPyConnection) -> bool:

@@ -17,7 +17,7 @@ from convis_db.engine.explainer import ImageExplanation
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
-from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.migrations import has_column, has_table
 from convis_db.store.transaction import transaction
 
@@ -242,14 +242,8 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
     if unknown:
         raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
     for name in IMAGE_TABLES:
-        rows = tables.get(name)
-        if rows is None:
-            continue
-        con.register("_rows", rows)
-        try:
-            con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM _rows")  # name from the allowlist
-        finally:
-            con.unregister("_rows")
+        if tables.get(name) is not None:
+            insert_arrow(con, name, tables[name])  # name from the allowlist
 
 
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
@@ -293,12 +287,8 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
                 [image_id])
         finally:
             con.unregister("_level")
-        con.register("_emb", pa.table({"image_id": pa.array([image_id], pa.int32()),
-                                       "embedding": matrix_to_list_array(level.embedding[None, :])}))
-        try:
-            con.execute("INSERT INTO image_embeddings (image_id, embedding) SELECT image_id, embedding FROM _emb")
-        finally:
-            con.unregister("_emb")
+        insert_arrow(con, "image_embeddings", pa.table({"image_id": pa.array([image_id], pa.int32()),
+                                                        "embedding": matrix_to_list_array(level.embedding[None, :])}))
 
 
 def images_without_image_level(con: duckdb.DuckDBPyConnection) -> list[StoredImage]:

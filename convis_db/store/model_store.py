@@ -9,7 +9,7 @@ import pyarrow as pa
 from convis_db.errors import DatabaseError, did_you_mean
 from convis_db.models.clip import LoadedModel
 from convis_db.models.registry import ModelSpec
-from convis_db.store.arrow_io import fetch_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.migrations import has_column
 
 
@@ -49,11 +49,7 @@ def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, e
         "synset_id": pa.array(np.arange(len(embeddings), dtype=np.int32)),
         "embedding": matrix_to_list_array(embeddings),
     })
-    con.register("_defemb", table)
-    try:
-        con.execute("INSERT INTO definition_embeddings SELECT * FROM _defemb")
-    finally:
-        con.unregister("_defemb")
+    insert_arrow(con, "definition_embeddings", table)
     if precision is not None:
         con.execute("UPDATE models SET definition_precision = ? WHERE model_id = ?", [precision, model_id])
 

@@ -95,3 +95,21 @@ def table_counts(db: str | Path) -> dict[str, int]:
         return {n: con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0] for n in names}
     finally:
         con.close()
+
+
+def cli_ok(result) -> str:
+    """A click Result that exited 0; its stdout."""
+    assert result.exit_code == 0, (result.exit_code, result.stdout, result.stderr)
+    return result.stdout
+
+
+def cli_user_error(result, *words: str) -> str:
+    """Exit 2 with a one-line 'error: ...' on stderr that holds every word; no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception
+    err = result.stderr
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err + result.stdout
+    for w in words:
+        assert w.lower() in err.lower(), (w, err)
+    return err
