@@ -104,7 +104,7 @@ def test_ray_ingest_and_merge_equal_a_plain_ingest(ray_cluster, tiny_db, collect
     db, shards = tmp_path / "ray.duckdb", tmp_path / "shards"
     shutil.copyfile(tiny_db, db)
     report = ray_ingest(db, [collection], shards_dir=shards, shard_size=3, batch_size=16,
-                        options=SETTING_OPTIONS)
+                        settings=SETTING_OPTIONS)
     s = report.summary()
     assert (s["ingested"], s["skipped"], s["failed"]) == (5, 1, 1)
     assert (s["shards_total"], s["shards_explained"]) == (3, 3)
@@ -182,7 +182,7 @@ def test_stopping_the_driver_keeps_finished_shards(ray_cluster, tiny_db, collect
     db = tmp_path / "ray.duckdb"
     shutil.copyfile(tiny_db, db)
     report = ray_ingest(db, [collection], shards_dir=tmp_path / "shards", shard_size=4, batch_size=16,
-                        options=SETTING_OPTIONS, on_shard=stop)
+                        settings=SETTING_OPTIONS, on_shard=stop)
     assert report.interrupted and report.shards_explained == 1 and report.shards_total == 2
 
 

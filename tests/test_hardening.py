@@ -199,16 +199,16 @@ class _DiskFullCursor:
 
 
 def test_full_disk_is_reported_as_a_full_disk(stored_copy, tmp_path, run_cli, monkeypatch):
-    from convis_db import ingest
+    from convis_db.ingest import storing as ingest
 
-    real_enter = ingest._PipelinedWriter.__enter__
+    real_enter = ingest.PipelinedWriter.__enter__
 
     def enter(self):
         real_enter(self)
         self._cursor = _DiskFullCursor(self._cursor)
         return self
 
-    monkeypatch.setattr(ingest._PipelinedWriter, "__enter__", enter)
+    monkeypatch.setattr(ingest.PipelinedWriter, "__enter__", enter)
     img = fi.write_rgb(tmp_path / "new.png", 70, 50, seed=41)
     before = table_counts(stored_copy)
     err = _user_error(run_cli("-q", "--db", stored_copy, "ingest", img, *FAST), "No space left on device", "disk is full")

@@ -36,7 +36,7 @@ def test_outcomes_follow_file_order_and_adjacent_duplicates_are_skipped(tiny_db_
     shutil.copyfile(paths[1], dup)
     files = [paths[0], paths[1], dup, paths[2], paths[3]]
     writer_threads = set()
-    import convis_db.ingest as ingest_module
+    import convis_db.ingest.storing as ingest_module
 
     real = ingest_module.write_image
 
@@ -59,7 +59,7 @@ def test_outcomes_follow_file_order_and_adjacent_duplicates_are_skipped(tiny_db_
 
 def test_a_failed_write_is_recorded_and_the_run_goes_on(tiny_db_copy, tmp_path, monkeypatch):
     paths = _images(tmp_path, 3, seed=1)
-    import convis_db.ingest as ingest_module
+    import convis_db.ingest.storing as ingest_module
 
     real = ingest_module.write_image
 

@@ -295,10 +295,10 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert len(search_images(con, "dog.n.01")) == 2
         assert search_images(con, "dog.n.01", by="image") == []
         assert len(con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall()) == 2
-        # eval's stored lookup rebuilds the same grid.
-        from convis_db.evaluation.explainers import database_stored_windows
+        # the map service's stored lookup (eval's) rebuilds the same grid.
+        from convis_db.engine.images import read_image
 
-        _, grid = database_stored_windows(con, image.model_id)(image.sha256)
+        _, grid, _ = MapService(con).windows_of(read_image(image.path))
         assert grid == image.grid
     finally:
         con.close()
@@ -317,7 +317,7 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
 
     # Opened for writing: migrated to 005 with the origin layout; a new image uses it too, even when the
     # caller's settings carry the new default layout.
-    caplog.set_level("INFO", logger="convis_db.ingest")
+    caplog.set_level("INFO", logger="convis_db")
     with Ingestor(db, device=CPU, settings=SETTINGS, batch_size=64) as ingestor:
         assert ingestor.settings.layout == "origin"
         assert ingestor.run([paths[2]]).count("ingested") == 1

@@ -389,7 +389,7 @@ def test_saliency_equals_map_service_exactly(explorer, web_db):
                     got = explorer.saliency(explorer.image(image_id), explorer.index.id_of[concept], only_self)
                     assert got.dtype == want.dtype and got.shape == want.shape
                     assert np.array_equal(got, want), (image_id, concept, only_self)
-            assert explorer.similarity_cache.get(image_id).sorted is not None  # the fast path was exercised
+            assert explorer.similarity_cache.get(("stored", image_id)).sorted is not None  # the fast path was exercised
     finally:
         con.close()
 
@@ -458,7 +458,7 @@ def test_missing_image_file_is_drawn_on_grey(web_db):
 
 # -- pieces ----------------------------------------------------------------------------------------
 def test_lru_cache_budget():
-    from convis_db.web.cache import LRUCache
+    from convis_db.cache import LRUCache
 
     cache = LRUCache("t", max_bytes=100)
     cache.put("a", 1, 40)

@@ -26,14 +26,9 @@ def command() -> None:
 
 
 def _random_weights_note(con) -> list[str]:
-    from convis_db.store.image_store import stored_profile
-    from convis_db.store.model_store import model_row, pick_model
+    from convis_db.profile import read_profile
 
-    profile = stored_profile(con)
-    row = model_row(con, profile[0] if profile else pick_model(con, None))
-    if row["is_random"]:
-        return [f"model {row['name']} has random weights: these numbers are meaningless (smoke run)."]
-    return []
+    return read_profile(con).notes()
 
 
 @command.command("wsol")

@@ -88,7 +88,7 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
 
         report = ray_ingest(app.db, paths, recursive=recursive, shards_dir=shards_dir, address=address,
                             shard_size=shard_size, workers=workers, batch_size=batch_size, model=model,
-                            pretrained=pretrained, options=options, retry_failed=retry_failed, merge=not no_merge,
+                            pretrained=pretrained, settings=options, retry_failed=retry_failed, merge=not no_merge,
                             progress=app.progress, precision=precision)
         _emit(report, as_json)
         return
@@ -96,7 +96,7 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
         raise UsageError("--address, --shards, --workers and --no-merge belong to --engine ray.")
     dev = resolve_device(device)
     precision = resolve_precision(precision, dev)
-    with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, options=options,
+    with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, settings=options,
                   batch_size=batch_size, progress=app.progress, retry_failed=retry_failed,
                   precision=precision) as ingestor:
         if dev.type == "cpu" and ingestor.settings.stride == PAPER.stride and \

@@ -83,12 +83,10 @@ def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
     if descriptors is None:
         return False
     from convis_db.mutual.bank import stored_bank_id
-    from convis_db.store.image_store import stored_profile
-    from convis_db.store.model_store import pick_model
+    from convis_db.profile import read_profile
 
     with app.reader() as con:
-        profile = stored_profile(con)
-        return stored_bank_id(con, profile[0] if profile else pick_model(con, None), descriptors) is None
+        return stored_bank_id(con, read_profile(con, app.db).model_id, descriptors) is None
 
 
 def _resolve_image(con, ref: str) -> str:

@@ -28,13 +28,13 @@ from pathlib import Path
 import torch
 
 from convis_db.distributed.shard_worker import ShardJob
+from convis_db.engine.explainer import default_batch_size
 from convis_db.errors import ConvisError, UsageError
 from convis_db.ingest import IngestOutcome, IngestReport, Ingestor, collect_image_paths
+from convis_db.profile import SettingsRequest
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
-from convis_db.store.hierarchy_store import load_hierarchy
-from convis_db.store.image_store import embedding_storage, failed_paths
-from convis_db.store.model_store import load_definition_embeddings
+from convis_db.store.image_store import failed_paths
 from convis_db.store.shards import (ShardMerge, finished_shards, merge_shard, merged_shard_names, plan_shards,
                                     read_manifest, remove_unfinished)
 
@@ -141,7 +141,7 @@ def _init_ray(ray, address: str | None) -> None:
 def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: bool = False,
                shards_dir: str | Path | None = None, address: str | None = None, shard_size: int = DEFAULT_SHARD_SIZE,
                workers: int | None = None, batch_size: int | None = None, model: str | None = None,
-               pretrained: str | None = None, options: dict | None = None, retry_failed: bool = False,
+               pretrained: str | None = None, settings: SettingsRequest = None, retry_failed: bool = False,
                merge: bool = True, progress: Progress = no_progress, precision: str | None = None,
                on_shard: Callable[[dict], None] | None = None) -> RayIngestReport:
     """Explain `inputs` on a Ray cluster into shards under `shards_dir` and (unless not `merge`) merge
@@ -152,8 +152,8 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
         raise UsageError(f"--shard-size {shard_size} must be at least 1.")
     t0 = time.perf_counter()
     shards_dir = Path(shards_dir) if shards_dir else default_shards_dir(db_path)
-    with Ingestor(db_path, model=model, pretrained=pretrained, device=torch.device("cpu"), options=options,
-                  batch_size=batch_size or 128) as ing:
+    with Ingestor(db_path, model=model, pretrained=pretrained, device=torch.device("cpu"), settings=settings,
+                  batch_size=batch_size or default_batch_size(torch.device("cpu"))) as ing:
         con = ing.con
         files, problems = collect_image_paths(inputs, recursive)
         keys = [str(Path(f).absolute()) for f in files]
@@ -181,10 +181,10 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
             if workers is None:
                 workers = int(resources.get("GPU", 0)) if gpus else max(1, cpus // 2)
             if batch_size is None:
-                ing.batch_size = 512 if gpus else 128
-            job = ShardJob(spec=ing.spec, definitions=load_definition_embeddings(con, ing.model_id),
-                           levels=load_hierarchy(con).propagation_levels, settings=ing.settings,
-                           storage=embedding_storage(con), shards_dir=str(shards_dir.absolute()),
+                ing.batch_size = default_batch_size(torch.device("cuda" if gpus else "cpu"))
+            definitions, levels = ing.profile.engine_inputs(con)
+            job = ShardJob(spec=ing.spec, definitions=definitions, levels=levels, settings=ing.settings,
+                           storage=ing.profile.embeddings, shards_dir=str(shards_dir.absolute()),
                            batch_size=ing.batch_size,
                            known_sha256={r[0] for r in con.execute("SELECT sha256 FROM images").fetchall()},
                            skip_paths=set() if retry_failed else failed_paths(con), precision=precision)

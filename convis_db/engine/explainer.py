@@ -228,6 +228,59 @@ class ConceptEngine:
     def mapper(self) -> ConceptMapper:
         return ConceptMapper(self.ranker)
 
+    def window_similarities(self, pixels: np.ndarray) -> tuple[WindowSimilarities, WindowGrid]:
+        """A new image's windows (encoded with this engine's model and settings) as similarities,
+        ready for any number of concept maps."""
+        img, grid = self.working_image(pixels)
+        return self.mapper.similarities(self.encode_windows(img, grid)), grid
+
+
+#: After this many concepts asked of one image's windows, their similarity rows are sorted once, so
+#: that each further map is a binary search per window instead of a pass over every synset.
+SORT_AFTER = 2
+
+
+class WindowSimilarities:
+    """One image's (W, |T|) cosines z(e_w, s), from which any concept's map follows without another
+    matrix product; after SORT_AFTER concepts the rows are sorted once (the fast path for browsing
+    many concepts of one image: the explorer's tree, COCO's several categories, both OOD scores).
+
+    Counting directly or by binary search in the sorted row gives the same integer, so maps are
+    identical either way."""
+
+    def __init__(self, z: torch.Tensor, sort_after: int = SORT_AFTER):
+        self.z = z.contiguous()
+        self.sorted: torch.Tensor | None = None
+        self.sort_after = sort_after
+        self.uses = 0
+
+    @property
+    def n(self) -> int:
+        return int(self.z.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        n = self.z.numel() * self.z.element_size()
+        return n * 2 if self.sorted is not None else n
+
+    @torch.inference_mode()
+    def counts(self, synset_ids: np.ndarray) -> torch.Tensor:
+        """Per window, |T| * max over `synset_ids` of rank_sim: the number of synsets whose cosine is
+        below the best of them (int64).
+
+        rank_sim is monotone in the cosine, so the max over a concept's descendants is the rank of the
+        descendant with the highest cosine; no full sort is needed for one concept. Pass the
+        descendants for max_rank_sim, or the synset alone for rank_sim.
+        """
+        ids = torch.as_tensor(np.asarray(synset_ids), device=self.z.device, dtype=torch.long)
+        best = self.z[:, ids].max(dim=1).values
+        self.uses += 1
+        if self.sorted is None and self.uses > self.sort_after:
+            self.sorted = torch.sort(self.z, dim=1).values
+        if self.sorted is not None:
+            return torch.searchsorted(self.sorted, best[:, None].contiguous(), side="left")[:, 0].to(torch.int64)
+        return (self.z < best[:, None]).sum(dim=1).to(torch.int64)
+
 
 class ConceptMapper:
     """Single-concept saliency maps from window embeddings (stored or fresh): no model needed."""
@@ -237,21 +290,20 @@ class ConceptMapper:
         self.n = ranker.n
 
     @torch.inference_mode()
-    def concept_counts(self, emb: torch.Tensor | np.ndarray, synset_ids: np.ndarray) -> torch.Tensor:
-        """Per window, |T| * max over `synset_ids` of rank_sim: the count of synsets whose cosine is
-        below the best of them.
-
-        rank_sim is monotone in the cosine, so the max over a concept's descendants is the rank of the
-        descendant with the highest cosine; no full sort is needed. Pass the descendants for
-        max_rank_sim, or the synset alone for rank_sim.
-        """
+    def similarities(self, emb: torch.Tensor | np.ndarray) -> WindowSimilarities:
+        """The windows' cosines against every definition, for as many concepts' maps as wanted."""
         if isinstance(emb, np.ndarray):
             emb = torch.from_numpy(emb)
-        z = self.ranker.similarities(emb.to(self.ranker.device))
-        ids = torch.as_tensor(np.asarray(synset_ids), device=z.device, dtype=torch.long)
-        best = z[:, ids].max(dim=1).values
-        return (z < best[:, None]).sum(dim=1).to(torch.int64)
+        return WindowSimilarities(self.ranker.similarities(emb.to(self.ranker.device)))
 
-    def concept_map(self, emb: torch.Tensor | np.ndarray, grid: WindowGrid, synset_ids: np.ndarray) -> np.ndarray:
+    def concept_counts(self, windows: torch.Tensor | np.ndarray | WindowSimilarities,
+                       synset_ids: np.ndarray) -> torch.Tensor:
+        """WindowSimilarities.counts of window embeddings (or of similarities computed already)."""
+        sims = windows if isinstance(windows, WindowSimilarities) else self.similarities(windows)
+        return sims.counts(synset_ids)
+
+    def concept_map(self, windows: torch.Tensor | np.ndarray | WindowSimilarities, grid: WindowGrid,
+                    synset_ids: np.ndarray) -> np.ndarray:
         """(H, W) float64 saliency map in working pixels (the formula's raw values, not normalised)."""
-        return full_map(self.concept_counts(emb, synset_ids), grid, self.n)
+        return full_map(self.concept_counts(windows, synset_ids), grid, self.n)
+

@@ -52,6 +52,27 @@ class Settings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_options(cls, options: dict[str, int | None], base: Settings | None = None) -> Settings:
+        """Settings from user options (name -> value; None: not given, `base`'s or the default kept).
+
+        The names are the CLI's (stride, small, large, max_pixels, top_k); the layout is never an
+        option (one per database), so it is `base`'s.
+
+            >>> Settings.from_options({"stride": 32}).stride
+            32
+        """
+        unknown = set(options) - set(OPTION_NAMES)
+        if unknown:
+            raise UsageError(f"unknown settings {sorted(unknown)}; valid: {', '.join(OPTION_NAMES)}.")
+        b = base or cls()
+        given = {k: v for k, v in options.items() if v is not None}
+        return cls(**{**asdict(b), **given})
+
+
+#: The settings a user may choose (the layout is the database's).
+OPTION_NAMES = ("stride", "small", "large", "max_pixels", "top_k")
+
 
 #: The paper's settings (the defaults of Settings).
 PAPER = Settings(max_pixels=300_000, stride=16, small=64, large=128)

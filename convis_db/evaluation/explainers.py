@@ -4,12 +4,12 @@ An explainer turns (decoded image, concept) into a saliency map of any resolutio
 aspect ratio (ConVis maps are at the working resolution, Grad-ECLIP maps at the original one); the
 evaluators resize maps to the original image before comparing them with boxes.
 
-`ConVisExplainer` takes any engine with ConceptEngine's `working_image`, `encode_windows` and `mapper`
-(tests pass a ConceptEngine built on a toy colour encoder); `convis_for_database` builds one with a
-database's model, hierarchy and settings, as `MapService.for_file` does (images already ingested
-reuse their stored window embeddings; others are encoded with the database's model and profile),
-and keeps the last image's window embeddings so that several concepts of one image (COCO) or both
-OOD scores cost one encoding.
+`ConVisExplainer` takes any engine with ConceptEngine's `window_similarities` and `mapper` (tests
+pass a ConceptEngine built on a toy colour encoder); `convis_for_database` builds one on the map
+service (query/maps.py), so eval's maps are the CLI's and the explorer's: images already ingested
+reuse their stored window embeddings, others are encoded with the database's model and profile.
+An image's window similarities are kept, so that several concepts of one image (COCO) or both OOD
+scores cost one encoding and one matrix product.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import DecodedImage
 from convis_db.engine.windows import WindowGrid
 from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, text_embedding
-from convis_db.query.maps import engine_for_database
-from convis_db.store.model_store import load_database_model
+from convis_db.engine.explainer import WindowSimilarities
+from convis_db.profile import read_profile
+from convis_db.query.maps import MapService
 
 log = logging.getLogger(__name__)
 
 ConceptIds = Callable[[str], tuple[int, np.ndarray]]   # concept -> (its id, it and its descendants' ids)
-StoredLookup = Callable[[str], "tuple[np.ndarray, WindowGrid] | None"]  # sha256 -> stored windows
 
 
 class Explainer(Protocol):
@@ -53,12 +53,12 @@ class ConVisExplainer:
     name = "convis"
 
     def __init__(self, engine: ConceptEngine, concept_ids: ConceptIds, only_self: bool = False,
-                 stored: StoredLookup | None = None):
+                 maps: MapService | None = None):
         self.engine = engine
         self.concept_ids = concept_ids
         self.only_self = only_self
-        self.stored = stored
-        self._last: tuple[str, np.ndarray | torch.Tensor, WindowGrid] | None = None
+        self.maps = maps      # a database's map service: stored windows where the image is stored
+        self._last: tuple[str, WindowSimilarities, WindowGrid] | None = None
         self.reused = 0      # images whose stored window embeddings were used
         self.encoded = 0     # images encoded now
 
@@ -70,30 +70,31 @@ class ConVisExplainer:
         for c in concepts:
             self.concept_ids(c)
 
-    def window_embeddings(self, image: DecodedImage) -> tuple[np.ndarray | torch.Tensor, WindowGrid]:
+    def windows(self, image: DecodedImage) -> tuple[WindowSimilarities, WindowGrid]:
+        """The image's window similarities (stored or encoded now), kept for its next concepts."""
         key = image.sha256 or image.path
         if self._last is not None and self._last[0] == key:
             return self._last[1], self._last[2]
-        found = self.stored(image.sha256) if self.stored is not None and image.sha256 else None
-        if found is not None:
-            emb, grid = found
+        if self.maps is not None:
+            sims, grid, stored = self.maps.windows_of(image)
+        else:
+            (sims, grid), stored = self.engine.window_similarities(image.pixels), None
+        if stored is not None:
             self.reused += 1
         else:
-            img, grid = self.engine.working_image(image.pixels)
-            emb = self.engine.encode_windows(img, grid)
             self.encoded += 1
-        self._last = (key, emb, grid)
-        return emb, grid
+        self._last = (key, sims, grid)
+        return sims, grid
 
-    def maps(self, image: DecodedImage, id_sets: list[np.ndarray]) -> list[np.ndarray]:
-        """One working-resolution map per set of synset ids, from one set of window embeddings."""
-        emb, grid = self.window_embeddings(image)
+    def maps_of(self, image: DecodedImage, id_sets: list[np.ndarray]) -> list[np.ndarray]:
+        """One working-resolution map per set of synset ids, from one set of window similarities."""
+        sims, grid = self.windows(image)
         mapper = self.engine.mapper
-        return [mapper.concept_map(emb, grid, np.asarray(ids)) for ids in id_sets]
+        return [mapper.concept_map(sims, grid, np.asarray(ids)) for ids in id_sets]
 
     def saliency(self, image: DecodedImage, concept: str) -> np.ndarray:
         sid, ids = self.concept_ids(concept)
-        return self.maps(image, [np.array([sid]) if self.only_self else ids])[0]
+        return self.maps_of(image, [np.array([sid]) if self.only_self else ids])[0]
 
 
 class GradEclipExplainer:
@@ -138,42 +139,11 @@ def image_embedding(model, pixels: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ with a database
-
-
-
-def database_concept_ids(con) -> ConceptIds:
-    from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
-
-    cache: dict[str, tuple[int, np.ndarray]] = {}
-
-    def resolve(concept: str) -> tuple[int, np.ndarray]:
-        if concept not in cache:
-            sid = find_synset_name(con, concept)
-            cache[concept] = (sid, descendant_ids(con, sid))
-        return cache[concept]
-
-    return resolve
-
-
-def database_stored_windows(con, model_id: int) -> StoredLookup:
-    from convis_db.store.image_store import EmbeddingsNotStoredError, find_by_sha, load_window_embeddings
-
-    def lookup(sha256: str):
-        stored = find_by_sha(con, sha256)
-        if stored is None or stored.model_id != model_id:
-            return None
-        try:
-            return load_window_embeddings(con, stored.image_id), stored.grid
-        except EmbeddingsNotStoredError:  # init --embeddings none: encode it like a new image
-            return None
-
-    return lookup
-
-
 def convis_for_database(con, device: torch.device, only_self: bool = False, batch_size: int | None = None,
                         precision: str | None = None) -> ConVisExplainer:
-    engine, model_id = engine_for_database(con, device, batch_size, precision)
-    return ConVisExplainer(engine, database_concept_ids(con), only_self, database_stored_windows(con, model_id))
+    """ConVis maps of a database's model, hierarchy and settings, from the map service."""
+    maps = MapService(con, device, precision, batch_size=batch_size)
+    return ConVisExplainer(maps.engine(), lambda concept: maps.concept_ids(concept), only_self, maps)
 
 
 def grad_eclip_for_database(con, device: torch.device, text: str | None = None,
@@ -183,10 +153,11 @@ def grad_eclip_for_database(con, device: torch.device, text: str | None = None,
     from convis_db.store.hierarchy_store import find_synset_name
     from convis_db.store.model_store import load_definition_embeddings
 
-    model_id, loaded = load_database_model(con, device)
+    profile = read_profile(con)
+    loaded = profile.load_model(device)
     if text is not None:
         fixed = text_embedding(loaded, text)
         return GradEclipExplainer(loaded, lambda concept: fixed, f"{text!r}", max_short_side)
-    definitions = load_definition_embeddings(con, model_id)
+    definitions = load_definition_embeddings(con, profile.model_id)
     return GradEclipExplainer(loaded, lambda concept: definitions[find_synset_name(con, concept)],
                               "the concept's definition", max_short_side)

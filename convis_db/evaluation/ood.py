@@ -253,8 +253,9 @@ def image_rank_scores(explainer: ConVisExplainer, embeddings: np.ndarray, ids: n
     """(max_rank_sim, rank_sim) of whole-image embeddings against every synset of T, by the engine's
     own ranking (integer counts of synsets with a smaller cosine, / |T|)."""
     mapper = explainer.engine.mapper
-    full = mapper.concept_counts(embeddings, np.asarray(ids)).cpu().numpy()
-    alone = mapper.concept_counts(embeddings, np.array([sid])).cpu().numpy()
+    sims = mapper.similarities(embeddings)
+    full = sims.counts(np.asarray(ids)).cpu().numpy()
+    alone = sims.counts(np.array([sid])).cpu().numpy()
     return full / mapper.n, alone / mapper.n
 
 
@@ -309,7 +310,7 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
                 decoded = read_image(path)
                 emb = image_embedding(model, decoded.pixels)
                 if map_scores:
-                    full, alone = explainer.maps(decoded, id_sets)
+                    full, alone = explainer.maps_of(decoded, id_sets)
                     peaks.append((float(full.max()), float(alone.max())))
             except ConvisError as exc:
                 failures.append({"path": str(path), "reason": str(exc)})

@@ -260,9 +260,10 @@ class GradEclipService:
     @property
     def model(self) -> LoadedModel:
         if self._model is None:
-            from convis_db.store.model_store import load_database_model
+            from convis_db.profile import read_profile
 
-            self._model_id, self._model = load_database_model(self.con, self.device)
+            profile = read_profile(self.con)
+            self._model_id, self._model = profile.model_id, profile.load_model(self.device)
             _vit_parts(self._model.model)  # refuse early, before any image is read
         return self._model
 

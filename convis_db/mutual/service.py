@@ -20,14 +20,12 @@ def explainer_for_database(con: duckdb.DuckDBPyConnection, device: torch.device,
     """(explainer, model_id). The model is refused (ModelError) before any text is embedded when it has
     no patch tokens. `store_bank` writes a new descriptor bank (needs a connection opened for writing)."""
     from convis_db.mutual.patches import check_supported
-    from convis_db.store.image_store import stored_profile
-    from convis_db.store.model_store import load_database_model, pick_model
+    from convis_db.profile import read_profile
 
+    profile = read_profile(con)
+    model_id = profile.model_id
     if model is None:
-        model_id, model = load_database_model(con, device)
-    else:
-        profile = stored_profile(con)
-        model_id = profile[0] if profile else pick_model(con, None)
+        model = profile.load_model(device)
     check_supported(model)
     from convis_db.progress import no_progress
 

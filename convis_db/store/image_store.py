@@ -93,19 +93,6 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
                         "List them with: convis-db sql \"SELECT image_id, path FROM images\"")
 
 
-def stored_profile(con: duckdb.DuckDBPyConnection) -> tuple[int, Settings] | None:
-    """The model and settings (layout included) of the images already stored (one profile per
-    database), if any."""
-    layout = "layout" if has_column(con, "images", "layout") else "'origin'"
-    row = con.execute(f"SELECT model_id, max_pixels, stride, small, large, top_k, {layout} FROM images "
-                      "ORDER BY image_id LIMIT 1").fetchone()
-    if row is None:
-        return None
-    model_id, max_pixels, stride, small, large, top_k, lay = row
-    return model_id, Settings(max_pixels=max_pixels, stride=stride, small=small, large=large, top_k=top_k,
-                              layout=lay or "origin")
-
-
 def database_layout(con: duckdb.DuckDBPyConnection) -> str:
     """The window lattice of this database's images, new ones included (schema 005's window_layout).
 

@@ -130,14 +130,3 @@ def spec_from_row(row: dict) -> ModelSpec:
         config_path.write_text(json.dumps(json.loads(row["config_json"])))
     return ModelSpec(name=name, pretrained=row["pretrained"], config_path=str(config_path) if config_path else None,
                      config_json=row["config_json"], weights_sha256=row["weights_sha256"])
-
-
-def load_database_model(con: duckdb.DuckDBPyConnection, device, precision: str | None = None) -> tuple[int, LoadedModel]:
-    """The model a database's maps use: the one its images were ingested with, else its only model,
-    in `precision` (None: the device's default)."""
-    from convis_db.models.clip import load_model
-    from convis_db.store.image_store import stored_profile
-
-    profile = stored_profile(con)
-    model_id = profile[0] if profile else pick_model(con, None)
-    return model_id, load_model(spec_from_row(model_row(con, model_id)), device, precision)

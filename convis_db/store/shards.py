@@ -39,8 +39,8 @@ from convis_db.engine.settings import Settings
 from convis_db.errors import DatabaseError
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
-from convis_db.store.image_store import (IMAGE_TABLES, embedding_storage, insert_tables, next_image_ids,
-                                         record_failure, stored_profile)
+from convis_db.store.image_store import (IMAGE_TABLES, insert_tables, next_image_ids,
+                                         record_failure)
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -194,19 +194,20 @@ def _check_compatible(con: duckdb.DuckDBPyConnection, folder: Path, manifest: di
             "with that model.")
     model_id = int(row[0])
     settings = Settings(**manifest["settings"])
-    profile = stored_profile(con)
-    if profile is not None and (profile[0] != model_id or profile[1] != settings):
+    from convis_db.profile import read_profile
+
+    profile = read_profile(con)
+    stored = profile.stored_settings
+    if stored is not None and (profile.model_id != model_id or stored != settings):
         raise DatabaseError(
             f"shard {folder.name} was explained with settings {settings.as_dict()}; the database holds images "
-            f"explained with {profile[1].as_dict()}. Scores are only comparable under one setting.")
-    storage = embedding_storage(con)
-    if manifest["embeddings"] != storage:
+            f"explained with {stored.as_dict()}. Scores are only comparable under one setting.")
+    if manifest["embeddings"] != profile.embeddings:
         raise DatabaseError(f"shard {folder.name} stores window embeddings as {manifest['embeddings']}; the database "
-                            f"as {storage}. Write the shards again for this database.")
-    n_synsets = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-    if manifest["n_synsets"] != n_synsets:
+                            f"as {profile.embeddings}. Write the shards again for this database.")
+    if manifest["n_synsets"] != profile.n_synsets:
         raise DatabaseError(f"shard {folder.name} ranks against {manifest['n_synsets']} synsets; the database holds "
-                            f"{n_synsets}. Merge it into the database its job read.")
+                            f"{profile.n_synsets}. Merge it into the database its job read.")
     return model_id
 
 

@@ -6,14 +6,15 @@ caches:
 
 * `saliency`: raw maps (the formula's values) at working resolution, keyed by (image, synset, only_self);
 * `png`: rendered pictures, keyed by (image, synset, only_self, style, threshold, size);
-* `similarities`: per image, the window x synset cosine matrix (and, once an image has been asked for
-  a few concepts, each row sorted), so that the many maps of one tree level cost one matrix product;
+* `similarities`: per image, the window x synset cosines kept by the map service (query/maps.py; once
+  an image has been asked for a few concepts, each row sorted), so that the many maps of one tree
+  level cost one matrix product;
 * `pictures`: the original image resized to the sizes asked for; `scores`: an image's stored scores
   (map peaks, and the image-level scores where the image has them).
 
-Maps equal `MapService.for_stored(...).saliency` exactly (the tests check it): the per-window count of
-synsets with a smaller cosine than the concept's best is the same whether it is counted directly or
-found by binary search in the sorted row. No model is loaded.
+Maps come from the one map service (`MapService`, sharing this object's similarity cache and
+database lock), so they equal `convis-db map` exactly. No model is loaded, except to encode the
+windows again of an image whose database keeps no window embeddings.
 """
 
 from __future__ import annotations
@@ -29,13 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from convis_db.engine.images import read_image
 from convis_db.engine.pixels import original_point
 from convis_db.engine.render import STYLES, render
-from convis_db.engine.saliency import full_map
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.concepts import ConceptIndex
 from convis_db.query.maps import MapService
@@ -44,15 +43,12 @@ from convis_db.query.stats import database_stats
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
 from convis_db.store.image_store import StoredImage, get_image, has_column
-from convis_db.web.cache import LRUCache
+from convis_db.cache import LRUCache
 
 log = logging.getLogger(__name__)
 
 ROOT = "entity.n.01"
 MIN_SIZE, MAX_SIZE = 16, 2048
-#: After this many concepts asked of one image, its similarity rows are sorted once so that each further
-#: map is a binary search per window instead of a pass over every synset.
-SORT_AFTER = 2
 MB = 1 << 20
 
 
@@ -83,32 +79,6 @@ def clean_style(value: str) -> str:
     if value not in STYLES:
         raise UsageError(f"style {value!r} is not one of: {', '.join(STYLES)}.")
     return value
-
-
-class _Similarities:
-    """One image's (W, |T|) cosines; rows sorted lazily for fast per-concept counts."""
-
-    def __init__(self, z: torch.Tensor):
-        self.z = z.contiguous()
-        self.sorted: torch.Tensor | None = None
-        self.uses = 0
-
-    @property
-    def nbytes(self) -> int:
-        n = self.z.numel() * self.z.element_size()
-        return n * 2 if self.sorted is not None else n
-
-    @torch.inference_mode()
-    def counts(self, synset_ids: np.ndarray) -> torch.Tensor:
-        """Per window, the number of synsets whose cosine is below the best of `synset_ids` (int64)."""
-        ids = torch.as_tensor(np.asarray(synset_ids), dtype=torch.long)
-        best = self.z[:, ids].max(dim=1).values
-        self.uses += 1
-        if self.sorted is None and self.uses > SORT_AFTER:
-            self.sorted = torch.sort(self.z, dim=1).values
-        if self.sorted is not None:
-            return torch.searchsorted(self.sorted, best[:, None].contiguous(), side="left")[:, 0].to(torch.int64)
-        return (self.z < best[:, None]).sum(dim=1).to(torch.int64)
 
 
 @dataclass
@@ -173,7 +143,6 @@ class Explorer:
         self.image_models = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM images").fetchall()]
         st = os.stat(self.db_path)
         self._identity = f"{os.path.abspath(self.db_path)}:{st.st_mtime_ns}:{st.st_size}"
-        self._maps = MapService(con)
         self._images: dict[int, StoredImage] = {}
         self._descendants: dict[int, np.ndarray] = {}
         self._file_status: dict[int, str] = {}
@@ -182,6 +151,7 @@ class Explorer:
         self.similarity_cache = LRUCache("similarities", budget.similarities)
         self.picture_cache = LRUCache("pictures", budget.pictures)
         self.score_cache = LRUCache("scores", budget.scores)
+        self._maps = MapService(con, cache=self.similarity_cache, lock=self._db_lock)
 
     def close(self) -> None:
         with self._db_lock:
@@ -409,23 +379,10 @@ class Explorer:
             if hit is not None:
                 return hit
             ids = np.array([sid], np.int64) if only_self else self.descendants(sid)
-            sims = self._similarities(image)
-            counts = sims.counts(ids)
-            self.similarity_cache.put(image.image_id, sims, sims.nbytes)  # size grows once rows are sorted
-            saliency = full_map(counts, image.grid, int(sims.z.shape[1]))
+            sims = self._maps.stored_windows(image)  # re-encoded from the file with --embeddings none
+            saliency = self._maps.saliency(sims, image.grid, ids, ("stored", image.image_id))
             self.saliency_cache.put(key, saliency, saliency.nbytes)
             return saliency
-
-    def _similarities(self, image: StoredImage) -> _Similarities:
-        sims = self.similarity_cache.get(image.image_id)
-        if sims is None:
-            with self._db_lock:
-                emb = self._maps.window_embeddings(image)  # re-encoded from the file with --embeddings none
-                mapper = self._maps.mapper(image.model_id)
-            with torch.inference_mode():
-                z = mapper.ranker.similarities(torch.from_numpy(emb)).cpu()
-            sims = _Similarities(z)
-        return sims
 
     def file_status(self, image: StoredImage) -> str:
         """'ok', 'missing' (unreadable now) or 'changed' (its content differs from what was ingested)."""

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 
 #: What `ingest -v` logs after each image's transaction has committed.
-INGESTED_LINE = re.compile(r"INFO convis_db\.ingest: ingested (.+?) as image (\d+) \((\d+) windows\)")
+INGESTED_LINE = re.compile(r"INFO convis_db\.ingest\.storing: ingested (.+?) as image (\d+) \((\d+) windows\)")
 #: What `ingest -v` logs once it holds the database file for writing.
-OPENED_LINE = re.compile(r"INFO convis_db\.ingest: opened .+ for writing")
+OPENED_LINE = re.compile(r"INFO convis_db\.ingest\.ingestor: opened .+ for writing")
 #: What `ingest` logs when a first Ctrl-C (SIGINT) or SIGTERM arrives.
 INTERRUPT_LINE = re.compile(r"(?:SIGINT|SIGTERM): finishing the current image")
 

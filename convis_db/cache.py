@@ -1,4 +1,5 @@
-"""A small thread-safe LRU cache with a byte budget, for the explorer's maps and pictures."""
+"""A small thread-safe LRU cache with a byte budget: the explorer's maps and pictures, and the map
+service's per-image window similarities."""
 
 from __future__ import annotations
 

@@ -1,0 +1,113 @@
+"""Planning an ingest: which files, which to skip (failed before, already stored), and reading them
+ahead of the model.
+
+Nothing here runs the model or writes an image; a file that cannot be read is recorded as failed
+(`record_failure`) so that later runs skip it unless asked to retry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import duckdb
+
+from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
+from convis_db.errors import ConvisError
+from convis_db.ingest.report import IngestOutcome
+from convis_db.store.image_store import failed_paths, find_by_sha, record_failure
+
+
+def collect_image_paths(inputs: Iterable[str | Path], recursive: bool) -> tuple[list[Path], list[IngestOutcome]]:
+    """Expand files and folders into image paths (sorted per folder); report inputs that cannot be used.
+
+    Symlinked folders are followed once each (by real path), so symlink loops end. A symlink named
+    like an image whose target is missing is kept, so that it is reported rather than silently
+    dropped.
+    """
+    files: list[Path] = []
+    problems: list[IngestOutcome] = []
+    for raw in inputs:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            if not recursive:
+                entries = sorted(c for c in p.iterdir() if _is_candidate(c))
+                if not entries:
+                    problems.append(IngestOutcome(str(p), "failed", reason="folder holds no image files at its top "
+                                                  "level; pass --recursive to look in subfolders."))
+                files.extend(entries)
+                continue
+            seen: set[str] = set()
+            for root, dirs, names in os.walk(p, followlinks=True):
+                real = os.path.realpath(root)
+                if real in seen:
+                    dirs[:] = []
+                    continue
+                seen.add(real)
+                dirs.sort()
+                for name in sorted(names):
+                    f = Path(root) / name
+                    if _is_candidate(f):
+                        files.append(f)
+        elif p.exists() or p.is_symlink():
+            files.append(p)
+        else:
+            problems.append(IngestOutcome(str(p), "failed", reason="no such file or folder."))
+    return files, problems
+
+
+def _is_candidate(path: Path) -> bool:
+    """An image file by its suffix: a regular file, or a symlink (a broken one is reported later)."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
+
+
+class IngestPlan:
+    """Decides, file by file, what an ingest does with it: skip it (failed before, or its content is
+    stored already), record it as failed (unreadable), or hand its decoded image on."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, retry_failed: bool = False, decode_threads: int = 2):
+        self.con = con
+        self.decode_threads = decode_threads
+        self.previously_failed: set[str] = set() if retry_failed else failed_paths(con)
+
+    def decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
+        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads; files that
+        failed before are not read at all (their future is None)."""
+        ahead = max(1, self.decode_threads * 2)
+        with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
+            futures: list[tuple[Path, Future | None]] = []
+            try:
+                for path in files:
+                    skipped = str(path.absolute()) in self.previously_failed
+                    futures.append((path, None if skipped else pool.submit(read_image, path)))
+                    if len(futures) > ahead:
+                        yield futures.pop(0)
+                while futures:
+                    yield futures.pop(0)
+            finally:  # stopped early: do not decode what will not be used
+                for _, future in futures:
+                    if future is not None:
+                        future.cancel()
+
+    def admit(self, path: Path, decoded: Future | None) -> tuple[IngestOutcome | None, DecodedImage | None]:
+        """(final outcome, None) for a file skipped as failed before or failing to decode (recorded);
+        else (None, the decoded image)."""
+        key = str(path.absolute())
+        if decoded is None or key in self.previously_failed:
+            return IngestOutcome(key, "skipped", reason="failed before; re-run with --retry-failed to try again."), None
+        try:
+            return None, decoded.result()
+        except ConvisError as exc:
+            reason = str(exc)
+            record_failure(self.con, key, None, reason)
+            return IngestOutcome(key, "failed", reason=reason), None
+
+    def already_stored(self, key: str, image: DecodedImage) -> IngestOutcome | None:
+        """The 'skipped' outcome of an image whose content (sha256) is stored already, else None."""
+        existing = find_by_sha(self.con, image.sha256)
+        if existing is None:
+            return None
+        return IngestOutcome(key, "skipped", existing.image_id,
+                             reason=f"already stored as image {existing.image_id} ({existing.path}).")
