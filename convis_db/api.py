@@ -1,10 +1,11 @@
 """The public Python API: `convis_db.open` and `convis_db.create` return a `Database`.
 
 A `Database` is to convis-db what sqlite-utils' `Database` is to its CLI: every query returns data
-(dataclasses, numpy arrays or DuckDB relations), never printed text, and the CLI formats what it
-returns. It holds at most one DuckDB connection at a time: a read-only one, opened on first use and
-kept so that relations from `sql()` stay valid, and, only while `ingest` runs, a read-write one
-(DuckDB lets a process open a file in one mode at a time, and lets one process write it).
+(dataclasses, numpy arrays or DuckDB relations), never printed text, and the CLI, the explorer and
+eval are its users. It holds one DuckDB connection, in the mode it was opened in (read-only unless
+`write=True`), opened on first use and kept so that relations from `sql()` stay valid; `ingest`
+closes it while its own writer holds the file. It also holds, once used, the database's profile
+(convis_db.profile: which model and settings), its hierarchy and its map service.
 
     >>> import convis_db
     >>> db = convis_db.open("photos.duckdb")                    # doctest: +SKIP
@@ -24,7 +25,7 @@ import duckdb
 import numpy as np
 import torch
 
-from convis_db.engine.settings import Settings
+from convis_db.profile import SettingsRequest
 from convis_db.errors import UsageError
 from convis_db.progress import Progress, no_progress, tqdm_progress
 from convis_db.query.maps import ConceptMap, MapService
@@ -270,17 +271,20 @@ class Database:
         #: The encoder's precision for what runs a model here (ingest, maps of new files): fp32, bf16
         #: or fp16, resolved once (None/"auto": fp32 on CPU, bf16 on CUDA).
         self.precision = resolve_precision(precision, self.device)
+        self._asked_precision = precision  # Ray workers resolve it again on their own devices
         self.writable = write
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
+        self._profile = None
         self.con  # fail now, not at the first query, on a missing, foreign or uninitialised file
 
     # -- connections -------------------------------------------------------------------------
     @property
     def con(self) -> duckdb.DuckDBPyConnection:
-        """The read-only connection (opened on first use). Read-only: DuckDB writes no file through it."""
+        """The connection (opened on first use): read-only unless the database was opened with
+        write=True. Read-only, DuckDB writes no file through it."""
         if self._con is None:
-            con = connect(self.path)
+            con = connect(self.path, write=self.writable)
             try:
                 require_initialised(con, self.path)
             except BaseException:
@@ -292,6 +296,7 @@ class Database:
     def close(self) -> None:
         """Close the connection (relations from sql() stop working). The object can be used again."""
         self._maps = None
+        self._profile = None
         if self._con is not None:
             self._con.close()
             self._con = None
@@ -306,17 +311,36 @@ class Database:
         mode = "read-write" if self.writable else "read-only"
         return f"<convis_db.Database {self.path} ({mode}, {self.device}, {self.precision})>"
 
-    def _map_service(self) -> MapService:
-        if self._maps is None:
-            self._maps = MapService(self.con, self.device, self.precision)
+    @property
+    def profile(self):
+        """The database's DatabaseProfile: the model and settings its explanations use."""
+        from convis_db.profile import read_profile
+
+        if self._profile is None:
+            self._profile = read_profile(self.con, str(self.path))
+        return self._profile
+
+    def map_service(self, batch_size: int | None = None) -> MapService:
+        """The map service of this database (kept; `batch_size` sets the encoder batch of a new one:
+        None is the device's default)."""
+        if self._maps is None or (batch_size is not None and self._maps.batch_size != batch_size):
+            self._maps = MapService(self.con, self.device, self.precision, profile=self.profile,
+                                    batch_size=batch_size)
         return self._maps
 
+    _map_service = map_service
+
     # -- writing -----------------------------------------------------------------------------
-    def ingest(self, paths: str | Path | Iterable[str | Path], *, recursive: bool = False,
-               settings: Settings | None = None, progress: ProgressArg = False, retry_failed: bool = False,
-               batch_size: int | None = None):
+    def ingest(self, paths: str | Path | Iterable[str | Path] = (), *, recursive: bool = False,
+               settings: SettingsRequest = None, progress: ProgressArg = False, retry_failed: bool = False,
+               batch_size: int | None = None, model: str | None = None, pretrained: str | None = None,
+               backfill_image_level: bool = False):
         """Explain and store images (files already stored are skipped by content hash); returns the
         IngestReport. Needs a database opened with write=True (or made by create()).
+
+        `settings`: a Settings, or a dict of the options to set (the rest: the database's stored
+        settings, or the paper's); a database keeps one setting. `backfill_image_level` first adds
+        the image-level scores to stored images that lack them (made before schema 005).
 
         Example:
             >>> report = db.ingest("photos/", recursive=True, progress=True)   # doctest: +SKIP
@@ -324,17 +348,52 @@ class Database:
         """
         from convis_db.ingest import Ingestor
 
-        if not self.writable:
-            raise UsageError(f"{self.path} was opened read-only; open it with convis_db.open(path, write=True) to ingest.")
+        self._require_writable("ingest")
         items = [paths] if isinstance(paths, (str, Path)) else list(paths)
-        self.close()  # one process opens a file in one mode at a time: the writer needs it alone
-        with Ingestor(self.path, device=self.device, settings=settings, batch_size=batch_size,
-                      progress=_progress(progress), retry_failed=retry_failed, precision=self.precision) as ingestor:
-            return ingestor.run(items, recursive=recursive)
+        self.close()  # the writer holds the file alone while it runs
+        with Ingestor(self.path, model=model, pretrained=pretrained, device=self.device, settings=settings,
+                      batch_size=batch_size, progress=_progress(progress), retry_failed=retry_failed,
+                      precision=self.precision) as ingestor:
+            report = ingestor.backfill_image_level() if backfill_image_level else None
+            if items and not (report and report.interrupted):
+                ingested = ingestor.run(items, recursive=recursive)
+                if report is not None:
+                    ingested.outcomes = report.outcomes + ingested.outcomes
+                    ingested.seconds += report.seconds
+                report = ingested
+            return report
+
+    def ingest_distributed(self, paths: str | Path | Iterable[str | Path], *, recursive: bool = False,
+                           settings: SettingsRequest = None, progress: ProgressArg = False, retry_failed: bool = False,
+                           batch_size: int | None = None, model: str | None = None, pretrained: str | None = None,
+                           shards_dir: str | Path | None = None, address: str | None = None, shard_size: int = 64,
+                           workers: int | None = None, merge: bool = True, precision: str | None = None):
+        """`ingest` on a Ray cluster (docs/scale.md): Ray Data workers explain shards of `shard_size`
+        files into Parquet under `shards_dir`, merged here (unless `merge=False`); returns the
+        RayIngestReport. Needs `pip install 'convis-db[ray]'`. `precision` (default: the one this
+        database was opened with, as asked) is resolved by each worker on its own device.
+
+        Example:
+            >>> db.ingest_distributed("/shared/photos", recursive=True, address="auto")  # doctest: +SKIP
+        """
+        from convis_db.distributed.ray_ingest import ray_ingest
+
+        self._require_writable("ingest")
+        items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+        self.close()
+        return ray_ingest(self.path, items, recursive=recursive, shards_dir=shards_dir, address=address,
+                          shard_size=shard_size, workers=workers, batch_size=batch_size, model=model,
+                          pretrained=pretrained, settings=settings, retry_failed=retry_failed, merge=merge,
+                          progress=_progress(progress),
+                          precision=precision if precision is not None else self._asked_precision)
+
+    def _require_writable(self, what: str) -> None:
+        if not self.writable:
+            raise UsageError(f"{self.path} was opened read-only; open it with convis_db.open(path, write=True) to {what}.")
 
     # -- queries -----------------------------------------------------------------------------
     def search(self, concept: str, *, by: str | None = None, min_score: float = 0.0, limit: int = 20,
-               only_self: bool = False) -> list[SearchHit]:
+               only_self: bool = False, offset: int = 0) -> list[SearchHit]:
         """Images ranked by their score for `concept` (a synset name such as 'dog.n.01'), best first.
 
         `by="image"` ranks by the paper's image-level max_rank_sim of the whole image (the default
@@ -346,8 +405,20 @@ class Database:
         from convis_db.query.search import choose_level, search_images
 
         level, notes = choose_level(self.con, by)
-        rows = search_images(self.con, concept, min_score=min_score, limit=limit, only_self=only_self, by=level)
+        rows = search_images(self.con, concept, min_score=min_score, limit=offset + limit, only_self=only_self,
+                             by=level)[offset:]
         return SearchHits((_from_dict(SearchHit, r) for r in rows), level, notes)
+
+    def count(self, concept: str, *, by: str | None = None, min_score: float = 0.0, only_self: bool = False) -> int:
+        """How many images `search` finds for `concept` at `min_score` (all pages).
+
+        Example:
+            >>> db.count("dog.n.01", min_score=0.9)                         # doctest: +SKIP
+        """
+        from convis_db.query.search import choose_level, count_images
+
+        level, _ = choose_level(self.con, by)
+        return int(count_images(self.con, concept, min_score, only_self, level))
 
     def regions(self, concept: str, *, min_score: float | None = None, image: str | int | None = None,
                 limit: int = 100) -> list[Region]:
@@ -427,20 +498,26 @@ class Database:
 
         return explain_image(image, labels, db=self.path, device=self.device, **options)
 
-    def sql(self, query: str, params: list | dict | None = None) -> duckdb.DuckDBPyRelation:
-        """A DuckDB relation for a read-only query (`.df()`, `.arrow()`, `.pl()`, `.fetchall()`).
+    def sql(self, query: str, params: list | dict | None = None, *,
+            tables: dict[str, str | Path] | None = None) -> duckdb.DuckDBPyRelation | None:
+        """A DuckDB relation for a query (`.df()`, `.arrow()`, `.pl()`, `.fetchall()`); None for a
+        statement that returns no rows. `tables` names Parquet, CSV or JSON-lines files to join, as
+        tables (read through pyarrow, so DuckDB itself opens no path).
 
-        The connection is read-only with external access off: nothing can be written.
+        Read-only (unless the database was opened with write=True): DuckDB is opened read-only with
+        external access off, so nothing can be written and no other file read.
 
         Example:
             >>> db.sql("SELECT count(*) AS n FROM descendants('animal.n.01')").fetchall()   # doctest: +SKIP
         """
-        if hasattr(self.con, "complete"):
-            self.con.complete()
-        try:
-            return self.con.sql(query, params=params)
-        except duckdb.Error as exc:
-            raise UsageError(f"SQL error: {(str(exc).splitlines() or ['?'])[0]}") from exc
+        from convis_db.query.sql import register_tables, sql_errors
+
+        con = self.con
+        if hasattr(con, "complete"):  # DuckDB >= 2: an unread earlier result would refuse a new relation
+            con.complete()
+        register_tables(con, tables or {})
+        with sql_errors(self.writable):
+            return con.sql(query, params=params)
 
     def images(self) -> list[ImageRecord]:
         """Every stored image, in id order."""

@@ -671,24 +671,21 @@ def test_wordnet_labeller(eval_db, wn):
 
 
 def test_database_convis_reuses_stored_windows(eval_db):
+    import convis_db
     from convis_db.evaluation.explainers import convis_for_database
-    from convis_db.query.maps import MapService
-    from convis_db.store.db import connect
 
     seed = eval_db.parent / "seed.png"
-    con = connect(eval_db)
-    try:
-        explainer = convis_for_database(con, CPU)
+    with convis_db.open(eval_db, device="cpu") as db:
+        explainer = convis_for_database(db)
         decoded = read_image(seed)
         saliency = explainer.saliency(decoded, "bird.n.01")
         assert explainer.reused == 1 and explainer.encoded == 0
-        np.testing.assert_array_equal(saliency, MapService(con, CPU).for_file(seed, "bird.n.01").saliency)
+        np.testing.assert_array_equal(saliency, db.map(seed, "bird.n.01").values)
         other = read_image(eval_db.parent / "seed.png")
         other.sha256 = "0" * 64     # the same pixels as a new file: encoded with the stored profile
         np.testing.assert_allclose(explainer.saliency(other, "bird.n.01"), saliency, atol=1e-6)
         assert explainer.encoded == 1
-    finally:
-        con.close()
+        assert explainer.maps is db.map_service()   # eval's maps come from the database's one map service
 
 
 def _json(result):

@@ -98,7 +98,7 @@ def test_read_only_database_refuses_ingest_and_writes(notebook, tmp_path):
     try:
         with pytest.raises(UsageError, match="write=True"):
             db.ingest(tmp_path)
-        with pytest.raises(UsageError, match="SQL error"):
+        with pytest.raises(UsageError, match="open read-only: add --write"):
             db.sql("DELETE FROM images").fetchall()
         with pytest.raises(UsageError):
             db.sql(f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'").fetchall()

@@ -571,7 +571,7 @@ def test_newer_schema_version_is_refused_by_every_command(stored_copy, tmp_path,
 @pytest.mark.parametrize("statement", SQL_WRITES)
 def test_sql_writes_need_the_write_flag(stored_db, run_cli, statement):
     before = table_counts(stored_db)
-    _user_error(run_cli("--db", stored_db, "sql", statement), "read-only unless you add --write")
+    _user_error(run_cli("--db", stored_db, "sql", statement), "open read-only: add --write")
     assert table_counts(stored_db) == before
 
 

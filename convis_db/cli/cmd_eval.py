@@ -25,12 +25,6 @@ def command() -> None:
 
 
 
-def _random_weights_note(con) -> list[str]:
-    from convis_db.profile import read_profile
-
-    return read_profile(con).notes()
-
-
 @command.command("wsol")
 @click.argument("dataset", type=click.Path(exists=True))
 @click.option("--images", "image_dir", type=click.Path(exists=True, file_okay=False),
@@ -85,11 +79,11 @@ def wsol(app: App, dataset, image_dir, category_map, concept, split, n, method, 
     data = load_wsol_dataset(dataset, images=image_dir, concept=concept, category_map=mapping, n=n, split=split)
     if text is not None and data.kind != "cub":
         raise UsageError("--text works with one concept (CUB); COCO categories use their synsets' definitions.")
-    with app.reader() as con:
-        explainer = (convis_for_database(con, dev, only_self, batch_size=batch_size, precision=precision) if method == "convis"
-                     else grad_eclip_for_database(con, dev, text))
+    with app.database(dev, precision) as db:
+        explainer = (convis_for_database(db, only_self, batch_size=batch_size) if method == "convis"
+                     else grad_eclip_for_database(db, text))
         report = evaluate_wsol(data, explainer, tau_step=tau_step, iou_threshold=iou_threshold, progress=app.progress)
-        notes = _random_weights_note(con)
+        notes = db.profile.notes()
     payload = report.as_dict()
     if report.failures:
         notes.append(f"{len(report.failures)} images could not be evaluated (listed under 'failures' in --json).")
@@ -162,16 +156,16 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
 
     train, ignored_train = imagenet_classes(train_dir, per_class)
     test, ignored_test = imagenet_classes(test_dir, per_class)
-    with app.reader() as con:
-        labeller = WordNetLabeller(con, positive, negative)
-        dev = resolve_device(device)
-        explainer = convis_for_database(con, dev, batch_size=batch_size, precision=resolve_precision(precision, dev))
+    dev = resolve_device(device)
+    with app.database(dev, resolve_precision(precision, dev)) as db:
+        labeller = WordNetLabeller(db.con, positive, negative)
+        explainer = convis_for_database(db, batch_size=batch_size)
         explainer.prepare([positive])
         report = evaluate_ood(explainer, positive, train, test, labeller, negative=negative,
                               ignored_folders=[f"train/{d}" for d in ignored_train]
                               + [f"test/{d}" for d in ignored_test],
                               progress=app.progress, prompts=prompts, map_scores=not no_maps, seed=seed)
-        notes = _random_weights_note(con)
+        notes = db.profile.notes()
     payload = report.as_dict()
     if scores_csv:
         Path(scores_csv).parent.mkdir(parents=True, exist_ok=True)

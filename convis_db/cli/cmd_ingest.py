@@ -8,7 +8,6 @@ from convis_db.cli.context import App, batch_size_option, device_option, pass_ap
 from convis_db.cli.output import Result, emit
 from convis_db.engine.settings import PAPER, preset_options
 from convis_db.errors import UsageError
-from convis_db.ingest import Ingestor
 from convis_db.models.device import resolve_device
 from convis_db.models.precision import resolve_precision
 
@@ -81,35 +80,27 @@ def command(app: App, paths, recursive, batch_size, retry_failed, backfill_image
     if preset:
         base = preset_options(preset)
         options = {k: (v if v is not None else base.get(k)) for k, v in options.items()}
-    if engine == "ray":
-        if backfill_image_level:
-            raise UsageError("--backfill-image-level runs in this process; drop --engine ray for it.")
-        from convis_db.distributed.ray_ingest import ray_ingest  # imports Ray only here
-
-        report = ray_ingest(app.db, paths, recursive=recursive, shards_dir=shards_dir, address=address,
-                            shard_size=shard_size, workers=workers, batch_size=batch_size, model=model,
-                            pretrained=pretrained, settings=options, retry_failed=retry_failed, merge=not no_merge,
-                            progress=app.progress, precision=precision)
-        _emit(report, as_json)
-        return
-    if address or shards_dir or no_merge or workers:
+    if engine == "ray" and backfill_image_level:
+        raise UsageError("--backfill-image-level runs in this process; drop --engine ray for it.")
+    if engine == "local" and (address or shards_dir or no_merge or workers):
         raise UsageError("--address, --shards, --workers and --no-merge belong to --engine ray.")
-    dev = resolve_device(device)
-    precision = resolve_precision(precision, dev)
-    with Ingestor(app.db, model=model, pretrained=pretrained, device=dev, settings=options,
-                  batch_size=batch_size, progress=app.progress, retry_failed=retry_failed,
-                  precision=precision) as ingestor:
-        if dev.type == "cpu" and ingestor.settings.stride == PAPER.stride and \
-                ingestor.settings.max_pixels == PAPER.max_pixels and not app.quiet:
-            click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
-                       "--preset cpu-fast is about 20x lighter (on a new database).", err=True)
-        report = ingestor.backfill_image_level() if backfill_image_level else None
-        if paths and not (report and report.interrupted):
-            ingested = ingestor.run(paths, recursive=recursive)
-            if report is not None:
-                ingested.outcomes = report.outcomes + ingested.outcomes
-                ingested.seconds += report.seconds
-            report = ingested
+    dev = resolve_device(device) if engine == "local" else None
+    with app.database(dev or "cpu", resolve_precision(precision, dev) if dev else None, write=True) as db:
+        if engine == "ray":  # Ray is imported only here; each worker resolves --precision on its own device
+            report = db.ingest_distributed(paths, recursive=recursive, shards_dir=shards_dir, address=address,
+                                           shard_size=shard_size, workers=workers, batch_size=batch_size,
+                                           model=model, pretrained=pretrained, settings=options,
+                                           retry_failed=retry_failed, merge=not no_merge, progress=app.progress,
+                                           precision=precision)
+        else:
+            chosen = db.profile.settings_for(options)
+            if dev.type == "cpu" and chosen.stride == PAPER.stride and chosen.max_pixels == PAPER.max_pixels \
+                    and not app.quiet:
+                click.echo("note: the paper's settings on a CPU take minutes per image with ViT-B-32; "
+                           "--preset cpu-fast is about 20x lighter (on a new database).", err=True)
+            report = db.ingest(paths, recursive=recursive, settings=options, batch_size=batch_size,
+                               progress=app.progress, retry_failed=retry_failed, model=model, pretrained=pretrained,
+                               backfill_image_level=backfill_image_level)
     _emit(report, as_json, backfill_image_level)
 
 

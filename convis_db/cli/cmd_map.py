@@ -15,7 +15,6 @@ from convis_db.engine.render import STYLES, render
 from convis_db.errors import UsageError
 from convis_db.models.device import resolve_device
 from convis_db.models.precision import check_fp32_method, precision_label, resolve_precision
-from convis_db.query.maps import MapService
 
 
 @click.command("map")
@@ -62,8 +61,8 @@ def command(app: App, image, concept, method, text, output, style, npy, only_sel
         raise UsageError("give the CONCEPT to map, a synset name such as dog.n.01.")
     if text is not None:
         raise UsageError("--text is for --method grad-eclip; a convis map is of a CONCEPT.")
-    with app.reader() as con:
-        cmap = MapService(con, dev, resolve_precision(precision, dev)).for_ref(image, concept, only_self)
+    with app.database(dev, resolve_precision(precision, dev)) as db:
+        cmap = db.map(image, concept, only_self=only_self).concept_map
     _write_outputs(cmap.saliency, cmap.image_path, output, style, npy, threshold)
     info = {"image_id": cmap.image_id, "image": cmap.image_path, "synset": cmap.synset, "source": cmap.source,
             "only_self": cmap.only_self, "work_width": cmap.grid.width, "work_height": cmap.grid.height,
@@ -95,8 +94,8 @@ def _write_outputs(saliency: np.ndarray, image_path: str, output: str | None, st
 def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:
     from convis_db.explainers.grad_eclip import GradEclipService
 
-    with app.reader() as con:
-        gmap = GradEclipService(con, device).for_ref(image, concept, text)
+    with app.database(device) as db:
+        gmap = GradEclipService(db.con, device).for_ref(image, concept, text)
     _write_outputs(gmap.saliency, gmap.image_path, output, style, npy, threshold)
     info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
             "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,

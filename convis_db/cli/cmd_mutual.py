@@ -50,29 +50,11 @@ def settings_from(decomposition, n_concepts, topk, language_topk, foreground_met
                           optimal_transport=not no_ot)
 
 
-def random_weights_notes(con, model_id: int) -> list[str]:
-    from convis_db.store.model_store import model_row
-
-    row = model_row(con, model_id)
-    return ([f"model {row['name']} has random weights: these concepts and numbers are meaningless (smoke run)."]
-            if row["is_random"] else [])
-
-
 @contextlib.contextmanager
 def open_for(app: App, write: bool):
-    """Read-only, or for writing (stored explanations or a new descriptor bank), checked initialised."""
-    if not write:
-        with app.reader() as con:
-            yield con
-        return
-    from convis_db.store.db import connect, require_initialised
-
-    con = connect(app.db, write=True)
-    try:
-        require_initialised(con, app.db)
-        yield con
-    finally:
-        con.close()
+    """The database (read-only, or for writing: stored explanations or a new descriptor bank)."""
+    with app.database(write=write) as db:
+        yield db
 
 
 def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
@@ -83,10 +65,9 @@ def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
     if descriptors is None:
         return False
     from convis_db.mutual.bank import stored_bank_id
-    from convis_db.profile import read_profile
 
-    with app.reader() as con:
-        return stored_bank_id(con, read_profile(con, app.db).model_id, descriptors) is None
+    with app.database() as db:
+        return stored_bank_id(db.con, db.profile.model_id, descriptors) is None
 
 
 def _resolve_image(con, ref: str) -> str:
@@ -134,7 +115,8 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
-    with open_for(app, write=needs_writer(app, store, descriptors)) as con:
+    with open_for(app, write=needs_writer(app, store, descriptors)) as db:
+        con = db.con
         path = _resolve_image(con, image)
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,
@@ -144,7 +126,7 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
         data = exp.as_dict()
         if store:
             data["explanation_id"] = write_explanation(con, exp, model_id, explainer.bank.bank_id)
-        notes = random_weights_notes(con, model_id)
+        notes = db.profile.notes()
     if output:
         save_concepts_png(output, decoded.pixels, exp)
         data["output"] = output
@@ -206,13 +188,14 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     classes, folder_map = read_labels_file(labels_file) if labels_file else (parse_labels(labels, None), {})
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
-    with open_for(app, write=needs_writer(app, store, descriptors)) as con:
+    with open_for(app, write=needs_writer(app, store, descriptors)) as db:
+        con = db.con
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,
                                                      progress=app.progress)
         hook = (lambda exp: write_explanation(con, exp, model_id, explainer.bank.bank_id)) if store else None
         report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook, together)
-        notes = random_weights_notes(con, model_id)
+        notes = db.profile.notes()
     report.ignored_folders = ignored
     payload = report.as_dict()
     payload["together"] = together

@@ -6,7 +6,7 @@ import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, output_format, query_output
-from convis_db.query.sql import TABLE_LIMIT, run_sql
+from convis_db.query.sql import TABLE_LIMIT, fetch_answer
 
 
 def _parse_tables(values: tuple[str, ...]) -> dict[str, str]:
@@ -50,7 +50,9 @@ def command(app: App, query: str, write: bool, tables: tuple[str, ...], limit: i
     """
     if limit is None:
         limit = TABLE_LIMIT if output_format() == "table" else 0
-    answer = run_sql(app.db, query, write=write, limit=limit or None, tables=_parse_tables(tables))
+    tables = _parse_tables(tables)
+    with app.database(write=write) as db:
+        answer = fetch_answer(db.sql(query, tables=tables), limit or None, write)
     if answer.columns is None:
         return Result(rows=[], text="ok")
     notes = []

@@ -6,8 +6,6 @@ import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, query_output
-from convis_db.query.stats import database_stats
-from convis_db.store.db import connect
 
 
 @click.command("stats")
@@ -20,10 +18,7 @@ def command(app: App) -> Result:
     Example:
       convis-db --db x.duckdb stats --json
     """
-    con = connect(app.db)
-    try:
-        stats = database_stats(con, app.db)
-    finally:
-        con.close()
+    with app.database() as db:
+        stats = db.stats()
     rows = [{"item": k, "value": v} for k, v in stats.items()]
     return Result(rows=rows, data=stats)

@@ -31,12 +31,13 @@ class App:
         return tqdm_progress(enabled=not self.quiet)
 
     @contextlib.contextmanager
-    def database(self, device: str = "cpu") -> Iterator[Database]:
-        """The database through the public API (read-only), closed after the command. `device` only
-        matters where the command may run the model (regions, map of a new file)."""
+    def database(self, device="cpu", precision: str | None = None, write: bool = False) -> Iterator[Database]:
+        """The database through the public API (read-only unless `write`), closed after the command.
+        `device` and `precision` only matter where the command runs the model (ingest, eval, map of
+        a new file, regions of one); pass them resolved (--device, --precision)."""
         from convis_db.api import Database
 
-        db = Database(self.db, device=device)
+        db = Database(self.db, device=device, precision=precision, write=write)
         try:
             yield db
         finally:

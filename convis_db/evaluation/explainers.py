@@ -16,19 +16,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import torch
 
 from convis_db.engine import whole_image
-from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.explainer import ConceptEngine, WindowSimilarities
 from convis_db.engine.images import DecodedImage
 from convis_db.engine.windows import WindowGrid
 from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, text_embedding
-from convis_db.engine.explainer import WindowSimilarities
-from convis_db.profile import read_profile
 from convis_db.query.maps import MapService
+
+if TYPE_CHECKING:
+    from convis_db.api import Database
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +139,22 @@ def image_embedding(model, pixels: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ with a database
-def convis_for_database(con, device: torch.device, only_self: bool = False, batch_size: int | None = None,
-                        precision: str | None = None) -> ConVisExplainer:
-    """ConVis maps of a database's model, hierarchy and settings, from the map service."""
-    maps = MapService(con, device, precision, batch_size=batch_size)
+def convis_for_database(db: Database, only_self: bool = False, batch_size: int | None = None) -> ConVisExplainer:
+    """ConVis maps of a database's model, hierarchy and settings (on its device and precision), from
+    its map service."""
+    maps = db.map_service(batch_size)
     return ConVisExplainer(maps.engine(), lambda concept: maps.concept_ids(concept), only_self, maps)
 
 
-def grad_eclip_for_database(con, device: torch.device, text: str | None = None,
+def grad_eclip_for_database(db: Database, text: str | None = None,
                             max_short_side: int | None = DEFAULT_MAX_SHORT_SIDE) -> GradEclipExplainer:
     """Grad-ECLIP with the database's model; the text is `text` for every concept, else each concept's
     definition (its stored embedding d_s = E_T(def(s)), the text ConVis ranks against)."""
     from convis_db.store.hierarchy_store import find_synset_name
     from convis_db.store.model_store import load_definition_embeddings
 
-    profile = read_profile(con)
-    loaded = profile.load_model(device)
+    con, profile = db.con, db.profile
+    loaded = profile.load_model(db.device)
     if text is not None:
         fixed = text_embedding(loaded, text)
         return GradEclipExplainer(loaded, lambda concept: fixed, f"{text!r}", max_short_side)

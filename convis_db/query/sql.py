@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,6 @@ from typing import Any
 import duckdb
 
 from convis_db.errors import UsageError
-from convis_db.store.db import connect
 
 log = logging.getLogger(__name__)
 
@@ -53,35 +54,42 @@ def _dataset(name: str, path: str):
         raise UsageError(f"--table {name}={path}: cannot read it as {fmt}: {str(exc).splitlines()[0]}") from exc
 
 
-def run_sql(db: str | Path, query: str, *, write: bool = False, limit: int | None = None,
-            tables: dict[str, str] | None = None) -> SqlAnswer:
-    """Run `query` (one or more statements); the rows of the last one, at most `limit` (None = all)."""
-    datasets = {name: _dataset(name, path) for name, path in (tables or {}).items()}
-    con = connect(db, write=write)
+def register_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, str | Path]) -> None:
+    """Make each NAME=FILE a table of the connection (every file checked before any is registered)."""
+    datasets = {name: _dataset(name, str(path)) for name, path in tables.items()}
+    for name, dataset in datasets.items():
+        con.register(name, dataset)
+
+
+@contextmanager
+def sql_errors(write: bool) -> Iterator[None]:
+    """DuckDB's errors on a user's SQL as one-line UsageErrors that say what to do."""
     try:
-        for name, dataset in datasets.items():
-            con.register(name, dataset)
-        try:
-            cur = con.execute(query)
-            if not cur.description:
-                return SqlAnswer(None, [], False)
-            columns = [d[0] for d in cur.description]
-            fetched = cur.fetchall() if limit is None else cur.fetchmany(limit + 1)
-        except duckdb.PermissionException as exc:
-            raise UsageError(
-                "this statement reads or writes files outside the database, which sql refuses without --write "
-                f"({_first_line(exc)}). Read your own files with --table NAME=FILE."
-            ) from exc
-        except duckdb.Error as exc:
-            text = str(exc).lower()
-            if not write and ("read-only" in text or "read only" in text):
-                raise UsageError("this statement changes the database; sql is read-only unless you add --write.") from exc
-            raise UsageError(f"SQL error: {_first_line(exc)}") from exc
-        truncated = limit is not None and len(fetched) > limit
-        rows = [dict(zip(columns, r)) for r in fetched[:limit]]
-        return SqlAnswer(columns, rows, truncated)
-    finally:
-        con.close()
+        yield
+    except duckdb.PermissionException as exc:
+        raise UsageError(
+            "this statement reads or writes files outside the database, which sql refuses without --write "
+            f"({_first_line(exc)}). Read your own files with --table NAME=FILE."
+        ) from exc
+    except duckdb.Error as exc:
+        text = str(exc).lower()
+        if not write and ("read-only" in text or "read only" in text):
+            raise UsageError("this statement changes the database, which is open read-only: add --write (Python: "
+                             "convis_db.open(path, write=True)) to change it.") from exc
+        raise UsageError(f"SQL error: {_first_line(exc)}") from exc
+
+
+def fetch_answer(relation: duckdb.DuckDBPyRelation | None, limit: int | None = None,
+                 write: bool = False) -> SqlAnswer:
+    """The rows of a relation from Database.sql, at most `limit` (None = all)."""
+    if relation is None:
+        return SqlAnswer(None, [], False)
+    with sql_errors(write):
+        columns = list(relation.columns)
+        fetched = (relation if limit is None else relation.limit(limit + 1)).fetchall()
+    truncated = limit is not None and len(fetched) > limit
+    rows = [dict(zip(columns, r)) for r in fetched[:limit]]
+    return SqlAnswer(columns, rows, truncated)
 
 
 def _first_line(exc: BaseException) -> str:
