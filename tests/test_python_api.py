@@ -60,6 +60,8 @@ def test_the_documented_session_runs(notebook):
     assert (folder / "entity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and ns["png"] == (folder / "entity.png").read_bytes()
     assert ns["m"]._repr_png_()[:4] == b"\x89PNG"
     assert list(ns["frame"].columns) == ["name", "images"]
+    assert ns["profile"].has_images and ns["profile"].settings.stride == 32 and ns["profile"].notes() == []  # local weights
+    assert (folder / "labels.csv").is_file()
     assert len(_doc_blocks()) == 5
 
 
