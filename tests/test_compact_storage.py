@@ -44,7 +44,7 @@ def _scores(db):
     con = connect(db)
     try:
         return {
-            "scores": con.execute("SELECT image_id, synset_id, score, peak_x, peak_y, self_score FROM image_scores "
+            "scores": con.execute("SELECT image_id, synset_id, score, work_peak_x, work_peak_y, self_score FROM image_scores "
                                   "ORDER BY 1, 2").fetchall(),
             "top_k": con.execute("SELECT * FROM window_concepts ORDER BY 1, 2, 3").fetchall(),
             "search": con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall(),

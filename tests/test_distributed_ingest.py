@@ -59,8 +59,9 @@ def snapshot(db) -> dict:
         q = {
             "images": "SELECT path, sha256, width, height, work_width, work_height, scale, grid_rows, grid_cols, "
                       "n_windows FROM images ORDER BY path",
-            "scores": "SELECT i.path, s.synset_id, s.score, s.peak_x, s.peak_y, s.self_score, s.self_peak_x, "
-                      "s.self_peak_y FROM image_scores s JOIN images i USING (image_id) ORDER BY 1, 2",
+            "scores": "SELECT i.path, s.synset_id, s.score, s.work_peak_x, s.work_peak_y, s.self_score, "
+                      "s.work_self_peak_x, "
+                      "s.work_self_peak_y FROM image_scores s JOIN images i USING (image_id) ORDER BY 1, 2",
             "top_k": "SELECT i.path, c.window_idx, c.k, c.synset_id, c.rank_less FROM window_concepts c "
                      "JOIN images i USING (image_id) ORDER BY 1, 2, 3",
             "windows": "SELECT i.path, w.window_idx, w.x0, w.y0, w.x1, w.y1, w.embedding FROM windows w "
