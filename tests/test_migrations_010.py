@@ -169,3 +169,30 @@ def test_foreign_keys_refuse_orphans_and_allow_what_init_does(tiny_db, tmp_path,
     finally:
         con.close()
     assert _profile(db)[0]["n_models"] == 2
+
+
+def test_readme_cosine_example_equals_numpy(filled_db):
+    """README's nearest-definitions example (list_cosine_similarity on FLOAT[] lists) against numpy, and
+    the fixed-size cast the README names gives the same cosines."""
+    from convis_db.store.image_store import load_image_embedding
+    from convis_db.store.model_store import load_definition_embeddings
+    from test_queries import readme_sql_examples
+
+    (sql,) = [s for s in readme_sql_examples() if "FROM image_embeddings e" in s]
+    con = connect(filled_db)
+    try:
+        got = con.execute(sql).fetchall()
+        x, defs = load_image_embedding(con, 1), load_definition_embeddings(con, 1)
+        names = [r[0] for r in con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()]
+        d = con.execute("SELECT embed_dim FROM database_profile").fetchone()[0]
+        fixed = con.execute(
+            f"SELECT array_cosine_similarity(e.embedding::FLOAT[{int(d)}], de.embedding::FLOAT[{int(d)}]) "
+            "FROM image_embeddings e, definition_embeddings de WHERE e.image_id = 1 AND de.model_id = 1 "
+            "ORDER BY de.synset_id").fetchnumpy()
+    finally:
+        con.close()
+    cos = defs.astype(np.float64) @ x / (np.linalg.norm(defs, axis=1) * np.linalg.norm(x))
+    order = sorted(range(len(names)), key=lambda i: (-round(cos[i], 4), names[i]))[:5]
+    assert [g[0] for g in got] == [names[i] for i in order]
+    np.testing.assert_allclose([g[1] for g in got], np.round(cos[order], 4), atol=1e-4)
+    np.testing.assert_allclose(list(fixed.values())[0], cos, atol=1e-5)
