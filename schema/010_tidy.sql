@@ -108,15 +108,18 @@ LEFT JOIN first_image i ON true;
 --    definition_embeddings. DuckDB cannot add a constraint to an existing table, so each is rebuilt:
 --    the old table renamed away, the new one created with its constraints under the old name, the rows
 --    copied, the old one dropped (views and macros bind by name when queried: nothing to re-create).
---    0.3 s for the 7,343-synset physical-objects T with one model (69,501 closure pairs).
+--    0.3-0.5 s for the 7,343-synset physical-objects T with one model (69,501 closure pairs), with or
+--    without 7.3 M image_scores rows (benchmarks/bench_migration_010.py, docs/benchmarks.md).
 --    What DuckDB 2.0.1 allows with them, and why some keys are left out:
 --    * inserting a second model and its definitions (init --model other) and UPDATE of a column that
 --      is in no index (models.definition_precision, store/model_store.py) work;
 --    * an UPDATE of a key or UNIQUE column of a referenced row (synsets.name, models.name/pretrained)
 --      is refused while the row is referenced (DuckDB runs it as delete + insert); convis-db never
 --      does that: T and a model's identity are written once;
---    * a referenced table cannot be renamed and is dropped only after the tables referring to it,
---      so a later migration that rebuilds synsets or models rebuilds their referrers too (as here);
+--    * a later migration may ADD COLUMN to any of these tables, and rename or drop columns of the
+--      referring ones (isa_edges, closure, definition_embeddings); a referenced table (synsets, models)
+--      cannot be renamed nor have a column renamed or dropped, and is dropped only after the tables
+--      referring to it: such a change rebuilds the referrers too, as done here;
 --    * the tables written per image (images.model_id, image_scores.synset_id, window_concepts,
 --      windows, image_embeddings) get no keys: each key keeps an index on the referring columns that
 --      every ingest would update and check (7,343 image_scores rows per image), and a shard merge

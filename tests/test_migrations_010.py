@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from schema_history import copy_into_schema_below
 
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor
 from convis_db.store.db import connect
 from convis_db.store.image_store import work_peak_columns
 from convis_db.store.migrations import applied_versions, has_column
-from schema_history import copy_into_schema_below
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 CPU = torch.device("cpu")
@@ -151,15 +151,22 @@ def test_foreign_keys_refuse_orphans_and_allow_what_init_does(tiny_db, tmp_path,
         assert con.execute("SELECT count(DISTINCT model_id), count(*) FROM definition_embeddings").fetchone() == (
             2, 2 * report.n_synsets)
         con.execute("UPDATE models SET definition_precision = 'bf16' WHERE model_id = 2")
-        orphans = {
-            "definition_embeddings": "INSERT INTO definition_embeddings VALUES (99, 0, [1.0])",
-            "definition_embeddings ": "INSERT INTO definition_embeddings VALUES (1, 99999, [1.0])",
-            "isa_edges": "INSERT INTO isa_edges VALUES (0, 99999, 'hypernym')",
-            "closure": "INSERT INTO closure VALUES (99999, 0, 1)",
-        }
-        for table, sql in orphans.items():
+        orphans = ("INSERT INTO definition_embeddings VALUES (99, 0, [1.0])",      # no such model
+                   "INSERT INTO definition_embeddings VALUES (1, 99999, [1.0])",   # no such synset
+                   "INSERT INTO isa_edges VALUES (0, 99999, 'hypernym')",
+                   "INSERT INTO closure VALUES (99999, 0, 1)")
+        for sql in orphans:
             with pytest.raises(duckdb.ConstraintException, match="foreign key"):
                 con.execute(sql)
+        # What 010's comment says DuckDB allows on the referenced tables, and what it refuses.
+        con.execute("UPDATE synsets SET definition = definition || '' WHERE synset_id = 0")  # no index: fine
+        with pytest.raises(duckdb.ConstraintException, match="foreign key"):
+            con.execute("UPDATE synsets SET name = name || 'x' WHERE synset_id = 0")  # UNIQUE: delete + insert
+        con.execute("BEGIN")
+        con.execute("ALTER TABLE synsets ADD COLUMN later_column INTEGER")  # as a later migration may
+        with pytest.raises(duckdb.Error, match="depend on it"):
+            con.execute("ALTER TABLE models RENAME COLUMN definition_precision TO p")
+        con.execute("ROLLBACK")
         keys = {(r[0], tuple(r[1])) for r in con.execute(
             "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
             "WHERE constraint_type = 'FOREIGN KEY' AND database_name = current_database()").fetchall()}
@@ -174,9 +181,10 @@ def test_foreign_keys_refuse_orphans_and_allow_what_init_does(tiny_db, tmp_path,
 def test_readme_cosine_example_equals_numpy(filled_db):
     """README's nearest-definitions example (list_cosine_similarity on FLOAT[] lists) against numpy, and
     the fixed-size cast the README names gives the same cosines."""
+    from test_queries import readme_sql_examples
+
     from convis_db.store.image_store import load_image_embedding
     from convis_db.store.model_store import load_definition_embeddings
-    from test_queries import readme_sql_examples
 
     (sql,) = [s for s in readme_sql_examples() if "FROM image_embeddings e" in s]
     con = connect(filled_db)
@@ -188,11 +196,11 @@ def test_readme_cosine_example_equals_numpy(filled_db):
         fixed = con.execute(
             f"SELECT array_cosine_similarity(e.embedding::FLOAT[{int(d)}], de.embedding::FLOAT[{int(d)}]) "
             "FROM image_embeddings e, definition_embeddings de WHERE e.image_id = 1 AND de.model_id = 1 "
-            "ORDER BY de.synset_id").fetchnumpy()
+            "ORDER BY de.synset_id").fetchall()
     finally:
         con.close()
     cos = defs.astype(np.float64) @ x / (np.linalg.norm(defs, axis=1) * np.linalg.norm(x))
     order = sorted(range(len(names)), key=lambda i: (-round(cos[i], 4), names[i]))[:5]
     assert [g[0] for g in got] == [names[i] for i in order]
     np.testing.assert_allclose([g[1] for g in got], np.round(cos[order], 4), atol=1e-4)
-    np.testing.assert_allclose(list(fixed.values())[0], cos, atol=1e-5)
+    np.testing.assert_allclose([r[0] for r in fixed], cos, atol=1e-5)
