@@ -60,9 +60,9 @@ def build(db: Path, n_images: int) -> float:
                     FROM range(1, ? + 1) t(i)""", [n_images])
     N = n_images
     values = f"""0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE) AS score,
-                 ((i * 31 + s * 17) % 632)::INT AS peak_x, ((i * 13 + s * 7) % 474)::INT AS peak_y,
+                 ((i * 31 + s * 17) % 632)::INT AS work_peak_x, ((i * 13 + s * 7) % 474)::INT AS work_peak_y,
                  0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE AS self_score,
-                 ((i * 7 + s * 29) % 632)::INT AS self_peak_x, ((i * 11 + s * 3) % 474)::INT AS self_peak_y,
+                 ((i * 7 + s * 29) % 632)::INT AS work_self_peak_x, ((i * 11 + s * 3) % 474)::INT AS work_self_peak_y,
                  ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
     # image order, as ingestion writes it (DuckDB keeps a range's insertion order)
     con.execute(f"""INSERT INTO image_scores BY NAME

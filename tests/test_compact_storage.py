@@ -14,9 +14,10 @@ from convis_db.engine.settings import Settings
 from convis_db.errors import DatabaseError
 from convis_db.ingest import Ingestor
 from convis_db.init_db import initialise
-from convis_db.store import migrations
 from convis_db.store.db import connect
-from convis_db.store.image_store import EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings
+from convis_db.store.image_store import (EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings,
+                                         work_peak_select)
+from schema_history import copy_into_schema_below
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 
@@ -44,8 +45,8 @@ def _scores(db):
     con = connect(db)
     try:
         return {
-            "scores": con.execute("SELECT image_id, synset_id, score, peak_x, peak_y, self_score FROM image_scores "
-                                  "ORDER BY 1, 2").fetchall(),
+            "scores": con.execute(f"SELECT image_id, synset_id, score, {work_peak_select(con, 'work_peak_x', 'work_peak_y')}, "
+                                  "self_score FROM image_scores ORDER BY 1, 2").fetchall(),
             "top_k": con.execute("SELECT * FROM window_concepts ORDER BY 1, 2, 3").fetchall(),
             "search": con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall(),
         }
@@ -120,20 +121,19 @@ def test_none_refuses_maps_when_the_file_is_gone_and_init_keeps_one_choice(tiny_
 
 
 def test_a_database_from_before_schema_009_reads_as_float32_and_upgrades(tiny_spec, small_vocab_file, tmp_path,
-                                                                        images, monkeypatch):
-    shipped = migrations.available_migrations()
-    monkeypatch.setattr(migrations, "available_migrations", lambda folder=None: [m for m in shipped if m.version < 9])
-    db = tmp_path / "old.duckdb"
-    initialise(db, str(small_vocab_file), tiny_spec, torch.device("cpu"))
-    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+                                                                        images):
+    source = tmp_path / "source.duckdb"
+    initialise(source, str(small_vocab_file), tiny_spec, torch.device("cpu"))
+    with Ingestor(source, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
         assert ing.run([images]).count("ingested") == 2
+    db = tmp_path / "old.duckdb"
+    copy_into_schema_below(source, db, 9)  # what a convis-db before schema 009 wrote
     con = connect(db)
     assert "storage_settings" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
                                       .fetchall()}
     before, emb_before = _scores(db), load_window_embeddings(con, 1)
     con.close()
     maps_before = _maps(db)
-    monkeypatch.undo()
 
     con = connect(db)  # read-only: not upgraded yet, still answers
     assert embedding_storage(con) == "float32"

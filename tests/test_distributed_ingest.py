@@ -59,8 +59,9 @@ def snapshot(db) -> dict:
         q = {
             "images": "SELECT path, sha256, width, height, work_width, work_height, scale, grid_rows, grid_cols, "
                       "n_windows FROM images ORDER BY path",
-            "scores": "SELECT i.path, s.synset_id, s.score, s.peak_x, s.peak_y, s.self_score, s.self_peak_x, "
-                      "s.self_peak_y FROM image_scores s JOIN images i USING (image_id) ORDER BY 1, 2",
+            "scores": "SELECT i.path, s.synset_id, s.score, s.work_peak_x, s.work_peak_y, s.self_score, "
+                      "s.work_self_peak_x, "
+                      "s.work_self_peak_y FROM image_scores s JOIN images i USING (image_id) ORDER BY 1, 2",
             "top_k": "SELECT i.path, c.window_idx, c.k, c.synset_id, c.rank_less FROM window_concepts c "
                      "JOIN images i USING (image_id) ORDER BY 1, 2, 3",
             "windows": "SELECT i.path, w.window_idx, w.x0, w.y0, w.x1, w.y1, w.embedding FROM windows w "
@@ -253,3 +254,34 @@ def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collectio
     con.close()
     res = run_cli("--db", other, "merge", shards)
     assert res.exit_code == 2 and "settings" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db, collection, plain_db, tmp_path,
+                                                                          run_cli):
+    """Shards can outlive the run that wrote them: a format 1 shard (image_scores' working-pixel peaks
+    named peak_x ... as before schema 010) merges into the same rows as a plain ingest."""
+    import pyarrow.parquet as pq
+
+    from convis_db.distributed.shard_worker import build_engine, explain_shard
+    from convis_db.store.image_store import WORK_PEAK_COLUMNS
+    from convis_db.store.shards import MANIFEST, finished_shards
+
+    shards = tmp_path / "shards"
+    job = _job(tiny_db, shards)
+    engine = build_engine(job, torch.device("cpu"))
+    files, _ = collect_image_paths([collection], recursive=False)
+    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
+        explain_shard(engine, job, name, chunk)
+    for folder in finished_shards(shards).values():  # rewrite as a convis-db before schema 010 wrote it
+        scores = pq.read_table(folder / "image_scores.parquet")
+        assert "work_peak_x" in scores.column_names
+        pq.write_table(scores.rename_columns([WORK_PEAK_COLUMNS.get(c, c) for c in scores.column_names]),
+                       folder / "image_scores.parquet")
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert manifest["format"] == 2
+        (folder / MANIFEST).write_text(json.dumps(dict(manifest, format=1)))
+    db = tmp_path / "merged.duckdb"
+    shutil.copyfile(tiny_db, db)
+    res = run_cli("--db", db, "merge", shards, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert_same(plain_db, db)

@@ -266,7 +266,8 @@ def test_stored_scores_embeddings_and_maps_match_naive(ingested, tiny: Tiny, com
             assert np.abs(emb - nexp.embeddings).max() < 1e-5
 
             rows = con.execute(
-                "SELECT synset_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y FROM image_scores "
+                "SELECT synset_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y "
+                "FROM image_scores "
                 "WHERE image_id = ? ORDER BY synset_id", [stored.image_id]).fetchnumpy()
             n = nexp.n
             assert rows["synset_id"].tolist() == list(range(n))
@@ -276,8 +277,8 @@ def test_stored_scores_embeddings_and_maps_match_naive(ingested, tiny: Tiny, com
             assert np.abs(rows["self_score"] - own_max).max() < MAP_TOL, _diagnose(nexp)
             # Every peak is where the naive map attains its maximum.
             idx = np.arange(n)
-            np.testing.assert_allclose(best_maps[rows["peak_y"], rows["peak_x"], idx], best_max, atol=1e-9, rtol=0)
-            np.testing.assert_allclose(own_maps[rows["self_peak_y"], rows["self_peak_x"], idx], own_max,
+            np.testing.assert_allclose(best_maps[rows["work_peak_y"], rows["work_peak_x"], idx], best_max, atol=1e-9, rtol=0)
+            np.testing.assert_allclose(own_maps[rows["work_self_peak_y"], rows["work_self_peak_x"], idx], own_max,
                                        atol=1e-9, rtol=0)
             # score >= self_score (X is one of its descendants), equal for leaves.
             assert (rows["score"] >= rows["self_score"] - 1e-7).all()

@@ -24,7 +24,7 @@ import naive_convis as naive
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.saliency import grid_segments, segment_means
 from convis_db.engine.settings import Settings
-from schema_history import apply_migrations_below
+from schema_history import copy_into_schema_below
 
 CPU = torch.device("cpu")
 SETTINGS = Settings(max_pixels=9000, stride=16, small=32, large=48, top_k=5)
@@ -226,24 +226,7 @@ def test_search_cli_by_image_and_map(new_db, run_cli):
 
 def _schema_004_copy(source: Path, target: Path) -> None:
     """What convis-db wrote before schema 005: the tables of migrations 001-004 with the rows of `source`."""
-
-    con = duckdb.connect(str(target))
-    apply_migrations_below(con, 5)
-    con.execute(f"ATTACH '{source}' AS src (READ_ONLY)")
-    # Each table keeps the columns it had at schema 004 (later migrations add columns to some).
-    for table in ("vocabulary", "synsets", "isa_edges", "closure", "models", "definition_embeddings", "windows",
-                  "window_concepts", "ingest_failures", "images", "image_scores", "concept_index"):
-        cols = ", ".join(r[0] for r in con.execute(
-            "SELECT column_name FROM information_schema.columns WHERE table_catalog = current_database() "
-            "AND table_name = ? ORDER BY ordinal_position", [table]).fetchall())
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM src.{table}")
-    con.execute("DELETE FROM concept_index_state")
-    con.execute("INSERT INTO concept_index_state SELECT * FROM src.concept_index_state")
-    for seq, table, col in (("image_id_seq", "images", "image_id"), ("model_id_seq", "models", "model_id")):
-        for _ in range(con.execute(f"SELECT coalesce(max({col}), 0) FROM {table}").fetchone()[0]):
-            con.execute(f"SELECT nextval('{seq}')")
-    con.execute("DETACH src")
-    con.close()
+    copy_into_schema_below(source, target, 5)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import duckdb
 import numpy as np
 
 from convis_db.engine.pixels import original_point
-from convis_db.store.image_store import StoredImage, get_image
+from convis_db.store.image_store import StoredImage, get_image, work_peak_select
 
 ROOT = "entity.n.01"
 
@@ -22,7 +22,8 @@ class ImageTree:
     def __init__(self, con: duckdb.DuckDBPyConnection, image: StoredImage):
         self.image = image
         rows = con.execute(
-            "SELECT synset_id, score, peak_x, peak_y, self_score FROM image_scores WHERE image_id = ? ORDER BY synset_id",
+            f"SELECT synset_id, score, {work_peak_select(con, 'work_peak_x', 'work_peak_y')}, self_score "
+            "FROM image_scores WHERE image_id = ? ORDER BY synset_id",
             [image.image_id]).fetchnumpy()
         n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
         self.score = np.zeros(n)
@@ -31,7 +32,7 @@ class ImageTree:
         ids = rows["synset_id"]
         self.score[ids] = rows["score"]
         self.self_score[ids] = rows["self_score"]
-        self.peak[ids, 0], self.peak[ids, 1] = rows["peak_x"], rows["peak_y"]
+        self.peak[ids, 0], self.peak[ids, 1] = rows["work_peak_x"], rows["work_peak_y"]
         self.con = con
         self.names = con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchnumpy()["name"].tolist()
         edges = con.execute("SELECT parent_id, child_id FROM isa_edges ORDER BY parent_id").fetchnumpy()

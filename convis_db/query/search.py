@@ -20,7 +20,7 @@ import duckdb
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name
-from convis_db.store.image_store import has_column, image_level_counts
+from convis_db.store.image_store import has_column, image_level_counts, work_peak_columns
 
 LEVELS = ("image", "map")
 BACKFILL_HINT = "convis-db ingest --backfill-image-level"
@@ -55,7 +55,9 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
     n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-    mapped, px, py = ("self_score", "self_peak_x", "self_peak_y") if only_self else ("score", "peak_x", "peak_y")
+    peaks = work_peak_columns(con)  # working pixels, under the names this file uses
+    mapped, px, py = (("self_score", peaks["work_self_peak_x"], peaks["work_self_peak_y"]) if only_self
+                      else ("score", peaks["work_peak_x"], peaks["work_peak_y"]))
     if has_column(con, "image_scores", "image_rank_less"):
         level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
         image_score = f"{level} / {int(n)}::DOUBLE"

@@ -1,5 +1,7 @@
 """Maintain concept_index, the concept-sorted copy of image_scores (see schema/004_concept_index.sql;
-005 adds the image-level counts to both)."""
+005 adds the image-level counts to both, 010 renames the peaks to work_*: working pixels).
+
+Only writers call these, and a writable connection is migrated, so the current names are used."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ log = logging.getLogger(__name__)
 #: Rebuild into one sorted run when more runs than this have been appended.
 MAX_RUNS = 8
 #: The columns of concept_index, all copied from image_scores.
-COLUMNS = ("synset_id, image_id, score, peak_x, peak_y, self_score, self_peak_x, self_peak_y, "
+COLUMNS = ("synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y, "
            "image_max_rank_less, image_rank_less")
 
 

@@ -2,7 +2,8 @@
 
 Databases at schema 004 or older may be opened read-only (never migrated): their images have no
 `layout` column (they all use the 'origin' lattice) and no image-level scores; every reader here
-answers for them too.
+answers for them too. Before schema 010 the working-pixel peak columns had other names
+(WORK_PEAK_COLUMNS); work_peak_select reads either.
 """
 
 from __future__ import annotations
@@ -107,6 +108,35 @@ def database_layout(con: duckdb.DuckDBPyConnection) -> str:
     return "origin" if has_images else DEFAULT_LAYOUT
 
 
+#: The working-pixel peak columns of image_scores and concept_index (schema 010's names) -> the names
+#: they had before 010. A database opened read-only is not migrated, so an older file still has those.
+WORK_PEAK_COLUMNS = {"work_peak_x": "peak_x", "work_peak_y": "peak_y",
+                     "work_self_peak_x": "self_peak_x", "work_self_peak_y": "self_peak_y"}
+
+
+def work_peak_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    """Schema 010 name -> the column this file holds it in (image_scores, concept_index and the
+    concept_rows macro are renamed together, so one check answers for all three)."""
+    if has_column(con, "image_scores", "work_peak_x"):
+        return {name: name for name in WORK_PEAK_COLUMNS}
+    return dict(WORK_PEAK_COLUMNS)
+
+
+def work_peak_select(con: duckdb.DuckDBPyConnection, *names: str, prefix: str = "") -> str:
+    """'work_peak_x, work_peak_y' for a SELECT list, each read under the name this file uses
+    (`prefix`, e.g. 'sc.', qualifies them); names from WORK_PEAK_COLUMNS only."""
+    present = work_peak_columns(con)
+    return ", ".join(f"{prefix}{n}" if present[n] == n else f"{prefix}{present[n]} AS {n}" for n in names)
+
+
+def with_work_peak_names(table: pa.Table) -> pa.Table:
+    """image_scores rows written before schema 010 (a shard of an older run) under the current names."""
+    old_to_new = {old: new for new, old in WORK_PEAK_COLUMNS.items()}
+    if not any(name in old_to_new for name in table.column_names):
+        return table
+    return table.rename_columns([old_to_new.get(name, name) for name in table.column_names])
+
+
 #: The tables one image's explanation fills, in insert order (images first: the others refer to it).
 #: write_image and the shard writer (store/shards.py) both take their rows from image_tables, so a
 #: table added here is stored by a plain ingest, written into shards and merged, with no other change.
@@ -201,9 +231,9 @@ def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, s
         "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
         "synset_id": np.arange(n_syn, dtype=np.int32),
         "score": exp.scores.score.astype(np.float64),
-        "peak_x": exp.scores.x, "peak_y": exp.scores.y,
+        "work_peak_x": exp.scores.x, "work_peak_y": exp.scores.y,
         "self_score": exp.self_scores.score.astype(np.float64),
-        "self_peak_x": exp.self_scores.x, "self_peak_y": exp.self_scores.y,
+        "work_self_peak_x": exp.self_scores.x, "work_self_peak_y": exp.self_scores.y,
         "image_max_rank_less": pa.array(level.max_rank_less.astype(np.int32)) if level else missing,
         "image_rank_less": pa.array(level.rank_less.astype(np.int32)) if level else missing,
     })

@@ -39,13 +39,16 @@ from convis_db.engine.settings import Settings
 from convis_db.errors import DatabaseError
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
-from convis_db.store.image_store import (IMAGE_TABLES, insert_tables, next_image_ids,
-                                         record_failure)
+from convis_db.store.image_store import (IMAGE_TABLES, insert_tables, next_image_ids, record_failure,
+                                         with_work_peak_names)
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = 1
+#: The format written. 2: image_scores' peaks named work_* (schema 010). Format 1 shards (written before)
+#: are still merged, their peak columns renamed; a convis-db that reads only 1 refuses a format 2 shard.
+SHARD_FORMAT = 2
+SHARD_FORMATS_READ = (1, 2)
 MANIFEST = "manifest.json"
 FAILURES = "failures"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}$")
@@ -157,8 +160,9 @@ def read_manifest(folder: str | Path) -> dict:
     except (OSError, ValueError) as exc:
         raise DatabaseError(f"{path} cannot be read ({exc}); the shard is damaged: delete its folder and run the "
                             "ingest again to write it anew.") from exc
-    if body.get("format") != SHARD_FORMAT:
-        raise DatabaseError(f"{folder} is shard format {body.get('format')!r}; this convis-db reads {SHARD_FORMAT}. "
+    if body.get("format") not in SHARD_FORMATS_READ:
+        raise DatabaseError(f"{folder} is shard format {body.get('format')!r}; this convis-db reads "
+                            f"{', '.join(map(str, SHARD_FORMATS_READ))}. "
                             "Merge it with the convis-db version that wrote it.")
     return body
 
@@ -224,6 +228,8 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         raise DatabaseError(f"shard {folder.name} holds tables {sorted(unknown)} this convis-db does not know; "
                             "upgrade convis-db to merge it.")
     tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES if (folder / f"{t}.parquet").is_file()}
+    if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
+        tables["image_scores"] = with_work_peak_names(tables["image_scores"])
     failures = pq.read_table(folder / f"{FAILURES}.parquet").to_pylist()
     result = ShardMerge(name, "merged", failed=len(failures))
     with transaction(con):  # a Ctrl-C too: never left open

@@ -42,8 +42,8 @@ from convis_db.query.search import choose_level, count_images, search_images
 from convis_db.query.stats import database_stats
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
-from convis_db.store.image_store import StoredImage, get_image, has_column
 from convis_db.cache import LRUCache
+from convis_db.store.image_store import StoredImage, get_image, has_column, work_peak_select
 
 log = logging.getLogger(__name__)
 
@@ -198,14 +198,15 @@ class Explorer:
                  else "NULL::INTEGER AS image_max_rank_less, NULL::INTEGER AS image_rank_less")
         with self._db_lock:
             rows = self.con.execute(
-                f"SELECT synset_id, score, peak_x, peak_y, self_score, {level} FROM image_scores "  # fixed columns
+                f"SELECT synset_id, score, {work_peak_select(self.con, 'work_peak_x', 'work_peak_y')}, self_score, "
+                f"{level} FROM image_scores "  # fixed columns
                 "WHERE image_id = ?", [image.image_id]).fetchnumpy()
         out = _ImageScores(np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64),
                            np.full(n, np.nan), np.full(n, np.nan))
         ids = rows["synset_id"].astype(np.int64)
         out.score[ids] = rows["score"]
         out.self_score[ids] = rows["self_score"]
-        out.peak[ids, 0], out.peak[ids, 1] = rows["peak_x"], rows["peak_y"]
+        out.peak[ids, 0], out.peak[ids, 1] = rows["work_peak_x"], rows["work_peak_y"]
         for target, column in ((out.image_score, "image_max_rank_less"), (out.image_self_score, "image_rank_less")):
             values = np.ma.filled(np.ma.asarray(rows[column]).astype(np.float64), np.nan)
             target[ids] = values / n
