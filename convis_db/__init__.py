@@ -16,8 +16,8 @@ from convis_db.errors import ConvisError
 
 __version__ = "0.1.0"
 
-_API = ("AncestorConcept", "ChildConcept", "Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord",
-        "Map", "Region", "SearchHit", "SearchHits", "create", "open")
+_API = ("AncestorConcept", "ChildConcept", "Concept", "Database", "DatabaseProfile", "Explanation", "ExplanationNode",
+        "ImageRecord", "Map", "Region", "SearchHit", "SearchHits", "Settings", "create", "open")
 __all__ = ["ConvisError", "__version__", *_API]
 
 

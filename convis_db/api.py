@@ -25,7 +25,8 @@ import duckdb
 import numpy as np
 import torch
 
-from convis_db.profile import SettingsRequest
+from convis_db.engine.settings import Settings
+from convis_db.profile import DatabaseProfile, SettingsRequest
 from convis_db.errors import UsageError
 from convis_db.progress import Progress, no_progress, tqdm_progress
 from convis_db.query.maps import ConceptMap, MapService
@@ -572,5 +573,5 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
     return Database(path, device=dev, precision=resolved, write=True)
 
 
-__all__ = ["AncestorConcept", "ChildConcept", "Concept", "Database", "Explanation", "ExplanationNode", "ImageRecord",
-           "Map", "Region", "SearchHit", "SearchHits", "create", "open"]
+__all__ = ["AncestorConcept", "ChildConcept", "Concept", "Database", "DatabaseProfile", "Explanation", "ExplanationNode",
+           "ImageRecord", "Map", "Region", "SearchHit", "SearchHits", "Settings", "create", "open"]

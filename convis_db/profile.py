@@ -40,7 +40,12 @@ SettingsRequest = Settings | Mapping[str, int | None] | None
 
 @dataclass
 class DatabaseProfile:
-    """Which model and settings a database's explanations use (see the module docstring)."""
+    """Which model and settings a database's explanations use (see the module docstring); a
+    Database's `profile`.
+
+        >>> db.profile.label, db.profile.settings.stride                  # doctest: +SKIP
+        ('ViT-B-32 / openai', 16)
+    """
 
     db_path: str
     model_id: int

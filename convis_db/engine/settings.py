@@ -18,6 +18,14 @@ MAX_TOP_K = 100_000
 
 @dataclass(frozen=True)
 class Settings:
+    """The method's settings: working-image size, window stride, the two patch sides and the
+    concepts kept per window; validated when made (a bad value is a UsageError naming the option).
+    The defaults are the paper's; a database keeps the settings of its first ingest.
+
+        >>> Settings(max_pixels=50_000, stride=32).large
+        128
+    """
+
     max_pixels: int = 300_000
     stride: int = 16
     small: int = 64
