@@ -388,6 +388,21 @@ class Database:
                           progress=_progress(progress),
                           precision=precision if precision is not None else self._asked_precision)
 
+    def merge(self, shards_dir: str | Path, *, progress: ProgressArg = False) -> list:
+        """Merge the Parquet shards an `ingest_distributed` (or `ingest --engine ray`) wrote into this
+        database, one transaction per shard; shards merged before are skipped. Returns one ShardMerge
+        per shard.
+
+        Example:
+            >>> [m.status for m in db.merge("/shared/convis-shards")]   # doctest: +SKIP
+        """
+        from convis_db.store.shards import merge_folder
+
+        self._require_writable("merge shards")
+        self._profile = None  # images arrive: the stored settings may be new
+        self._maps = None
+        return merge_folder(self.con, shards_dir, progress=_progress(progress))
+
     def _require_writable(self, what: str) -> None:
         if not self.writable:
             raise UsageError(f"{self.path} was opened read-only; open it with convis_db.open(path, write=True) to {what}.")

@@ -12,18 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
-from convis_db.engine.render import render
 from convis_db.engine.settings import CPU_FAST, PAPER
-from convis_db.ingest import Ingestor
-from convis_db.init_db import initialise
+from convis_db.api import create
 from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import resolve_model
 from convis_db.paths import sample_images_dir
 from convis_db.progress import Progress, no_progress
-from convis_db.query.maps import MapService
-from convis_db.store.db import connect
 from convis_db.store.image_store import get_image
 
 log = logging.getLogger(__name__)
@@ -61,28 +56,22 @@ def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir
         preset = "paper" if device.type == "cuda" else "cpu-fast"
     settings = PAPER if preset == "paper" else CPU_FAST
     spec = resolve_model(model, pretrained)
-    init = initialise(db, "physical-objects", spec, device, progress=progress, hierarchy=hierarchy,
-                      precision=precision)
     images = sorted(p for p in sample_images_dir().iterdir() if p.suffix.lower() in (".jpg", ".png"))
-    with Ingestor(db, model=model, pretrained=pretrained, device=device, settings=settings,
-                  progress=progress, precision=precision) as ingestor:
-        ingest_report = ingestor.run(images)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    report = DemoReport(db=str(db), preset=preset, settings=settings.as_dict(), model=spec.label,
-                        hierarchy=init.hierarchy, precision=precision, ingest=ingest_report.summary())
-    con = connect(db)
-    try:
-        service = MapService(con, torch.device("cpu"))
+    with create(db, model=model, pretrained=pretrained, vocab="physical-objects", hierarchy=hierarchy,
+                device=device, precision=precision, progress=progress) as database:
+        ingest_report = database.ingest(images, settings=settings, progress=progress, model=model,
+                                        pretrained=pretrained)
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        report = DemoReport(db=str(db), preset=preset, settings=settings.as_dict(), model=spec.label,
+                            hierarchy=database.stats().get("hierarchy", ""), precision=precision,
+                            ingest=ingest_report.summary())
         for path in images:
-            image = get_image(con, str(path.absolute()))
-            tops = top_concepts(con, image.image_id)
+            image = get_image(database.con, str(path.absolute()))
+            tops = top_concepts(database.con, image.image_id)
             report.images.append({"image_id": image.image_id, "path": image.path, "top_concepts": tops})
             for concept in (tops[0]["synset"], *DEMO_CONCEPTS[:2]):
-                cmap = service.for_stored(image, concept)
                 target = out / f"{path.stem}_{concept}.png"
-                Image.fromarray(render(cmap.original_pixels(), cmap.saliency, "mask")).save(target)
+                database.map(image.image_id, concept).to_png(target, style="mask")
                 report.maps.append(str(target))
-    finally:
-        con.close()
     return report

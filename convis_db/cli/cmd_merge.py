@@ -6,8 +6,6 @@ import click
 
 from convis_db.cli.context import App, pass_app
 from convis_db.cli.output import Result, emit
-from convis_db.store.db import connect, require_initialised
-from convis_db.store.shards import merge_folder
 
 
 @click.command("merge")
@@ -24,12 +22,8 @@ def command(app: App, shards_dir: str, as_json: bool) -> None:
     Example:
       convis-db --db x.duckdb merge /shared/convis-shards
     """
-    con = connect(app.db, write=True)
-    try:
-        require_initialised(con, app.db)
-        results = merge_folder(con, shards_dir, progress=app.progress)
-    finally:
-        con.close()
+    with app.database(write=True) as db:
+        results = db.merge(shards_dir, progress=app.progress)
     rows = [{"shard": r.shard, "status": r.status, "images": r.images, "skipped": r.skipped, "failed": r.failed}
             for r in results]
     added = sum(r.images for r in results)
