@@ -277,6 +277,8 @@ class Database:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
         self._profile = None
+        #: What create() did (an InitReport: synsets, edges, definitions embedded now); None from open().
+        self.init_report = None
         self.con  # fail now, not at the first query, on a missing, foreign or uninitialised file
 
     # -- connections -------------------------------------------------------------------------
@@ -583,9 +585,11 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
     from convis_db.models.precision import resolve_precision
 
     resolved = resolve_precision(precision, dev)
-    initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy,
+    report = initialise(path, vocab, spec, dev, batch_size=batch_size, progress=_progress(progress), hierarchy=hierarchy,
                precision=resolved, embeddings=embeddings)
-    return Database(path, device=dev, precision=resolved, write=True)
+    db = Database(path, device=dev, precision=resolved, write=True)
+    db.init_report = report
+    return db
 
 
 __all__ = ["AncestorConcept", "ChildConcept", "Concept", "Database", "DatabaseProfile", "Explanation", "ExplanationNode",

@@ -224,15 +224,11 @@ def test_init_again_keeps_stored_definitions_and_says_so(run_cli, native_low_pre
 def test_database_from_schema_006_upgrades_and_still_answers(run_cli, tiny_db_copy, tmp_path):
     """A database as an earlier convis-db wrote it (no precision columns, schema < 007) opens read-only,
     answers with precision 'unrecorded', upgrades on the next write, and keeps answering."""
-    db = tiny_db_copy
-    assert run_cli("-q", "--db", db, "ingest", _png(tmp_path / "a.png", 1), *OPTS).exit_code == 0
-    con = duckdb.connect(str(db))
-    try:  # back to the previous schema
-        con.execute("ALTER TABLE images DROP COLUMN precision")
-        con.execute("ALTER TABLE models DROP COLUMN definition_precision")
-        con.execute("DELETE FROM schema_migrations WHERE version = 7")
-    finally:
-        con.close()
+    from schema_history import copy_into_schema_below
+
+    assert run_cli("-q", "--db", tiny_db_copy, "ingest", _png(tmp_path / "a.png", 1), *OPTS).exit_code == 0
+    db = tmp_path / "schema006.duckdb"
+    copy_into_schema_below(tiny_db_copy, db, 7)  # the same rows, as schema 006 held them
 
     result = run_cli("--db", db, "map", "1", "dog.n.01", "--json")  # read-only: not migrated
     assert result.exit_code == 0, result.output

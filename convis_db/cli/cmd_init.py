@@ -6,10 +6,8 @@ import click
 
 from convis_db.cli.context import App, device_option, model_options, pass_app, precision_option
 from convis_db.cli.output import Result, emit
-from convis_db.init_db import initialise
 from convis_db.models.device import resolve_device
 from convis_db.models.precision import resolve_precision
-from convis_db.models.registry import resolve_model
 from convis_db.wordnet.hierarchy import HIERARCHY_KINDS
 
 
@@ -46,10 +44,13 @@ def command(app: App, model: str, pretrained: str, device: str, precision: str, 
       convis-db --db x.duckdb init --model tests/data/tiny-clip.json --pretrained none --vocab words.txt
       convis-db --db x.duckdb init --model ViT-B-32 --pretrained openai --hierarchy extended
     """
-    spec = resolve_model(model, pretrained)
+    from convis_db.api import create
+
     dev = resolve_device(device)
-    report = initialise(app.db, vocab, spec, dev, batch_size=batch_size, progress=app.progress,
-                        hierarchy=hierarchy, precision=resolve_precision(precision, dev), embeddings=embeddings)
+    with create(app.db, model=model, pretrained=pretrained, vocab=vocab, hierarchy=hierarchy, device=dev,
+                precision=resolve_precision(precision, dev), embeddings=embeddings, batch_size=batch_size,
+                progress=app.progress) as db:
+        report = db.init_report
     row = dict(report.__dict__)
     notes = []
     if report.missing_words:
