@@ -1,14 +1,17 @@
-"""Write the hierarchy T into the database and read it back as arrays for the engine and queries."""
+"""Write the hierarchy T into the database and read it back: `load_hierarchy` gives the one in-memory
+`StoredHierarchy` that the engine, the queries and the web explorer share."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections import deque
 from functools import cached_property
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import breadth_first_order
 
 from convis_db.errors import DatabaseError, NotFoundError, UsageError, did_you_mean
 from convis_db.wordnet.hierarchy import LEGACY_HIERARCHY, Hierarchy
@@ -70,13 +73,38 @@ def stored_vocabulary(con: duckdb.DuckDBPyConnection) -> dict | None:
     return dict(zip(keys, row))
 
 
-@dataclass
-class HierarchyArrays:
-    """T as arrays: names by id, edges, and helpers for propagation and name lookup."""
+class StoredHierarchy:
+    """The hierarchy T of one database, loaded once and held in memory: the one copy every reader uses.
 
-    names: list[str]
-    parent: np.ndarray   # int32 edge parent ids
-    child: np.ndarray    # int32 edge child ids
+    The engine takes `propagation_levels`; queries, `explain` and the web explorer take names, is-a
+    lists, paths and the text columns. It lives here, next to `write_hierarchy`, so that the columns of
+    `synsets` and `isa_edges` are named in one module, and every layer above the store (engine, query,
+    web) can import it without importing each other. T has ~7k synsets by default and ~82k with all
+    nouns, so lookups are arrays and lists, not SQL per node.
+
+    Names, depths and the edges are loaded at once (what the engine and a tree walk need); the text
+    columns (lemmas, definitions, lexnames, is_word_sense) on first use, in one query, through the
+    connection the hierarchy was loaded from (keep it open while you use them).
+    """
+
+    def __init__(self, names: list[str], parent: np.ndarray, child: np.ndarray, depth: np.ndarray | None = None,
+                 con: duckdb.DuckDBPyConnection | None = None):
+        self.names = names
+        order = np.lexsort((child, parent))  # edges by (parent, child): children lists in id order
+        self.parent = np.asarray(parent, np.int32)[order]   # edge parent ids
+        self.child = np.asarray(child, np.int32)[order]     # edge child ids
+        #: Shortest is-a distance to entity.n.01, as Python ints (JSON-ready).
+        self.depth: list[int] = _shortest_depths(self) if depth is None else np.asarray(depth).tolist()
+        self._con = con
+
+    @classmethod
+    def from_edges(cls, names: list[str], parent: np.ndarray, child: np.ndarray) -> StoredHierarchy:
+        """A hierarchy that is not in a database (tests, toy models): depths from the edges, no text."""
+        h = cls(list(names), parent, child)
+        n = h.size
+        h.__dict__.update(lemmas=[[] for _ in range(n)], definitions=[""] * n, lexnames=[""] * n,
+                          is_word_sense=[False] * n)
+        return h
 
     @property
     def size(self) -> int:
@@ -85,6 +113,61 @@ class HierarchyArrays:
     @cached_property
     def id_of(self) -> dict[str, int]:
         return {n: i for i, n in enumerate(self.names)}
+
+    # -- is-a lists ---------------------------------------------------------------------------------
+    @cached_property
+    def children(self) -> list[list[int]]:
+        """Each synset's direct children, by id."""
+        return _split_lists(self.child.tolist(), np.searchsorted(self.parent, np.arange(self.size + 1)).tolist())
+
+    @cached_property
+    def parents(self) -> list[list[int]]:
+        """Each synset's direct parents, by id."""
+        order = np.lexsort((self.parent, self.child))
+        child = self.child[order]
+        return _split_lists(self.parent[order].tolist(), np.searchsorted(child, np.arange(self.size + 1)).tolist())
+
+    @cached_property
+    def _down(self) -> csr_matrix:
+        n = self.size
+        return csr_matrix((np.ones(len(self.child), np.int8), (self.parent, self.child)), shape=(n, n))
+
+    def descendants(self, sid: int) -> np.ndarray:
+        """The synset and all its descendants, as sorted int64 ids (what the closure table holds)."""
+        reached = breadth_first_order(self._down, int(sid), directed=True, return_predecessors=False)
+        return np.sort(reached.astype(np.int64))
+
+    def n_descendants(self, sid: int) -> int:
+        return len(self.descendants(sid)) - 1
+
+    def ancestors(self, sid: int) -> list[tuple[int, int]]:
+        """(ancestor id, shortest is-a distance) of every ancestor, nearest first, ties by id."""
+        seen = {int(sid): 0}
+        queue = deque([int(sid)])
+        while queue:
+            node = queue.popleft()
+            for p in self.parents[node]:
+                if p not in seen:
+                    seen[p] = seen[node] + 1
+                    queue.append(p)
+        del seen[int(sid)]
+        return sorted(seen.items(), key=lambda item: (item[1], item[0]))
+
+    def path_ids(self, sid: int) -> list[int]:
+        """The shortest is-a path from the synset up to entity.n.01, as ids (ties broken by name)."""
+        path = [int(sid)]
+        while self.parents[path[-1]]:
+            path.append(min(self.parents[path[-1]], key=lambda p: (self.depth[p], self.names[p])))
+        return path
+
+    def path_to_root(self, sid: int) -> list[str]:
+        """The names of `path_ids`, the synset first."""
+        return [self.names[i] for i in self.path_ids(sid)]
+
+    def is_chain(self, ids: list[int | None]) -> bool:
+        """Whether `ids` is an is-a chain starting at a root (a synset without parents)."""
+        return bool(ids) and None not in ids and not self.parents[ids[0]] and all(
+            b in self.children[a] for a, b in zip(ids, ids[1:]))
 
     @cached_property
     def propagation_levels(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -97,11 +180,8 @@ class HierarchyArrays:
         n = self.size
         height = np.zeros(n, np.int64)
         # Longest-path heights by repeated relaxation in topological order.
-        order = _topological_order(n, self.parent, self.child)
-        children: list[list[int]] = [[] for _ in range(n)]
-        for p, c in zip(self.parent.tolist(), self.child.tolist()):
-            children[p].append(c)
-        for node in reversed(order):
+        children = self.children
+        for node in reversed(self._topological_order()):
             if children[node]:
                 height[node] = 1 + max(height[c] for c in children[node])
         edge_height = height[self.parent]
@@ -112,6 +192,24 @@ class HierarchyArrays:
                 levels.append((self.parent[sel].astype(np.int64), self.child[sel].astype(np.int64)))
         return levels
 
+    def _topological_order(self) -> list[int]:
+        n = self.size
+        indeg = np.bincount(self.child, minlength=n).tolist()
+        children = self.children
+        stack = [i for i in range(n) if indeg[i] == 0]
+        order = []
+        while stack:
+            node = stack.pop()
+            order.append(node)
+            for c in children[node]:
+                indeg[c] -= 1
+                if indeg[c] == 0:
+                    stack.append(c)
+        if len(order) != n:
+            raise DatabaseError("the is-a edges contain a cycle; the hierarchy is corrupt. Rebuild it with init.")
+        return order
+
+    # -- names --------------------------------------------------------------------------------------
     def resolve(self, name: str) -> int:
         """The id of a synset name; unknown names get the nearest matches."""
         sid = self.id_of.get(name)
@@ -119,33 +217,91 @@ class HierarchyArrays:
             raise NotFoundError(did_you_mean(name, self.names, "synset", "(find names with: convis-db concepts WORD)"))
         return sid
 
+    # -- text columns (loaded on first use) ----------------------------------------------------------
+    def load_text(self) -> StoredHierarchy:
+        """Load the text columns now (the web explorer does, before serving threads)."""
+        self.lemmas  # noqa: B018 - loads all four
+        return self
 
-def _topological_order(n: int, parent: np.ndarray, child: np.ndarray) -> list[int]:
-    indeg = np.zeros(n, np.int64)
-    np.add.at(indeg, child, 1)
-    children: list[list[int]] = [[] for _ in range(n)]
-    for p, c in zip(parent.tolist(), child.tolist()):
-        children[p].append(c)
-    stack = [i for i in range(n) if indeg[i] == 0]
-    order = []
-    while stack:
-        node = stack.pop()
-        order.append(node)
-        for c in children[node]:
-            indeg[c] -= 1
-            if indeg[c] == 0:
-                stack.append(c)
-    if len(order) != n:
-        raise DatabaseError("the is-a edges contain a cycle; the hierarchy is corrupt. Rebuild it with init.")
-    return order
+    def _text(self) -> None:
+        if self._con is None:
+            raise DatabaseError("this hierarchy was not loaded from a database, so it has no lemmas or definitions.")
+        rows = self._con.execute(
+            "SELECT lemmas, definition, lexname, is_word_sense FROM synsets ORDER BY synset_id").fetchnumpy()
+        self.__dict__.update(lemmas=[list(x) for x in rows["lemmas"].tolist()],
+                             definitions=rows["definition"].tolist(), lexnames=rows["lexname"].tolist(),
+                             is_word_sense=[bool(x) for x in rows["is_word_sense"].tolist()])
+
+    @cached_property
+    def lemmas(self) -> list[list[str]]:
+        self._text()
+        return self.__dict__["lemmas"]
+
+    @cached_property
+    def definitions(self) -> list[str]:
+        self._text()
+        return self.__dict__["definitions"]
+
+    @cached_property
+    def lexnames(self) -> list[str]:
+        self._text()
+        return self.__dict__["lexnames"]
+
+    @cached_property
+    def is_word_sense(self) -> list[bool]:
+        self._text()
+        return self.__dict__["is_word_sense"]
+
+    @cached_property
+    def by_lemma(self) -> dict[str, list[int]]:
+        """Lower-cased lemma -> the synsets that have it, by id."""
+        out: dict[str, list[int]] = {}
+        for sid, lemmas in enumerate(self.lemmas):
+            for lemma in dict.fromkeys(x.lower() for x in lemmas):
+                out.setdefault(lemma, []).append(sid)
+        return out
+
+    @cached_property
+    def lemma_keys(self) -> list[tuple[str, int]]:
+        """Sorted (lower-cased name or lemma, synset id) pairs, for prefix search by bisection."""
+        keys = {(name.lower(), sid) for sid, name in enumerate(self.names)}
+        keys.update((lemma, sid) for lemma, ids in self.by_lemma.items() for sid in ids)
+        return sorted(keys)
 
 
-def load_hierarchy(con: duckdb.DuckDBPyConnection) -> HierarchyArrays:
-    names = [r[0] for r in con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()]
+def _split_lists(values: list[int], bounds: list[int]) -> list[list[int]]:
+    return [values[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+
+
+def _shortest_depths(h: StoredHierarchy) -> list[int]:
+    """Shortest is-a distance from a root, for a hierarchy given only its edges."""
+    n = h.size
+    depth = np.full(n, -1, np.int64)
+    roots = np.setdiff1d(np.arange(n), h.child)
+    depth[roots] = 0
+    frontier = roots.tolist()
+    children = h.children
+    while frontier:
+        nxt = []
+        for node in frontier:
+            for c in children[node]:
+                if depth[c] < 0:
+                    depth[c] = depth[node] + 1
+                    nxt.append(c)
+        frontier = nxt
+    return depth.tolist()
+
+
+def load_hierarchy(con: duckdb.DuckDBPyConnection) -> StoredHierarchy:
+    """T from the database: one query for names and depths, one for the edges (as numpy arrays)."""
+    rows = con.execute("SELECT synset_id, name, depth FROM synsets ORDER BY synset_id").fetchnumpy()
+    names = rows["name"].tolist()
     if not names:
         raise DatabaseError("the database has no hierarchy yet; run convis-db init first.")
+    if int(rows["synset_id"][-1]) != len(names) - 1:
+        raise DatabaseError("the synset ids are not dense 0..n-1; the hierarchy is corrupt. Rebuild it with init.")
     edges = con.execute("SELECT parent_id, child_id FROM isa_edges").fetchnumpy()
-    return HierarchyArrays(names, edges["parent_id"].astype(np.int32), edges["child_id"].astype(np.int32))
+    return StoredHierarchy(names, edges["parent_id"], edges["child_id"], rows["depth"], con)
 
 
 def find_synset_name(con: duckdb.DuckDBPyConnection, name: str) -> int:
