@@ -124,6 +124,12 @@ def test_text_columns_lemma_index_and_resolve(toy_con):
     assert h.resolve("c.n.01") == 3
     with pytest.raises(NotFoundError, match="c.n.01"):
         h.resolve("c.n.1")
+    cold = load_hierarchy(toy_con).text_of([3, 0])  # one query for just these
+    assert cold == h.load_text().text_of([3, 0]) == {
+        3: {"lemmas": ["c", "shared"], "definition": "definition of c.n.01", "lexname": "noun.Tops",
+            "is_word_sense": True},
+        0: {"lemmas": ["entity"], "definition": "definition of entity.n.01", "lexname": "noun.Tops",
+            "is_word_sense": False}}
     assert h.is_chain([0, 2, 4, 7]) and not h.is_chain([2, 4, 7]) and not h.is_chain([0, 1, 4])
 
 

@@ -27,7 +27,10 @@ def search(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str, limit
     if q in h.id_of:
         return [h.id_of[q]]
     key = lemma_key(q)
-    by_lemma = sorted(h.by_lemma.get(key, []), key=lambda s: (h.names[s].split(".")[0] != key, h.names[s]))
+    # A query over the text columns stays in SQL: a one-shot `concepts` need not load every lemma.
+    by_lemma = [r[0] for r in con.execute(
+        "SELECT synset_id FROM synsets WHERE list_contains(list_transform(lemmas, lambda x: lower(x)), ?) "
+        "ORDER BY split_part(name, '.', 1) <> ?, name", [key, key]).fetchall()]
     if by_lemma:
         return by_lemma[:limit]
     words = [w for w in re.findall(r"[a-z0-9]+", q.lower()) if len(w) > 1]
@@ -44,19 +47,13 @@ def suggestions(h: StoredHierarchy, query: str) -> list[str]:
     return nearest(lemma_key(query), sorted(h.by_lemma) + h.names, n=6, cutoff=0.7)
 
 
-def describe(h: StoredHierarchy, sid: int) -> dict:
-    return {
-        "synset": h.names[sid],
-        "lemmas": list(h.lemmas[sid]),
-        "definition": h.definitions[sid],
-        "depth": h.depth[sid],
-        "lexname": h.lexnames[sid],
-        "is_word_sense": h.is_word_sense[sid],
-        "n_parents": len(h.parents[sid]),
-        "n_children": len(h.children[sid]),
-        "n_descendants": h.n_descendants(sid),
-        "path": h.path_to_root(sid),
-    }
+def describe(h: StoredHierarchy, ids: list[int]) -> list[dict]:
+    """Each synset's text columns and place in T (parents, children, descendants, path to the root)."""
+    text = h.text_of(ids)
+    return [{"synset": h.names[sid], "lemmas": text[sid]["lemmas"], "definition": text[sid]["definition"],
+             "depth": h.depth[sid], "lexname": text[sid]["lexname"], "is_word_sense": text[sid]["is_word_sense"],
+             "n_parents": len(h.parents[sid]), "n_children": len(h.children[sid]),
+             "n_descendants": h.n_descendants(sid), "path": h.path_to_root(sid)} for sid in ids]
 
 
 def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20,
@@ -68,7 +65,7 @@ def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20,
         close = suggestions(h, query)
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r} by name, lemma or definition words{hint}.")
-    return [describe(h, i) for i in ids]
+    return describe(h, ids)
 
 
 def _one_synset(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) -> int:
@@ -90,9 +87,10 @@ def concept_children(con: duckdb.DuckDBPyConnection, query: str,
     """The direct is-a children of one synset, with their own child and descendant counts."""
     h = hierarchy or load_hierarchy(con)
     sid = _one_synset(con, h, query)
-    return [{"parent": h.names[sid], "synset": h.names[c], "definition": h.definitions[c],
-             "n_children": len(h.children[c]), "n_descendants": h.n_descendants(c)}
-            for c in sorted(h.children[sid], key=lambda c: h.names[c])]
+    kids = sorted(h.children[sid], key=lambda c: h.names[c])
+    text = h.text_of(kids)
+    return [{"parent": h.names[sid], "synset": h.names[c], "definition": text[c]["definition"],
+             "n_children": len(h.children[c]), "n_descendants": h.n_descendants(c)} for c in kids]
 
 
 def concept_ancestors(con: duckdb.DuckDBPyConnection, query: str,
@@ -100,5 +98,7 @@ def concept_ancestors(con: duckdb.DuckDBPyConnection, query: str,
     """Every ancestor of one synset up to entity.n.01 (all DAG paths), nearest first."""
     h = hierarchy or load_hierarchy(con)
     sid = _one_synset(con, h, query)
-    return [{"synset": h.names[a], "distance": d, "depth": h.depth[a], "definition": h.definitions[a]}
-            for a, d in h.ancestors(sid)]
+    ancestors = h.ancestors(sid)
+    text = h.text_of([a for a, _ in ancestors])
+    return [{"synset": h.names[a], "distance": d, "depth": h.depth[a], "definition": text[a]["definition"]}
+            for a, d in ancestors]

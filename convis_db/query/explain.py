@@ -67,10 +67,20 @@ class ImageScores:
 
     def tree(self, root: int, depth: int, top: int) -> dict:
         """The tree below `root`, `top` best children per node, `depth` levels, with definitions."""
+        tree = self._subtree(root, depth, top)
+        nodes, stack = [], [tree]
+        while stack:
+            nodes.append(stack.pop())
+            stack.extend(nodes[-1]["children"])
+        text = self.hierarchy.text_of([n["synset_id"] for n in nodes])
+        for node in nodes:
+            node["definition"] = text[node["synset_id"]]["definition"]
+        return tree
+
+    def _subtree(self, root: int, depth: int, top: int) -> dict:
         node = {"synset": self.hierarchy.names[root], "synset_id": root} | self.node(root)
-        node["children"] = ([self.tree(c, depth - 1, top) for c in self.ranked_children(root)[:top]]
+        node["children"] = ([self._subtree(c, depth - 1, top) for c in self.ranked_children(root)[:top]]
                             if depth > 0 else [])
-        node["definition"] = self.hierarchy.definitions[root]
         return node
 
 

@@ -73,6 +73,15 @@ def stored_vocabulary(con: duckdb.DuckDBPyConnection) -> dict | None:
     return dict(zip(keys, row))
 
 
+#: The text columns of `synsets` that StoredHierarchy loads on first use, and their conversion to lists.
+_TEXT_COLUMNS = {
+    "lemmas": lambda col: [list(x) for x in col.tolist()],
+    "definition": lambda col: col.tolist(),
+    "lexname": lambda col: col.tolist(),
+    "is_word_sense": lambda col: [bool(x) for x in col.tolist()],
+}
+
+
 class StoredHierarchy:
     """The hierarchy T of one database, loaded once and held in memory: the one copy every reader uses.
 
@@ -82,9 +91,9 @@ class StoredHierarchy:
     web) can import it without importing each other. T has ~7k synsets by default and ~82k with all
     nouns, so lookups are arrays and lists, not SQL per node.
 
-    Names, depths and the edges are loaded at once (what the engine and a tree walk need); the text
-    columns (lemmas, definitions, lexnames, is_word_sense) on first use, in one query, through the
-    connection the hierarchy was loaded from (keep it open while you use them).
+    Names, depths and the edges are loaded at once (what the engine and a tree walk need); each text
+    column (lemmas, definitions, lexnames, is_word_sense) on first use, through the connection the
+    hierarchy was loaded from (keep it open while you use them), or all at once with `load_text`.
     """
 
     def __init__(self, names: list[str], parent: np.ndarray, child: np.ndarray, depth: np.ndarray | None = None,
@@ -96,14 +105,15 @@ class StoredHierarchy:
         #: Shortest is-a distance to entity.n.01, as Python ints (JSON-ready).
         self.depth: list[int] = _shortest_depths(self) if depth is None else np.asarray(depth).tolist()
         self._con = con
+        self._text: dict[str, list] = {}  # text columns loaded so far
 
     @classmethod
     def from_edges(cls, names: list[str], parent: np.ndarray, child: np.ndarray) -> StoredHierarchy:
         """A hierarchy that is not in a database (tests, toy models): depths from the edges, no text."""
         h = cls(list(names), parent, child)
         n = h.size
-        h.__dict__.update(lemmas=[[] for _ in range(n)], definitions=[""] * n, lexnames=[""] * n,
-                          is_word_sense=[False] * n)
+        h._text = {"lemmas": [[] for _ in range(n)], "definition": [""] * n, "lexname": [""] * n,
+                   "is_word_sense": [False] * n}
         return h
 
     @property
@@ -217,40 +227,45 @@ class StoredHierarchy:
             raise NotFoundError(did_you_mean(name, self.names, "synset", "(find names with: convis-db concepts WORD)"))
         return sid
 
-    # -- text columns (loaded on first use) ----------------------------------------------------------
+    # -- text columns (each loaded on first use) -------------------------------------------------------
     def load_text(self) -> StoredHierarchy:
-        """Load the text columns now (the web explorer does, before serving threads)."""
-        self.lemmas  # noqa: B018 - loads all four
+        """Load every text column now, in one query (the web explorer does, before serving threads)."""
+        self._text_columns(*_TEXT_COLUMNS)
         return self
 
-    def _text(self) -> None:
+    def _text_columns(self, *columns: str) -> None:
+        missing = [c for c in columns if c not in self._text]
+        if not missing:
+            return
         if self._con is None:
             raise DatabaseError("this hierarchy was not loaded from a database, so it has no lemmas or definitions.")
+        sql = f"SELECT {', '.join(missing)} FROM synsets ORDER BY synset_id"  # names from _TEXT_COLUMNS only
+        rows = self._con.execute(sql).fetchnumpy()
+        for c in missing:
+            self._text[c] = _TEXT_COLUMNS[c](rows[c])
+
+    def _text_column(self, column: str) -> list:
+        self._text_columns(column)
+        return self._text[column]
+
+    def text_of(self, ids: list[int]) -> dict[int, dict]:
+        """{id: {lemmas, definition, lexname, is_word_sense}} of a few synsets: from memory once
+        `load_text` has run, else in one query for just those (a one-shot `explain` or `concepts`
+        needs a page's worth, not all ~82k)."""
+        if all(c in self._text for c in _TEXT_COLUMNS) or self._con is None:
+            return {i: {c: self._text_column(c)[i] for c in _TEXT_COLUMNS} for i in ids}
+        # IN (unnest) is a hash join; list_contains(?, id) scanned the list once per synset (4x slower).
         rows = self._con.execute(
-            "SELECT lemmas, definition, lexname, is_word_sense FROM synsets ORDER BY synset_id").fetchnumpy()
-        self.__dict__.update(lemmas=[list(x) for x in rows["lemmas"].tolist()],
-                             definitions=rows["definition"].tolist(), lexnames=rows["lexname"].tolist(),
-                             is_word_sense=[bool(x) for x in rows["is_word_sense"].tolist()])
+            f"SELECT synset_id, {', '.join(_TEXT_COLUMNS)} FROM synsets WHERE synset_id IN (SELECT unnest(?))",
+            [sorted(set(ids))]).fetchall()
+        return {r[0]: {"lemmas": list(r[1]), "definition": r[2], "lexname": r[3], "is_word_sense": bool(r[4])}
+                for r in rows}
 
-    @cached_property
-    def lemmas(self) -> list[list[str]]:
-        self._text()
-        return self.__dict__["lemmas"]
-
-    @cached_property
-    def definitions(self) -> list[str]:
-        self._text()
-        return self.__dict__["definitions"]
-
-    @cached_property
-    def lexnames(self) -> list[str]:
-        self._text()
-        return self.__dict__["lexnames"]
-
-    @cached_property
-    def is_word_sense(self) -> list[bool]:
-        self._text()
-        return self.__dict__["is_word_sense"]
+    lemmas = property(lambda self: self._text_column("lemmas"), doc="Each synset's lemmas (list of str).")
+    definitions = property(lambda self: self._text_column("definition"), doc="Each synset's WordNet definition.")
+    lexnames = property(lambda self: self._text_column("lexname"), doc="Each synset's lexicographer file (noun.animal).")
+    is_word_sense = property(lambda self: self._text_column("is_word_sense"),
+                             doc="Whether each synset is a noun sense of a vocabulary word (not only an ancestor).")
 
     @cached_property
     def by_lemma(self) -> dict[str, list[int]]:
