@@ -119,8 +119,10 @@ def test_text_columns_lemma_index_and_resolve(toy_con):
     h = load_hierarchy(toy_con)
     assert h.definitions[3] == "definition of c.n.01" and h.lexnames[0] == "noun.Tops"
     assert h.is_word_sense == [i in (3, 5) for i in range(len(NAMES))]
-    assert h.by_lemma["shared"] == [3, 4]
-    assert ("shared", 3) in h.lemma_keys and h.lemma_keys == sorted(h.lemma_keys)
+    assert h.lemmas[3] == ["c", "shared"] and h.lemmas[0] == ["entity"]
+    assert h.lemma_keys == sorted({(n.lower(), i) for i, n in enumerate(NAMES)}
+                                  | {(lemma, i) for i in range(len(NAMES)) for lemma in h.lemmas[i]})
+    assert ("shared", 3) in h.lemma_keys and ("shared", 4) in h.lemma_keys
     assert h.resolve("c.n.01") == 3
     with pytest.raises(NotFoundError, match="c.n.01"):
         h.resolve("c.n.1")

@@ -44,7 +44,8 @@ def search(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str, limit
 
 def suggestions(h: StoredHierarchy, query: str) -> list[str]:
     """The lemmas and names nearest to a query that matched nothing."""
-    return nearest(lemma_key(query), sorted(h.by_lemma) + h.names, n=6, cutoff=0.7)
+    lemmas = sorted({lemma.lower() for lemmas in h.lemmas for lemma in lemmas})
+    return nearest(lemma_key(query), lemmas + h.names, n=6, cutoff=0.7)
 
 
 def describe(h: StoredHierarchy, ids: list[int]) -> list[dict]:
