@@ -272,9 +272,9 @@ class Database:
         #: or fp16, resolved once (None/"auto": fp32 on CPU, bf16 on CUDA).
         self.precision = resolve_precision(precision, self.device)
         self.writable = write
+        self._hierarchy: StoredHierarchy | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
-        self._hierarchy: StoredHierarchy | None = None
         self.con  # fail now, not at the first query, on a missing, foreign or uninitialised file
 
     # -- connections -------------------------------------------------------------------------
@@ -291,13 +291,20 @@ class Database:
             self._con = con
         return self._con
 
+    @property
+    def hierarchy(self) -> StoredHierarchy:
+        """The hierarchy T in memory, loaded once per connection (explain, concepts, children, ancestors)."""
+        if self._hierarchy is None:
+            self._hierarchy = load_hierarchy(self.con)
+        return self._hierarchy
+
     def close(self) -> None:
         """Close the connection (relations from sql() stop working). The object can be used again."""
         self._maps = None
-        self._hierarchy = None
         if self._con is not None:
             self._con.close()
             self._con = None
+        self._hierarchy = None
 
     def __enter__(self) -> Database:
         return self
@@ -308,13 +315,6 @@ class Database:
     def __repr__(self) -> str:
         mode = "read-write" if self.writable else "read-only"
         return f"<convis_db.Database {self.path} ({mode}, {self.device}, {self.precision})>"
-
-    @property
-    def hierarchy(self) -> StoredHierarchy:
-        """The hierarchy T in memory, loaded once per connection (explain, concepts, children, ancestors)."""
-        if self._hierarchy is None:
-            self._hierarchy = load_hierarchy(self.con)
-        return self._hierarchy
 
     def _map_service(self) -> MapService:
         if self._maps is None:
