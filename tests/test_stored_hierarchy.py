@@ -153,3 +153,22 @@ def test_the_hierarchy_matches_the_closure_table_of_a_wordnet_database(tiny_db):
             assert h.depth[sid] == depth[sid] == len(h.path_to_root(sid)) - 1
     finally:
         con.close()
+
+
+def test_concept_queries_read_the_hierarchy(toy_con):
+    from convis_db.query.concepts import concept_ancestors, concept_children, find_concepts
+
+    h = load_hierarchy(toy_con)
+    for hierarchy in (None, h, h.load_text()):  # cold (loaded per call), warm, warm with every text column
+        rows = find_concepts(toy_con, "shared", hierarchy=hierarchy)
+        assert [r["synset"] for r in rows] == ["c.n.01", "d.n.01"]
+        assert rows[0] == {"synset": "c.n.01", "lemmas": ["c", "shared"], "definition": "definition of c.n.01",
+                           "depth": 2, "lexname": "noun.Tops", "is_word_sense": True, "n_parents": 2,
+                           "n_children": 1, "n_descendants": 1, "path": ["c.n.01", "a_thing.n.01", "entity.n.01"]}
+        assert [(r["synset"], r["n_children"], r["n_descendants"]) for r in
+                concept_children(toy_con, "entity.n.01", hierarchy)] == [
+            ("a_thing.n.01", 2, 4), ("b_thing.n.01", 1, 2), ("e.n.01", 0, 0), ("f.n.01", 1, 1)]
+        assert [(r["synset"], r["distance"]) for r in concept_ancestors(toy_con, "g.n.01", hierarchy)] == [
+            ("d.n.01", 1), ("f.n.01", 1), ("entity.n.01", 2), ("a_thing.n.01", 2)]  # ties by id
+        with pytest.raises(NotFoundError, match="nearest: shared"):
+            find_concepts(toy_con, "shred", hierarchy=hierarchy)

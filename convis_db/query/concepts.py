@@ -1,7 +1,9 @@
 """Find synsets by name, lemma or definition words, and describe their place in T.
 
-Everything but the definition-word search reads the one in-memory hierarchy (`StoredHierarchy`); pass
-the one a long-lived caller holds (`Database.hierarchy`) to skip loading it again.
+The place in T (parents, children, descendants, paths) comes from the one in-memory hierarchy
+(`StoredHierarchy`); pass the one a long-lived caller holds (`Database.hierarchy`) to skip loading it
+again. Matching by lemma or definition words stays in SQL, so a one-shot `concepts` never loads every
+lemma of ~82k synsets.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import duckdb
 
 from convis_db.errors import NotFoundError, nearest
 from convis_db.store.hierarchy_store import StoredHierarchy, load_hierarchy
-
-ROOT = "entity.n.01"
 
 
 def lemma_key(query: str) -> str:
@@ -42,9 +42,9 @@ def search(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str, limit
         f"SELECT synset_id FROM synsets WHERE {clauses} ORDER BY depth, name LIMIT {int(limit)}", params).fetchall()]
 
 
-def suggestions(h: StoredHierarchy, query: str) -> list[str]:
+def suggestions(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) -> list[str]:
     """The lemmas and names nearest to a query that matched nothing."""
-    lemmas = sorted({lemma.lower() for lemmas in h.lemmas for lemma in lemmas})
+    lemmas = [r[0] for r in con.execute("SELECT DISTINCT lower(unnest(lemmas)) AS l FROM synsets ORDER BY l").fetchall()]
     return nearest(lemma_key(query), lemmas + h.names, n=6, cutoff=0.7)
 
 
@@ -63,7 +63,7 @@ def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20,
     h = hierarchy or load_hierarchy(con)
     ids = search(con, h, query, limit)
     if not ids:
-        close = suggestions(h, query)
+        close = suggestions(con, h, query)
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r} by name, lemma or definition words{hint}.")
     return describe(h, ids)
@@ -76,7 +76,7 @@ def _one_synset(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) 
     if len(ids) == 1:
         return ids[0]
     if not ids:
-        close = suggestions(h, query)
+        close = suggestions(con, h, query)
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r}{hint}.")
     names = ", ".join(h.names[i] for i in search(con, h, query, limit=8))
