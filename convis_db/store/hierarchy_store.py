@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from functools import cached_property
 
 import duckdb
@@ -126,16 +127,16 @@ class StoredHierarchy:
 
     # -- is-a lists ---------------------------------------------------------------------------------
     @cached_property
-    def children(self) -> list[list[int]]:
-        """Each synset's direct children, by id."""
-        return _split_lists(self.child.tolist(), np.searchsorted(self.parent, np.arange(self.size + 1)).tolist())
+    def children(self) -> Adjacency:
+        """Each synset's direct children, by id: `children[sid]` is a list."""
+        return Adjacency(self.child.tolist(), np.searchsorted(self.parent, np.arange(self.size + 1)).tolist())
 
     @cached_property
-    def parents(self) -> list[list[int]]:
-        """Each synset's direct parents, by id."""
+    def parents(self) -> Adjacency:
+        """Each synset's direct parents, by id: `parents[sid]` is a list."""
         order = np.lexsort((self.parent, self.child))
         child = self.child[order]
-        return _split_lists(self.parent[order].tolist(), np.searchsorted(child, np.arange(self.size + 1)).tolist())
+        return Adjacency(self.parent[order].tolist(), np.searchsorted(child, np.arange(self.size + 1)).tolist())
 
     @cached_property
     def _down(self) -> csr_matrix:
@@ -281,6 +282,20 @@ class StoredHierarchy:
         keys = set(zip(map(str.lower, self.names), range(self.size)))
         keys.update((lemma.lower(), sid) for sid, lemmas in enumerate(self.lemmas) for lemma in lemmas)
         return sorted(keys)
+
+
+class Adjacency(Sequence):
+    """Per synset, the list of its neighbours, sliced on demand from one flat list (compressed rows):
+    building ~82k small lists up front cost more than a whole `concepts` query."""
+
+    def __init__(self, values: list[int], bounds: list[int]):
+        self._values, self._bounds = values, bounds
+
+    def __len__(self) -> int:
+        return len(self._bounds) - 1
+
+    def __getitem__(self, sid: int) -> list[int]:
+        return self._values[self._bounds[sid]:self._bounds[sid + 1]]
 
 
 def _split_lists(values: list, bounds: list[int]) -> list[list]:
