@@ -44,7 +44,8 @@ def search(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str, limit
 
 def suggestions(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) -> list[str]:
     """The lemmas and names nearest to a query that matched nothing."""
-    lemmas = [r[0] for r in con.execute("SELECT DISTINCT lower(unnest(lemmas)) AS l FROM synsets ORDER BY l").fetchall()]
+    rows = con.execute("SELECT DISTINCT lower(unnest(lemmas)) AS l FROM synsets ORDER BY l").fetchall()
+    lemmas = [r[0] for r in rows]
     return nearest(lemma_key(query), lemmas + h.names, n=6, cutoff=0.7)
 
 

@@ -121,9 +121,7 @@ def explain_image(con: duckdb.DuckDBPyConnection, image_ref: str, depth: int = 4
     image = get_image(con, image_ref)
     h = hierarchy or load_hierarchy(con)
     scores = load_image_scores(con, image, h, image_level=False)  # the tree shows map scores only
-    root_id = h.id_of.get(root.strip())
-    if root_id is None:
-        root_id = find_synset_name(con, root)  # its error: nearest names, or the senses of a word
+    root_id = find_synset_name(con, root)  # one indexed lookup; its error names the nearest synsets or a word's senses
     return {"image_id": image.image_id, "path": image.path, "tree": scores.tree(root_id, depth, top)}
 
 

@@ -272,7 +272,7 @@ class StoredHierarchy:
 
     lemmas = property(lambda self: self._text_column("lemmas"), doc="Each synset's lemmas (list of str).")
     definitions = property(lambda self: self._text_column("definition"), doc="Each synset's WordNet definition.")
-    lexnames = property(lambda self: self._text_column("lexname"), doc="Each synset's lexicographer file (noun.animal).")
+    lexnames = property(lambda self: self._text_column("lexname"), doc="Each synset's lexicographer file.")
     is_word_sense = property(lambda self: self._text_column("is_word_sense"),
                              doc="Whether each synset is a noun sense of a vocabulary word (not only an ancestor).")
 
