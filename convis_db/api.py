@@ -31,6 +31,7 @@ from convis_db.errors import UsageError
 from convis_db.progress import Progress, no_progress, tqdm_progress
 from convis_db.query.maps import ConceptMap, MapService
 from convis_db.store.db import connect, require_initialised
+from convis_db.store.hierarchy_store import StoredHierarchy, load_hierarchy
 
 log = logging.getLogger(__name__)
 
@@ -274,6 +275,7 @@ class Database:
         self.precision = resolve_precision(precision, self.device)
         self._asked_precision = precision  # Ray workers resolve it again on their own devices
         self.writable = write
+        self._hierarchy: StoredHierarchy | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
         self._profile = None
@@ -296,6 +298,13 @@ class Database:
             self._con = con
         return self._con
 
+    @property
+    def hierarchy(self) -> StoredHierarchy:
+        """The hierarchy T in memory, loaded once per connection (explain, concepts, children, ancestors)."""
+        if self._hierarchy is None:
+            self._hierarchy = load_hierarchy(self.con)
+        return self._hierarchy
+
     def close(self) -> None:
         """Close the connection (relations from sql() stop working). The object can be used again."""
         self._maps = None
@@ -303,6 +312,7 @@ class Database:
         if self._con is not None:
             self._con.close()
             self._con = None
+        self._hierarchy = None
 
     def __enter__(self) -> Database:
         return self
@@ -460,7 +470,7 @@ class Database:
         """
         from convis_db.query.explain import explain_image
 
-        out = explain_image(self.con, str(image), depth=depth, top=top, root=root)
+        out = explain_image(self.con, str(image), depth=depth, top=top, root=root, hierarchy=self.hierarchy)
         return Explanation(image_id=out["image_id"], path=out["path"], tree=ExplanationNode.from_dict(out["tree"]))
 
     def concepts(self, query: str, *, limit: int = 20) -> list[Concept]:
@@ -472,7 +482,7 @@ class Database:
         """
         from convis_db.query.concepts import find_concepts
 
-        return [_from_dict(Concept, r) for r in find_concepts(self.con, query, limit)]
+        return [_from_dict(Concept, r) for r in find_concepts(self.con, query, limit, self.hierarchy)]
 
     def children(self, concept: str) -> list[ChildConcept]:
         """The direct is-a children of one synset (a name, or a query matching one synset), by name.
@@ -482,7 +492,7 @@ class Database:
         """
         from convis_db.query.concepts import concept_children
 
-        return [_from_dict(ChildConcept, r) for r in concept_children(self.con, concept)]
+        return [_from_dict(ChildConcept, r) for r in concept_children(self.con, concept, self.hierarchy)]
 
     def ancestors(self, concept: str) -> list[AncestorConcept]:
         """Every ancestor of one synset up to entity.n.01 (all DAG paths), nearest first.
@@ -492,7 +502,7 @@ class Database:
         """
         from convis_db.query.concepts import concept_ancestors
 
-        return [_from_dict(AncestorConcept, r) for r in concept_ancestors(self.con, concept)]
+        return [_from_dict(AncestorConcept, r) for r in concept_ancestors(self.con, concept, self.hierarchy)]
 
     def map(self, image: str | int | Path, concept: str, *, only_self: bool = False) -> Map:
         """The saliency map of `concept` on a stored image (id, path or sha256; no model run) or on a

@@ -28,7 +28,7 @@ from convis_db.engine.saliency import axis_segments, full_map, grid_segments, pe
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import UsageError
-from convis_db.store.hierarchy_store import HierarchyArrays
+from convis_db.store.hierarchy_store import StoredHierarchy
 
 CPU = torch.device("cpu")
 MAP_TOL = 1e-5
@@ -70,7 +70,7 @@ def structured_image(height: int, width: int) -> np.ndarray:
 class Tiny:
     model: object
     definitions: np.ndarray
-    hierarchy: HierarchyArrays
+    hierarchy: StoredHierarchy
     descendants: dict[int, np.ndarray]
     closure: list[tuple[int, int]]
 
@@ -441,7 +441,8 @@ def test_propagation_on_a_dag_with_a_two_parent_node():
     #       5 -------'      6 is an isolated leaf (its own root)
     names = [f"s{i}.n.01" for i in range(7)]
     edges = [(0, 1), (0, 2), (1, 3), (2, 3), (2, 4), (3, 5), (0, 5)]
-    h = HierarchyArrays(names, np.array([p for p, _ in edges], np.int32), np.array([c for _, c in edges], np.int32))
+    h = StoredHierarchy.from_edges(names, np.array([p for p, _ in edges], np.int32),
+                                   np.array([c for _, c in edges], np.int32))
     prop = Propagator(h.propagation_levels, CPU)
     closure = _closure_of(7, edges)
     rng = np.random.default_rng(3)

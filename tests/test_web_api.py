@@ -231,9 +231,9 @@ def test_children_of_a_deep_concept_get_the_path_to_the_root(client, explorer):
     data = get_json(client, "/api/images/3/children?synset=dog.n.01&trail=dog.n.01")  # not a chain from the root
     crumbs = [b["synset"] for b in data["breadcrumbs"]]
     assert crumbs[0] == "entity.n.01" and crumbs[-1] == "dog.n.01"
-    assert crumbs == list(reversed(explorer.index.path_to_root(explorer.index.id_of["dog.n.01"])))
+    assert crumbs == list(reversed(explorer.hierarchy.path_to_root(explorer.hierarchy.id_of["dog.n.01"])))
     for parent, child in zip(crumbs, crumbs[1:]):
-        assert explorer.index.id_of[child] in explorer.index.children[explorer.index.id_of[parent]]
+        assert explorer.hierarchy.id_of[child] in explorer.hierarchy.children[explorer.hierarchy.id_of[parent]]
     # A made-up trail is ignored in favour of the real path.
     bogus = get_json(client, "/api/images/3/children?synset=dog.n.01&trail=entity.n.01,dog.n.01")
     assert [b["synset"] for b in bogus["breadcrumbs"]] == crumbs
@@ -341,7 +341,7 @@ def test_map_png_sizes_styles_and_threshold(client):
 def test_flat_maps_are_drawn_at_their_level(client, explorer):
     """The root's map is flat ((|T|-1)/|T| everywhere): drawn at that level, not as an all-white mask."""
     image = explorer.image(1)
-    saliency = explorer.saliency(image, explorer.index.id_of["entity.n.01"])
+    saliency = explorer.saliency(image, explorer.hierarchy.id_of["entity.n.01"])
     assert saliency.min() == saliency.max() == pytest.approx((explorer.n_synsets - 1) / explorer.n_synsets)
     level = float(saliency.max())
     picture = explorer.picture(image, 96).astype(np.float32)
@@ -386,7 +386,7 @@ def test_saliency_equals_map_service_exactly(explorer, web_db):
             for concept in concepts:
                 for only_self in (False, True):
                     want = service.for_stored(image, concept, only_self).saliency
-                    got = explorer.saliency(explorer.image(image_id), explorer.index.id_of[concept], only_self)
+                    got = explorer.saliency(explorer.image(image_id), explorer.hierarchy.id_of[concept], only_self)
                     assert got.dtype == want.dtype and got.shape == want.shape
                     assert np.array_equal(got, want), (image_id, concept, only_self)
             assert explorer.similarity_cache.get(("stored", image_id)).sorted is not None  # the fast path was exercised

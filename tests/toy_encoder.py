@@ -102,9 +102,9 @@ class ToyHierarchy:
         return np.array(sorted(seen), dtype=np.int64)
 
     def arrays(self):
-        from convis_db.store.hierarchy_store import HierarchyArrays
+        from convis_db.store.hierarchy_store import StoredHierarchy
 
-        return HierarchyArrays(list(self.names), np.array([p for p, _ in self.edges], np.int32),
+        return StoredHierarchy.from_edges(list(self.names), np.array([p for p, _ in self.edges], np.int32),
                                np.array([c for _, c in self.edges], np.int32))
 
 

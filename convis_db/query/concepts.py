@@ -1,135 +1,106 @@
-"""Find synsets by name, lemma or definition words, and describe their place in T."""
+"""Find synsets by name, lemma or definition words, and describe their place in T.
+
+The place in T (parents, children, descendants, paths) comes from the one in-memory hierarchy
+(`StoredHierarchy`); pass the one a long-lived caller holds (`Database.hierarchy`) to skip loading it
+again. Matching by lemma or definition words stays in SQL, so a one-shot `concepts` never loads every
+lemma of ~82k synsets.
+"""
 
 from __future__ import annotations
 
 import re
-from functools import cached_property
 
 import duckdb
 
 from convis_db.errors import NotFoundError, nearest
-
-ROOT = "entity.n.01"
-
-
-class ConceptIndex:
-    """Synset names, depths and parents of T held in memory (T has ~7k to ~82k synsets)."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection):
-        self.con = con
-        rows = con.execute("SELECT synset_id, name, depth FROM synsets ORDER BY synset_id").fetchall()
-        self.names = [r[1] for r in rows]
-        self.depth = [r[2] for r in rows]
-        self.id_of = {n: i for i, n in enumerate(self.names)}
-        self.parents: list[list[int]] = [[] for _ in rows]
-        self.children: list[list[int]] = [[] for _ in rows]
-        for p, c in con.execute("SELECT parent_id, child_id FROM isa_edges ORDER BY parent_id, child_id").fetchall():
-            self.parents[c].append(p)
-            self.children[p].append(c)
-
-    @cached_property
-    def n_descendants(self) -> dict[int, int]:
-        return dict(con_rows(self.con, "SELECT ancestor_id, count(*) - 1 FROM closure GROUP BY ancestor_id"))
-
-    def path_to_root(self, sid: int) -> list[str]:
-        """The shortest is-a path from the synset up to entity.n.01 (ties broken by name)."""
-        path = [sid]
-        while self.parents[path[-1]]:
-            path.append(min(self.parents[path[-1]], key=lambda p: (self.depth[p], self.names[p])))
-        return [self.names[i] for i in path]
-
-    def ancestors(self, sid: int) -> list[tuple[int, int]]:
-        return [tuple(r) for r in self.con.execute(
-            "SELECT ancestor_id, distance FROM closure WHERE descendant_id = ? AND distance > 0 "
-            "ORDER BY distance, ancestor_id", [sid]).fetchall()]
-
-    def search(self, query: str, limit: int = 20) -> list[int]:
-        """Synset ids matching a query: exact name, then lemma, then definition words."""
-        q = query.strip()
-        if q in self.id_of:
-            return [self.id_of[q]]
-        key = re.sub(r"[\s-]+", "_", q.lower())
-        by_lemma = [r[0] for r in self.con.execute(
-            "SELECT synset_id FROM synsets WHERE list_contains(list_transform(lemmas, lambda x: lower(x)), ?) "
-            "ORDER BY split_part(name, '.', 1) <> ?, name", [key, key]).fetchall()]
-        if by_lemma:
-            return by_lemma[:limit]
-        words = [w for w in re.findall(r"[a-z0-9]+", q.lower()) if len(w) > 1]
-        if not words:
-            return []
-        clauses = " AND ".join(["regexp_matches(lower(definition), ?)"] * len(words))
-        params = [rf"\b{re.escape(w)}\b" for w in words]
-        by_def = [r[0] for r in self.con.execute(
-            f"SELECT synset_id FROM synsets WHERE {clauses} ORDER BY depth, name LIMIT {int(limit)}", params).fetchall()]
-        return by_def
-
-    def suggestions(self, query: str) -> list[str]:
-        key = re.sub(r"[\s-]+", "_", query.strip().lower())
-        lemmas = [r[0] for r in self.con.execute("SELECT DISTINCT lower(unnest(lemmas)) FROM synsets").fetchall()]
-        close = nearest(key, lemmas + self.names, n=6, cutoff=0.7)
-        return close
-
-    def describe(self, sid: int) -> dict:
-        row = self.con.execute(
-            "SELECT name, lemmas, definition, depth, lexname, is_word_sense FROM synsets WHERE synset_id = ?", [sid]
-        ).fetchone()
-        return {
-            "synset": row[0],
-            "lemmas": list(row[1]),
-            "definition": row[2],
-            "depth": row[3],
-            "lexname": row[4],
-            "is_word_sense": bool(row[5]),
-            "n_parents": len(self.parents[sid]),
-            "n_children": len(self.children[sid]),
-            "n_descendants": self.n_descendants.get(sid, 0),
-            "path": self.path_to_root(sid),
-        }
+from convis_db.store.hierarchy_store import StoredHierarchy, load_hierarchy
 
 
-def con_rows(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> list[tuple]:
-    return con.execute(sql, params or []).fetchall()
+def lemma_key(query: str) -> str:
+    """A query as a lemma: lower case, spaces and hyphens as underscores."""
+    return re.sub(r"[\s-]+", "_", query.strip().lower())
 
 
-def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20) -> list[dict]:
+def search(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str, limit: int = 20) -> list[int]:
+    """Synset ids matching a query: exact name, then lemma, then definition words."""
+    q = query.strip()
+    if q in h.id_of:
+        return [h.id_of[q]]
+    key = lemma_key(q)
+    # A query over the text columns stays in SQL: a one-shot `concepts` need not load every lemma.
+    by_lemma = [r[0] for r in con.execute(
+        "SELECT synset_id FROM synsets WHERE list_contains(list_transform(lemmas, lambda x: lower(x)), ?) "
+        "ORDER BY split_part(name, '.', 1) <> ?, name", [key, key]).fetchall()]
+    if by_lemma:
+        return by_lemma[:limit]
+    words = [w for w in re.findall(r"[a-z0-9]+", q.lower()) if len(w) > 1]
+    if not words:
+        return []
+    clauses = " AND ".join(["regexp_matches(lower(definition), ?)"] * len(words))
+    params = [rf"\b{re.escape(w)}\b" for w in words]
+    return [r[0] for r in con.execute(
+        f"SELECT synset_id FROM synsets WHERE {clauses} ORDER BY depth, name LIMIT {int(limit)}", params).fetchall()]
+
+
+def suggestions(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) -> list[str]:
+    """The lemmas and names nearest to a query that matched nothing."""
+    rows = con.execute("SELECT DISTINCT lower(unnest(lemmas)) AS l FROM synsets ORDER BY l").fetchall()
+    lemmas = [r[0] for r in rows]
+    return nearest(lemma_key(query), lemmas + h.names, n=6, cutoff=0.7)
+
+
+def describe(h: StoredHierarchy, ids: list[int]) -> list[dict]:
+    """Each synset's text columns and place in T (parents, children, descendants, path to the root)."""
+    text = h.text_of(ids)
+    return [{"synset": h.names[sid], "lemmas": text[sid]["lemmas"], "definition": text[sid]["definition"],
+             "depth": h.depth[sid], "lexname": text[sid]["lexname"], "is_word_sense": text[sid]["is_word_sense"],
+             "n_parents": len(h.parents[sid]), "n_children": len(h.children[sid]),
+             "n_descendants": h.n_descendants(sid), "path": h.path_to_root(sid)} for sid in ids]
+
+
+def find_concepts(con: duckdb.DuckDBPyConnection, query: str, limit: int = 20,
+                  hierarchy: StoredHierarchy | None = None) -> list[dict]:
     """Rows describing the synsets that match; NotFoundError with nearest matches when none do."""
-    idx = ConceptIndex(con)
-    ids = idx.search(query, limit)
+    h = hierarchy or load_hierarchy(con)
+    ids = search(con, h, query, limit)
     if not ids:
-        close = idx.suggestions(query)
+        close = suggestions(con, h, query)
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r} by name, lemma or definition words{hint}.")
-    return [idx.describe(i) for i in ids]
+    return describe(h, ids)
 
 
-def _one_synset(idx: ConceptIndex, query: str) -> int:
-    ids = idx.search(query, limit=2)
-    if query.strip() in idx.id_of:
-        return idx.id_of[query.strip()]
+def _one_synset(con: duckdb.DuckDBPyConnection, h: StoredHierarchy, query: str) -> int:
+    if query.strip() in h.id_of:
+        return h.id_of[query.strip()]
+    ids = search(con, h, query, limit=2)
     if len(ids) == 1:
         return ids[0]
     if not ids:
-        close = idx.suggestions(query)
+        close = suggestions(con, h, query)
         hint = f"; nearest: {', '.join(close)}" if close else ""
         raise NotFoundError(f"no concept matches {query!r}{hint}.")
-    names = ", ".join(idx.names[i] for i in idx.search(query, limit=8))
+    names = ", ".join(h.names[i] for i in search(con, h, query, limit=8))
     raise NotFoundError(f"{query!r} matches several synsets; name one of: {names}")
 
 
-def concept_children(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+def concept_children(con: duckdb.DuckDBPyConnection, query: str,
+                     hierarchy: StoredHierarchy | None = None) -> list[dict]:
     """The direct is-a children of one synset, with their own child and descendant counts."""
-    idx = ConceptIndex(con)
-    sid = _one_synset(idx, query)
-    rows = []
-    for c in sorted(idx.children[sid], key=lambda c: idx.names[c]):
-        d = idx.describe(c)
-        rows.append({"parent": idx.names[sid], **{k: d[k] for k in ("synset", "definition", "n_children", "n_descendants")}})
-    return rows
+    h = hierarchy or load_hierarchy(con)
+    sid = _one_synset(con, h, query)
+    kids = sorted(h.children[sid], key=lambda c: h.names[c])
+    text = h.text_of(kids)
+    return [{"parent": h.names[sid], "synset": h.names[c], "definition": text[c]["definition"],
+             "n_children": len(h.children[c]), "n_descendants": h.n_descendants(c)} for c in kids]
 
 
-def concept_ancestors(con: duckdb.DuckDBPyConnection, query: str) -> list[dict]:
+def concept_ancestors(con: duckdb.DuckDBPyConnection, query: str,
+                      hierarchy: StoredHierarchy | None = None) -> list[dict]:
     """Every ancestor of one synset up to entity.n.01 (all DAG paths), nearest first."""
-    idx = ConceptIndex(con)
-    sid = _one_synset(idx, query)
-    return [{"synset": idx.names[a], "distance": d, "depth": idx.depth[a],
-             "definition": idx.describe(a)["definition"]} for a, d in idx.ancestors(sid)]
+    h = hierarchy or load_hierarchy(con)
+    sid = _one_synset(con, h, query)
+    ancestors = h.ancestors(sid)
+    text = h.text_of([a for a, _ in ancestors])
+    return [{"synset": h.names[a], "distance": d, "depth": h.depth[a], "definition": text[a]["definition"]}
+            for a, d in ancestors]

@@ -1,8 +1,8 @@
 """The read side of the visual explorer: what the web API returns, computed from stored data only.
 
 One `Explorer` holds one read-only DuckDB connection (DuckDB connections are not thread-safe, so every
-use of it takes `_db_lock`), the hierarchy T in memory (names, lemmas, definitions, is-a lists), and
-caches:
+use of it takes `_db_lock`), the hierarchy T in memory (`StoredHierarchy`: names, lemmas, definitions,
+is-a lists, loaded once), and caches:
 
 * `saliency`: raw maps (the formula's values) at working resolution, keyed by (image, synset, only_self);
 * `png`: rendered pictures, keyed by (image, synset, only_self, style, threshold, size);
@@ -10,7 +10,8 @@ caches:
   an image has been asked for a few concepts, each row sorted), so that the many maps of one tree
   level cost one matrix product;
 * `pictures`: the original image resized to the sizes asked for; `scores`: an image's stored scores
-  (map peaks, and the image-level scores where the image has them).
+  (`ImageScores`, the same object `explain` builds its tree from: map peaks, and the image-level scores
+  where the image has them).
 
 Maps come from the one map service (`MapService`, sharing this object's similarity cache and
 database lock), so they equal `convis-db map` exactly. No model is loaded, except to encode the
@@ -33,21 +34,19 @@ import numpy as np
 from PIL import Image
 
 from convis_db.engine.images import read_image
-from convis_db.engine.pixels import original_point
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import ImageError, NotFoundError, UsageError
-from convis_db.query.concepts import ConceptIndex
+from convis_db.query.explain import ROOT, ImageScores, load_image_scores
 from convis_db.query.maps import MapService
 from convis_db.query.search import choose_level, count_images, search_images
 from convis_db.query.stats import database_stats
 from convis_db.store.db import connect, require_initialised
-from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
 from convis_db.cache import LRUCache
-from convis_db.store.image_store import StoredImage, get_image, has_column, work_peak_select
+from convis_db.store.hierarchy_store import find_synset_name, load_hierarchy
+from convis_db.store.image_store import StoredImage, get_image, has_column
 
 log = logging.getLogger(__name__)
 
-ROOT = "entity.n.01"
 MIN_SIZE, MAX_SIZE = 16, 2048
 MB = 1 << 20
 
@@ -81,27 +80,6 @@ def clean_style(value: str) -> str:
     return value
 
 
-@dataclass
-class _ImageScores:
-    score: np.ndarray
-    self_score: np.ndarray
-    peak: np.ndarray  # (n, 2) working pixels
-    image_score: np.ndarray       # image-level max_rank_sim; NaN where the image has none
-    image_self_score: np.ndarray  # image-level rank_sim; NaN where the image has none
-
-    @property
-    def nbytes(self) -> int:
-        return (self.score.nbytes + self.self_score.nbytes + self.peak.nbytes + self.image_score.nbytes
-                + self.image_self_score.nbytes)
-
-    @property
-    def has_image_level(self) -> bool:
-        return bool(np.isfinite(self.image_score).any())
-
-
-def _level(value: float) -> float | None:
-    """An image-level score for JSON: None where not computed."""
-    return float(value) if np.isfinite(value) else None
 
 
 class Explorer:
@@ -121,21 +99,10 @@ class Explorer:
         self._db_lock = threading.RLock()
         self._map_lock = threading.Lock()
         con = self.con
-        self.index = ConceptIndex(con)
-        rows = con.execute(
-            "SELECT lemmas, definition, lexname, is_word_sense FROM synsets ORDER BY synset_id").fetchall()
-        self.names = self.index.names
-        self.lemmas = [list(r[0]) for r in rows]
-        self.definitions = [r[1] for r in rows]
-        self.lexnames = [r[2] for r in rows]
-        self.word_sense = [bool(r[3]) for r in rows]
-        self.n_synsets = len(self.names)
-        keys: dict[tuple[str, int], None] = {}
-        for sid, name in enumerate(self.names):
-            keys[(name.lower(), sid)] = None
-            for lemma in self.lemmas[sid]:
-                keys[(lemma.lower(), sid)] = None
-        self._keys = sorted(keys)
+        h = self.hierarchy = load_hierarchy(con).load_text()  # every column now, before threads share it
+        self.names = h.names
+        self.n_synsets = h.size
+        self._keys = h.lemma_keys
         self._key_strings = [k for k, _ in self._keys]
         self.models = {r[0]: {"model_id": r[0], "name": r[1], "pretrained": r[2], "is_random": bool(r[3])}
                        for r in con.execute("SELECT model_id, name, pretrained, is_random FROM models").fetchall()}
@@ -173,7 +140,7 @@ class Explorer:
         name = (name or "").strip()
         if not name:
             raise UsageError("name a concept (a synset such as dog.n.01).")
-        sid = self.index.id_of.get(name)
+        sid = self.hierarchy.id_of.get(name)
         if sid is None:
             with self._db_lock:
                 sid = find_synset_name(self.con, name)
@@ -182,69 +149,41 @@ class Explorer:
     def descendants(self, sid: int) -> np.ndarray:
         ids = self._descendants.get(sid)
         if ids is None:
-            with self._db_lock:
-                ids = descendant_ids(self.con, sid)
+            ids = self.hierarchy.descendants(sid)
             if len(self._descendants) > 4096:
                 self._descendants.clear()
             self._descendants[sid] = ids
         return ids
 
-    def scores(self, image: StoredImage) -> _ImageScores:
+    def scores(self, image: StoredImage) -> ImageScores:
         cached = self.score_cache.get(image.image_id)
         if cached is not None:
             return cached
-        n = self.n_synsets
-        level = ("image_max_rank_less, image_rank_less" if self._has_image_level_columns
-                 else "NULL::INTEGER AS image_max_rank_less, NULL::INTEGER AS image_rank_less")
         with self._db_lock:
-            rows = self.con.execute(
-                f"SELECT synset_id, score, {work_peak_select(self.con, 'work_peak_x', 'work_peak_y')}, self_score, "
-                f"{level} FROM image_scores "  # fixed columns
-                "WHERE image_id = ?", [image.image_id]).fetchnumpy()
-        out = _ImageScores(np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64),
-                           np.full(n, np.nan), np.full(n, np.nan))
-        ids = rows["synset_id"].astype(np.int64)
-        out.score[ids] = rows["score"]
-        out.self_score[ids] = rows["self_score"]
-        out.peak[ids, 0], out.peak[ids, 1] = rows["work_peak_x"], rows["work_peak_y"]
-        for target, column in ((out.image_score, "image_max_rank_less"), (out.image_self_score, "image_rank_less")):
-            values = np.ma.filled(np.ma.asarray(rows[column]).astype(np.float64), np.nan)
-            target[ids] = values / n
+            out = load_image_scores(self.con, image, self.hierarchy, self._has_image_level_columns)
         self.score_cache.put(image.image_id, out, out.nbytes)
         return out
 
     # -- JSON-ready answers -----------------------------------------------------------------------
     def concept(self, sid: int) -> dict:
-        return {"synset": self.names[sid], "lemmas": self.lemmas[sid], "definition": self.definitions[sid],
-                "depth": self.index.depth[sid], "lexname": self.lexnames[sid],
-                "is_word_sense": self.word_sense[sid], "n_children": len(self.index.children[sid])}
+        h = self.hierarchy
+        return {"synset": h.names[sid], "lemmas": h.lemmas[sid], "definition": h.definitions[sid],
+                "depth": h.depth[sid], "lexname": h.lexnames[sid],
+                "is_word_sense": h.is_word_sense[sid], "n_children": len(h.children[sid])}
 
-    def node(self, image: StoredImage, scores: _ImageScores, sid: int) -> dict:
-        s = image.scale
-        return {"synset": self.names[sid], "score": float(scores.score[sid]),
-                "self_score": float(scores.self_score[sid]),
-                "image_score": _level(scores.image_score[sid]), "image_self_score": _level(scores.image_self_score[sid]),
-                "peak_x": original_point(scores.peak[sid, 0], s),
-                "peak_y": original_point(scores.peak[sid, 1], s),
-                "definition": self.definitions[sid], "lemmas": self.lemmas[sid], "depth": self.index.depth[sid],
-                "n_children": len(self.index.children[sid])}
-
-    def ranked_children(self, scores: _ImageScores, sid: int) -> list[int]:
-        """Children by the image's score (ties: own score, then name), as `explain` ranks them."""
-        return sorted(self.index.children[sid],
-                      key=lambda c: (-scores.score[c], -scores.self_score[c], self.names[c]))
+    def node(self, scores: ImageScores, sid: int) -> dict:
+        h = self.hierarchy
+        return scores.node(sid, image_level=True) | {"definition": h.definitions[sid], "lemmas": h.lemmas[sid],
+                                                     "depth": h.depth[sid]}
 
     def path(self, sid: int) -> list[int]:
         """The shortest is-a path from entity.n.01 down to the synset."""
-        return [self.index.id_of[n] for n in reversed(self.index.path_to_root(sid))]
+        return self.hierarchy.path_ids(sid)[::-1]
 
     def chain(self, trail: list[str], sid: int) -> list[int]:
         """`trail` as ids when it is an is-a chain from the root to `sid`; else the shortest path."""
-        ids = [self.index.id_of.get(t) for t in trail]
-        if (ids and None not in ids and ids[-1] == sid and not self.index.parents[ids[0]]
-                and all(b in self.index.children[a] for a, b in zip(ids, ids[1:]))):
-            return ids
-        return self.path(sid)
+        ids = [self.hierarchy.id_of.get(t) for t in trail]
+        return ids if ids and ids[-1] == sid and self.hierarchy.is_chain(ids) else self.path(sid)
 
     def stats(self) -> dict:
         with self._db_lock:
@@ -297,20 +236,19 @@ class Explorer:
                 "file_status": self.file_status(image),
                 "has_image_level": scores.has_image_level,
                 "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc),
-                                  "image_score": _level(scores.image_score[self.index.id_of[n]]),
-                                  "image_self_score": _level(scores.image_self_score[self.index.id_of[n]])}
+                                  **scores.image_level(self.hierarchy.id_of[n])}
                                  for n, ss, sc in tops]}
 
     def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
         image = self.image(image_id)
         sid = self.synset_id(synset)
         scores = self.scores(image)
-        kids = self.ranked_children(scores, sid)
+        kids = scores.ranked_children(sid)
         crumbs = self.chain(trail or [], sid)
-        return {"image_id": image.image_id, "node": self.node(image, scores, sid),
+        return {"image_id": image.image_id, "node": self.node(scores, sid),
                 "breadcrumbs": [{"synset": self.names[c], "score": float(scores.score[c])} for c in crumbs],
                 "n_children": len(kids),
-                "children": [self.node(image, scores, c) | {"rank": i + 1} for i, c in enumerate(kids[:limit])]}
+                "children": [self.node(scores, c) | {"rank": i + 1} for i, c in enumerate(kids[:limit])]}
 
     def suggest(self, query: str, limit: int = 10) -> dict:
         """Synsets whose name or a lemma equals, starts with, or (3+ letters) contains the query."""
@@ -340,15 +278,13 @@ class Explorer:
 
     def concept_detail(self, synset: str) -> dict:
         sid = self.synset_id(synset)
-        with self._db_lock:
-            n_desc = self.con.execute("SELECT count(*) - 1 FROM closure WHERE ancestor_id = ?", [sid]).fetchone()[0]
+        h = self.hierarchy
         return self.concept(sid) | {
-            "path": [self.names[i] for i in self.path(sid)],
-            "parents": [self.names[p] for p in sorted(self.index.parents[sid], key=lambda p: self.names[p])],
-            "children": [{"synset": self.names[c], "n_children": len(self.index.children[c]),
-                          "definition": self.definitions[c]}
-                         for c in sorted(self.index.children[sid], key=lambda c: self.names[c])],
-            "n_descendants": int(n_desc)}
+            "path": [h.names[i] for i in self.path(sid)],
+            "parents": [h.names[p] for p in sorted(h.parents[sid], key=lambda p: h.names[p])],
+            "children": [{"synset": h.names[c], "n_children": len(h.children[c]), "definition": h.definitions[c]}
+                         for c in sorted(h.children[sid], key=lambda c: h.names[c])],
+            "n_descendants": h.n_descendants(sid)}
 
     def search(self, synset: str, limit: int = 24, offset: int = 0, min_score: float = 0.0,
                only_self: bool = False, by: str | None = None) -> dict:
