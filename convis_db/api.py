@@ -338,7 +338,7 @@ class Database:
         None is the device's default)."""
         if self._maps is None or (batch_size is not None and self._maps.batch_size != batch_size):
             self._maps = MapService(self.con, self.device, self.precision, profile=self.profile,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, hierarchy=self.hierarchy)
         return self._maps
 
     _map_service = map_service

@@ -27,7 +27,7 @@ from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.windows import WindowGrid
 from convis_db.errors import ImageError, NotFoundError
 from convis_db.profile import DatabaseProfile, read_profile
-from convis_db.store.hierarchy_store import descendant_ids, find_synset_name
+from convis_db.store.hierarchy_store import StoredHierarchy, find_synset_name, load_hierarchy
 from convis_db.store.image_store import (EmbeddingsNotStoredError, StoredImage, find_by_sha, get_image,
                                         load_window_embeddings)
 from convis_db.store.model_store import load_definition_embeddings
@@ -77,7 +77,7 @@ class MapService:
 
     def __init__(self, con, device: torch.device | None = None, precision: str | None = None, *,
                  profile: DatabaseProfile | None = None, cache: LRUCache | None = None, lock=None,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, hierarchy: StoredHierarchy | None = None):
         self.con = con
         self.device = device or torch.device("cpu")
         self.precision = precision  # for new files only (None: the device's default); stored maps run no model
@@ -85,6 +85,7 @@ class MapService:
         self.cache = cache if cache is not None else LRUCache("similarities", DEFAULT_CACHE_BYTES)
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._profile = profile
+        self._hierarchy = hierarchy
         self._mappers: dict[int, ConceptMapper] = {}
         self._concepts: dict[str, tuple[int, np.ndarray]] = {}
         self._engine: ConceptEngine | None = None
@@ -95,6 +96,13 @@ class MapService:
             with self._lock:
                 self._profile = read_profile(self.con)
         return self._profile
+
+    @property
+    def hierarchy(self) -> StoredHierarchy:
+        if self._hierarchy is None:
+            with self._lock:
+                self._hierarchy = load_hierarchy(self.con)
+        return self._hierarchy
 
     def mapper(self, model_id: int) -> ConceptMapper:
         if model_id not in self._mappers:
@@ -114,9 +122,11 @@ class MapService:
     def concept_ids(self, concept: str, only_self: bool = False) -> tuple[int, np.ndarray]:
         """(the synset's id, the ids a map takes the max over: it and its descendants, or it alone)."""
         if concept not in self._concepts:
-            with self._lock:
-                sid = find_synset_name(self.con, concept)
-                self._concepts[concept] = (sid, descendant_ids(self.con, sid))
+            sid = self.hierarchy.id_of.get(concept)
+            if sid is None:  # not an exact name: the store's error (nearest names, or a word's senses)
+                with self._lock:
+                    sid = find_synset_name(self.con, concept)
+            self._concepts[concept] = (sid, self.hierarchy.descendants(sid))
         sid, descendants = self._concepts[concept]
         return sid, (np.array([sid], np.int64) if only_self else descendants)
 

@@ -33,16 +33,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from convis_db.api import Database
+from convis_db.cache import LRUCache
 from convis_db.engine.images import read_image
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.explain import ROOT, ImageScores, load_image_scores
 from convis_db.query.maps import MapService
-from convis_db.query.search import choose_level, count_images, search_images
-from convis_db.query.stats import database_stats
-from convis_db.store.db import connect, require_initialised
-from convis_db.cache import LRUCache
-from convis_db.store.hierarchy_store import find_synset_name, load_hierarchy
+from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import StoredImage, get_image, has_column
 
 log = logging.getLogger(__name__)
@@ -83,23 +81,26 @@ def clean_style(value: str) -> str:
 
 
 class Explorer:
-    """Everything the web app shows, from one database opened read-only."""
+    """Everything the web app shows, from one database opened read-only through the Python API
+    (`db`: a path, or a read-only `convis_db.Database`, which the explorer then owns)."""
 
-    def __init__(self, db_path: str | Path, budget: CacheBudget | None = None):
-        self.db_path = str(db_path)
-        self.con = connect(db_path)
+    def __init__(self, db: str | Path | Database, budget: CacheBudget | None = None):
+        self.db = db if isinstance(db, Database) else Database(db, device="cpu")
+        if self.db.writable:
+            raise UsageError("the explorer reads a database opened read-only; open it with convis_db.open(path).")
+        self.db_path = str(self.db.path)
+        self.con = self.db.con
         try:
-            require_initialised(self.con, db_path)
             self._load(budget or CacheBudget())
         except Exception:
-            self.con.close()
+            self.db.close()
             raise
 
     def _load(self, budget: CacheBudget) -> None:
         self._db_lock = threading.RLock()
         self._map_lock = threading.Lock()
         con = self.con
-        h = self.hierarchy = load_hierarchy(con).load_text()  # every column now, before threads share it
+        h = self.hierarchy = self.db.hierarchy.load_text()  # every column now, before threads share it
         self.names = h.names
         self.n_synsets = h.size
         self._keys = h.lemma_keys
@@ -118,11 +119,11 @@ class Explorer:
         self.similarity_cache = LRUCache("similarities", budget.similarities)
         self.picture_cache = LRUCache("pictures", budget.pictures)
         self.score_cache = LRUCache("scores", budget.scores)
-        self._maps = MapService(con, cache=self.similarity_cache, lock=self._db_lock)
+        self._maps = MapService(con, cache=self.similarity_cache, lock=self._db_lock, hierarchy=self.hierarchy)
 
     def close(self) -> None:
         with self._db_lock:
-            self.con.close()
+            self.db.close()
 
     # -- lookups ----------------------------------------------------------------------------------
     def image(self, image_id: int) -> StoredImage:
@@ -187,7 +188,7 @@ class Explorer:
 
     def stats(self) -> dict:
         with self._db_lock:
-            out = database_stats(self.con, self.db_path)
+            out = self.db.stats()
         used = [self.models[m] for m in self.image_models if m in self.models]
         out["model"] = ", ".join(f"{m['name']} / {m['pretrained']}" for m in used) or None
         out["random_weights"] = any(m["is_random"] for m in used)
@@ -292,17 +293,16 @@ class Explorer:
         sid = self.synset_id(synset)
         name = self.names[sid]
         with self._db_lock:
-            by, notes = choose_level(self.con, by)
-            rows = search_images(self.con, name, min_score, offset + limit, only_self, by)[offset:]
-            total = count_images(self.con, name, min_score, only_self, by)
-        results = [{"rank": offset + i + 1, "image_id": r["image_id"], "path": r["path"],
-                    "name": os.path.basename(r["path"]), "score": float(r["score"]),
-                    "map_score": float(r["map_score"]),
-                    "image_score": None if r["image_score"] is None else float(r["image_score"]),
-                    "peak_x": r["peak_x"], "peak_y": r["peak_y"], "width": r["width"], "height": r["height"]}
-                   for i, r in enumerate(rows)]
-        return {"synset": name, "concept": self.concept(sid), "total": int(total), "offset": offset, "limit": limit,
-                "min_score": min_score, "only_self": only_self, "by": by, "notes": notes, "results": results}
+            hits = self.db.search(name, by=by, min_score=min_score, limit=limit, only_self=only_self, offset=offset)
+            total = self.db.count(name, by=hits.by, min_score=min_score, only_self=only_self)
+        results = [{"rank": offset + i + 1, "image_id": h.image_id, "path": h.path,
+                    "name": os.path.basename(h.path), "score": float(h.score), "map_score": float(h.map_score),
+                    "image_score": None if h.image_score is None else float(h.image_score),
+                    "peak_x": h.peak_x, "peak_y": h.peak_y, "width": h.width, "height": h.height}
+                   for i, h in enumerate(hits)]
+        return {"synset": name, "concept": self.concept(sid), "total": total, "offset": offset, "limit": limit,
+                "min_score": min_score, "only_self": only_self, "by": hits.by, "notes": hits.notes,
+                "results": results}
 
     # -- maps and pictures ------------------------------------------------------------------------
     def saliency(self, image: StoredImage, sid: int, only_self: bool = False) -> np.ndarray:
