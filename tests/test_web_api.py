@@ -6,9 +6,11 @@ pictures) and shared with tests/test_web_browser.py through `web_db`.
 
 from __future__ import annotations
 
+
 import dataclasses
 import io
 import re
+import shutil
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -500,3 +502,30 @@ def test_serve_reports_a_busy_port_and_a_missing_database(web_db, tmp_path):
     assert "port is in use" in result.output and "--port" in result.output
     result = CliRunner().invoke(cli, ["--db", str(tmp_path / "none.duckdb"), "serve", "--port", "0"])
     assert result.exit_code == 2 and "no database at" in result.output
+
+
+def test_the_explorer_is_a_user_of_the_python_api(web_db, tmp_path):
+    """The explorer reads through a read-only convis_db.Database: its search, counts, stats and maps
+    are the API's (and a writable Database is refused, so the explorer never holds a writer)."""
+    import convis_db
+    from convis_db.errors import UsageError
+    from convis_db.web.explorer import Explorer
+
+    db = convis_db.open(web_db, device="cpu")
+    explorer = Explorer(db)
+    try:
+        assert explorer.db is db and explorer.con is db.con
+        found = explorer.search("entity.n.01", limit=2, offset=1)
+        hits = db.search("entity.n.01", offset=1, limit=2)
+        assert [r["image_id"] for r in found["results"]] == [h.image_id for h in hits]
+        assert found["total"] == db.count("entity.n.01") and found["by"] == hits.by
+        image = explorer.image(1)
+        sid = explorer.synset_id("entity.n.01")
+        np.testing.assert_array_equal(explorer.saliency(image, sid), db.map(1, "entity.n.01").values)
+        assert explorer.stats()["images"] == db.stats()["images"]
+    finally:
+        explorer.close()
+    copy = tmp_path / "copy.duckdb"  # the module's app holds web_db open read-only
+    shutil.copyfile(web_db, copy)
+    with convis_db.open(copy, device="cpu", write=True) as writer, pytest.raises(UsageError, match="read-only"):
+        Explorer(writer)
