@@ -6,7 +6,6 @@ pictures) and shared with tests/test_web_browser.py through `web_db`.
 
 from __future__ import annotations
 
-
 import dataclasses
 import io
 import re
