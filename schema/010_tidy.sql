@@ -19,6 +19,12 @@ ALTER TABLE concept_index RENAME COLUMN peak_y TO work_peak_y;
 ALTER TABLE concept_index RENAME COLUMN self_peak_x TO work_self_peak_x;
 ALTER TABLE concept_index RENAME COLUMN self_peak_y TO work_self_peak_y;
 
+-- original_px(v, scale): a working-pixel coordinate (a peak) as the original pixel that holds the centre of
+-- its working pixel, floor((v + 0.5) * scale) with scale = images.scale; the views below use it, and it
+-- equals convis_db.engine.pixels.original_point (and the round((v + 0.5) * scale - 0.5) of the views
+-- before 010, DuckDB rounding halves away from zero).
+CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
+
 -- All scores of one concept, indexed or not yet indexed: what search reads. Peaks in working pixels.
 CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
@@ -33,8 +39,8 @@ CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
 -- Every concept's scores for every image, peaks in original pixels (image-level scores NULL where not computed).
 CREATE OR REPLACE VIEW image_concepts AS
 SELECT sc.image_id, i.path, s.name AS synset, sc.synset_id, sc.score,
-       CAST(round((sc.work_peak_x + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_x,
-       CAST(round((sc.work_peak_y + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_y,
+       original_px(sc.work_peak_x, i.scale) AS peak_x,
+       original_px(sc.work_peak_y, i.scale) AS peak_y,
        sc.self_score, s.depth, s.definition,
        sc.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score,
        sc.image_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_self_score
@@ -58,8 +64,8 @@ WITH chosen AS (
 ), rows AS (
     SELECT cr.image_id, i.path, cr.score AS map_score,
            cr.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score,
-           CAST(round((cr.work_peak_x + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_x,
-           CAST(round((cr.work_peak_y + 0.5) * i.scale - 0.5) AS INTEGER) AS peak_y
+           original_px(cr.work_peak_x, i.scale) AS peak_x,
+           original_px(cr.work_peak_y, i.scale) AS peak_y
     FROM concept_rows((SELECT synset_id FROM synsets WHERE name = concept)) cr
     JOIN images i ON i.image_id = cr.image_id
 )

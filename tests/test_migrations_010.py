@@ -204,3 +204,25 @@ def test_readme_cosine_example_equals_numpy(filled_db):
     assert [g[0] for g in got] == [names[i] for i in order]
     np.testing.assert_allclose([g[1] for g in got], np.round(cos[order], 4), atol=1e-4)
     np.testing.assert_allclose([r[0] for r in fixed], cos, atol=1e-5)
+
+
+def test_original_px_macro_is_the_one_pixel_conversion(filled_db):
+    """The views' peaks go through original_px, which equals engine.pixels.original_points on every
+    value, halves included (where Python's round() would round to even)."""
+    from convis_db.engine.pixels import original_points
+
+    rng = np.random.default_rng(1)
+    v = np.concatenate([np.arange(0, 40), rng.integers(0, 2000, 200)]).astype(np.int64)
+    scale = np.concatenate([np.full(40, 2.0), rng.uniform(0.5, 8.0, 200)])
+    con = connect(filled_db)
+    try:
+        got = con.execute("SELECT original_px(v, s) FROM (SELECT unnest(?::BIGINT[]) AS v, unnest(?::DOUBLE[]) AS s)",
+                          [v.tolist(), scale.tolist()]).fetchnumpy()
+        np.testing.assert_array_equal(next(iter(got.values())), original_points(v, scale))
+        rows = con.execute("""SELECT ic.peak_x, ic.peak_y, sc.work_peak_x, sc.work_peak_y, i.scale FROM image_concepts ic
+                              JOIN image_scores sc USING (image_id, synset_id) JOIN images i USING (image_id)""").fetchall()
+    finally:
+        con.close()
+    px, py, wx, wy, s = (np.array(c) for c in zip(*rows))
+    np.testing.assert_array_equal(px, original_points(wx, s))
+    np.testing.assert_array_equal(py, original_points(wy, s))
