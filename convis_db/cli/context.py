@@ -8,13 +8,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import duckdb
-
 import click
 
 from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED
 from convis_db.progress import Progress, tqdm_progress
-from convis_db.store.db import connect, require_initialised
 
 if TYPE_CHECKING:
     from convis_db.api import Database
@@ -42,16 +39,6 @@ class App:
             yield db
         finally:
             db.close()
-
-    @contextlib.contextmanager
-    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """The database opened read-only for a query command, checked to hold a hierarchy, then closed."""
-        con = connect(self.db)
-        try:
-            require_initialised(con, self.db)
-            yield con
-        finally:
-            con.close()
 
 
 pass_app = click.make_pass_decorator(App)
