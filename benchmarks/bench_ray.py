@@ -79,7 +79,7 @@ def main() -> None:
         init_s = time.perf_counter() - t
         t = time.perf_counter()
         rep = ray_ingest(ray_db, [folder], shards_dir=tmp / "shards", shard_size=args.shard_size, workers=1,
-                         batch_size=args.batch_size, options=settings.as_dict())
+                         batch_size=args.batch_size, settings=settings)
         ray_s = time.perf_counter() - t
         ray.shutdown()
         assert rep.count("ingested") == args.images, rep.summary()
