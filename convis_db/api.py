@@ -341,8 +341,6 @@ class Database:
                                     batch_size=batch_size, hierarchy=self.hierarchy)
         return self._maps
 
-    _map_service = map_service
-
     # -- writing -----------------------------------------------------------------------------
     def ingest(self, paths: str | Path | Iterable[str | Path] = (), *, recursive: bool = False,
                settings: SettingsRequest = None, progress: ProgressArg = False, retry_failed: bool = False,
@@ -458,7 +456,7 @@ class Database:
         from convis_db.query.regions import DEFAULT_MIN_SCORE, find_regions
 
         rows = find_regions(self.con, concept, DEFAULT_MIN_SCORE if min_score is None else min_score,
-                            image=None if image is None else str(image), limit=limit, service=self._map_service())
+                            image=None if image is None else str(image), limit=limit, service=self.map_service())
         return [_from_dict(Region, r) for r in rows]
 
     def explain(self, image: str | int, *, depth: int = 4, top: int = 3, root: str = "entity.n.01") -> Explanation:
@@ -511,7 +509,7 @@ class Database:
         Example:
             >>> m = db.map(1, "dog.n.01"); m.values.shape                  # doctest: +SKIP
         """
-        return Map(self._map_service().for_ref(str(image), concept, only_self))
+        return Map(self.map_service().for_ref(str(image), concept, only_self))
 
     def mutual(self, image: str | Path | np.ndarray, labels: list[str], **options):
         """Why CLIP predicts one of `labels` for `image`: the concepts its vision and language encoders

@@ -74,9 +74,9 @@ class DatabaseProfile:
 
         return spec_from_row(self.model)
 
-    @property
+    @cached_property
     def settings(self) -> Settings:
-        """The settings new images get when nothing is asked for."""
+        """The settings new images get when nothing is asked for (worked out once)."""
         return self.settings_for(None)
 
     def notes(self) -> list[str]:

@@ -8,7 +8,6 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from convis_db.engine.settings import Settings
 from convis_db.errors import DatabaseError
@@ -18,6 +17,7 @@ from convis_db.store.db import connect
 from convis_db.store.image_store import (EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings,
                                          work_peak_select)
 from schema_history import copy_into_schema_below
+from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 
@@ -25,9 +25,7 @@ SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compact")
-    rng = np.random.default_rng(11)
-    for i in range(2):
-        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    write_noise_pngs(folder, [(70, 90)] * 2, seed=11)
     return folder
 
 

@@ -16,12 +16,12 @@ import time
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor, collect_image_paths
 from convis_db.store.db import connect
 from convis_db.store.shards import plan_shards
+from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
 #: The same settings as CLI options (the window layout is the database's, not an option).
@@ -34,9 +34,7 @@ OPTIONS = ["--max-pixels", "9000", "--stride", "16", "--small", "32", "--large",
 def collection(tmp_path_factory):
     """Five images, a duplicate of one of them under another name, and an empty (bad) file."""
     folder = tmp_path_factory.mktemp("collection")
-    rng = np.random.default_rng(7)
-    for i in range(5):
-        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    write_noise_pngs(folder, [(70, 90)] * 5, seed=7)
     shutil.copyfile(folder / "img_2.png", folder / "img_2_copy.png")
     (folder / "empty.png").write_bytes(b"")
     return folder
@@ -213,32 +211,31 @@ def test_only_the_ray_engine_imports_ray():
     assert all(col > 0 for col in found["ray_ingest.py"])  # indented: inside functions only
 
 
-def _job(db, shards):
-    from convis_db.distributed.shard_worker import ShardJob
-    from convis_db.store.hierarchy_store import load_hierarchy
-    from convis_db.store.image_store import embedding_storage
-    from convis_db.store.model_store import load_definition_embeddings, model_row, spec_from_row
+def _write_shards(db, shards, collection) -> None:
+    """Explain `collection` into shards of 4 files with the shard worker in this process (no Ray), from
+    a job read as the Ray driver reads it (the database's profile)."""
+    from convis_db.distributed.shard_worker import ShardJob, build_engine, explain_shard
+    from convis_db.profile import read_profile
 
     con = connect(db)
     try:
-        return ShardJob(spec=spec_from_row(model_row(con, 1)), definitions=load_definition_embeddings(con, 1),
-                        levels=load_hierarchy(con).propagation_levels, settings=SETTINGS,
-                        storage=embedding_storage(con), shards_dir=str(shards), batch_size=16)
+        profile = read_profile(con, str(db))
+        definitions, levels = profile.engine_inputs(con)
+        job = ShardJob(spec=profile.spec, definitions=definitions, levels=levels, settings=SETTINGS,
+                       storage=profile.embeddings, shards_dir=str(shards), batch_size=16)
     finally:
         con.close()
+    engine = build_engine(job, torch.device("cpu"))
+    files, _ = collect_image_paths([collection], recursive=False)
+    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
+        explain_shard(engine, job, name, chunk)
 
 
 def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collection, plain_db, tmp_path, run_cli):
     """The shard worker needs no Ray: shards it writes in this process merge into the plain
     ingest's rows; a shard explained under other settings is refused with the difference named."""
-    from convis_db.distributed.shard_worker import build_engine, explain_shard
-
     shards = tmp_path / "shards"
-    job = _job(tiny_db, shards)
-    engine = build_engine(job, torch.device("cpu"))
-    files, _ = collect_image_paths([collection], recursive=False)
-    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
-        explain_shard(engine, job, name, chunk)
+    _write_shards(tiny_db, shards, collection)
     db = tmp_path / "merged.duckdb"
     shutil.copyfile(tiny_db, db)
     res = run_cli("--db", db, "merge", shards, "--json")
@@ -262,16 +259,11 @@ def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db
     named peak_x ... as before schema 010) merges into the same rows as a plain ingest."""
     import pyarrow.parquet as pq
 
-    from convis_db.distributed.shard_worker import build_engine, explain_shard
     from convis_db.store.image_store import WORK_PEAK_COLUMNS
     from convis_db.store.shards import MANIFEST, finished_shards
 
     shards = tmp_path / "shards"
-    job = _job(tiny_db, shards)
-    engine = build_engine(job, torch.device("cpu"))
-    files, _ = collect_image_paths([collection], recursive=False)
-    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
-        explain_shard(engine, job, name, chunk)
+    _write_shards(tiny_db, shards, collection)
     for folder in finished_shards(shards).values():  # rewrite as a convis-db before schema 010 wrote it
         scores = pq.read_table(folder / "image_scores.parquet")
         assert "work_peak_x" in scores.column_names

@@ -11,23 +11,17 @@ import threading
 
 import numpy as np
 import torch
-from PIL import Image
 
 from convis_db.engine.settings import Settings
 from convis_db.errors import ImageError
 from convis_db.ingest import Ingestor
+from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=32, small=32, large=64, top_k=5)
 
 
 def _images(folder, n, seed=0):
-    rng = np.random.default_rng(seed)
-    paths = []
-    for i in range(n):
-        p = folder / f"img_{i:02d}.png"
-        Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(p)
-        paths.append(p)
-    return paths
+    return write_noise_pngs(folder, [(70, 90)] * n, seed, "img_{i:02d}.png")
 
 
 def test_outcomes_follow_file_order_and_adjacent_duplicates_are_skipped(tiny_db_copy, tmp_path):

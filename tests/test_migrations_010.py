@@ -10,7 +10,6 @@ import duckdb
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from schema_history import copy_into_schema_below
 
 from convis_db.engine.settings import Settings
@@ -18,6 +17,7 @@ from convis_db.ingest import Ingestor
 from convis_db.store.db import connect
 from convis_db.store.image_store import work_peak_columns
 from convis_db.store.migrations import applied_versions, has_column
+from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 CPU = torch.device("cpu")
@@ -30,9 +30,7 @@ PROFILE_COLUMNS = ["model_id", "model", "pretrained", "is_random", "embed_dim", 
 def filled_db(tiny_db, tmp_path_factory):
     """tiny_db (current schema) with two ingested images."""
     folder = tmp_path_factory.mktemp("images010")
-    rng = np.random.default_rng(10)
-    for i, (h, w) in enumerate([(70, 90), (90, 64)]):
-        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"img_{i}.png")
+    write_noise_pngs(folder, [(70, 90), (90, 64)], seed=10)
     db = tmp_path_factory.mktemp("filled010") / "filled.duckdb"
     shutil.copyfile(tiny_db, db)
     with Ingestor(db, device=CPU, settings=SETTINGS, batch_size=16) as ing:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import convis_db
 from convis_db.engine.settings import Settings
@@ -17,6 +15,7 @@ from convis_db.errors import DatabaseError, UsageError
 from convis_db.ingest import Ingestor
 from convis_db.profile import read_profile
 from convis_db.store.db import connect
+from noise_images import write_noise_pngs
 
 CPU = torch.device("cpu")
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
@@ -25,8 +24,7 @@ SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)
 @pytest.fixture(scope="module")
 def stored_db(tiny_db, tmp_path_factory):
     folder = tmp_path_factory.mktemp("profile-images")
-    rng = np.random.default_rng(3)
-    Image.fromarray(rng.integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(folder / "a.png")
+    write_noise_pngs(folder, [(70, 90)], seed=3)
     db = tmp_path_factory.mktemp("profile") / "stored.duckdb"
     shutil.copyfile(tiny_db, db)
     with Ingestor(db, device=CPU, settings=SETTINGS, batch_size=16) as ing:
@@ -80,8 +78,12 @@ def test_a_model_the_images_do_not_use_is_refused(stored_db, tmp_path, tiny_conf
         assert read_profile(con, str(db)).model_id == 1   # the stored images' model, not the newest
         with pytest.raises(DatabaseError, match="one database holds one model's explanations"):
             read_profile(con, str(db), model=str(tiny_config), pretrained="none")
+    finally:
+        con.close()
+    con = connect(stored_db)  # a model never embedded there (a local config: nothing is downloaded)
+    try:
         with pytest.raises(DatabaseError, match="is not in"):
-            read_profile(con, str(db), model="RN50", pretrained="openai")
+            read_profile(con, str(stored_db), model=str(tiny_config), pretrained="none")
     finally:
         con.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import click
@@ -48,13 +47,6 @@ def settings_from(decomposition, n_concepts, topk, language_topk, foreground_met
     return MutualSettings(decomposition=decomposition, n_concepts=n_concepts, topk=topk, language_topk=language_topk,
                           foreground=not no_foreground, foreground_method=foreground_method,
                           optimal_transport=not no_ot)
-
-
-@contextlib.contextmanager
-def open_for(app: App, write: bool):
-    """The database (read-only, or for writing: stored explanations or a new descriptor bank)."""
-    with app.database(write=write) as db:
-        yield db
 
 
 def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
@@ -115,7 +107,7 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
-    with open_for(app, write=needs_writer(app, store, descriptors)) as db:
+    with app.database(write=needs_writer(app, store, descriptors)) as db:
         con = db.con
         path = _resolve_image(con, image)
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
@@ -188,7 +180,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     classes, folder_map = read_labels_file(labels_file) if labels_file else (parse_labels(labels, None), {})
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
-    with open_for(app, write=needs_writer(app, store, descriptors)) as db:
+    with app.database(write=needs_writer(app, store, descriptors)) as db:
         con = db.con
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
                                                      descriptors, store_bank=descriptors is not None,

@@ -143,7 +143,7 @@ def convis_for_database(db: Database, only_self: bool = False, batch_size: int |
     """ConVis maps of a database's model, hierarchy and settings (on its device and precision), from
     its map service."""
     maps = db.map_service(batch_size)
-    return ConVisExplainer(maps.engine(), lambda concept: maps.concept_ids(concept), only_self, maps)
+    return ConVisExplainer(maps.engine(), maps.concept_ids, only_self, maps)
 
 
 def grad_eclip_for_database(db: Database, text: str | None = None,

@@ -112,7 +112,6 @@ class Explorer:
         st = os.stat(self.db_path)
         self._identity = f"{os.path.abspath(self.db_path)}:{st.st_mtime_ns}:{st.st_size}"
         self._images: dict[int, StoredImage] = {}
-        self._descendants: dict[int, np.ndarray] = {}
         self._file_status: dict[int, str] = {}
         self.saliency_cache = LRUCache("saliency", budget.saliency)
         self.png_cache = LRUCache("png", budget.png)
@@ -146,15 +145,6 @@ class Explorer:
             with self._db_lock:
                 sid = find_synset_name(self.con, name)
         return sid
-
-    def descendants(self, sid: int) -> np.ndarray:
-        ids = self._descendants.get(sid)
-        if ids is None:
-            ids = self.hierarchy.descendants(sid)
-            if len(self._descendants) > 4096:
-                self._descendants.clear()
-            self._descendants[sid] = ids
-        return ids
 
     def scores(self, image: StoredImage) -> ImageScores:
         cached = self.score_cache.get(image.image_id)
@@ -315,7 +305,7 @@ class Explorer:
             hit = self.saliency_cache.get(key, count=False)
             if hit is not None:
                 return hit
-            ids = np.array([sid], np.int64) if only_self else self.descendants(sid)
+            _, ids = self._maps.concept_ids(self.names[sid], only_self)
             sims = self._maps.stored_windows(image)  # re-encoded from the file with --embeddings none
             saliency = self._maps.saliency(sims, image.grid, ids, ("stored", image.image_id))
             self.saliency_cache.put(key, saliency, saliency.nbytes)
