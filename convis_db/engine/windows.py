@@ -15,8 +15,10 @@ Where a patch reaches past any border it is filled with the model's mean colour 
 normalisation), which is deterministic and carries no image content. The small patch of a window
 shares the large patch's top-left corner (`small_boxes`), in both layouts.
 
-Patches are cut from one padded image tensor with `unfold` (a view, no copies) and resized to the
-model's input size with one `interpolate` call per batch: no per-window PIL work.
+Patches are cut from one padded image tensor and resized to the model's input size straight into the
+caller's batch buffer (reused from batch to batch): on the CPU, when upsampling, by the exact separable
+kernel of engine/resize.py (the width pass shared by the windows of one lattice column); elsewhere
+with one `interpolate` call per batch on an `unfold` view. No per-window PIL work either way.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from convis_db.engine.resize import exact_resizer
 
 #: The lattice layouts; see the module docstring.
 LAYOUTS = ("equal", "origin")
@@ -106,6 +110,11 @@ def normalise(image_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float,
     return (image_u8.float() / 255.0 - m) / s
 
 
+#: The most bytes the shared width pass of one patch side may hold for a whole image; a larger image
+#: (far past the paper's settings) computes it for each batch's band of lattice rows instead.
+ROW_PASS_BYTES = 256 * 2**20
+
+
 class PatchCutter:
     """Cuts and resizes the small and large patches of any range of windows of one image."""
 
@@ -114,12 +123,50 @@ class PatchCutter:
         self.out_size = out_size
         before = -grid.origin  # the first corner sits `before` pixels left of / above the image
         after = grid.large     # enough for the last window's large patch
-        padded = F.pad(image_norm, (before, after, before, after), value=0.0)
+        padded = F.pad(image_norm, (before, after, before, after), value=0.0).contiguous()
+        self._padded = padded
         self._views = {size: padded.unfold(1, size, grid.stride).unfold(2, size, grid.stride)
                        for size in {grid.small, grid.large}}
+        cpu = padded.device.type == "cpu" and padded.dtype == torch.float32
+        self._exact = {size: exact_resizer(size, out_size) if cpu else None for size in {grid.small, grid.large}}
+        self._rows: dict[int, tuple[int, torch.Tensor]] = {}  # size -> (first padded row, width pass)
 
     def patches(self, size: int, start: int, stop: int) -> torch.Tensor:
-        """(stop-start, 3, out, out) resized patches of side `size` for windows [start, stop)."""
+        """(stop-start, 3, out, out) resized patches of side `size` for windows [start, stop) (a new tensor)."""
+        out = torch.empty(stop - start, 3, self.out_size, self.out_size, device=self._padded.device)
+        self.patches_into(size, start, stop, out)
+        return out
+
+    def patches_into(self, size: int, start: int, stop: int, out: torch.Tensor) -> None:
+        """Write the resized patches of side `size` of windows [start, stop) into `out` ((stop-start, 3, out, out),
+        contiguous: a slice of a reused batch buffer)."""
+        resizer = self._exact[size]
+        if resizer is None:
+            out.copy_(self._torch_patches(size, start, stop))
+            return
+        r, c = np.divmod(np.arange(start, stop), self.grid.cols)
+        first, rows = self._row_pass(resizer, size, int(r[0]) * self.grid.stride,
+                                     int(r[-1]) * self.grid.stride + size)
+        resizer.height_pass_into(rows, c, r * self.grid.stride - first, out)
+        if stop == self.grid.n_windows:
+            self._rows.pop(size, None)  # the image's last window: free the width pass
+
+    def _row_pass(self, resizer, size: int, top: int, bottom: int) -> tuple[int, torch.Tensor]:
+        """The width pass of every lattice column over padded rows [top, bottom) (or more): the whole image's
+        once when it fits ROW_PASS_BYTES, else the band asked for."""
+        held = self._rows.get(size)
+        if held is not None and held[0] <= top and held[0] + held[1].shape[2] >= bottom:
+            return held
+        columns = np.arange(self.grid.cols) * self.grid.stride
+        height = self._padded.shape[1]
+        if len(columns) * 3 * height * self.out_size * 4 > ROW_PASS_BYTES:
+            height, image = bottom - top, self._padded[:, top:bottom]
+        else:
+            top, image = 0, self._padded
+        self._rows[size] = (top, resizer.width_pass(image.contiguous(), columns))
+        return self._rows[size]
+
+    def _torch_patches(self, size: int, start: int, stop: int) -> torch.Tensor:
         view = self._views[size]  # (3, R', C', size, size) with R' >= rows, C' >= cols
         idx = torch.arange(start, stop, device=view.device)
         r, c = idx // self.grid.cols, idx % self.grid.cols
