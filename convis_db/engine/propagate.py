@@ -11,13 +11,26 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from convis_db.engine.kernels import load_kernels, split_rows
+
 
 class Propagator:
     def __init__(self, levels: list[tuple[np.ndarray, np.ndarray]], device: torch.device):
         self.levels = [(torch.from_numpy(p).to(device), torch.from_numpy(c).to(device)) for p, c in levels]
+        # On the CPU, one numba pass over the edges (level by level, children first) does the same
+        # maxima with vectorised row maxima instead of torch's scatter_reduce.
+        self._edges = (np.concatenate([np.asarray(p, np.int64) for p, _ in levels] or [np.zeros(0, np.int64)]),
+                       np.concatenate([np.asarray(c, np.int64) for _, c in levels] or [np.zeros(0, np.int64)]))
 
     def max_over_descendants_t(self, values_t: torch.Tensor) -> torch.Tensor:
         """(n, W) synset-major -> (n, W) where row s holds the max over s and all its descendants."""
+        kernels = load_kernels() if values_t.device.type == "cpu" else None
+        if kernels is not None:
+            out = values_t.contiguous().clone()
+            arr = out.numpy()
+            parents, children = self._edges
+            split_rows(arr.shape[1], lambda a, b: kernels.propagate_max(arr, parents, children, a, b))
+            return out
         out = values_t.clone()
         width = out.shape[1]
         for parents, children in self.levels:

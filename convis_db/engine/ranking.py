@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from convis_db.engine.kernels import load_kernels, split_rows
+
 log = logging.getLogger(__name__)
 
 
@@ -128,8 +130,14 @@ def _rank_rows_numpy(z: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
-    """The CPU path: numpy's sort (about twice torch's on CPU), rows split across threads (numpy
-    releases the GIL while sorting)."""
+    """The CPU path: with numba, each row is sorted once as 64-bit keys (cosine order, then index: numpy's
+    vectorised sort of integers) and one pass over the sorted row gives every count and the top-k. Where two
+    of a row's k + 1 highest cosines are equal, that row's top-k comes from numpy's argsort, as before,
+    so that ties keep their former order. Without numba: numpy's argsort and array passes (about three
+    times the CPU time; the same results)."""
+    kernels = load_kernels()
+    if kernels is not None and z.dtype == np.float32 and z.shape[1] < 2**32:
+        return _rank_cpu_kernels(kernels, np.ascontiguousarray(z), top_k)
     from concurrent.futures import ThreadPoolExecutor
 
     threads = max(1, min(torch.get_num_threads(), len(z) // 64 or 1))
@@ -142,3 +150,25 @@ def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
     rank_less, top_ids, top_rank = (np.concatenate([p[i] for p in parts]) for i in range(3))
     return Ranking(torch.from_numpy(rank_less), torch.from_numpy(np.ascontiguousarray(top_ids)).long(),
                    torch.from_numpy(np.ascontiguousarray(top_rank)))
+
+
+def _rank_cpu_kernels(kernels, z: np.ndarray, top_k: int) -> Ranking:
+    rows, n = z.shape
+    k = min(top_k, n)
+    keys = np.empty((rows, n), np.uint64)
+    rank_less = np.empty((rows, n), np.int32)
+    top_ids = np.empty((rows, k), np.int64)
+    top_rank = np.empty((rows, k), np.int32)
+    tied = np.empty(rows, np.bool_)
+
+    def run(first: int, last: int) -> None:
+        kernels.sort_keys(z, keys, first, last)
+        keys[first:last].sort(axis=1)
+        kernels.ranks_from_sorted_keys(z, keys, rank_less, top_ids, top_rank, tied, first, last)
+
+    split_rows(rows, run)
+    for i in np.flatnonzero(tied):  # equal cosines among the top: numpy's order, as the former code
+        ids = np.argsort(z[i])[-k:][::-1]
+        top_ids[i] = ids
+        top_rank[i] = rank_less[i, ids]
+    return Ranking(torch.from_numpy(rank_less), torch.from_numpy(top_ids), torch.from_numpy(top_rank))

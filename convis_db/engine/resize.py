@@ -16,20 +16,21 @@ by trying the known forms against `F.interpolate` on random crops once per (patc
 side) per process, and a build where none matches bit for bit keeps `F.interpolate` (logged).
 Only upsampling without antialiasing is done here; shrinking (antialiased) stays with torch.
 
-The kernel is compiled by numba (a dependency; without it, or where numba fails, torch's path is
-used). It releases the GIL, and the patches are split across `torch.get_num_threads()` threads.
+The kernels are compiled by numba (engine/cpu_kernels.py; without numba, or where it fails, torch's
+path is used). It releases the GIL, and the patches are split across `torch.get_num_threads()` threads.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from convis_db.engine.kernels import load_kernels, split_rows
 
 log = logging.getLogger(__name__)
 
@@ -72,16 +73,10 @@ def _bicubic_taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(index), np.ascontiguousarray(weights)
 
 
-@functools.lru_cache(maxsize=1)
 def _kernel():
-    """(horizontal, vertical): the numba kernels (engine/resize_kernels.py, imported on first use and
-    cached on disk by numba); None without numba."""
-    try:
-        from convis_db.engine import resize_kernels
-    except ImportError:
-        log.info("numba is not installed: patches are resized with torch's F.interpolate")
-        return None
-    return resize_kernels.horizontal, resize_kernels.vertical
+    """(horizontal, vertical): the numba kernels, or None without numba."""
+    kernels = load_kernels()
+    return None if kernels is None else (kernels.horizontal, kernels.vertical)
 
 
 @dataclass(frozen=True)
@@ -101,8 +96,8 @@ class CropResizer:
         xs = np.ascontiguousarray(xs, dtype=np.int64)
         rows = torch.empty(len(xs), image.shape[0], image.shape[1], self.out)
         img, dst = image.numpy(), rows.numpy()
-        _split(len(xs), threads, lambda a, b: horizontal(img, xs, self.size, self.index, self.weight, self.mode,
-                                                         dst, a, b))
+        split_rows(len(xs), lambda a, b: horizontal(img, xs, self.size, self.index, self.weight, self.mode, dst, a, b),
+                   threads)
         return rows
 
     def height_pass_into(self, rows: torch.Tensor, cols: np.ndarray, ys: np.ndarray, out: torch.Tensor,
@@ -113,7 +108,7 @@ class CropResizer:
         cols = np.ascontiguousarray(cols, dtype=np.int64)
         ys = np.ascontiguousarray(ys, dtype=np.int64)
         src, dst = rows.numpy(), out.numpy()
-        _split(len(ys), threads, lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, a, b))
+        split_rows(len(ys), lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, a, b), threads)
 
     def resize_into(self, image: torch.Tensor, ys: np.ndarray, xs: np.ndarray, out: torch.Tensor,
                     threads: int | None = None) -> None:
@@ -121,17 +116,6 @@ class CropResizer:
         (3, H, W) float32 contiguous CPU tensor)."""
         columns, cols = np.unique(np.asarray(xs), return_inverse=True)
         self.height_pass_into(self.width_pass(image, columns, threads), cols.reshape(-1), ys, out, threads)
-
-
-def _split(n: int, threads: int | None, run) -> None:
-    """run(first, last) over [0, n) in `threads` contiguous parts at once (the kernels release the GIL)."""
-    threads = max(1, min(threads or torch.get_num_threads(), n))
-    if threads == 1:
-        run(0, n)
-        return
-    bounds = np.linspace(0, n, threads + 1).astype(int)
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda k: run(int(bounds[k]), int(bounds[k + 1])), range(threads)))
 
 
 def torch_resize(crops: torch.Tensor, out: int) -> torch.Tensor:

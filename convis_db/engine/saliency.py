@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from convis_db.engine.kernels import load_kernels, split_rows
 from convis_db.engine.windows import WindowGrid
 
 
@@ -73,16 +74,25 @@ def segment_means(values_t: torch.Tensor, grid: WindowGrid, denominator: int) ->
     stays below 2**24 (checked), and in float64 otherwise.
     """
     ys, xs = grid_segments(grid)
-    k = values_t.shape[0]
     per_pixel_max = int(ys.counts.max()) * int(xs.counts.max()) * int(denominator)
     dtype = torch.float32 if per_pixel_max < 2**24 else torch.float64
     dev = values_t.device
-    ay = torch.from_numpy(coverage_matrix(ys, grid.rows)).to(dev, dtype)
-    ax = torch.from_numpy(coverage_matrix(xs, grid.cols)).to(dev, dtype)
-    v = values_t.reshape(k, grid.rows, grid.cols).to(dtype)
-    sums = torch.matmul(torch.matmul(ay, v), ax.T)  # (K, n_seg_y, n_seg_x), exact integers
+    sums = segment_sums(values_t, grid, dtype)
     counts = torch.from_numpy(np.outer(ys.counts, xs.counts).astype(np.float64)).to(dev)
     return sums.to(torch.float64) / (counts * denominator)
+
+
+def segment_sums(values_t: torch.Tensor, grid: WindowGrid, dtype: torch.dtype) -> torch.Tensor:
+    """(K, n_windows) integer counts -> (K, n_seg_y, n_seg_x) sums over each segment pair's covering windows,
+    A_y @ V @ A_x^T, as two large matrix products (not K small ones). The sums are exact integers in
+    `dtype` (see segment_means), so the order of the additions cannot change them."""
+    ys, xs = grid_segments(grid)
+    k, dev = values_t.shape[0], values_t.device
+    ay = torch.from_numpy(coverage_matrix(ys, grid.rows)).to(dev, dtype)
+    ax = torch.from_numpy(coverage_matrix(xs, grid.cols)).to(dev, dtype)
+    v = values_t.reshape(k * grid.rows, grid.cols).to(dtype)
+    t = (v @ ax.T).reshape(k, grid.rows, -1).transpose(0, 1).reshape(grid.rows, -1)  # (rows, K * n_seg_x)
+    return (ay @ t).reshape(len(ys.start), k, -1).transpose(0, 1)  # (K, n_seg_y, n_seg_x)
 
 
 @dataclass
@@ -99,10 +109,29 @@ def peaks(values_t: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int
     """
     ys, xs = grid_segments(grid)
     n_x = len(xs.start)
+    kernels = load_kernels() if values_t.device.type == "cpu" else None
+    if kernels is not None:  # one numba pass per synset row: box sums, means and the first peak
+        values = values_t.contiguous().numpy()
+        best = np.empty(len(values), np.float64)
+        where = np.empty(len(values), np.int64)
+        split_rows(len(values), lambda a, b: kernels.segment_peaks(
+            values, grid.rows, grid.cols, ys.lo, ys.hi, xs.lo, xs.hi, float(denominator), best, where, a, b))
+        return Peaks(best, xs.centres[where % n_x].astype(np.int32), ys.centres[where // n_x].astype(np.int32))
+    # Where every segment is covered by as many windows (the 'equal' layout when the stride divides the
+    # large side), the map is the window sums over one constant: its peak and first peak location are
+    # those of the exact integer sums, so the float64 means are made for the peaks only.
+    count = int(ys.counts[0]) * int(xs.counts[0])
+    uniform = bool((ys.counts == ys.counts[0]).all() and (xs.counts == xs.counts[0]).all())
+    small_sums = int(ys.counts.max()) * int(xs.counts.max()) * int(denominator) < 2**24
     score, px, py = [], [], []
     for start in range(0, values_t.shape[0], chunk):
-        means = segment_means(values_t[start:start + chunk], grid, denominator)
-        best, where = means.reshape(means.shape[0], -1).max(dim=1)
+        if uniform and small_sums:
+            sums = segment_sums(values_t[start:start + chunk], grid, torch.float32)
+            best, where = sums.reshape(sums.shape[0], -1).max(dim=1)
+            best = best.to(torch.float64) / (count * denominator)
+        else:
+            means = segment_means(values_t[start:start + chunk], grid, denominator)
+            best, where = means.reshape(means.shape[0], -1).max(dim=1)
         where = where.cpu().numpy()
         score.append(best.cpu().numpy())
         py.append(ys.centres[where // n_x])

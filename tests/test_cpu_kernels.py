@@ -1,0 +1,69 @@
+"""The numba CPU kernels of ranking, propagation and map peaks give exactly what the torch/numpy code they
+replace gives (that code still runs where numba is missing, and on GPUs): counts, top-k ids and their
+order, maxima over descendants, peak values and first peak locations, ties included."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from convis_db.engine import propagate, ranking, saliency
+from convis_db.engine.windows import WindowGrid
+
+pytest.importorskip("numba", reason="the CPU kernels are compiled by numba (a dependency)")
+
+
+def without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (ranking, propagate, saliency):
+        monkeypatch.setattr(module, "load_kernels", lambda: None)
+
+
+@pytest.mark.parametrize("ties", ["none", "quantised", "duplicate columns"])
+def test_ranking_kernel_equals_numpy(ties: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    z = rng.uniform(-1, 1, (300, 1500)).astype(np.float32)
+    if ties == "quantised":
+        z = np.round(z * 40) / 40  # many equal cosines everywhere, the top included
+    elif ties == "duplicate columns":
+        z[:, 700:720] = z[:, 10:30]  # synsets with equal definitions
+        z[:5, 3] = z[:5, 4] = 1.0    # an exact tie for the best
+        z[5, 0] = -0.0
+        z[5, 1] = 0.0
+    z = torch.from_numpy(np.ascontiguousarray(z, np.float32))
+    got = ranking.rank_from_similarities(z, 100)
+    without_kernels(monkeypatch)
+    want = ranking.rank_from_similarities(z, 100)
+    assert torch.equal(got.rank_less, want.rank_less)
+    assert torch.equal(got.top_ids, want.top_ids)
+    assert torch.equal(got.top_rank_less, want.top_rank_less)
+    assert got.top_ids.dtype == want.top_ids.dtype and got.rank_less.dtype == want.rank_less.dtype
+
+
+def test_propagation_kernel_equals_scatter(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A DAG: 0 <- {1, 2}, 1 <- {3, 4}, 2 <- {4, 5} (4 has two parents), levels children-first.
+    levels = [(np.array([1, 1, 2, 2]), np.array([3, 4, 4, 5])), (np.array([0, 0]), np.array([1, 2]))]
+    values = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, (6, 77)).astype(np.int32))
+    got = propagate.Propagator(levels, torch.device("cpu")).max_over_descendants_t(values)
+    without_kernels(monkeypatch)
+    want = propagate.Propagator(levels, torch.device("cpu")).max_over_descendants_t(values)
+    assert torch.equal(got, want)
+    assert torch.equal(got[0], values.max(dim=0).values)
+
+
+@pytest.mark.parametrize("layout,stride", [("equal", 16), ("origin", 16), ("equal", 24)])
+def test_peaks_kernel_equals_segment_means(layout: str, stride: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    grid = WindowGrid(150, 211, stride, 64, 128, layout)
+    values = torch.from_numpy(np.random.default_rng(2).integers(0, 500, (40, grid.n_windows)).astype(np.int32))
+    values[:, ::5] = 499  # ties between segments: the first in row-major order wins
+    values[3] = 7         # a flat map
+    got = saliency.peaks(values, grid, 500, chunk=16)
+    without_kernels(monkeypatch)
+    want = saliency.peaks(values, grid, 500, chunk=16)
+    ys, xs = saliency.grid_segments(grid)
+    means = saliency.segment_means(values, grid, 500)  # the former computation, float64 means of every segment
+    best, where = means.reshape(len(values), -1).max(dim=1)
+    for peaks_ in (got, want):
+        np.testing.assert_array_equal(peaks_.score, best.numpy())
+        np.testing.assert_array_equal(peaks_.x, xs.centres[where.numpy() % len(xs.start)])
+        np.testing.assert_array_equal(peaks_.y, ys.centres[where.numpy() // len(xs.start)])
