@@ -43,29 +43,15 @@ def combine(v0, w0, v1, w1, v2, w2, v3, w3, mode):
 
 
 @njit(nogil=True, cache=True)
-def horizontal(image, xs, size, ix, wx, mode, rows, first, last):  # pragma: no cover - compiled
-    """rows[k, ch, y, :] = the width pass of image[ch, y, xs[k]:xs[k]+size] (every image row)."""
-    side = rows.shape[3]
-    for k in range(first, last):
-        x0 = xs[k]
-        for ch in range(image.shape[0]):
-            for y in range(image.shape[1]):
-                src = image[ch, y]
-                dst = rows[k, ch, y]
-                for x in range(side):
-                    dst[x] = combine(src[x0 + ix[x, 0]], wx[x, 0], src[x0 + ix[x, 1]], wx[x, 1],
-                                     src[x0 + ix[x, 2]], wx[x, 2], src[x0 + ix[x, 3]], wx[x, 3], mode)
-
-
-@njit(nogil=True, cache=True)
 def vertical(rows, cols, ys, iy, wy, mode, out, first, last):  # pragma: no cover - compiled
-    """out[p, ch] = the height pass over rows[cols[p], ch, ys[p]:ys[p]+size] (one crop each)."""
-    side = out.shape[3]
+    """out[p, ch, y, :] = the 4-tap sum over lines ys[p] + iy[y, :] of the plane rows[cols[p], ch], for
+    p in [first, last): the height pass of crop p (lines = rows of the width pass), or, on a transposed
+    image, the width pass of a lattice column (lines = image columns). Vectorised along the lines."""
     for p in range(first, last):
         y0 = ys[p]
         for ch in range(out.shape[1]):
             plane = rows[cols[p], ch]
-            for y in range(side):
+            for y in range(out.shape[2]):
                 r0 = plane[y0 + iy[y, 0]]
                 r1 = plane[y0 + iy[y, 1]]
                 r2 = plane[y0 + iy[y, 2]]
@@ -75,8 +61,42 @@ def vertical(rows, cols, ys, iy, wy, mode, out, first, last):  # pragma: no cove
                 a2 = wy[y, 2]
                 a3 = wy[y, 3]
                 dst = out[p, ch, y]
-                for x in range(side):
+                for x in range(out.shape[3]):
                     dst[x] = combine(r0[x], a0, r1[x], a1, r2[x], a2, r3[x], a3, mode)
+
+
+@njit(nogil=True, cache=True)
+def width_pass(columns, xs, ix, wx, mode, out, first, last):  # pragma: no cover - compiled
+    """out[p, ch, y, x] = the 4-tap sum along image row y for output column x of the crop columns starting at
+    xs[p], p in [first, last). `columns` is the image transposed, (3, W, H): each sum is vectorised along
+    the image's rows (lines), 16 output columns at a time, and written back row-major through a small tile."""
+    height = columns.shape[2]
+    side = out.shape[3]
+    block = 16
+    tile = np.empty((block, height), np.float32)
+    for p in range(first, last):
+        x0 = xs[p]
+        for ch in range(columns.shape[0]):
+            plane = columns[ch]
+            for xb in range(0, side, block):
+                width = min(block, side - xb)
+                for xi in range(width):
+                    x = xb + xi
+                    r0 = plane[x0 + ix[x, 0]]
+                    r1 = plane[x0 + ix[x, 1]]
+                    r2 = plane[x0 + ix[x, 2]]
+                    r3 = plane[x0 + ix[x, 3]]
+                    a0 = wx[x, 0]
+                    a1 = wx[x, 1]
+                    a2 = wx[x, 2]
+                    a3 = wx[x, 3]
+                    line = tile[xi]
+                    for y in range(height):
+                        line[y] = combine(r0[y], a0, r1[y], a1, r2[y], a2, r3[y], a3, mode)
+                dst = out[p, ch]
+                for y in range(height):
+                    for xi in range(width):
+                        dst[y, xb + xi] = tile[xi, y]
 
 
 @njit(nogil=True, cache=True)
@@ -135,11 +155,17 @@ def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best,
     """For rows [first, last) of values (K, rows * cols) integer window counts: the peak of the saliency map,
     best[k] = max over segment pairs (gy, gx) of sum(values[k] over windows lo..hi on both axes) /
     (count_y * count_x * denominator) in float64 (the same operations as saliency.segment_means), and
-    where[k] = the first such pair in row-major order. Sums are exact int64."""
+    where[k] = the first such pair in row-major order. Sums are exact int64 (2-D prefix sums); where every
+    pair has the same window count, sums are compared and only the peak is divided."""
     ny = lo_y.shape[0]
     nx = lo_x.shape[0]
+    uniform = True
+    for g in range(ny):
+        uniform = uniform and hi_y[g] - lo_y[g] == hi_y[0] - lo_y[0]
+    for g in range(nx):
+        uniform = uniform and hi_x[g] - lo_x[g] == hi_x[0] - lo_x[0]
     prefix = np.zeros(cols + 1, np.int64)
-    box = np.zeros((rows, nx), np.int64)  # per window row: the sum over each column segment's windows
+    cum = np.zeros((rows + 1, nx), np.int64)  # cum[r, gx]: sum over window rows < r of each column segment
     for k in range(first, last):
         for r in range(rows):
             acc = 0
@@ -147,19 +173,29 @@ def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best,
                 acc += values[k, r * cols + c]
                 prefix[c + 1] = acc
             for gx in range(nx):
-                box[r, gx] = prefix[hi_x[gx] + 1] - prefix[lo_x[gx]]
-        top = -1.0
+                cum[r + 1, gx] = cum[r, gx] + prefix[hi_x[gx] + 1] - prefix[lo_x[gx]]
         at = 0
-        for gy in range(ny):
-            cy = hi_y[gy] - lo_y[gy] + 1
-            for gx in range(nx):
-                s = 0
-                for r in range(lo_y[gy], hi_y[gy] + 1):
-                    s += box[r, gx]
-                cx = hi_x[gx] - lo_x[gx] + 1
-                mean = np.float64(s) / (np.float64(cy * cx) * denominator)
-                if mean > top:
-                    top = mean
-                    at = gy * nx + gx
-        best[k] = top
+        if uniform:
+            top_sum = -1
+            for gy in range(ny):
+                for gx in range(nx):
+                    s = cum[hi_y[gy] + 1, gx] - cum[lo_y[gy], gx]
+                    if s > top_sum:
+                        top_sum = s
+                        at = gy * nx + gx
+            cy = hi_y[0] - lo_y[0] + 1
+            cx = hi_x[0] - lo_x[0] + 1
+            best[k] = np.float64(top_sum) / (np.float64(cy * cx) * denominator)
+        else:
+            top = -1.0
+            for gy in range(ny):
+                cy = hi_y[gy] - lo_y[gy] + 1
+                for gx in range(nx):
+                    s = cum[hi_y[gy] + 1, gx] - cum[lo_y[gy], gx]
+                    cx = hi_x[gx] - lo_x[gx] + 1
+                    mean = np.float64(s) / (np.float64(cy * cx) * denominator)
+                    if mean > top:
+                        top = mean
+                        at = gy * nx + gx
+            best[k] = top
         where[k] = at

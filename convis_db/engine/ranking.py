@@ -152,19 +152,28 @@ def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
                    torch.from_numpy(np.ascontiguousarray(top_rank)))
 
 
+#: Rows of sort keys held at once per thread by the CPU ranking (64 rows of 7,343 synsets: 3.8 MB).
+KEY_ROWS = 64
+
+
 def _rank_cpu_kernels(kernels, z: np.ndarray, top_k: int) -> Ranking:
     rows, n = z.shape
     k = min(top_k, n)
-    keys = np.empty((rows, n), np.uint64)
     rank_less = np.empty((rows, n), np.int32)
     top_ids = np.empty((rows, k), np.int64)
     top_rank = np.empty((rows, k), np.int32)
     tied = np.empty(rows, np.bool_)
 
     def run(first: int, last: int) -> None:
-        kernels.sort_keys(z, keys, first, last)
-        keys[first:last].sort(axis=1)
-        kernels.ranks_from_sorted_keys(z, keys, rank_less, top_ids, top_rank, tied, first, last)
+        step = KEY_ROWS
+        keys = np.empty((min(step, last - first), n), np.uint64)  # a few MB per thread, not 8 bytes per score
+        for a in range(first, last, step):
+            b = min(a + step, last)
+            block = keys[:b - a]
+            kernels.sort_keys(z[a:b], block, 0, b - a)
+            block.sort(axis=1)
+            kernels.ranks_from_sorted_keys(z[a:b], block, rank_less[a:b], top_ids[a:b], top_rank[a:b], tied[a:b],
+                                           0, b - a)
 
     split_rows(rows, run)
     for i in np.flatnonzero(tied):  # equal cosines among the top: numpy's order, as the former code

@@ -5,8 +5,9 @@ The engine upsamples every window's small and large patch to the model's input (
 bicubic kernel spends 16 taps on every output sample and writes a fresh tensor per call; this
 module computes the same samples separably, straight into the caller's (reused) batch buffer:
 
-* the horizontal pass of each crop row (4 taps per sample), into a small per-thread scratch,
-* then the vertical pass (4 taps per sample), written once into the output.
+* the width pass of every image row for each lattice column of crops (4 taps per sample), shared by
+  all windows of the column,
+* then each crop's height pass over those rows (4 taps per sample), written once into the output.
 
 That is the order torch's kernel evaluates in (its inner, per-row sums along the width, then the
 outer sum over 4 rows), with the same weights and the same clamping at each *crop's* edges, so
@@ -73,10 +74,10 @@ def _bicubic_taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(index), np.ascontiguousarray(weights)
 
 
-def _kernel():
-    """(horizontal, vertical): the numba kernels, or None without numba."""
+def _line_kernel():
+    """The numba line kernel (cpu_kernels.vertical: 4-tap sums along lines), or None without numba."""
     kernels = load_kernels()
-    return None if kernels is None else (kernels.horizontal, kernels.vertical)
+    return None if kernels is None else kernels.vertical
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,16 @@ class CropResizer:
 
     def width_pass(self, image: torch.Tensor, xs: np.ndarray, threads: int | None = None) -> torch.Tensor:
         """(len(xs), 3, H, out) float32: every row of image[:, :, x:x+size] resized along the width, for each
-        crop column x in `xs`. Windows of one lattice column share it: the height pass reads their rows."""
-        horizontal, _ = _kernel()
+        crop column x in `xs`. Windows of one lattice column share it: the height pass reads their rows.
+
+        Computed on the transposed image (vectorised along the image's rows: the same sums of the same
+        products as sample by sample) and written back row-major through a small tile."""
+        kernels = load_kernels()
         xs = np.ascontiguousarray(xs, dtype=np.int64)
+        columns = image.transpose(1, 2).contiguous()  # (3, W, H): image columns as lines
         rows = torch.empty(len(xs), image.shape[0], image.shape[1], self.out)
-        img, dst = image.numpy(), rows.numpy()
-        split_rows(len(xs), lambda a, b: horizontal(img, xs, self.size, self.index, self.weight, self.mode, dst, a, b),
+        src, dst = columns.numpy(), rows.numpy()
+        split_rows(len(xs), lambda a, b: kernels.width_pass(src, xs, self.index, self.weight, self.mode, dst, a, b),
                    threads)
         return rows
 
@@ -104,7 +109,7 @@ class CropResizer:
                          threads: int | None = None) -> None:
         """out[p] = the crop of rows[cols[p]] starting at row ys[p], resized along the height: crop p resized
         whole. `out` is (len(ys), 3, out, out) float32 contiguous (a slice of the caller's reused buffer)."""
-        _, vertical = _kernel()
+        vertical = _line_kernel()
         cols = np.ascontiguousarray(cols, dtype=np.int64)
         ys = np.ascontiguousarray(ys, dtype=np.int64)
         src, dst = rows.numpy(), out.numpy()
@@ -127,7 +132,7 @@ def torch_resize(crops: torch.Tensor, out: int) -> torch.Tensor:
 def exact_resizer(size: int, out: int) -> CropResizer | None:
     """A CropResizer for `size` -> `out` whose results were checked bit for bit against F.interpolate on
     random crops in this process, or None (shrinking, no numba, or no arithmetic form matches)."""
-    if size >= out or _kernel() is None:
+    if size >= out or _line_kernel() is None:
         return None
     index, weight = _bicubic_taps(size, out)
     g = torch.Generator().manual_seed(size * 1000 + out)
