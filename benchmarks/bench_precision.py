@@ -11,9 +11,11 @@
     same images' patches, cut beforehand) of the same batch size, same precision, same process; bare forwards and ingests alternate in rounds, so
     load from other processes on a shared machine hits both alike.
 (2) the engine on one image in fp32 and in bf16, side by side: encode-stage speed ratio, share of
-    windows whose top-1 synset is unchanged, mean |delta rank_sim| over each window's fp32 top-100,
-    max |delta| of one concept's map. Where the CPU has no native bf16, the library refuses bf16;
-    `--force` lifts that refusal here to measure the slow path it protects users from.
+    windows whose top-1 synset is unchanged, share whose top-10 is identical (list and set), mean
+    |delta rank_sim| over each window's fp32 top-100, the largest change of a map peak over every
+    concept, max |delta| of one concept's map. Where the CPU has no native bf16 the library refuses
+    bf16 and this says SKIP; `--force` lifts that refusal here to measure the slow path it protects
+    users from; `--low fp32` is a dry run (fp32 against a second fp32 pass).
 (3) encode_text of every definition of the physical-objects T, per precision (same forcing).
 `variants`: one forward in fp32, autocast bf16, model.to(bfloat16) and autocast fp16, to see why.
 
@@ -162,6 +164,12 @@ def full_rank_less(emb: np.ndarray, defs: np.ndarray) -> np.ndarray:
 
 def cmd_compare(args, spec, device) -> None:
     native = precision_mod.cpu_has_native(args.low)
+    if device.type == "cpu" and not native and not args.force:
+        print(f"SKIP: this CPU has no native {args.low} kernels (needs AVX512-BF16 or AMX for bf16; found "
+              f"{precision_mod._cpu_features()}), so `ingest --precision {args.low}` is refused here and its agreement "
+              f"with fp32 is not measured. Run this on such a CPU, add --force to measure the slow emulated path, "
+              f"or --low fp32 for a dry run of the comparison (fp32 against itself: agreement 1, changes 0).")
+        return
     if args.force:
         force_low_precision()
     low = args.low
@@ -176,7 +184,7 @@ def cmd_compare(args, spec, device) -> None:
     print(f"torch threads {torch.get_num_threads()}; native {args.low} on this CPU: {native} (forced: {args.force}); "
           f"image {image.width}x{image.height}; preset {args.preset}")
     runs = {}
-    for prec in ("fp32", low):
+    for prec in dict.fromkeys(("fp32", low)):
         model = load_model(spec, device, prec)
         engine = ConceptEngine(model, defs, levels, settings, batch_size=args.batch_size)
         model.encode_image_batch(torch.zeros(4, 3, model.image_size, model.image_size, device=device))  # warm-up
@@ -187,6 +195,19 @@ def cmd_compare(args, spec, device) -> None:
         print(f"{prec}: {exp.grid.n_windows} windows, encode {exp.timings['encode']:.1f} s, total {secs:.1f} s "
               f"({exp.grid.n_windows / exp.timings['encode']:.2f} windows/s in the encoder)")
     (e32, x32, _), (elo, xlo, _) = runs["fp32"], runs[low]
+    if low == "fp32":  # dry run: a second fp32 pass, to check the comparison itself
+        elo = ConceptEngine(load_model(spec, device, "fp32"), defs, levels, settings, batch_size=args.batch_size)
+        xlo = elo.explain_pixels(image.pixels)
+    top10 = min(10, x32.top_ids.shape[1])
+    same_list = float(np.mean(np.all(x32.top_ids[:, :top10] == xlo.top_ids[:, :top10], axis=1)))
+    same_set = float(np.mean([set(a) == set(b) for a, b in zip(x32.top_ids[:, :top10], xlo.top_ids[:, :top10])]))
+    peak = float(np.max(np.abs(x32.scores.score - xlo.scores.score)))
+    self_peak = float(np.max(np.abs(x32.self_scores.score - xlo.self_scores.score)))
+    moved = float(np.mean((x32.scores.x != xlo.scores.x) | (x32.scores.y != xlo.scores.y)))
+    print(f"TOP-10 per window: identical list in {same_list:.3f}, identical set in {same_set:.3f} of "
+          f"{len(x32.top_ids)} windows")
+    print(f"MAP PEAKS over all {len(x32.scores.score)} concepts: largest change of a peak {peak:.6f} (max_rank_sim), "
+          f"{self_peak:.6f} (rank_sim alone); peak location moved for {moved:.3f} of concepts")
     speed = x32.timings["encode"] / xlo.timings["encode"]
     top1 = float(np.mean(x32.top_ids[:, 0] == xlo.top_ids[:, 0]))
     r32, rlo = full_rank_less(x32.embeddings, defs), full_rank_less(xlo.embeddings, defs)
@@ -272,7 +293,8 @@ def main() -> None:
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--preset", default="cpu-fast", choices=list(PRESETS))
     ap.add_argument("--precision", default="auto", help="overhead: the precision of both loops")
-    ap.add_argument("--low", default="bf16", choices=["bf16", "fp16"], help="compare: the precision set beside fp32")
+    ap.add_argument("--low", default="bf16", choices=["bf16", "fp16", "fp32"],
+                    help="compare: the precision set beside fp32 (fp32: a dry run of the comparison)")
     ap.add_argument("--precisions", default="fp32,bf16", help="init: precisions to time")
     ap.add_argument("--every", type=int, default=1, help="init: time every Nth definition only, scaled to all")
     ap.add_argument("--images", type=int, default=3, help="overhead: images ingested per round")

@@ -35,13 +35,14 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, header  # noqa: E402
+from common import REPO, header
 
 TINY_224 = REPO / "tests" / "data" / "tiny-clip-224.json"
 CACHE = Path(tempfile.gettempdir()) / "convis-bench-throughput"
@@ -87,7 +88,7 @@ class MemorySampler:
         while not self._stop.wait(0.02):
             self._sample()
 
-    def __enter__(self) -> MemorySampler:
+    def __enter__(self) -> Self:
         self._sample()
         self._thread.start()
         return self
