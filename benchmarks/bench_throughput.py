@@ -35,7 +35,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 from PIL import Image
@@ -88,7 +87,7 @@ class MemorySampler:
         while not self._stop.wait(0.02):
             self._sample()
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> MemorySampler:  # noqa: PYI034 - Python 3.10 has no typing.Self
         self._sample()
         self._thread.start()
         return self

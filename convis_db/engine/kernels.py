@@ -35,6 +35,6 @@ def split_rows(n: int, run: Callable[[int, int], object], threads: int | None = 
     if threads == 1:
         run(0, n)
         return
-    bounds = np.linspace(0, n, threads + 1).astype(int)
+    bounds = [int(b) for b in np.linspace(0, n, threads + 1)]
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(lambda k: run(bounds[k], bounds[k + 1]), range(threads)))

@@ -28,8 +28,8 @@ class Propagator:
         if kernels is not None:
             out = values_t.contiguous().clone()
             arr = out.numpy()
-            parents, children = self._edges
-            split_rows(arr.shape[1], lambda a, b: kernels.propagate_max(arr, parents, children, a, b))
+            up, down = self._edges
+            split_rows(arr.shape[1], lambda a, b: kernels.propagate_max(arr, up, down, a, b))
             return out
         out = values_t.clone()
         width = out.shape[1]
