@@ -18,7 +18,7 @@ side) per process, and a build where none matches bit for bit keeps `F.interpola
 Only upsampling without antialiasing is done here; shrinking (antialiased) stays with torch.
 
 The kernels are compiled by numba (engine/cpu_kernels.py; without numba, or where it fails, torch's
-path is used). It releases the GIL, and the patches are split across `torch.get_num_threads()` threads.
+path is used). They release the GIL, and the work is split across `torch.get_num_threads()` threads.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _bicubic_taps(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
     upsampling (align_corners=False, A = -0.75), for one axis of a `size` -> `out` resize.
 
     The weights follow torch's formula and its float32 rounding (with the multiply-adds its x86-64
-    build fuses, evaluated exactly in float64); `exact_arithmetic` checks them against torch itself.
+    build fuses, evaluated exactly in float64); `exact_resizer` checks them against torch itself.
     """
     f32 = np.float32
 
