@@ -531,7 +531,7 @@ class Database:
         tables (read through pyarrow, so DuckDB itself opens no path).
 
         Read-only (unless the database was opened with write=True): DuckDB is opened read-only with
-        external access off, so nothing can be written and no other file read.
+        external access off and its settings locked, so nothing can be written and no other file read.
 
         Example:
             >>> db.sql("SELECT count(*) AS n FROM descendants('animal.n.01')").fetchall()   # doctest: +SKIP
