@@ -93,7 +93,7 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, precision=self.precision,
                               settings=self.settings.as_dict())
-        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads)
+        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads, work_pixels=self.settings.max_pixels)
         queue = ExplainQueue(self.engine, self.settings, self.batch_size)
         with self.progress("Ingesting", len(files), "img") as tick, StopOnSignal() as stop, \
                 ImageStorer(self.con, self.db_path, self.model_id, self.settings, self.precision) as storer:
