@@ -17,7 +17,7 @@ import torch
 
 from convis_db.engine.explainer import ConceptEngine, default_batch_size
 from convis_db.engine.images import read_image
-from convis_db.errors import ConvisError
+from convis_db.errors import ConvisError, Terminated
 from convis_db.ingest.explaining import ExplainQueue, Queued
 from convis_db.ingest.plan import IngestPlan, collect_image_paths
 from convis_db.ingest.report import IngestOutcome, IngestReport
@@ -108,11 +108,11 @@ class Ingestor:
                     if not stop.requested.is_set():
                         self._flush(queue, storer, report, stop)  # the last group of small images
                     storer.settle(report)  # the last image's write
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # a second Ctrl-C, or a second SIGTERM under the CLI (Terminated)
                 storer.abort()
                 self._rollback_open_transaction()
                 report.interrupted = True
-                report.stopped_by = "SIGINT"
+                report.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             if stop.requested.is_set():
                 report.interrupted = True
                 report.stopped_by = stop.signal_name
