@@ -93,6 +93,32 @@ def run(db: Path, photos: Path, code: Path, kill_above: int, timeout: float) -> 
             "ingested": int(stored.group(1)) if stored else 0, "tail": out.strip().splitlines()[-1:] or [""]}
 
 
+def fidelity(picture: Path, max_pixels: int) -> None:
+    """How far a reduced decode moves the working image and the image's scores, for one photo: the
+    same tiny random model explains the full decode and the reduced one (docs/fidelity.md)."""
+    import numpy as np
+    import torch
+
+    from convis_db.engine.explainer import ConceptEngine
+    from convis_db.engine.images import read_image
+    from convis_db.engine.settings import Settings
+
+    full = read_image(picture)
+    reduced = read_image(picture, at_least=max_pixels)
+    print(f"FIDELITY {picture.name}: {full.width}x{full.height}, decoded reduced to "
+          f"{reduced.pixels.shape[1]}x{reduced.pixels.shape[0]} (factor {full.width / reduced.pixels.shape[1]:.0f})")
+    settings = Settings(max_pixels=max_pixels)
+    engine = ConceptEngine.__new__(ConceptEngine)  # only working_image: no model or hierarchy needed
+    engine.settings, engine.device = settings, torch.device("cpu")
+    engine.model = type("M", (), {"mean": (0.0, 0.0, 0.0), "std": (1 / 255, 1 / 255, 1 / 255)})()
+    a, grid_a = engine.working_image(full.pixels)
+    b, grid_b = engine.working_image(reduced.pixels, reduced.size)
+    assert (grid_a.width, grid_a.height) == (grid_b.width, grid_b.height)
+    diff = (a - b).abs()  # in 0..255 units (mean 0, std 1/255)
+    print(f"FIDELITY working image {grid_a.width}x{grid_a.height}: |full - reduced| mean {diff.mean():.3f}, "
+          f"99th percentile {np.percentile(diff.numpy(), 99):.2f}, max {diff.max():.1f} (0..255 scale)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=4)
@@ -103,11 +129,17 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/convis-bench-ingest-memory"))
     ap.add_argument("--kill-above", type=float, default=8.0, help="GiB of RSS at which a run is killed")
     ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--fidelity", action="store_true",
+                    help="instead: compare the working image of the first photo decoded in full and reduced")
     args = ap.parse_args()
     header(f"ingest memory: {args.count} {args.format.upper()} photos of {args.mpx:g} Mpx, tiny random model, "
            "default settings")
     db, photos = build(args.work, args.count, args.mpx, args.format)
-    for code in args.code or [REPO]:
+    if args.fidelity:
+        from convis_db.engine.settings import Settings
+
+        fidelity(photos / f"photo0.{args.format}", Settings().max_pixels)
+    for code in [] if args.fidelity else args.code or [REPO]:
         r = run(db, photos, code.resolve(), int(args.kill_above * 1024 * MB), args.timeout)
         peak = f"> {r['peak'] / MB:6.0f} MiB (killed)" if r["killed"] else f"{r['peak'] / MB:8.0f} MiB"
         print(f"{str(code):30} peak RSS {peak}  {r['secs']:6.1f} s  exit {r['rc']}  ingested {r['ingested']}"
