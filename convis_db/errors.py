@@ -7,13 +7,42 @@ traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+#: How many `cli_wording()` blocks are running: the CLI's command invocation sets it, so an error
+#: with two wordings prints its command-line one there (and its Python one everywhere else).
+_CLI_DEPTH = 0
+
+
+@contextmanager
+def cli_wording() -> Iterator[None]:
+    """Errors raised and printed inside this block use their command-line wording (--flags)."""
+    global _CLI_DEPTH
+    _CLI_DEPTH += 1
+    try:
+        yield
+    finally:
+        _CLI_DEPTH -= 1
 
 
 class ConvisError(Exception):
-    """Base class of every error that has an actionable message for the user."""
+    """Base class of every error that has an actionable message for the user.
+
+    A message that names a command-line option (`--stride`, `--write`) can carry a second wording
+    for Python callers, `python=`, naming the argument instead (`Settings(stride=...)`,
+    `write=True`); `str(error)` is the Python one outside the CLI."""
 
     exit_code = 2
+
+    def __init__(self, *args: object, python: str | None = None):
+        super().__init__(*args)
+        self.python_message = python
+
+    def __str__(self) -> str:
+        if self.python_message is not None and _CLI_DEPTH == 0:
+            return self.python_message
+        return super().__str__()
 
 
 class UsageError(ConvisError):
@@ -38,6 +67,10 @@ class DatabaseError(ConvisError):
 
 class DatabaseLockedError(DatabaseError):
     """Another process holds the database for writing."""
+
+
+class DatabaseClosedError(DatabaseError):
+    """A Database object was used after close() (or after its `with` block)."""
 
 
 class ImageError(ConvisError):
