@@ -279,7 +279,7 @@ class TopConcepts(Results):
 
 @dataclass(frozen=True)
 class MapPeak:
-    """Where a map reaches its maximum (the first in row-major order): `score`, and (`x`, `y`) in
+    """Where a map reaches its maximum (see Map.peak): `score`, and (`x`, `y`) in
     original-image pixels, as every coordinate the API shows; (`work_x`, `work_y`) is the same pixel
     of the working image that `Map.values` is indexed by. `peak["x"]` reads as `peak.x`."""
 
@@ -320,9 +320,20 @@ class Map:
 
     @property
     def peak(self) -> MapPeak:
-        """The first maximum: score, (x, y) in original pixels, (work_x, work_y) in working pixels."""
-        p = self._cmap.peak
-        return MapPeak(score=p["score"], x=p["x_orig"], y=p["y_orig"], work_x=p["x"], work_y=p["y"])
+        """The maximum: score, (x, y) in original pixels, (work_x, work_y) in working pixels. The
+        point is the centre of the first (row-major) block of pixels covered by the same windows
+        that holds the maximum: the point ingest stores, so it equals the SearchHit's peak."""
+        from convis_db.engine.pixels import original_point
+        from convis_db.engine.saliency import grid_segments
+
+        cmap = self._cmap
+        y, x = np.unravel_index(int(np.argmax(cmap.saliency)), cmap.saliency.shape)
+        ys, xs = grid_segments(cmap.grid)
+        iy, ix = int(np.searchsorted(ys.stop, y, side="right")), int(np.searchsorted(xs.stop, x, side="right"))
+        wy = int(ys.centres[iy]) if iy < len(ys.stop) and ys.start[iy] <= y else int(y)
+        wx = int(xs.centres[ix]) if ix < len(xs.stop) and xs.start[ix] <= x else int(x)
+        return MapPeak(score=float(cmap.saliency[y, x]), x=original_point(wx, cmap.scale),
+                       y=original_point(wy, cmap.scale), work_x=wx, work_y=wy)
     grid = property(lambda self: self._cmap.grid)
 
     @property
@@ -485,7 +496,7 @@ class Database:
                       batch_size=batch_size, progress=_progress(progress), retry_failed=retry_failed,
                       precision=self.precision, con=self.con) as ingestor:
             report = ingestor.backfill_image_level() if backfill_image_level else None
-            if items and not (report and report.interrupted):
+            if (items or report is None) and not (report and report.interrupted):
                 ingested = ingestor.run(items, recursive=recursive)
                 if report is not None:
                     ingested.outcomes = report.outcomes + ingested.outcomes

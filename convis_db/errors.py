@@ -7,6 +7,7 @@ traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -24,6 +25,27 @@ def cli_wording() -> Iterator[None]:
         yield
     finally:
         _CLI_DEPTH -= 1
+
+
+_FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (?!-)([\w./:+-]*\w))?")
+#: Options whose Python argument has another name.
+_ARGUMENT_NAMES = {"db": "path"}
+
+
+def flags_as_arguments(text: str) -> str:
+    """A CLI message reworded for Python callers: `--precision bf16` reads `precision='bf16'`,
+    `--stride 32` reads `stride=32`, a bare `--write` reads `write`."""
+
+    def argument(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        name = _ARGUMENT_NAMES.get(name, name)
+        value = match.group(2)
+        if value is None:
+            return name
+        number = value.replace(",", "")
+        return f"{name}={number}" if number.replace(".", "", 1).isdigit() else f"{name}={value!r}"
+
+    return _FLAG.sub(argument, text)
 
 
 class ConvisError(Exception):

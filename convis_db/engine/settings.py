@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 
 from convis_db.engine.windows import DEFAULT_LAYOUT, LAYOUTS
-from convis_db.errors import UsageError
+from convis_db.errors import UsageError, flags_as_arguments
 
 #: Ceilings for the size options, checked before anything is allocated. A working image of 16 Mpx
 #: (4096 x 4096, 55 times the paper's) is already far past what the method needs; ingest also checks
@@ -24,9 +23,7 @@ def _flag(name: str) -> str:
 def _invalid(cli_message: str) -> None:
     """A UsageError worded with the CLI's options, and for Python callers with Settings' arguments
     (`--max-pixels 5` there reads `Settings(max_pixels=5)` here)."""
-    python = re.sub(r"--([a-z]+(?:-[a-z]+)*) ([\d,]+)", lambda m: f"{m.group(1).replace('-', '_')}={m.group(2)}", cli_message)
-    python = re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), python)
-    raise UsageError(cli_message, python=f"Settings: {python}")
+    raise UsageError(cli_message, python=f"Settings: {flags_as_arguments(cli_message)}")
 
 
 @dataclass(frozen=True)
