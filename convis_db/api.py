@@ -398,7 +398,7 @@ class Database:
         self._maps: MapService | None = None
         self._profile = None
         #: What create() did (an InitReport: synsets, edges, definitions embedded now); None from open().
-        self.init_report = None
+        self.init_report: Any = None
         # Fails now, not at the first query, on a missing, foreign or uninitialised file, or on one this
         # process holds in the other mode (the other handle keeps working).
         self._shared: handles.SharedConnection | None = handles.acquire(self.path, write)

@@ -27,7 +27,7 @@ def cli_wording() -> Iterator[None]:
         _CLI_DEPTH -= 1
 
 
-_FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (?!-)([\w./:+-]*\w))?")
+_FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (?!-)('[^']*'|[\w./:+-]*\w))?")
 #: Options whose Python argument has another name.
 _ARGUMENT_NAMES = {"db": "path"}
 
@@ -42,6 +42,8 @@ def flags_as_arguments(text: str) -> str:
         value = match.group(2)
         if value is None:
             return name
+        if value.startswith("'"):
+            return f"{name}={value}"
         number = value.replace(",", "")
         return f"{name}={number}" if number.replace(".", "", 1).isdigit() else f"{name}={value!r}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 import duckdb
@@ -91,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
