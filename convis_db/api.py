@@ -546,7 +546,7 @@ class Database:
         Example:
             >>> [m.status for m in db.merge("/shared/convis-shards")]   # doctest: +SKIP
         """
-        from convis_db.store.shards import merge_folder
+        from convis_db.distributed.shards import merge_folder
 
         self._require_writable("merge shards")
         self._profile = None  # images arrive: the stored settings may be new
