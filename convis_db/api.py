@@ -437,6 +437,11 @@ class Database:
         if shared is not None:
             handles.release(shared)
 
+    def __del__(self) -> None:
+        # A handle dropped without close() (`convis_db.open(p).search(...)`) gives its share back.
+        if getattr(self, "_shared", None) is not None:
+            self.close()
+
     def __enter__(self) -> Database:
         return self
 

@@ -62,7 +62,12 @@ def test_the_documented_session_runs(notebook):
     assert list(ns["frame"].columns) == ["name", "images"]
     assert ns["profile"].has_images and ns["profile"].settings.stride == 32 and ns["profile"].notes() == []  # local weights
     assert (folder / "labels.csv").is_file()
-    assert len(_doc_blocks()) == 5
+    assert ns["table"].num_rows == len(ns["hits"]) and list(ns["hits_frame"]["image_id"]) == [h.image_id for h in ns["hits"]]
+    assert ns["tops"] and ns["tops"][0].self_score >= ns["tops"][-1].self_score
+    assert ns["m"].peak.x < ns["m"].size[0] and ns["m"].peak.work_x < ns["m"].work_size[0]
+    assert isinstance(ns["refused"], convis_db.errors.DatabaseLockedError) and "already open" in str(ns["refused"])
+    assert isinstance(ns["closed"], convis_db.errors.DatabaseClosedError) and ns["db"].closed
+    assert len(_doc_blocks()) == 9
 
 
 def test_api_answers_equal_the_library_functions(notebook):
