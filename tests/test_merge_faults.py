@@ -23,7 +23,7 @@ from noise_images import write_noise_pngs
 import convis_db
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError
-from convis_db.store.shards import MANIFEST, finished_shards, plan_shards
+from convis_db.distributed.shards import MANIFEST, finished_shards, plan_shards
 
 pytestmark = pytest.mark.fault
 
@@ -345,7 +345,7 @@ def test_the_manifests_shard_name_is_never_stored(case, run_cli):
 def test_a_folder_not_named_as_a_shard_is_refused_by_merge_shard(case):
     from convis_db.store.db import connect
     from convis_db.store.shard_checks import ShardError
-    from convis_db.store.shards import merge_shard
+    from convis_db.distributed.shards import merge_shard
 
     db, shards, folder = case
     renamed = shards / "evil"
