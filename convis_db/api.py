@@ -511,6 +511,28 @@ class Database:
         """
         return Map(self.map_service().for_ref(str(image), concept, only_self))
 
+    def explain_text(self, image: str | int | Path | np.ndarray, text: str, *, blocks: int | None = None):
+        """Which words of `text` make it match `image`: Grad-ECLIP's textual explanation (Zhao et al.,
+        ICML 2024; docs/fidelity.md). `image` is a stored image (id, path or sha256), a file, or
+        (H, W, 3) uint8 pixels; `blocks` how many last blocks of the text tower are explained (default 8,
+        the authors'). Returns a TextExplanation (`.words`, `.tokens`, `.similarity`); stores nothing.
+
+        Example:
+            >>> exp = db.explain_text("dog.jpg", "a dog in a car")            # doctest: +SKIP
+            >>> [(w.word, round(w.weight, 2)) for w in exp.words]              # doctest: +SKIP
+        """
+        return self._grad_eclip().explain_text(image if isinstance(image, np.ndarray) else str(image), text, blocks)
+
+    def _grad_eclip(self):
+        """The Grad-ECLIP service of this connection (kept with its loaded model while the connection lives)."""
+        from convis_db.explainers.grad_eclip import GradEclipService
+
+        kept = getattr(self, "_grad_eclip_kept", None)
+        if kept is None or kept[0] is not self.con:
+            kept = (self.con, GradEclipService(self.con, self.device))
+            self._grad_eclip_kept = kept
+        return kept[1]
+
     def mutual(self, image: str | Path | np.ndarray, labels: list[str], **options):
         """Why CLIP predicts one of `labels` for `image`: the concepts its vision and language encoders
         share (Sammani & Deligiannis, NeurIPS 2024; docs/mutual.md), with the definitions of T as the

@@ -259,13 +259,10 @@ class GradEclipService:
 
     @property
     def model(self) -> LoadedModel:
-        if self._model is None:
-            from convis_db.profile import read_profile
-
-            profile = read_profile(self.con)
-            self._model_id, self._model = profile.model_id, profile.load_model(self.device)
-            _vit_parts(self._model.model)  # refuse early, before any image is read
-        return self._model
+        """The database's model, checked for a ViT image tower (refused before any image is read)."""
+        model = self.text_model
+        _vit_parts(model.model)
+        return model
 
     def concept_embedding(self, concept: str) -> tuple[str, np.ndarray]:
         """(definition, d_s): the stored embedding of the synset's definition, d_s = E_T(def(s))."""
@@ -310,13 +307,41 @@ class GradEclipService:
 
     def for_ref(self, ref: str, concept: str | None = None, text: str | None = None) -> GradEclipMap:
         """IMAGE as a stored id/path/hash (its file is read again), else a file on disk."""
+        return self.for_file(self.image_path(ref), concept, text)
+
+    def image_path(self, ref: str) -> str:
+        """The file of IMAGE: a stored image's (id, path or sha256), else the file on disk."""
         from convis_db.errors import NotFoundError
         from convis_db.store.image_store import get_image
 
         try:
-            path = get_image(self.con, ref).path
+            return get_image(self.con, str(ref)).path
         except NotFoundError:
-            if Path(ref).is_file():
-                return self.for_file(ref, concept, text)
+            if Path(str(ref)).is_file():
+                return str(ref)
             raise
-        return self.for_file(path, concept, text)
+
+    def explain_text(self, image: str | np.ndarray, text: str, blocks: int | None = None):
+        """Grad-ECLIP's word importance of `text` for IMAGE (a stored image, a file, or (H, W, 3) uint8
+        pixels); a TextExplanation (explainers/grad_eclip_text.py). Stores nothing."""
+        from convis_db.explainers.grad_eclip_text import DEFAULT_TEXT_BLOCKS, _text_tower, explain_text_for_image
+
+        model = self.text_model
+        if isinstance(image, np.ndarray):
+            pixels, path = image, ""
+        else:
+            path = str(Path(self.image_path(image)).absolute())
+            pixels = read_image(path).pixels
+        _text_tower(model.model)
+        return explain_text_for_image(model, pixels, text, blocks=DEFAULT_TEXT_BLOCKS if blocks is None else blocks,
+                                      image_path=path)
+
+    @property
+    def text_model(self) -> LoadedModel:
+        """The database's model for textual explanations (any image tower; the text tower is checked)."""
+        if self._model is None:
+            from convis_db.profile import read_profile
+
+            profile = read_profile(self.con)
+            self._model_id, self._model = profile.model_id, profile.load_model(self.device)
+        return self._model
