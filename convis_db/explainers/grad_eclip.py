@@ -311,15 +311,9 @@ class GradEclipService:
 
     def image_path(self, ref: str) -> str:
         """The file of IMAGE: a stored image's (id, path or sha256), else the file on disk."""
-        from convis_db.errors import NotFoundError
-        from convis_db.store.image_store import get_image
+        from convis_db.store.image_store import image_file
 
-        try:
-            return get_image(self.con, str(ref)).path
-        except NotFoundError:
-            if Path(str(ref)).is_file():
-                return str(ref)
-            raise
+        return image_file(self.con, ref)
 
     def explain_text(self, image: str | np.ndarray, text: str, blocks: int | None = None):
         """Grad-ECLIP's word importance of `text` for IMAGE (a stored image, a file, or (H, W, 3) uint8
