@@ -257,6 +257,49 @@ def test_labels_parsing(tmp_path):
         parse_labels("cat,cat,dog")
 
 
+@pytest.mark.fault
+@pytest.mark.parametrize("name, content, message", [
+    ("labels.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "binary file, not a labels file"),
+    ("labels.txt", "chat\nc\u00e9l\u00e8bre\n".encode("latin-1"), "not UTF-8 text"),
+    ("labels.json", b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    ("labels.json", json.dumps(["cat", ["dog"], "car"]).encode(), "entry 2 is a list, not a label string"),
+    ("labels.json", b"42", "a JSON int"),
+    ("labels.txt", "\n".join(f"class {i}" for i in range(200_000)).encode(), "200,000 labels; at most 25,000"),
+    ("labels.json", json.dumps([f"class {i}" for i in range(200_000)]).encode(), "200,000 labels; at most 25,000"),
+    ("labels.json", json.dumps({f"n{i}": f"class {i}" for i in range(200_000)}).encode(), "200,000 labels"),
+])
+def test_bad_labels_files_are_refused_in_one_line(run_cli, tiny_db, picture, tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    for command in (["mutual", str(picture)], ["eval", "mutual", str(tmp_path)]):
+        r = run_cli("-q", "--db", tiny_db, *command, "--labels-file", path)
+        assert r.exit_code == 2, (command, r.stdout, r.stderr[-500:])
+        assert message in r.stderr and str(path) in r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.fault
+def test_label_count_is_bounded(tmp_path):
+    from convis_db.mutual.zeroshot import MAX_LABELS, MAX_LABELS_FILE_BYTES, check_labels, read_labels_file
+
+    assert len(check_labels([f"c{i}" for i in range(MAX_LABELS)])) == MAX_LABELS == 25_000
+    with pytest.raises(UsageError, match="25,001 labels; at most 25,000"):
+        check_labels([f"c{i}" for i in range(MAX_LABELS + 1)])
+    with pytest.raises(UsageError, match="--labels: 200,000 labels"):
+        parse_labels(",".join(f"c{i}" for i in range(200_000)))
+    with pytest.raises(UsageError, match=r"duplicate labels: c0, c1, .* and 90 more"):
+        check_labels([f"c{i % 100}" for i in range(20_000)])
+    big = tmp_path / "big.txt"
+    with big.open("wb") as f:
+        f.truncate(MAX_LABELS_FILE_BYTES + 1)
+    with pytest.raises(UsageError, match="too large for a labels file"):
+        read_labels_file(big)
+    with pytest.raises(UsageError, match="no such labels file"):
+        read_labels_file(tmp_path / "nothere.txt")
+    with pytest.raises(UsageError, match="is a folder"):
+        parse_labels(None, str(tmp_path))
+
+
 # --------------------------------------------------------------------------- toy: the answer is known
 class ToyPatchModel(ToyColourModel):
     """The toy colour encoder with patch tokens: each 4x4-pixel cell's (redness, greenness, blueness, neutral)."""

@@ -39,7 +39,7 @@ def method_options(f):
         click.option("--labels", default=None, help="The zero-shot classes, comma-separated: \"cat,dog,car\"."),
         click.option("--labels-file", type=click.Path(dir_okay=False), default=None,
                      help="The classes from a file: one per line, a JSON list, or a JSON object whose keys are "
-                          "the classes (the authors' descriptor file works)."),
+                          "the classes (the authors' descriptor file works); UTF-8, at most 25,000 labels."),
         click.option("--template", "templates", multiple=True, default=[DEFAULT_TEMPLATE], show_default=True,
                      help="Prompt template with {} for the class (repeatable: the embeddings are averaged)."),
         click.option("--descriptors", type=click.Path(dir_okay=False, exists=True), default=None,
