@@ -62,7 +62,9 @@ def test_the_documented_session_runs(notebook):
     assert list(ns["frame"].columns) == ["name", "images"]
     assert ns["profile"].has_images and ns["profile"].settings.stride == 32 and ns["profile"].notes() == []  # local weights
     assert (folder / "labels.csv").is_file()
-    assert len(_doc_blocks()) == 5
+    assert sum(w.weight for w in ns["words"].words) == pytest.approx(1.0) and ns["exp"].labels == ["dog", "cat", "pizza"]
+    assert (folder / "dog-grad-eclip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(_doc_blocks()) == 6
 
 
 def test_api_answers_equal_the_library_functions(notebook):

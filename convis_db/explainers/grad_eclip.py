@@ -66,11 +66,19 @@ class GradEclipMap:
     text: str = ""
     synset: str | None = None
     image_path: str = ""
+    image_id: int | None = None   # the stored image explained, when IMAGE named one
 
     @property
     def peak(self) -> dict:
         y, x = np.unravel_index(int(np.argmax(self.saliency)), self.saliency.shape)
         return {"score": float(self.saliency[y, x]), "x_orig": int(x), "y_orig": int(y)}
+
+    # What convis_db.Map reads from the maps it wraps (the saliency is already at the original size).
+    source = property(lambda self: "grad-eclip")
+    grid = property(lambda self: None)
+
+    def original_pixels(self) -> np.ndarray:
+        return read_image(self.image_path).pixels
 
 
 # ------------------------------------------------------------------------------------ model checks
@@ -118,7 +126,8 @@ def input_size(width: int, height: int, patch: int, max_short_side: int | None) 
 def _model_input(loaded: LoadedModel, pixels: np.ndarray, patch: int, max_short_side: int | None) -> torch.Tensor:
     h0, w0 = pixels.shape[:2]
     w, h = input_size(w0, h0, patch, max_short_side)
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).to(loaded.device).permute(2, 0, 1)
+    array = pixels if pixels.flags.writeable and pixels.flags.c_contiguous else np.array(pixels)
+    t = torch.from_numpy(array).to(loaded.device).permute(2, 0, 1)
     if (h, w) != (h0, w0):
         t = F.interpolate(t[None].float(), size=(h, w), mode="bicubic", align_corners=False,
                           antialias=True)[0].clamp_(0, 255)
@@ -260,7 +269,7 @@ class GradEclipService:
     @property
     def model(self) -> LoadedModel:
         """The database's model, checked for a ViT image tower (refused before any image is read)."""
-        model = self.text_model
+        model = self.database_model
         _vit_parts(model.model)
         return model
 
@@ -307,7 +316,15 @@ class GradEclipService:
 
     def for_ref(self, ref: str, concept: str | None = None, text: str | None = None) -> GradEclipMap:
         """IMAGE as a stored id/path/hash (its file is read again), else a file on disk."""
-        return self.for_file(self.image_path(ref), concept, text)
+        from convis_db.errors import NotFoundError
+        from convis_db.store.image_store import get_image
+
+        result = self.for_file(self.image_path(ref), concept, text)
+        try:
+            result.image_id = get_image(self.con, str(ref)).image_id
+        except NotFoundError:
+            pass
+        return result
 
     def image_path(self, ref: str) -> str:
         """The file of IMAGE: a stored image's (id, path or sha256), else the file on disk."""
@@ -320,7 +337,7 @@ class GradEclipService:
         pixels); a TextExplanation (explainers/grad_eclip_text.py). Stores nothing."""
         from convis_db.explainers.grad_eclip_text import DEFAULT_TEXT_BLOCKS, _text_tower, explain_text_for_image
 
-        model = self.text_model
+        model = self.database_model
         if isinstance(image, np.ndarray):
             pixels, path = image, ""
         else:
@@ -331,7 +348,7 @@ class GradEclipService:
                                       image_path=path)
 
     @property
-    def text_model(self) -> LoadedModel:
+    def database_model(self) -> LoadedModel:
         """The database's model for textual explanations (any image tower; the text tower is checked)."""
         if self._model is None:
             from convis_db.profile import read_profile

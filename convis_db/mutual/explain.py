@@ -85,6 +85,7 @@ class MutualExplanation:
     #: the AUC is then that of their mean curve (the authors' notebook's single-image AUC).
     auc_curves: dict[str, list[float]] | None = None
     notes: list[str] = field(default_factory=list)   # what the user should know (fewer concepts than asked, ...)
+    explanation_id: int | None = None     # the mutual_explanations row, once stored
 
     @property
     def predicted(self) -> str:
@@ -119,6 +120,8 @@ class MutualExplanation:
         }
         if self.auc_curves:
             out["auc_curves"] = self.auc_curves
+        if self.explanation_id is not None:
+            out["explanation_id"] = self.explanation_id
         if self.faithfulness is not None:
             out["faithfulness"] = self.faithfulness.as_dict()
         return out
