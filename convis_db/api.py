@@ -728,8 +728,6 @@ class Database:
             raise UsageError(f"method={method!r}: choose 'convis' (Concept Visualization) or 'grad-eclip'.")
         if text is not None:
             raise UsageError("text= is for method='grad-eclip'; a convis map is of a concept.")
-        if concept is None:
-            raise UsageError("map needs the concept to map, a synset name such as 'dog.n.01'.")
         ref = check.image_ref("image", image)
         concept = check.name("concept", concept, "dog.n.01")
         return Map(self.map_service().for_ref(ref, concept, check.flag("only_self", only_self)))
