@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from faults.checks import query
-from noise_images import write_noise_pngs
 
 import convis_db
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError
 from convis_db.store.shards import MANIFEST, finished_shards, plan_shards
+from faults.checks import query
+from noise_images import write_noise_pngs
 
 pytestmark = pytest.mark.fault
 
