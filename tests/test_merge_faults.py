@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from faults.checks import query
-from noise_images import write_noise_pngs
 
 import convis_db
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError
 from convis_db.distributed.shards import MANIFEST, finished_shards, plan_shards
+from faults.checks import query
+from noise_images import write_noise_pngs
 
 pytestmark = pytest.mark.fault
 
@@ -378,3 +378,36 @@ def test_reliability_doc_lists_every_kind_of_damage():
     for kind in DAMAGE:
         assert f"| {kind} |" in text, kind
     assert f"**{len(DAMAGE) + 6}** kinds of shard damage" in text
+
+
+def test_images_already_stored_are_skipped_and_the_rest_merged_whole(written, tiny_db, tmp_path, run_cli):
+    """A shard whose first image the database holds already (merged from another shard): the other two are
+    added with their rows mapped to new ids, equal to a merge of the shard alone."""
+    (src,) = finished_shards(written).values()
+    alone, both = tmp_path / "alone.duckdb", tmp_path / "both.duckdb"
+    for db in (alone, both):
+        shutil.copyfile(tiny_db, db)
+    assert run_cli("--db", alone, "-q", "merge", written).exit_code == 0
+
+    first = tmp_path / "first" / "shard-00000-111111111111"   # image 1 of the shard only
+    shutil.copytree(src, first)
+    rows = {}
+    for table in ("images", "windows", "image_scores", "window_concepts", "image_embeddings"):
+        t = pq.read_table(first / f"{table}.parquet")
+        t = t.filter(pa.array(t.column("image_id").to_numpy() == 1))
+        pq.write_table(t, first / f"{table}.parquet")
+        rows[table] = t.num_rows
+    pq.write_table(pq.read_table(first / "failures.parquet").slice(0, 0), first / "failures.parquet")
+    edit_manifest(first, lambda b: b.update(shard=first.name, rows=rows, failed=0,
+                                            images=b["images"][:1]))
+    assert run_cli("--db", both, "-q", "merge", first.parent).exit_code == 0
+    res = run_cli("--db", both, "-q", "merge", written, "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert out["images_added"] == 2 and out["shards"][0]["skipped"] == 1
+
+    def by_path(db):
+        return {t: query(db, f"SELECT i.path, t.* EXCLUDE (image_id) FROM {t} t JOIN images i USING (image_id) "
+                             "ORDER BY ALL") for t in ("windows", "image_scores", "window_concepts", "image_embeddings")}
+    assert by_path(alone) == by_path(both)
+    assert query(both, "SELECT count(*) FROM concept_index")[0][0] == query(alone, "SELECT count(*) FROM concept_index")[0][0]

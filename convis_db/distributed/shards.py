@@ -42,8 +42,8 @@ from convis_db.store import shard_checks as sc
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.image_store import (
     IMAGE_TABLES,
+    WORK_PEAK_COLUMNS,
     embedding_storage,
-    insert_tables,
     next_image_ids,
     record_failure,
     with_work_peak_names,
@@ -254,8 +254,9 @@ def _list(folder: Path) -> list[str]:
 
 
 def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int) \
-        -> tuple[dict[str, pa.Table], pa.Table]:
-    """Every table of a shard, each checked whole (shard_checks): (image tables, failures). Raises a
+        -> tuple[dict[str, pa.Table], pa.Table, dict[str, str]]:
+    """Every table of a shard, each checked whole (shard_checks): (image tables, failures, each table
+    file's size/mtime/inode stamp when it was read). Raises a
     ShardError naming the file, the column and the first bad row; the database is not touched."""
     rows = manifest["rows"]
     present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
@@ -269,7 +270,11 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         for name in ("windows", "image_scores", "window_concepts"):
             if name not in rows:
                 raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
-    tables = {t: sc.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES if t in rows}
+    tables, stamps = {}, {}
+    for t in IMAGE_TABLES:
+        if t in rows:
+            stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
+            tables[t] = sc.read_table(folder / f"{t}.parquet")
     failures = sc.read_table(folder / f"{FAILURES}.parquet")
     if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
         tables["image_scores"] = with_work_peak_names(tables["image_scores"])
@@ -289,7 +294,7 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         if extra:
             raise ShardError(f"{folder / (extra[0] + '.parquet')}: rows for images the shard does not hold; {FIX}")
         sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
-        return {}, failures
+        return {}, failures, {}
     shard_images = sc.check_images(folder / "images.parquet", images, manifest)
     sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
     sc.check_image_scores(folder / "image_scores.parquet", tables["image_scores"], shard_images, expected)
@@ -299,7 +304,7 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         sc.check_image_embeddings(folder / "image_embeddings.parquet", tables["image_embeddings"], shard_images,
                                   expected)
     sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
-    return tables, failures
+    return tables, failures, stamps
 
 
 def checked_name(folder: Path) -> str:
@@ -309,6 +314,41 @@ def checked_name(folder: Path) -> str:
         raise ShardError(f"{folder}: the folder's name is not a shard's (shard-NNNNN-<12 hex>); pass the folder "
                          "an ingest --engine ray wrote its shards into, with the shards' folders as it named them.")
     return folder.name
+
+
+def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: dict[str, str],
+                         lookup: np.ndarray, model_id: int) -> None:
+    """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
+    written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
+    local -> new by `lookup` (rows of images not added are left out). The column list is the checked
+    table's (names the database's own table has), so format 1 shards' old peak names are renamed here.
+    A file changed since it was checked is refused (the caller's transaction then rolls back)."""
+    old_to_new = {old: new for new, old in WORK_PEAK_COLUMNS.items()}
+    for table in IMAGE_TABLES:
+        if table not in checked:
+            continue
+        path = folder / f"{table}.parquet"
+        if _stamp(path) != checked[table]:
+            raise ShardError(f"{path} changed while it was being merged; run merge again.")
+        names = pq.read_schema(path).names
+        select = []
+        for name in names:
+            target = old_to_new.get(name, name) if table == "image_scores" else name
+            if target == "image_id":
+                select.append("list_extract($lookup, image_id)::INTEGER AS image_id")
+            elif table == "images" and target == "model_id":
+                select.append("$model_id::INTEGER AS model_id")
+            else:
+                select.append(f'"{name}" AS "{target}"')   # names checked against the database's table
+        con.execute(f"INSERT INTO {table} BY NAME SELECT {', '.join(select)} FROM read_parquet($path) "
+                    "WHERE list_extract($lookup, image_id) > 0",   # table from IMAGE_TABLES
+                    {"lookup": lookup[1:].tolist(), "path": str(path),  # DuckDB lists count from 1
+                     **({"model_id": model_id} if table == "images" else {})})
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
@@ -323,7 +363,7 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         raise ShardError(f"{folder}: the manifest names shard {str(manifest['shard'])[:80]!r}; a shard keeps the "
                          "folder name its job gave it. Rename the folder back, or write the shard again.")
     model_id, profile = _check_compatible(con, folder, manifest)
-    tables, failures_table = read_shard(con, folder, manifest, model_id, profile.n_synsets)
+    tables, failures_table, stamps = read_shard(con, folder, manifest, model_id, profile.n_synsets)
     failures = failures_table.to_pylist()
     result = ShardMerge(name, "merged", failed=len(failures))
     with transaction(con):  # a Ctrl-C too: never left open
@@ -335,7 +375,7 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
                                   [shas]).fetchall()) if shas else {}
         keep = np.array([sha not in stored for sha in shas], dtype=bool)
         new_ids = next_image_ids(con, int(keep.sum()))
-        lookup = np.zeros(int(local_ids.max()) + 1 if len(local_ids) else 1, np.int64) - 1
+        lookup = np.zeros(len(local_ids) + 1, np.int64)   # local id (1..n, checked) -> new id; 0: not added
         lookup[local_ids[keep]] = new_ids
         for path, sha, kept in zip(paths, shas, keep):
             if not kept:
@@ -343,18 +383,8 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         result.image_ids = {p: int(i) for p, i in zip(np.array(paths, dtype=object)[keep], new_ids)}
         n_windows = images.column("n_windows").to_pylist() if images is not None else []
         result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
-        remapped = {}
-        for t, table in tables.items():
-            ids = lookup[table.column("image_id").to_numpy()]
-            mask = ids >= 0
-            table = table.filter(pa.array(mask))
-            table = table.set_column(table.schema.get_field_index("image_id"), "image_id",
-                                     pa.array(ids[mask].astype(np.int32)))
-            if t == "images":
-                table = table.set_column(table.schema.get_field_index("model_id"), "model_id",
-                                         pa.array(np.full(table.num_rows, model_id, np.int32)))
-            remapped[t] = table
-        insert_tables(con, remapped)
+        if len(new_ids):
+            _insert_from_parquet(con, folder, stamps, lookup, model_id)
         if result.image_ids:
             con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
         for f in failures:
