@@ -20,7 +20,7 @@ import torch
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor, collect_image_paths
 from convis_db.store.db import connect
-from convis_db.store.shards import plan_shards
+from convis_db.distributed.shards import plan_shards
 from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
@@ -260,7 +260,7 @@ def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db
     import pyarrow.parquet as pq
 
     from convis_db.store.image_store import WORK_PEAK_COLUMNS
-    from convis_db.store.shards import MANIFEST, finished_shards
+    from convis_db.distributed.shards import MANIFEST, finished_shards
 
     shards = tmp_path / "shards"
     _write_shards(tiny_db, shards, collection)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 import duckdb
@@ -10,7 +9,7 @@ import duckdb
 from convis_db import __version__
 from convis_db.cli.context import App, configure_logging
 from convis_db.cli.output import printable
-from convis_db.errors import ConvisError
+from convis_db.errors import ConvisError, cli_wording
 from convis_db.paths import DEFAULT_DB
 from convis_db.store.db import damaged_message
 
@@ -24,6 +23,10 @@ class ConvisGroup(click.Group):
     """Turns ConvisError into one clear line on stderr and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
+        with cli_wording():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ConvisError as exc:
@@ -88,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

@@ -203,7 +203,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     from convis_db.cli.output import emit
     from convis_db.errors import UsageError
     from convis_db.models.device import resolve_device
-    from convis_db.mutual.evaluate import evaluate_mutual, labelled_images
+    from convis_db.evaluation.mutual import evaluate_mutual, labelled_images
     from convis_db.mutual.service import explainer_for_database
     from convis_db.mutual.store import write_explanation
     from convis_db.mutual.zeroshot import parse_labels, read_labels_file

@@ -26,7 +26,7 @@ from convis_db.errors import ConvisError
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec
 from convis_db.store.image_store import image_tables
-from convis_db.store.shards import ShardContent, write_shard
+from convis_db.distributed.shards import ShardContent, write_shard
 
 log = logging.getLogger(__name__)
 

@@ -122,7 +122,10 @@ def _text_tower(model: torch.nn.Module) -> _TextTower:
     if not isinstance(model, CLIP) or any(p is None for p in parts) or mask is None or pool != "argmax":
         raise ModelError("textual Grad-ECLIP needs open_clip's CLIP text tower (causal, pooled at the end-of-text "
                          f"token); this model ({type(model).__name__}, text pooling {pool!r}) has another one.")
-    blocks = parts[2].resblocks
+    token_embedding, positional_embedding, transformer, ln_final = parts
+    assert token_embedding is not None and positional_embedding is not None and transformer is not None
+    assert ln_final is not None  # checked above; for the type checker
+    blocks = transformer.resblocks
     for block in blocks:
         attn = getattr(block, "attn", None)
         if (not isinstance(block, ResidualAttentionBlock) or not isinstance(attn, torch.nn.MultiheadAttention)
@@ -130,7 +133,7 @@ def _text_tower(model: torch.nn.Module) -> _TextTower:
             raise ModelError(f"textual Grad-ECLIP supports open_clip's standard attention block; this text tower "
                              f"has {type(block).__name__}.")
     projection = getattr(tower, "text_projection", None)
-    return _TextTower(parts[0], parts[1], blocks, parts[3], projection, mask)
+    return _TextTower(token_embedding, positional_embedding, blocks, ln_final, projection, mask)
 
 
 def supports_text(model: torch.nn.Module) -> bool:
@@ -220,7 +223,7 @@ def token_relevance(loaded, image_embedding: np.ndarray | torch.Tensor, token_id
         finally:
             hook.remove()
         x = captured["input"]
-        if not first.attn.batch_first and x.shape[0] == length and x.shape[1] == 1:
+        if not getattr(first.attn, "batch_first", False) and x.shape[0] == length and x.shape[1] == 1:
             x = x.transpose(0, 1)  # (L, N, D) -> (N, L, D)
         mask = tower.attn_mask[:length, :length].to(device)
         with torch.enable_grad():
@@ -229,7 +232,9 @@ def token_relevance(loaded, image_embedding: np.ndarray | torch.Tensor, token_id
             for block in tower.blocks[len(tower.blocks) - nb:]:
                 x, o, q, k, v = _recompute_block(block, x, mask)
                 outs.append(o)
-                qs.append(q), ks.append(k), vs.append(v)
+                qs.append(q)
+                ks.append(k)
+                vs.append(v)
             pooled = _project(tower, tower.ln_final(x)[:, eot])[0].float()
             err = float((pooled.detach() - reference).norm() / reference.norm().clamp(min=1e-12))
             if not err < 1e-3:

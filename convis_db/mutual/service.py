@@ -56,8 +56,8 @@ def explain_image(image, labels: Sequence[str], *, db: str | Path | None = None,
     from convis_db.models.device import resolve_device
 
     if hasattr(db, "mutual") and hasattr(db, "con"):   # a convis_db.Database: its own connection and model
-        return db.mutual(image, list(labels), descriptors=descriptors, templates=templates, settings=settings,
-                         faithfulness=faithfulness)
+        return db.mutual(image, labels, descriptors=descriptors,  # type: ignore[union-attr]
+                         templates=templates, settings=settings, faithfulness=faithfulness)
     if isinstance(device, str) or device is None:
         device = resolve_device(device or "auto")
     if db is not None:

@@ -159,7 +159,7 @@ def with_work_peak_names(table: pa.Table) -> pa.Table:
 
 
 #: The tables one image's explanation fills, in insert order (images first: the others refer to it).
-#: write_image and the shard writer (store/shards.py) both take their rows from image_tables, so a
+#: write_image and the shard writer (distributed/shards.py) both take their rows from image_tables, so a
 #: table added here is stored by a plain ingest, written into shards and merged, with no other change.
 IMAGE_TABLES = ("images", "windows", "image_scores", "window_concepts", "image_embeddings")
 
