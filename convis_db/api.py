@@ -758,17 +758,23 @@ class Database:
         found = get_image(self.con, check.image_ref("image", image))
         return self._image_records("WHERE image_id = ?", [found.image_id])[0]
 
-    def explain_text(self, image: str | int | Path | np.ndarray, text: str, *, blocks: int | None = None):
+    def explain_text(self, image: str | int | Path | np.ndarray, text: str | None = None, *,
+                     concept: str | None = None, blocks: int | None = None):
         """Which words of `text` make it match `image`: Grad-ECLIP's textual explanation (Zhao et al.,
         ICML 2024; docs/fidelity.md). `image` is a stored image (id, path or sha256), a file, or
-        (H, W, 3) uint8 pixels; `blocks` how many last blocks of the text tower are explained (default 8,
-        the authors'). Returns a TextExplanation (`.words`, `.tokens`, `.similarity`); stores nothing.
+        (H, W, 3) uint8 pixels; `concept=` (a synset) explains the words of its definition instead, the
+        text its embedding d_s is made from (why the concept matched); `blocks` how many last blocks of
+        the text tower are explained (default 8, the authors'). Returns a TextExplanation (`.words`,
+        `.tokens`, `.similarity`); stores nothing.
 
         Example:
             >>> exp = db.explain_text("dog.jpg", "a dog in a car")            # doctest: +SKIP
             >>> [(w.word, round(w.weight, 2)) for w in exp.words]              # doctest: +SKIP
+            >>> db.explain_text(1, concept="dog.n.01").words[:3]               # doctest: +SKIP
         """
-        return self._grad_eclip().explain_text(image if isinstance(image, np.ndarray) else str(image), text, blocks)
+        if text is not None and not isinstance(text, str):
+            raise UsageError(f"text must be a string; got {type(text).__name__}.")
+        return self._grad_eclip().explain_text(_pixels_or_ref(image, "explain_text"), text, blocks, concept)
 
     def _grad_eclip(self):
         """The Grad-ECLIP service of this connection (kept with its loaded model while the connection lives)."""

@@ -245,6 +245,27 @@ def test_database_explain_text_file_pixels_and_stored_id(tiny_db_copy, photo, ti
         assert before == 0 and db.sql("SELECT count(*) FROM images").fetchall()[0][0] == 1   # the ingest only
 
 
+def test_a_concepts_definition_explains_why_it_matched(tiny_db, photo, tiny):
+    """--concept explains the words of the synset's definition: the text d_s is the embedding of, so the
+    explained cosine is the image's cosine with the stored definition embedding."""
+    import convis_db
+    from convis_db.engine.whole_image import image_embedding
+    from convis_db.store.model_store import load_definition_embeddings
+
+    with convis_db.open(tiny_db, device="cpu") as db:
+        exp = db.explain_text(photo, concept="dog.n.01")
+        sid, definition = db.sql("SELECT synset_id, definition FROM synsets WHERE name = 'dog.n.01'").fetchall()[0]
+        d_s = load_definition_embeddings(db.con, db.profile.model_id)[sid]
+        for kwargs, message in ((dict(text="a dog", concept="dog.n.01"), "not both"), (dict(), "not both"),
+                                (dict(text=3), "must be a string")):
+            with pytest.raises(UsageError, match=message):
+                db.explain_text(photo, **kwargs)
+    assert exp.synset == "dog.n.01" and exp.text == definition and "domesticated" in exp.text
+    x = image_embedding(tiny, np.asarray(Image.open(photo).convert("RGB")))
+    assert exp.similarity == pytest.approx(float(x @ d_s / np.linalg.norm(d_s)), abs=1e-4)
+    assert sum(w.weight for w in exp.words) == pytest.approx(1.0)
+
+
 def test_cli_explain_text(run_cli, tiny_db, photo):
     table = run_cli("-q", "--db", tiny_db, "explain-text", photo, "a dog in a car")
     assert table.exit_code == 0, table.stderr
@@ -261,3 +282,11 @@ def test_cli_explain_text(run_cli, tiny_db, photo):
     assert missing.exit_code == 2 and "nothere.jpg" in missing.stderr and "Traceback" not in missing.stderr
     empty = run_cli("-q", "--db", tiny_db, "explain-text", photo, " ")
     assert empty.exit_code == 2 and "empty" in empty.stderr
+    concept = run_cli("-q", "--db", tiny_db, "explain-text", photo, "--concept", "dog.n.01", "--json")
+    assert concept.exit_code == 0, concept.stderr
+    data = json.loads(concept.stdout)
+    assert data["synset"] == "dog.n.01" and "domesticated" in data["text"] and data["words"]
+    neither = run_cli("-q", "--db", tiny_db, "explain-text", photo)
+    assert neither.exit_code == 2 and "not both" in neither.stderr
+    unknown = run_cli("-q", "--db", tiny_db, "explain-text", photo, "--concept", "nosuch.n.01")
+    assert unknown.exit_code == 2 and "nosuch.n.01" in unknown.stderr

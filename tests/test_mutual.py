@@ -490,7 +490,8 @@ def test_eval_mutual_cli(run_cli, tiny_db, tmp_path):
         assert data[key] is not None
     assert data["auc"] == pytest.approx(np.mean(data["mi_curve"]))
     text = run_cli("-q", "--db", tiny_db, "eval", "mutual", root, "--labels", "red thing,green thing", "--no-faithfulness",
-                   "--together", "--decomposition", "kmeans")
+                   "--together", "--decomposition", "kmeans", "--auc", "pca+kmeans", "--relevance-offset", "off",
+                   "--foreground-threshold", "0.5", "--initial-topk", "50")
     assert text.exit_code == 0, text.stderr
     assert "AUC (MI dynamics)" in text.stdout and "Deletion" not in text.stdout
 

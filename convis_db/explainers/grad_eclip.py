@@ -332,11 +332,21 @@ class GradEclipService:
 
         return image_file(self.con, ref)
 
-    def explain_text(self, image: str | np.ndarray, text: str, blocks: int | None = None):
+    def explain_text(self, image: str | np.ndarray, text: str | None, blocks: int | None = None,
+                     concept: str | None = None):
         """Grad-ECLIP's word importance of `text` for IMAGE (a stored image, a file, or (H, W, 3) uint8
-        pixels); a TextExplanation (explainers/grad_eclip_text.py). Stores nothing."""
+        pixels); a TextExplanation (explainers/grad_eclip_text.py). With `concept` instead of a text, the
+        words of the synset's definition (the text its d_s embeds: why the concept matched). Stores nothing."""
         from convis_db.explainers.grad_eclip_text import DEFAULT_TEXT_BLOCKS, _text_tower, explain_text_for_image
 
+        if (text is None) == (concept is None):
+            raise UsageError("give either a text to explain or a concept (its definition is explained), not both.")
+        synset = None
+        if concept is not None:
+            from convis_db.store.hierarchy_store import find_synset_name
+
+            sid = find_synset_name(self.con, concept)
+            synset, text = self.con.execute("SELECT name, definition FROM synsets WHERE synset_id = ?", [sid]).fetchone()
         model = self.database_model
         if isinstance(image, np.ndarray):
             pixels, path = image, ""
@@ -344,8 +354,10 @@ class GradEclipService:
             path = str(Path(self.image_path(image)).absolute())
             pixels = read_image(path).pixels
         _text_tower(model.model)
-        return explain_text_for_image(model, pixels, text, blocks=DEFAULT_TEXT_BLOCKS if blocks is None else blocks,
-                                      image_path=path)
+        result = explain_text_for_image(model, pixels, text, blocks=DEFAULT_TEXT_BLOCKS if blocks is None else blocks,
+                                        image_path=path)
+        result.synset = synset
+        return result
 
     @property
     def database_model(self) -> LoadedModel:

@@ -79,6 +79,7 @@ class TextExplanation:
     truncated: bool = False           # the text was longer than the model's context and was cut
     image_path: str = ""
     notes: list[str] = field(default_factory=list)
+    synset: str | None = None         # the concept whose definition is the text, when one was asked for
 
     @property
     def all_zero(self) -> bool:
@@ -86,7 +87,8 @@ class TextExplanation:
         return not any(t.weight > 0 for t in self.tokens)
 
     def as_dict(self) -> dict:
-        return {"image": self.image_path, "text": self.text, "similarity": self.similarity, "blocks": self.blocks,
+        return {"image": self.image_path, "text": self.text, "synset": self.synset, "similarity": self.similarity,
+                "blocks": self.blocks,
                 "truncated": self.truncated, "words": [w.as_dict() for w in self.words],
                 "tokens": [t.as_dict() for t in self.tokens]}
 
