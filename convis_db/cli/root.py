@@ -10,7 +10,7 @@ import duckdb
 from convis_db import __version__
 from convis_db.cli.context import App, configure_logging
 from convis_db.cli.output import printable
-from convis_db.errors import ConvisError, Terminated
+from convis_db.errors import ConvisError, Terminated, cli_wording
 from convis_db.paths import DEFAULT_DB
 from convis_db.store.db import damaged_message
 
@@ -24,6 +24,10 @@ class ConvisGroup(click.Group):
     """Turns ConvisError into one clear line on stderr and exit code 2 instead of a traceback."""
 
     def invoke(self, ctx: click.Context):
+        with cli_wording():
+            return self._invoke(ctx)
+
+    def _invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ConvisError as exc:
@@ -73,7 +77,8 @@ def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
 
 
 COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_search", "cmd_regions", "cmd_explain", "cmd_concepts",
-                   "cmd_sql", "cmd_stats", "cmd_demo", "cmd_eval", "cmd_serve", "cmd_mutual", "cmd_merge")
+                   "cmd_sql", "cmd_stats", "cmd_demo", "cmd_eval", "cmd_serve", "cmd_mutual", "cmd_merge",
+                   "cmd_explain_text")
 
 
 def _register() -> None:

@@ -69,7 +69,9 @@ def sql_errors(write: bool) -> Iterator[None]:
     except duckdb.PermissionException as exc:
         raise UsageError(
             "this statement reads or writes files outside the database, which sql refuses without --write "
-            f"({_first_line(exc)}). Read your own files with --table NAME=FILE."
+            f"({_first_line(exc)}). Read your own files with --table NAME=FILE.",
+            python=f"this statement reads or writes files outside the database, which a read-only Database refuses "
+                   f"({_first_line(exc)}). Read your own files with db.sql(query, tables={{'name': 'file.csv'}})."
         ) from exc
     except duckdb.Error as exc:
         text = str(exc).lower()
@@ -80,7 +82,9 @@ def sql_errors(write: bool) -> Iterator[None]:
                 "to change settings.") from exc
         if not write and ("read-only" in text or "read only" in text):
             raise UsageError("this statement changes the database, which is open read-only: add --write (Python: "
-                             "convis_db.open(path, write=True)) to change it.") from exc
+                             "convis_db.open(path, write=True)) to change it.",
+                             python="this statement changes the database, which is open read-only: open it with "
+                                    "convis_db.open(path, write=True) to change it.") from exc
         raise UsageError(f"SQL error: {_first_line(exc)}") from exc
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from convis_db.errors import DatabaseError, DatabaseLockedError
+from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
 from convis_db.store.migrations import check_not_newer, migrate
 
 
@@ -93,6 +93,15 @@ def _lock_read_only(con: duckdb.DuckDBPyConnection) -> None:
 
 def _check_path(path: Path, create: bool) -> None:
     """Refuse what DuckDB would hang on or misread, before it opens anything."""
+    try:
+        _check_path_cli_words(path, create)
+    except DatabaseError as exc:
+        if exc.python_message is None:  # for Python callers: path='x.duckdb' where the CLI says --db x.duckdb
+            exc.python_message = flags_as_arguments(exc.args[0])
+        raise
+
+
+def _check_path_cli_words(path: Path, create: bool) -> None:
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"--db {path} is a folder; name a database file inside it (e.g. {path / 'convis.duckdb'}).")
@@ -111,7 +120,9 @@ def _check_path(path: Path, create: bool) -> None:
     if not create:
         raise DatabaseError(
             f"no database at {path}. Create one with: convis-db --db {path} init "
-            "(or point --db / CONVIS_DB at an existing file)."
+            "(or point --db / CONVIS_DB at an existing file).",
+            python=f"no database at {path}. Create one with convis_db.create({str(path)!r}, model=..., pretrained=...), "
+                   "or pass the path of an existing database file."
         )
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
@@ -210,5 +221,7 @@ def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> int
     except duckdb.CatalogException:
         n = 0
     if not n:
-        raise DatabaseError(f"{path} has no WordNet hierarchy yet. Run: convis-db --db {path} init --model ... --pretrained ...")
+        raise DatabaseError(f"{path} has no WordNet hierarchy yet. Run: convis-db --db {path} init --model ... --pretrained ...",
+                            python=f"{path} has no WordNet hierarchy yet. Build it with convis_db.create({str(path)!r}, "
+                                   "model=..., pretrained=...).")
     return int(n)

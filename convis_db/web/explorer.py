@@ -39,6 +39,7 @@ from convis_db.engine.images import PixelBudget, decode_cost, read_image
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.explain import ROOT, ImageScores, load_image_scores
+from convis_db.query.image_concepts import best_concept_of_images, top_concepts
 from convis_db.query.maps import MapService
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import StoredImage, get_image, has_column
@@ -217,15 +218,7 @@ class Explorer:
             rows = self.con.execute(
                 "SELECT image_id, path, width, height FROM images ORDER BY image_id LIMIT ? OFFSET ?",
                 [limit, offset]).fetchall()
-            ids = [r[0] for r in rows]
-            tops = dict()
-            if ids:
-                tops = {r[0]: (r[1], float(r[2])) for r in self.con.execute(
-                    """SELECT sc.image_id, s.name, sc.self_score FROM image_scores sc JOIN synsets s USING (synset_id)
-                       WHERE sc.image_id IN (SELECT unnest(?::INTEGER[]))
-                       QUALIFY row_number() OVER (PARTITION BY sc.image_id
-                                                  ORDER BY sc.self_score DESC, s.depth DESC, s.name) = 1""",
-                    [ids]).fetchall()}
+            tops = best_concept_of_images(self.con, [r[0] for r in rows])
         images = []
         for image_id, path, w, h in rows:
             top = tops.get(image_id)
@@ -237,10 +230,7 @@ class Explorer:
         image = self.image(image_id)
         scores = self.scores(image)
         with self._db_lock:
-            tops = self.con.execute(
-                """SELECT s.name, sc.self_score, sc.score FROM image_scores sc JOIN synsets s USING (synset_id)
-                   WHERE sc.image_id = ? ORDER BY sc.self_score DESC, s.depth DESC, s.name LIMIT 5""",
-                [image.image_id]).fetchall()
+            tops = top_concepts(self.con, image.image_id, 5)
         model = self.models.get(image.model_id, {})
         return {"image_id": image.image_id, "path": image.path, "name": os.path.basename(image.path),
                 "sha256": image.sha256, "width": image.width, "height": image.height,
@@ -250,9 +240,9 @@ class Explorer:
                 "random_weights": bool(model.get("is_random")),
                 "file_status": self.file_status(image),
                 "has_image_level": scores.has_image_level,
-                "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc),
-                                  **scores.image_level(self.hierarchy.id_of[n])}
-                                 for n, ss, sc in tops]}
+                "top_concepts": [{"synset": t["synset"], "self_score": t["self_score"], "score": t["score"],
+                                  **scores.image_level(self.hierarchy.id_of[t["synset"]])}
+                                 for t in tops]}
 
     def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
         image = self.image(image_id)
