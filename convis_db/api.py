@@ -368,6 +368,42 @@ class Map:
                 f"working image), peak {p.score:.4f} at ({p.x}, {p.y})>")
 
 
+class TextMap(Map):
+    """A Grad-ECLIP map (Zhao et al., ICML 2024) of a text, or of a concept's definition, on an image:
+    `values` in original-image pixels (normalised to [0, 1]), `text`, the explained `cosine`; drawn by
+    `to_png()` and `overlay()` as a concept map is."""
+
+    text = property(lambda self: self._cmap.text, doc="The explained text (a concept's definition, or the text given).")
+    cosine = property(lambda self: self._cmap.cosine, doc="The explained image-text cosine S.")
+
+    work_size = property(lambda self: (self._cmap.width, self._cmap.height),
+                         doc="A Grad-ECLIP map's values are on the original image: its (width, height).")
+
+    @property
+    def peak(self) -> MapPeak:
+        """The maximum and its pixel; the values are at the original size, so working = original pixels."""
+        y, x = np.unravel_index(int(np.argmax(self.values)), self.values.shape)
+        return MapPeak(score=float(self.values[y, x]), x=int(x), y=int(y), work_x=int(x), work_y=int(y))
+
+    def __repr__(self) -> str:
+        p = self.peak
+        return (f"<TextMap grad-eclip of {self.text[:60]!r} on {self.image_path}: {self.values.shape[1]}x"
+                f"{self.values.shape[0]} original px, cosine {self.cosine:.4f}, peak at ({p.x}, {p.y})>")
+
+
+def _pixels_or_ref(image, what: str):
+    """(H, W, 3) uint8 pixels as given, or IMAGE as a string (stored id, path or sha256, or a file)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8 or 0 in image.shape:
+            raise UsageError(f"{what}: an image array must be (height, width, 3) uint8 RGB; got shape "
+                             f"{image.shape}, dtype {image.dtype}.")
+        return image
+    if isinstance(image, bool) or not isinstance(image, (str, int, Path, np.integer)):
+        raise UsageError(f"{what}: image must be a stored image id, a path or sha256, an image file, or (H, W, 3) "
+                         f"uint8 pixels; got {type(image).__name__}.")
+    return str(image)
+
+
 # ------------------------------------------------------------------------------------------------
 # The database.
 
@@ -669,13 +705,29 @@ class Database:
         rows = concept_ancestors(self.con, concept, self.hierarchy)
         return Concepts((_from_dict(AncestorConcept, r) for r in rows), AncestorConcept)
 
-    def map(self, image: str | int | Path, concept: str, *, only_self: bool = False) -> Map:
+    def map(self, image: str | int | Path | np.ndarray, concept: str | None = None, *, only_self: bool = False,
+            method: str = "convis", text: str | None = None) -> Map:
         """The saliency map of `concept` on a stored image (id, path or sha256; no model run) or on a
         new image file (encoded with the database's model and settings).
 
+        `method="grad-eclip"`: a Grad-ECLIP map (a TextMap) of `text`, or of `concept`'s definition, on a
+        stored image, a file or (H, W, 3) uint8 pixels (ViT models; docs/evaluation.md).
+
         Example:
             >>> m = db.map(1, "dog.n.01"); m.values.shape                  # doctest: +SKIP
+            >>> db.map("dog.jpg", text="a photo of a dog", method="grad-eclip").to_png("dog.png")   # doctest: +SKIP
         """
+        if method == "grad-eclip":
+            if only_self:
+                raise UsageError("only_self is a convis option; drop it with method='grad-eclip'.")
+            ref = _pixels_or_ref(image, "map")
+            service = self._grad_eclip()
+            return TextMap(service.for_pixels(ref, concept, text) if isinstance(ref, np.ndarray)
+                           else service.for_ref(ref, concept, text))
+        if method != "convis":
+            raise UsageError(f"method={method!r}: choose 'convis' (Concept Visualization) or 'grad-eclip'.")
+        if text is not None:
+            raise UsageError("text= is for method='grad-eclip'; a convis map is of a concept.")
         ref = check.image_ref("image", image)
         concept = check.name("concept", concept, "dog.n.01")
         return Map(self.map_service().for_ref(ref, concept, check.flag("only_self", only_self)))
@@ -706,18 +758,98 @@ class Database:
         found = get_image(self.con, check.image_ref("image", image))
         return self._image_records("WHERE image_id = ?", [found.image_id])[0]
 
-    def mutual(self, image: str | Path | np.ndarray, labels: list[str], **options):
+    def explain_text(self, image: str | int | Path | np.ndarray, text: str | None = None, *,
+                     concept: str | None = None, blocks: int | None = None):
+        """Which words of `text` make it match `image`: Grad-ECLIP's textual explanation (Zhao et al.,
+        ICML 2024; docs/fidelity.md). `image` is a stored image (id, path or sha256), a file, or
+        (H, W, 3) uint8 pixels; `concept=` (a synset) explains the words of its definition instead, the
+        text its embedding d_s is made from (why the concept matched); `blocks` how many last blocks of
+        the text tower are explained (default 8, the authors'). Returns a TextExplanation (`.words`,
+        `.tokens`, `.similarity`); stores nothing.
+
+        Example:
+            >>> exp = db.explain_text("dog.jpg", "a dog in a car")            # doctest: +SKIP
+            >>> [(w.word, round(w.weight, 2)) for w in exp.words]              # doctest: +SKIP
+            >>> db.explain_text(1, concept="dog.n.01").words[:3]               # doctest: +SKIP
+        """
+        if text is not None and not isinstance(text, str):
+            raise UsageError(f"text must be a string; got {type(text).__name__}.")
+        return self._grad_eclip().explain_text(_pixels_or_ref(image, "explain_text"), text, blocks, concept)
+
+    def _grad_eclip(self):
+        """The Grad-ECLIP service of this connection (kept with its loaded model while the connection lives)."""
+        from convis_db.explainers.grad_eclip import GradEclipService
+
+        kept = getattr(self, "_grad_eclip_kept", None)
+        if kept is None or kept[0] is not self.con:
+            kept = (self.con, GradEclipService(self.con, self.device))
+            self._grad_eclip_kept = kept
+        return kept[1]
+
+    def mutual(self, image: str | int | Path | np.ndarray, labels: str | Iterable[str], *,
+               descriptors: str | Path | None = None, templates: Iterable[str] | None = None, settings=None,
+               faithfulness: bool = False, store: bool = False, **setting_values):
         """Why CLIP predicts one of `labels` for `image`: the concepts its vision and language encoders
         share (Sammani & Deligiannis, NeurIPS 2024; docs/mutual.md), with the definitions of T as the
         concept bank unless `descriptors=` names a descriptor file. Returns a MutualExplanation.
+
+        `image`: a stored image (id, path or sha256), an image file, or (H, W, 3) uint8 pixels.
+        `labels`: a list of class names, or one comma-separated string ("cat,dog,car").
+        `settings`: a MutualSettings, or its fields as keywords (`n_concepts=3, decomposition="kmeans"`).
+        `store=True` writes the explanation to the mutual_* tables (a database opened with write=True);
+        its row id is then `exp.explanation_id`.
 
         Example:
             >>> exp = db.mutual("cat.jpg", ["cat", "dog", "car"])            # doctest: +SKIP
             >>> exp.predicted, [c.text for c in exp.mutual_concepts][:3]      # doctest: +SKIP
         """
-        from convis_db.mutual import explain_image
+        import dataclasses
 
-        return explain_image(image, labels, db=self.path, device=self.device, **options)
+        from convis_db.engine.images import read_image
+        from convis_db.mutual.service import explainer_for_database
+        from convis_db.mutual.settings import DEFAULT_TEMPLATE, MutualSettings
+        from convis_db.mutual.store import write_explanation
+        from convis_db.mutual.zeroshot import check_labels
+
+        if store:
+            self._require_writable("store a mutual-knowledge explanation")
+        if isinstance(labels, str):
+            labels = labels.split(",")
+        try:
+            labels = list(labels)
+        except TypeError:
+            raise UsageError(f"labels must be a list of class names or a comma-separated string; got "
+                             f"{type(labels).__name__}.") from None
+        if not labels:
+            raise UsageError("labels is empty: give at least two class names, e.g. ['cat', 'dog'] or 'cat,dog'.")
+        bad = next((x for x in labels if not isinstance(x, str)), None)
+        if bad is not None:
+            raise UsageError(f"labels must be strings; got {bad!r} ({type(bad).__name__}).")
+        labels = check_labels(labels, "labels")
+        if setting_values:
+            known = {f.name for f in dataclasses.fields(MutualSettings)}
+            unknown = sorted(set(setting_values) - known)
+            if unknown:
+                raise UsageError(f"mutual() has no option {', '.join(unknown)}; MutualSettings fields are: "
+                                 f"{', '.join(sorted(known))}.")
+            settings = dataclasses.replace(settings or MutualSettings(), **setting_values)
+        ref = _pixels_or_ref(image, "mutual")
+        con = self.con
+        explainer, model_id = explainer_for_database(
+            con, self.device, labels, list(templates) if templates is not None else [DEFAULT_TEMPLATE], settings,
+            descriptors, store_bank=descriptors is not None and self.writable,
+            model=self._grad_eclip().database_model)
+        if isinstance(ref, np.ndarray):
+            exp = explainer.explain(ref, faithfulness=faithfulness)
+        else:
+            from convis_db.store.image_store import image_file
+
+            path = image_file(con, ref)
+            decoded = read_image(path)
+            exp = explainer.explain(decoded.pixels, str(Path(path).absolute()), faithfulness, decoded.sha256)
+        if store:
+            exp.explanation_id = write_explanation(con, exp, model_id, explainer.bank.bank_id)
+        return exp
 
     def sql(self, query: str, params: list | dict | None = None, *,
             tables: dict[str, str | Path] | None = None) -> duckdb.DuckDBPyRelation | None:
@@ -726,7 +858,7 @@ class Database:
         tables (read through pyarrow, so DuckDB itself opens no path).
 
         Read-only (unless the database was opened with write=True): DuckDB is opened read-only with
-        external access off, so nothing can be written and no other file read.
+        external access off and its settings locked, so nothing can be written and no other file read.
 
         Example:
             >>> db.sql("SELECT count(*) AS n FROM descendants('animal.n.01')").fetchall()   # doctest: +SKIP
@@ -824,4 +956,4 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
 
 __all__ = ["AncestorConcept", "ChildConcept", "Concept", "Concepts", "Database", "DatabaseProfile", "Explanation",
            "ExplanationNode", "ImageRecord", "ImageRecords", "Map", "MapPeak", "Region", "Regions", "Results", "SearchHit",
-           "SearchHits", "Settings", "TopConcept", "TopConcepts", "create", "open"]
+           "SearchHits", "Settings", "TextMap", "TopConcept", "TopConcepts", "create", "open"]

@@ -67,7 +67,9 @@ def test_the_documented_session_runs(notebook):
     assert ns["m"].peak.x < ns["m"].size[0] and ns["m"].peak.work_x < ns["m"].work_size[0]
     assert isinstance(ns["refused"], convis_db.errors.DatabaseLockedError) and "already open" in str(ns["refused"])
     assert isinstance(ns["closed"], convis_db.errors.DatabaseClosedError) and ns["db"].closed
-    assert len(_doc_blocks()) == 9
+    assert sum(w.weight for w in ns["words"].words) == pytest.approx(1.0) and ns["exp"].labels == ["dog", "cat", "pizza"]
+    assert (folder / "dog-grad-eclip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(_doc_blocks()) == 10
 
 
 def test_api_answers_equal_the_library_functions(notebook):

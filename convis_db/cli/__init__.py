@@ -72,7 +72,8 @@ def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
 
 
 COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_search", "cmd_regions", "cmd_explain", "cmd_concepts",
-                   "cmd_sql", "cmd_stats", "cmd_demo", "cmd_eval", "cmd_serve", "cmd_mutual", "cmd_merge")
+                   "cmd_sql", "cmd_stats", "cmd_demo", "cmd_eval", "cmd_serve", "cmd_mutual", "cmd_merge",
+                   "cmd_explain_text")
 
 
 def _register() -> None:

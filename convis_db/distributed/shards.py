@@ -36,11 +36,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from convis_db.engine.settings import Settings
-from convis_db.errors import DatabaseError
+from convis_db.errors import ConvisError, DatabaseError
 from convis_db.progress import Progress, no_progress
+from convis_db.store import shard_checks as sc
 from convis_db.store.concept_index import refresh_concept_index
-from convis_db.store.image_store import (IMAGE_TABLES, insert_tables, next_image_ids, record_failure,
-                                         with_work_peak_names)
+from convis_db.store.image_store import (
+    IMAGE_TABLES,
+    WORK_PEAK_COLUMNS,
+    embedding_storage,
+    next_image_ids,
+    record_failure,
+    with_work_peak_names,
+)
+from convis_db.store.shard_checks import FIX, ShardError, check_manifest
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -154,17 +162,27 @@ def write_shard(shards_dir: str | Path, content: ShardContent, manifest: dict) -
 
 
 def read_manifest(folder: str | Path) -> dict:
+    """The shard's manifest, its keys and types checked (shard_checks.check_manifest); a ShardError
+    naming the file and the fix otherwise."""
     path = Path(folder) / MANIFEST
     try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DatabaseError(f"{path} cannot be read ({exc}); the shard is damaged: delete its folder and run the "
-                            "ingest again to write it anew.") from exc
-    if body.get("format") not in SHARD_FORMATS_READ:
-        raise DatabaseError(f"{folder} is shard format {body.get('format')!r}; this convis-db reads "
-                            f"{', '.join(map(str, SHARD_FORMATS_READ))}. "
-                            "Merge it with the convis-db version that wrote it.")
-    return body
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ShardError(f"{path} is missing: the shard is unfinished (its job is still writing it, or was "
+                         "stopped); run the ingest again to finish it, or delete the folder.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else exc}); check its "
+                         f"permissions, or delete the shard's folder and run the ingest again to write it anew.") \
+            from exc
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise ShardError(f"{path} is not JSON ({exc}); {FIX}") from exc
+    if isinstance(body, dict) and "format" in body and body["format"] not in SHARD_FORMATS_READ:
+        raise ShardError(f"{folder} is shard format {body.get('format')!r}; this convis-db reads "
+                         f"{', '.join(map(str, SHARD_FORMATS_READ))}. "
+                         "Merge it with the convis-db version that wrote it.")
+    return check_manifest(path, body)
 
 
 # ---------------------------------------------------------------------------------------- merge
@@ -173,7 +191,7 @@ def read_manifest(folder: str | Path) -> dict:
 @dataclass
 class ShardMerge:
     shard: str
-    status: str                  # merged | already-merged
+    status: str                  # merged | already-merged | unfinished (no manifest: left alone)
     images: int = 0              # added now
     skipped: int = 0             # already stored (content hash)
     failed: int = 0
@@ -186,51 +204,167 @@ def merged_shard_names(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {r[0] for r in con.execute("SELECT shard FROM merged_shards").fetchall()}
 
 
-def _check_compatible(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict) -> int:
-    """The database's model id for the shard; refuses a shard explained otherwise than the database."""
+def _check_compatible(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict):
+    """(the database's model id for the shard, its profile); refuses a shard explained otherwise than
+    the database, or one that cannot prove its model (no weights hash where the database records one)."""
     model = manifest["model"]
     row = con.execute("SELECT model_id, weights_sha256 FROM models WHERE name = ? AND pretrained = ?",
                       [model["name"], model["pretrained"]]).fetchone()
-    if row is None or (model.get("weights_sha256") and row[1] and row[1] != model["weights_sha256"]):
-        raise DatabaseError(
-            f"shard {folder.name} was explained with {model['name']} / {model['pretrained']}, which this database "
-            "does not hold (or holds other weights of). Merge it into the database its job read, or init this one "
-            "with that model.")
+    if row is None:
+        raise ShardError(
+            f"shard {folder} was explained with {model['name']} / {model['pretrained']}, which this database does "
+            "not hold. Merge it into the database its job read, or init this one with that model.")
+    if row[1] != model["weights_sha256"]:
+        said = f"weights {model['weights_sha256'][:12]}..." if model["weights_sha256"] else "no weights hash"
+        raise ShardError(
+            f"shard {folder} names {said} for {model['name']} / {model['pretrained']}; this database holds "
+            f"{'weights ' + row[1][:12] + '...' if row[1] else 'none'} for it, so the shard cannot prove it was "
+            "explained by the database's model. Write it again from this database (ingest --engine ray).")
     model_id = int(row[0])
-    settings = Settings(**manifest["settings"])
+    try:
+        settings = Settings(**manifest["settings"])
+    except (TypeError, ValueError, ConvisError) as exc:
+        raise ShardError(f"{folder / MANIFEST}: the manifest's settings are not valid ({exc}); {FIX}") from exc
     from convis_db.profile import read_profile
 
     profile = read_profile(con)
     stored = profile.stored_settings
     if stored is not None and (profile.model_id != model_id or stored != settings):
-        raise DatabaseError(
-            f"shard {folder.name} was explained with settings {settings.as_dict()}; the database holds images "
+        raise ShardError(
+            f"shard {folder} was explained with settings {settings.as_dict()}; the database holds images "
             f"explained with {stored.as_dict()}. Scores are only comparable under one setting.")
+    if settings.layout != profile.layout:
+        raise ShardError(f"shard {folder} was explained with the {settings.layout!r} window layout; the database "
+                         f"uses {profile.layout!r}. Write the shards again from this database.")
     if manifest["embeddings"] != profile.embeddings:
-        raise DatabaseError(f"shard {folder.name} stores window embeddings as {manifest['embeddings']}; the database "
-                            f"as {profile.embeddings}. Write the shards again for this database.")
+        raise ShardError(f"shard {folder} stores window embeddings as {manifest['embeddings']}; the database "
+                         f"as {profile.embeddings}. Write the shards again for this database.")
     if manifest["n_synsets"] != profile.n_synsets:
-        raise DatabaseError(f"shard {folder.name} ranks against {manifest['n_synsets']} synsets; the database holds "
-                            f"{profile.n_synsets}. Merge it into the database its job read.")
-    return model_id
+        raise ShardError(f"shard {folder} ranks against {manifest['n_synsets']} synsets; the database holds "
+                         f"{profile.n_synsets}. Merge it into the database its job read.")
+    return model_id, profile
+
+
+def _list(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as exc:
+        raise ShardError(f"{folder} cannot be read ({exc.strerror}); check its permissions (the merging user "
+                         "must be able to read every shard).") from exc
+
+
+def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int) \
+        -> tuple[dict[str, pa.Table], pa.Table, dict[str, str]]:
+    """Every table of a shard, each checked whole (shard_checks): (image tables, failures, each table
+    file's size/mtime/inode stamp when it was read). Raises a
+    ShardError naming the file, the column and the first bad row; the database is not touched."""
+    rows = manifest["rows"]
+    present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
+    for name in sorted(set(rows) | present):
+        if name not in IMAGE_TABLES and name != FAILURES:
+            raise ShardError(f"shard {folder} holds table {name!r}, which this convis-db does not know (a shard of "
+                             "another schema format?); merge it with the convis-db version that wrote it.")
+        if name in present and name not in rows and name != FAILURES:
+            raise ShardError(f"{folder / (name + '.parquet')}: a table the manifest does not list; {FIX}")
+    if rows.get("images", 0):
+        for name in ("windows", "image_scores", "window_concepts"):
+            if name not in rows:
+                raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
+    tables, stamps = {}, {}
+    for t in IMAGE_TABLES:
+        if t in rows:
+            stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
+            tables[t] = sc.read_table(folder / f"{t}.parquet")
+    failures = sc.read_table(folder / f"{FAILURES}.parquet")
+    if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
+        tables["image_scores"] = with_work_peak_names(tables["image_scores"])
+    for name, table in tables.items():
+        if table.num_rows != rows[name]:
+            raise ShardError(f"{folder / (name + '.parquet')}: {table.num_rows} rows where the manifest counts "
+                             f"{rows[name]}; {FIX}")
+    expected = sc.Expected.read(con, IMAGE_TABLES, n_synsets, model_id, embedding_storage(con))
+    for name, table in tables.items():
+        required = {c for c, (_, not_null) in expected.columns[name].items() if not_null} - {"ingested_at"}
+        if name == "images":
+            required |= {"layout"}
+        sc.check_columns(folder / f"{name}.parquet", table, expected.columns[name], required)
+    images = tables.get("images", pa.table({c: pa.array([], pa.int32()) for c in ("image_id",)}))
+    if "images" not in tables:
+        extra = [t for t in tables if tables[t].num_rows]
+        if extra:
+            raise ShardError(f"{folder / (extra[0] + '.parquet')}: rows for images the shard does not hold; {FIX}")
+        sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
+        return {}, failures, {}
+    shard_images = sc.check_images(folder / "images.parquet", images, manifest)
+    sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
+    sc.check_image_scores(folder / "image_scores.parquet", tables["image_scores"], shard_images, expected)
+    sc.check_window_concepts(folder / "window_concepts.parquet", tables["window_concepts"], shard_images, expected,
+                             int(manifest["settings"]["top_k"]))
+    if "image_embeddings" in tables:
+        sc.check_image_embeddings(folder / "image_embeddings.parquet", tables["image_embeddings"], shard_images,
+                                  expected)
+    sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
+    return tables, failures, stamps
+
+
+def checked_name(folder: Path) -> str:
+    """The shard's name: its folder's, which must be a shard name (shard-NNNNN-HASH). The manifest's
+    own `shard` (written by the worker) must agree; it is never used as given."""
+    if not _SHARD_NAME.match(folder.name):
+        raise ShardError(f"{folder}: the folder's name is not a shard's (shard-NNNNN-<12 hex>); pass the folder "
+                         "an ingest --engine ray wrote its shards into, with the shards' folders as it named them.")
+    return folder.name
+
+
+def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: dict[str, str],
+                         lookup: np.ndarray, model_id: int) -> None:
+    """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
+    written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
+    local -> new by `lookup` (rows of images not added are left out). The column list is the checked
+    table's (names the database's own table has), so format 1 shards' old peak names are renamed here.
+    A file changed since it was checked is refused (the caller's transaction then rolls back)."""
+    old_to_new = {old: new for new, old in WORK_PEAK_COLUMNS.items()}
+    for table in IMAGE_TABLES:
+        if table not in checked:
+            continue
+        path = folder / f"{table}.parquet"
+        if _stamp(path) != checked[table]:
+            raise ShardError(f"{path} changed while it was being merged; run merge again.")
+        names = pq.read_schema(path).names
+        select = []
+        for name in names:
+            target = old_to_new.get(name, name) if table == "image_scores" else name
+            if target == "image_id":
+                select.append("list_extract($lookup, image_id)::INTEGER AS image_id")
+            elif table == "images" and target == "model_id":
+                select.append("$model_id::INTEGER AS model_id")
+            else:
+                select.append(f'"{name}" AS "{target}"')   # names checked against the database's table
+        con.execute(f"INSERT INTO {table} BY NAME SELECT {', '.join(select)} FROM read_parquet($path) "
+                    "WHERE list_extract($lookup, image_id) > 0",   # table from IMAGE_TABLES
+                    {"lookup": lookup[1:].tolist(), "path": str(path),  # DuckDB lists count from 1
+                     **({"model_id": model_id} if table == "images" else {})})
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
-    """Merge one finished shard in one transaction; a shard merged before is left alone."""
+    """Merge one finished shard in one transaction, after checking all of it; a shard merged before is
+    left alone. A damaged shard is refused with a ShardError and nothing of it is stored."""
     folder = Path(folder)
-    manifest = read_manifest(folder)
-    name = manifest["shard"]
+    name = checked_name(folder)
     if name in merged_shard_names(con):
         return ShardMerge(name, "already-merged")
-    model_id = _check_compatible(con, folder, manifest)
-    unknown = {p.stem for p in folder.glob("*.parquet")} - set(IMAGE_TABLES) - {FAILURES}
-    if unknown:
-        raise DatabaseError(f"shard {folder.name} holds tables {sorted(unknown)} this convis-db does not know; "
-                            "upgrade convis-db to merge it.")
-    tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES if (folder / f"{t}.parquet").is_file()}
-    if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
-        tables["image_scores"] = with_work_peak_names(tables["image_scores"])
-    failures = pq.read_table(folder / f"{FAILURES}.parquet").to_pylist()
+    manifest = read_manifest(folder)
+    if manifest.get("shard", name) != name:
+        raise ShardError(f"{folder}: the manifest names shard {str(manifest['shard'])[:80]!r}; a shard keeps the "
+                         "folder name its job gave it. Rename the folder back, or write the shard again.")
+    model_id, profile = _check_compatible(con, folder, manifest)
+    tables, failures_table, stamps = read_shard(con, folder, manifest, model_id, profile.n_synsets)
+    failures = failures_table.to_pylist()
     result = ShardMerge(name, "merged", failed=len(failures))
     with transaction(con):  # a Ctrl-C too: never left open
         images = tables.get("images")
@@ -241,7 +375,7 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
                                   [shas]).fetchall()) if shas else {}
         keep = np.array([sha not in stored for sha in shas], dtype=bool)
         new_ids = next_image_ids(con, int(keep.sum()))
-        lookup = np.zeros(int(local_ids.max()) + 1 if len(local_ids) else 1, np.int64) - 1
+        lookup = np.zeros(len(local_ids) + 1, np.int64)   # local id (1..n, checked) -> new id; 0: not added
         lookup[local_ids[keep]] = new_ids
         for path, sha, kept in zip(paths, shas, keep):
             if not kept:
@@ -249,18 +383,8 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         result.image_ids = {p: int(i) for p, i in zip(np.array(paths, dtype=object)[keep], new_ids)}
         n_windows = images.column("n_windows").to_pylist() if images is not None else []
         result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
-        remapped = {}
-        for t, table in tables.items():
-            ids = lookup[table.column("image_id").to_numpy()]
-            mask = ids >= 0
-            table = table.filter(pa.array(mask))
-            table = table.set_column(table.schema.get_field_index("image_id"), "image_id",
-                                     pa.array(ids[mask].astype(np.int32)))
-            if t == "images":
-                table = table.set_column(table.schema.get_field_index("model_id"), "model_id",
-                                         pa.array(np.full(table.num_rows, model_id, np.int32)))
-            remapped[t] = table
-        insert_tables(con, remapped)
+        if len(new_ids):
+            _insert_from_parquet(con, folder, stamps, lookup, model_id)
         if result.image_ids:
             con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
         for f in failures:
@@ -276,17 +400,37 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
 def merge_folder(con: duckdb.DuckDBPyConnection, shards_dir: str | Path,
                  progress: Progress = no_progress) -> list[ShardMerge]:
     """Merge every finished shard under `shards_dir` in name order (`convis-db merge`), then index
-    the new scores for search. Unfinished shards (no manifest) are left for their job to finish."""
+    the new scores for search once. A shard folder without its manifest (a copy or job cut short) is
+    reported as `unfinished` and left for its job to finish; a folder holding no shard at all, or only
+    unfinished ones, is refused."""
     root = Path(shards_dir)
+    if root.exists() and not root.is_dir():
+        raise ShardError(f"{root} is a file, not a shards folder; pass the folder an `ingest --engine ray "
+                         "--shards DIR` wrote its shard-NNNNN-HASH folders into.")
     if not root.is_dir():
         raise DatabaseError(f"no shards folder at {root}; pass the folder an `ingest --engine ray --shards DIR` "
                             "wrote its shard-NNNNN-HASH folders into.")
-    shards = finished_shards(root)
+    if _SHARD_NAME.match(root.name) and (root / MANIFEST).exists():
+        raise ShardError(f"{root} is one shard; pass the folder that holds it ({root.parent}).")
+    entries = [root / n for n in _list(root) if _SHARD_NAME.match(n)]
+    for p in entries:
+        if not p.is_dir():
+            raise ShardError(f"{p} is a file where a shard's folder belongs; move it out of {root}.")
+    finished = [p for p in entries if MANIFEST in _list(p)]
+    unfinished = [p for p in entries if p not in finished]
+    if not finished:
+        what = (f"only unfinished shards ({', '.join(p.name for p in unfinished[:3])}"
+                f"{', ...' if len(unfinished) > 3 else ''}: no manifest.json)" if unfinished else "no shards")
+        raise ShardError(f"{root} holds {what}; pass the folder an `ingest --engine ray --shards DIR` wrote its "
+                         "finished shard-NNNNN-HASH folders into, or run that ingest again to finish them.")
     results = []
-    with progress("Merging shards", len(shards), "shard") as tick:
-        for name in sorted(shards):
-            results.append(merge_shard(con, shards[name]))
+    with progress("Merging shards", len(finished), "shard") as tick:
+        for folder in finished:
+            results.append(merge_shard(con, folder))
             tick(1)
+    for p in unfinished:
+        log.warning("%s has no manifest: unfinished, left for its job to finish", p)
+        results.append(ShardMerge(p.name, "unfinished"))
     if any(r.images for r in results):
         refresh_concept_index(con)
     return results

@@ -145,7 +145,7 @@ def evaluate_mutual(explainer: MutualExplainer, items: list[LabelledImage], data
             exps = explainer.explain_together([d for _, d in decoded], faithfulness=faithfulness)
             for (item, _), exp in zip(decoded, exps):
                 report.images.append(_row(item, exp))
-                report.curves.append(exp.mi_curve)
+                report.curves.append(exp.auc_curve)
                 if on_explanation is not None:
                     on_explanation(exp)
                 tick(1)

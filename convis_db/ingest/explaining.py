@@ -8,7 +8,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from convis_db.engine.explainer import ConceptEngine
+from convis_db.engine.explainer import ConceptEngine, ImageExplanation
 from convis_db.engine.images import DecodedImage
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid, working_size
@@ -32,7 +32,7 @@ class Explained:
     """An image of a group, explained (`explanation`) or failed (`reason`)."""
 
     item: Queued
-    explanation: object | None = None
+    explanation: ImageExplanation | None = None
     reason: str = ""
 
 

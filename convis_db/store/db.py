@@ -65,13 +65,30 @@ _BASE_CONFIG = {
 #: parsing. COPY ... TO, EXPORT DATABASE, ATTACH, INSTALL, read_csv('/etc/passwd') and secrets are
 #: refused by the engine, and nothing spills to a temporary directory. DuckDB refuses to turn external
 #: access back on, or to widen allowed_directories/allowed_paths or temp_directory, while the database
-#: is open, so no statement can undo this. (lock_configuration is not used: it is per database
-#: instance, and would stop a second connection of this process from setting its own progress bar.)
+#: is open. The rest is locked once the connection is set up (`_lock_read_only`).
 _READ_ONLY_CONFIG = {
     **_BASE_CONFIG,
     "enable_external_access": False,
     "temp_directory": "",
 }
+
+
+def _lock_read_only(con: duckdb.DuckDBPyConnection) -> None:
+    """Close what external access leaves open, then lock the configuration.
+
+    With external access off DuckDB still lets a statement open the database's own files (its
+    allowed_paths: the file and its .wal): `SET log_query_path = 'x.duckdb'` replaced the database with
+    a query log, and `CALL enable_logging(storage='file')` aborted the process. So the local file system
+    is switched off (the database file is open already and is read through its open handle), and then
+    `lock_configuration` makes every SET, RESET, PRAGMA and CALL that changes a setting fail (log and
+    profiling output, logging, secret, extension and temporary directories, allowed paths, the file
+    systems, the lock itself). The lock belongs to the database instance, which DuckDB shares between
+    the read-only connections of one process to one file: a later connection finds it locked already.
+    """
+    if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        return
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+    con.execute("SET lock_configuration = true")
 
 
 def _check_path(path: Path, create: bool) -> None:
@@ -122,8 +139,8 @@ def _check_path_cli_words(path: Path, create: bool) -> None:
 def connect(path: str | Path, *, write: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
     """A connection to the database file, migrated when opened for writing.
 
-    Read-only connections are sandboxed by DuckDB's configuration (see _READ_ONLY_CONFIG): they
-    write no file at all. Raises DatabaseError when the file does not exist (unless `create`), is
+    Read-only connections are sandboxed by DuckDB's configuration (_READ_ONLY_CONFIG, then
+    _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file does not exist (unless `create`), is
     not a regular file, is held by another process, is not a DuckDB file, or comes from a newer schema.
     """
     path = Path(path).expanduser()
@@ -145,11 +162,12 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
             ) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
     try:
-        con.execute("SET enable_progress_bar = false")
+        _no_progress_bar(con)
         if write:
             migrate(con, str(path))
         else:
             check_not_newer(con, str(path))
+            _lock_read_only(con)
         if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
             con.complete()
     except duckdb.Error as exc:
@@ -159,6 +177,19 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
         con.close()
         raise
     return con
+
+
+def _no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
+    """No progress bar on this connection (DuckDB would draw it on stdout, in --json/--csv output).
+
+    A second read-only connection to a file this process has open shares its locked configuration;
+    it cannot set its own bar then, and needs not: DuckDB draws none on a connection that never
+    turned it on outside a terminal (DuckDB's default is off unless Python runs interactively)."""
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        if not con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+            raise
 
 
 def damaged_message(path: str | Path, exc: BaseException) -> str:

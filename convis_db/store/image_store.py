@@ -9,6 +9,7 @@ answers for them too. Before schema 010 the working-pixel peak columns had other
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -92,6 +93,26 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
     n = con.execute("SELECT count(*) FROM images").fetchone()[0]
     raise NotFoundError(f"no stored image {text!r} (by id, path or sha256; the database holds {n} images). "
                         "List them with: convis-db sql \"SELECT image_id, path FROM images\"")
+
+
+def image_file(con: duckdb.DuckDBPyConnection, ref: str | int | Path) -> str:
+    """The file of IMAGE: a stored image's (by id, path or sha256 prefix), else an existing file on disk.
+
+    A reference that names neither is refused with NotFoundError: "no such file" when it reads as a
+    file name, the stored-image message (how many the database holds) when it is an id or a hash."""
+    text = str(ref).strip()
+    try:
+        return get_image(con, text).path
+    except NotFoundError as exc:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return str(path)
+        if text.isdigit() or (len(text) >= 8 and all(ch in "0123456789abcdef" for ch in text.lower())):
+            raise
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        n = con.execute("SELECT count(*) FROM images").fetchone()[0]
+        raise NotFoundError(f"{text}: the file {what}, and no stored image has that path (the database holds "
+                            f"{n} images). Give an image file, or a stored image's id, path or sha256.") from exc
 
 
 def database_layout(con: duckdb.DuckDBPyConnection) -> str:
