@@ -934,6 +934,14 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
     from convis_db.init_db import initialise
     from convis_db.models.registry import DEFAULT_MODEL, DEFAULT_PRETRAINED, resolve_model
 
+    if not isinstance(path, (str, Path)):
+        raise UsageError(f"path={path!r}: pass the database file's path (a str or Path).")
+    vocab = check.name("vocab", vocab, "physical-objects")
+    for arg, value in (("model", model), ("pretrained", pretrained), ("hierarchy", hierarchy), ("embeddings", embeddings)):
+        if value is not None:
+            check.name(arg, value, {"model": "ViT-B-32", "pretrained": "openai", "hierarchy": "reference",
+                                    "embeddings": "float32"}[arg])
+    batch_size = check.integer("batch_size", batch_size, minimum=1)
     dev = _device(device)
     spec = resolve_model(model or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED)
     from convis_db.models.precision import resolve_precision

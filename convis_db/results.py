@@ -16,6 +16,7 @@ from convis_db.errors import ConvisError
 
 #: Rows shown by repr() and by a notebook's HTML table.
 REPR_ROWS = 5
+REPR_COLUMNS = 8
 HTML_ROWS = 10
 
 #: Arrow types of the annotations the result dataclasses use (annotations are strings here).
@@ -68,7 +69,11 @@ def _as_row(row: Any) -> dict:
 
 def _cell(value: Any, width: int = 40) -> str:
     text = f"{value:.4f}" if isinstance(value, float) else str(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+    if len(text) <= width:
+        return text
+    if isinstance(value, str) and "/" in value:  # a path: its end names the file
+        return "..." + text[-(width - 3):]
+    return text[: width - 3] + "..."
 
 
 class Results(list):
@@ -110,9 +115,12 @@ class Results(list):
     def __repr__(self) -> str:
         lines = [f"<{self.summary()}>"]
         columns = self._columns()
+        if len(columns) > REPR_COLUMNS:
+            columns = columns[:REPR_COLUMNS]
+            lines[0] = lines[0][:-1] + f"; {REPR_COLUMNS} of {len(self._columns())} columns shown: .df() has all>"
         shown = [_as_row(r) for r in list(self)[:REPR_ROWS]]
         if shown:
-            cells = [[_cell(row[c]) for c in columns] for row in shown]
+            cells = [[_cell(row[c], 30) for c in columns] for row in shown]
             widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
             lines.append("  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip())
             lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]

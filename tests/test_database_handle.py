@@ -4,6 +4,7 @@ coordinates in original pixels."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def test_a_second_open_in_the_other_mode_fails_itself_and_leaves_the_first_worki
         report = again.ingest(sorted(sample_images_dir().glob("*.jpg"))[:1])
         assert report.count("ingested") == 1 and writer.count("entity.n.01") == 3  # one file, one truth
         again.close()
-        assert writer.search("entity.n.01", limit=1)
+        with pytest.raises(DatabaseLockedError):  # ingest kept the connection: no gap for a reader to take
+            convis_db.open(copy, device="cpu")
+        assert writer.search("entity.n.01", limit=1) and "read-write" in repr(writer)
     with convis_db.open(copy, device="cpu") as reader:
         with pytest.raises(DatabaseLockedError, match="already open read-only in this process"):
             convis_db.open(copy, device="cpu", write=True)
@@ -129,6 +132,18 @@ def test_ingest_arguments_and_settings_are_checked_before_anything_runs(copy, tm
     with pytest.raises(UsageError, match="Settings: stride=0 must be at least 1") as info:
         Settings(stride=0)
     assert "--" not in str(info.value)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"vocab": ["dog"]}, "vocab=['dog'] (list): pass a string"),
+    ({"model": 32}, "model=32 (int)"),
+    ({"batch_size": 0}, "batch_size=0 is below 1"),
+    ({"device": 0}, "device=0"),
+])
+def test_create_checks_its_arguments_before_making_a_file(tmp_path, kwargs, words):
+    with pytest.raises(UsageError, match=re.escape(words)):
+        convis_db.create(tmp_path / "new.duckdb", **kwargs)
+    assert not (tmp_path / "new.duckdb").exists()
 
 
 def test_cli_keeps_its_own_wording(run_cli, tmp_path):
