@@ -77,7 +77,7 @@ class ExplainQueue:
         except (ConvisError, RuntimeError, ValueError, MemoryError):
             return [self._alone(q) for q in group]  # find the image at fault
         for q in group:
-            q.image.pixels = None  # explained: the decoded pixels go now, not when the writes are done
+            q.image.pixels = None  # type: ignore[assignment]  # explained: the pixels go now, not when written
         return [Explained(q, e) for q, e in zip(group, explanations)]
 
     def _alone(self, item: Queued) -> Explained:
