@@ -11,21 +11,25 @@
 --    window_concepts is now a view with the same columns and values, so every query that read the
 --    table (window_top_concepts, regions_with, users' SQL) answers as before. A database opened
 --    read-only before this migration keeps its window_concepts table: same name, same columns.
---    Ingest and shard merges write window_top (store/image_store.py: insert_tables); shards keep
+--    Ingest and shard merges write window_top (store/image_store.py: insert_tables), shards keep
 --    window_concepts rows (shard format unchanged).
 
-CREATE TABLE window_top (
+CREATE TABLE IF NOT EXISTS window_top (
     image_id   INTEGER NOT NULL,
     window_idx INTEGER NOT NULL,
     synset_ids INTEGER[] NOT NULL,     -- top_k synset ids by cosine, best first (k = position)
-    rank_less  INTEGER[]               -- NULL: rank_less[k] = |T| - k for every k; else the exact counts
+    rank_less  INTEGER[]               -- NULL: rank_less[k] = |T| - k for every k, else the exact counts
 );
 
+-- The rows of window_concepts, one window at a time. convis-db runs this statement itself a batch of
+-- images at a time, with progress, before the rest of this file (store/migration_steps.py, in the same
+-- transaction): then only images past those batches are left here, none. Run alone, it converts all.
 INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less)
 SELECT image_id, window_idx, list(synset_id ORDER BY k),
        CASE WHEN bool_and(rank_less = (SELECT count(*) FROM synsets) - k) THEN NULL
             ELSE list(rank_less ORDER BY k) END
 FROM window_concepts
+WHERE image_id > (SELECT coalesce(max(image_id), 0) FROM window_top)
 GROUP BY image_id, window_idx
 ORDER BY image_id, window_idx;
 

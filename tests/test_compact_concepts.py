@@ -143,3 +143,36 @@ def test_the_compact_layout_is_smaller_than_the_rows_it_replaces(filled012, tmp_
         con.close()
     assert sizes["lists"] * 2 < sizes["rows"], sizes
     assert np.all(np.array(list(sizes.values())) > 0)
+
+
+def test_the_upgrade_runs_in_batches_with_progress_and_equals_the_sql_alone(filled012, tmp_path, monkeypatch):
+    """convis-db converts window_concepts a batch of images at a time with a bar counting images (here one
+    image per batch); 012's SQL run alone (as an older tool or a test would) gives the same window_top."""
+    import contextlib
+
+    from convis_db.store import migration_steps
+    from convis_db.store.migrations import available_migrations, migrate
+
+    monkeypatch.setattr(migration_steps, "BATCH_IMAGES", 1)
+    bars = []
+
+    @contextlib.contextmanager
+    def progress(desc, total, unit="it"):
+        bars.append([desc, total, unit, 0])
+        yield lambda n=1, **postfix: bars[-1].__setitem__(3, bars[-1][3] + n)
+
+    stepped, alone = tmp_path / "stepped.duckdb", tmp_path / "alone.duckdb"
+    copy_into_schema_below(filled012, stepped, 12)
+    shutil.copyfile(stepped, alone)
+    con = duckdb.connect(str(stepped))
+    assert 12 in migrate(con, str(stepped), progress=progress)
+    by_steps = con.execute("SELECT * FROM window_top ORDER BY image_id, window_idx").fetchall()
+    con.close()
+    assert bars == [["Upgrading: each window's top concepts as one row (schema 012)", 3, "images", 3]]
+
+    (sql,) = [m.sql for m in available_migrations() if m.version == 12]
+    con = duckdb.connect(str(alone))
+    con.execute(sql)
+    assert con.execute("SELECT * FROM window_top ORDER BY image_id, window_idx").fetchall() == by_steps
+    assert len(by_steps) == con.execute("SELECT sum(n_windows) FROM images").fetchone()[0]
+    con.close()
