@@ -53,7 +53,8 @@ def table_bytes(db: Path, images: int, copies: int = 16) -> dict[str, float]:
     src = duckdb.connect(str(db), read_only=True)
     tables = [r[0] for r in src.execute(
         "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'image_id' AND NOT internal "
-        "AND table_name IN (SELECT table_name FROM duckdb_tables()) ORDER BY table_name").fetchall()]
+        "AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE estimated_size > 0) "
+        "ORDER BY table_name").fetchall()]
     src.close()
     with tempfile.TemporaryDirectory(prefix="bench-storage-table-") as folder:
         for table in tables:
@@ -118,7 +119,7 @@ def main() -> None:
                 write_image(con, exp, decoded.sha256, str(path), model_id, settings)
             refresh_concept_index(con)
             con.execute("CHECKPOINT")
-            _, _, block, total_blocks, used_blocks, free_blocks = con.execute(
+            _, _, block, total_blocks, _used, free_blocks = con.execute(
                 "SELECT database_name, database_size, block_size, total_blocks, used_blocks, free_blocks "
                 "FROM pragma_database_size() WHERE database_name = current_database()").fetchone()
             con.close()
