@@ -18,6 +18,7 @@ from test_migrations_010 import SETTINGS, _answers
 from test_queries import readme_sql_examples
 
 from convis_db.ingest import Ingestor
+from convis_db.query.stats import database_stats
 from convis_db.store.db import connect
 from convis_db.store.image_store import insert_tables
 from convis_db.store.migrations import applied_versions, has_table
@@ -55,6 +56,8 @@ def _everything(db) -> dict:
         out["window_concepts types"] = [r[1] for r in con.execute(
             "DESCRIBE SELECT * FROM window_concepts").fetchall()]
         out["regions_with low"] = con.execute("SELECT * FROM regions_with('entity.n.01', 0.5)").fetchall()
+        out["stats"] = {key: value for key, value in database_stats(con, str(db)).items()
+                        if key not in ("db", "file_bytes", "schema_version")}
     finally:
         con.close()
     with convis_db.open(db, device="cpu") as api:
