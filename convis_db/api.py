@@ -265,7 +265,7 @@ class Database:
     """
 
     def __init__(self, path: str | Path, *, device: str | torch.device = "auto", precision: str | None = None,
-                 write: bool = False):
+                 write: bool = False, progress: ProgressArg = False):
         from convis_db.models.precision import resolve_precision
 
         self.path = Path(path).expanduser()
@@ -275,6 +275,7 @@ class Database:
         self.precision = resolve_precision(precision, self.device)
         self._asked_precision = precision  # Ray workers resolve it again on their own devices
         self.writable = write
+        self._upgrade_progress = _progress(progress)  # a writable open upgrades an older file (its long steps)
         self._hierarchy: StoredHierarchy | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
         self._maps: MapService | None = None
@@ -289,7 +290,7 @@ class Database:
         """The connection (opened on first use): read-only unless the database was opened with
         write=True. Read-only, DuckDB writes no file through it."""
         if self._con is None:
-            con = connect(self.path, write=self.writable)
+            con = connect(self.path, write=self.writable, progress=self._upgrade_progress)
             try:
                 require_initialised(con, self.path)
             except BaseException:

@@ -179,3 +179,26 @@ def test_the_upgrade_runs_in_batches_with_progress_and_equals_the_sql_alone(fill
     assert con.execute("SELECT * FROM window_top ORDER BY image_id, window_idx").fetchall() == by_steps
     assert len(by_steps) == con.execute("SELECT sum(n_windows) FROM images").fetchone()[0]
     con.close()
+
+
+def test_opening_an_older_file_for_writing_shows_the_upgrade(filled012, tmp_path):
+    """Database(write=True, progress=...) (the CLI passes its bars) hands the factory to the upgrade."""
+    import contextlib
+
+    from convis_db.api import Database
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(filled012, old, 12)
+    bars = []
+
+    @contextlib.contextmanager
+    def progress(desc, total, unit="it"):
+        bars.append((desc, total, unit))
+        yield lambda n=1, **postfix: None
+
+    db = Database(old, device="cpu", write=True, progress=progress)
+    try:
+        assert 12 in applied_versions(db.con)
+    finally:
+        db.close()
+    assert bars == [("Upgrading: each window's top concepts as one row (schema 012)", 3, "images")]
