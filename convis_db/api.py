@@ -417,7 +417,7 @@ class Database:
     """
 
     def __init__(self, path: str | Path, *, device: str | torch.device = "auto", precision: str | None = None,
-                 write: bool = False):
+                 write: bool = False, progress: ProgressArg = False):
         from convis_db.models.precision import resolve_precision
 
         if not isinstance(path, (str, Path)):
@@ -430,6 +430,7 @@ class Database:
         self.precision = resolve_precision(precision, self.device)
         self._asked_precision = precision  # Ray workers resolve it again on their own devices
         self.writable = write
+        self._upgrade_progress = _progress(progress)  # a writable open upgrades an older file (its long steps)
         self._hierarchy: StoredHierarchy | None = None
         self._maps: MapService | None = None
         self._profile = None
@@ -437,7 +438,7 @@ class Database:
         self.init_report: Any = None
         # Fails now, not at the first query, on a missing, foreign or uninitialised file, or on one this
         # process holds in the other mode (the other handle keeps working).
-        self._shared: handles.SharedConnection | None = handles.acquire(self.path, write)
+        self._shared: handles.SharedConnection | None = handles.acquire(self.path, write, self._upgrade_progress)
 
     # -- connections -------------------------------------------------------------------------
     @property

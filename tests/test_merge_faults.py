@@ -143,6 +143,8 @@ DAMAGE = {
     "a negative width": ("images", set_at("width", 1, -5), "width", 1),
     "a NaN scale": ("images", set_at("scale", 0, float("nan")), "scale", 0),
     "a NULL where a value is required": ("images", set_at("height", 2, None), "height", 2),
+    # window_concepts is a view since schema 012 (over window_top): its rows still need every value
+    "a NULL in a window's top-K": ("window_concepts", set_at("synset_id", 3, None), "synset_id", 3),
     "a box that ends before it starts": ("windows", set_at("x1", 10, -100), "x1", 10),
     "grid_row that disagrees with window_idx": ("windows", set_at("grid_row", 13, 99), "grid_row", 13),
     "NaN in a window embedding": ("windows", lambda c: c["embedding"][3].__setitem__(0, float("nan")),

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
+from convis_db.progress import Progress, no_progress
 from convis_db.store.migrations import check_not_newer, migrate
 
 
@@ -136,8 +137,10 @@ def _check_path_cli_words(path: Path, create: bool) -> None:
                             "Choose a path in a folder you can write.") from exc
 
 
-def connect(path: str | Path, *, write: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
-    """A connection to the database file, migrated when opened for writing.
+def connect(path: str | Path, *, write: bool = False, create: bool = False,
+            progress: Progress = no_progress) -> duckdb.DuckDBPyConnection:
+    """A connection to the database file, migrated when opened for writing (`progress` shows the
+    migrations' long steps).
 
     Read-only connections are sandboxed by DuckDB's configuration (_READ_ONLY_CONFIG, then
     _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file does not exist (unless `create`), is
@@ -164,7 +167,7 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
     try:
         _no_progress_bar(con)
         if write:
-            migrate(con, str(path))
+            migrate(con, str(path), progress)
         else:
             check_not_newer(con, str(path))
             _lock_read_only(con)

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from convis_db.errors import DatabaseLockedError
+from convis_db.progress import Progress, no_progress
 from convis_db.store.db import connect, require_initialised
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,10 @@ def file_key(path: str | Path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def open_connection(path: str | Path, write: bool) -> duckdb.DuckDBPyConnection:
-    """A new connection to an initialised database (the file is checked and, for writing, migrated)."""
-    con = connect(path, write=write)
+def open_connection(path: str | Path, write: bool, progress: Progress = no_progress) -> duckdb.DuckDBPyConnection:
+    """A new connection to an initialised database (the file is checked and, for writing, migrated,
+    `progress` showing the migrations' long steps)."""
+    con = connect(path, write=write, progress=progress)
     try:
         require_initialised(con, path)
     except BaseException:
@@ -58,7 +60,7 @@ def open_connection(path: str | Path, write: bool) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def acquire(path: str | Path, write: bool) -> SharedConnection:
+def acquire(path: str | Path, write: bool, progress: Progress = no_progress) -> SharedConnection:
     """The process's connection to `path` in this mode: shared when one is open, else a new one.
 
     Raises DatabaseLockedError (changing nothing that is open) when the file is already open in this
@@ -72,7 +74,7 @@ def acquire(path: str | Path, write: bool) -> SharedConnection:
             shared.users += 1
             log.debug("sharing the %s connection to %s (%d users)", shared.mode, key, shared.users)
             return shared
-        shared = SharedConnection(key, write, open_connection(path, write))
+        shared = SharedConnection(key, write, open_connection(path, write, progress))
         _OPEN[key] = shared
         return shared
 

@@ -280,8 +280,29 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
     if unknown:
         raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
     for name in IMAGE_TABLES:
-        if tables.get(name) is not None:
+        if tables.get(name) is None:
+            continue
+        if name == "window_concepts":
+            insert_window_top(con, tables[name])
+        else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
+
+
+def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> None:
+    """window_concepts rows (image_id, window_idx, k, synset_id, rank_less; as image_tables and shards
+    hold them) stored as schema 012 keeps them: one window_top row per window, its synset ids in k order,
+    and its rank_less list only where some entry is not |T| - k (cosines tie). The view window_concepts
+    gives the rows back. The caller holds the transaction."""
+    con.register("_window_concepts", concepts)
+    try:
+        con.execute(
+            """INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less)
+               SELECT image_id, window_idx, list(synset_id ORDER BY k),
+                      CASE WHEN bool_and(rank_less = (SELECT count(*) FROM synsets) - k) THEN NULL
+                           ELSE list(rank_less ORDER BY k) END
+               FROM _window_concepts GROUP BY image_id, window_idx ORDER BY image_id, window_idx""")
+    finally:
+        con.unregister("_window_concepts")
 
 
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:

@@ -106,8 +106,13 @@ class Expected:
             "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
             "WHERE table_schema = 'main' AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()
         columns: dict[str, dict[str, tuple[str, bool]]] = {t: {} for t in tables}
+        # A view over a compact table (schema 012: window_concepts over window_top) reports its columns as
+        # nullable; the rows it stands for have a value in every column.
+        views = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'VIEW' "
+            "AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()}
         for table, column, dtype, nullable in rows:
-            columns[table][column] = (dtype, nullable == "NO")
+            columns[table][column] = (dtype, nullable == "NO" or table in views)
         dim = con.execute("SELECT embed_dim FROM models WHERE model_id = ?", [model_id]).fetchone()
         return cls(columns, n_synsets, int(dim[0]) if dim and dim[0] else None, storage)
 
