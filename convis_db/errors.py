@@ -69,6 +69,11 @@ class ConvisError(Exception):
         return super().__str__()
 
 
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the CLI's SIGTERM handler: stops what runs as Ctrl-C does (the
+    same clean-up), so that `kill` gets a one-line message and exit code 143 rather than silence."""
+
+
 class UsageError(ConvisError):
     """Bad arguments or options (a value out of range, an unknown choice)."""
 

@@ -66,8 +66,14 @@ def reduction_factor(width: int, height: int, at_least: tuple[int, int], limit: 
     return f
 
 
-def _stored_target(img: Image.Image, at_least: tuple[int, int]) -> tuple[int, int]:
-    """`at_least` (upright width, height) in the file's stored orientation (EXIF 5-8 swap the sides)."""
+def _stored_target(img: Image.Image, at_least: tuple[int, int] | int) -> tuple[int, int]:
+    """The smallest (width, height) to decode, in the file's stored orientation: `at_least` is an
+    upright (width, height) (EXIF orientations 5-8 swap the sides), or an int: the working size of
+    that many pixels (engine.windows.working_size, the same in either orientation)."""
+    if isinstance(at_least, int):
+        from convis_db.engine.windows import working_size
+
+        return working_size(img.size[0], img.size[1], at_least)
     try:
         orientation = img.getexif().get(0x0112, 1)
     except Exception:  # noqa: BLE001 - a malformed EXIF block: the decode below reports real errors
@@ -75,7 +81,7 @@ def _stored_target(img: Image.Image, at_least: tuple[int, int]) -> tuple[int, in
     return (at_least[1], at_least[0]) if orientation in (5, 6, 7, 8) else at_least
 
 
-def decode_cost(path: str | Path, at_least: tuple[int, int] | None = None) -> int:
+def decode_cost(path: str | Path, at_least: tuple[int, int] | int | None = None) -> int:
     """Pixels that decoding the file will hold at once (from its header only): the full size, or the
     reduced size where JPEG decodes reduced. 0 when the header cannot be read (decoding reports why)."""
     try:
@@ -117,10 +123,11 @@ def _bomb_message(path: str, pixels: int, size: str = "") -> str:
 _PIL_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
-def decode_bytes(data: bytes, path: str, at_least: tuple[int, int] | None = None) -> DecodedImage:
+def decode_bytes(data: bytes, path: str, at_least: tuple[int, int] | int | None = None) -> DecodedImage:
     """Decode image bytes (first frame, upright RGB). Raises ImageError naming the file and the fix.
 
-    `at_least` (upright width, height): the caller needs no more than this, so an original above
+    `at_least` (upright width, height, or an int: the working size of that many pixels, as ingest
+    asks for its max_pixels): the caller needs no more than this, so an original above
     REDUCE_ABOVE_PIXELS is decoded reduced by a power of two that keeps at least that size: JPEG in
     the decoder itself (DCT scaling, never holding the full image), other formats by Image.reduce
     right after decoding (box averages), before any other copy is made. The result's `full_size`
@@ -189,7 +196,7 @@ def _link_target(path: Path) -> str:
         return "?"
 
 
-def read_image(path: str | Path, at_least: tuple[int, int] | None = None) -> DecodedImage:
+def read_image(path: str | Path, at_least: tuple[int, int] | int | None = None) -> DecodedImage:
     """Read and decode one file (reduced towards `at_least`, see decode_bytes). Anything unusable
     (missing, unreadable, not a regular file, too large, not an image) raises ImageError with the
     reason and the fix."""

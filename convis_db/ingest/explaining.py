@@ -73,14 +73,16 @@ class ExplainQueue:
         if not group:
             return []
         try:
-            explanations = self._engine().explain_many([q.image.pixels for q in group])
+            explanations = self._engine().explain_many([q.image.pixels for q in group], [q.image.size for q in group])
         except (ConvisError, RuntimeError, ValueError, MemoryError):
             return [self._alone(q) for q in group]  # find the image at fault
+        for q in group:
+            q.image.pixels = None  # type: ignore[assignment]  # explained: the pixels go now, not when written
         return [Explained(q, e) for q, e in zip(group, explanations)]
 
     def _alone(self, item: Queued) -> Explained:
         try:
-            return Explained(item, self._engine().explain_pixels(item.image.pixels))
+            return Explained(item, self._engine().explain_pixels(item.image.pixels, size=item.image.size))
         except ConvisError as exc:
             return Explained(item, reason=str(exc))
         except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image

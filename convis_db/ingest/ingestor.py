@@ -17,7 +17,7 @@ import torch
 
 from convis_db.engine.explainer import ConceptEngine, default_batch_size
 from convis_db.engine.images import read_image
-from convis_db.errors import ConvisError
+from convis_db.errors import ConvisError, Terminated
 from convis_db.ingest.explaining import ExplainQueue, Queued
 from convis_db.ingest.plan import IngestPlan, collect_image_paths
 from convis_db.ingest.report import IngestOutcome, IngestReport
@@ -97,7 +97,7 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, precision=self.precision,
                               settings=self.settings.as_dict())
-        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads)
+        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads, work_pixels=self.settings.max_pixels)
         queue = ExplainQueue(self.engine, self.settings, self.batch_size)
         with self.progress("Ingesting", len(files), "img") as tick, StopOnSignal() as stop, \
                 ImageStorer(self.con, self.db_path, self.model_id, self.settings, self.precision) as storer:
@@ -112,11 +112,11 @@ class Ingestor:
                     if not stop.requested.is_set():
                         self._flush(queue, storer, report, stop)  # the last group of small images
                     storer.settle(report)  # the last image's write
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # a second Ctrl-C, or a second SIGTERM under the CLI (Terminated)
                 storer.abort()
                 self._rollback_open_transaction()
                 report.interrupted = True
-                report.stopped_by = "SIGINT"
+                report.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             if stop.requested.is_set():
                 report.interrupted = True
                 report.stopped_by = stop.signal_name

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
+from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, PixelBudget, decode_cost, read_image
 from convis_db.errors import ConvisError
 from convis_db.ingest.report import IngestOutcome
 from convis_db.store.image_store import failed_paths, find_by_sha, record_failure
@@ -63,33 +63,61 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
 
 
+#: Decoded pixels that an ingest reads ahead of the model at most (an image larger than this is read
+#: alone). 64 Mpx hold about 256 MB while decoding (PIL keeps 4 bytes a pixel).
+DECODE_BUDGET_PIXELS = 64_000_000
+
+
 class IngestPlan:
     """Decides, file by file, what an ingest does with it: skip it (failed before, or its content is
-    stored already), record it as failed (unreadable), or hand its decoded image on."""
+    stored already), record it as failed (unreadable), or hand its decoded image on.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, retry_failed: bool = False, decode_threads: int = 2):
+    `work_pixels` (the run's max_pixels) lets big originals be decoded reduced to no less than their
+    working size (engine.images.decode_bytes); `budget_pixels` bounds the pixels being decoded or
+    waiting for the model, so a batch of huge photos is read one or two at a time, not four."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, retry_failed: bool = False, decode_threads: int = 2,
+                 work_pixels: int | None = None, budget_pixels: int = DECODE_BUDGET_PIXELS):
         self.con = con
         self.decode_threads = decode_threads
+        self.work_pixels = work_pixels
+        self.budget = PixelBudget(budget_pixels)
         self.previously_failed: set[str] = set() if retry_failed else failed_paths(con)
 
     def decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
         """Yield (path, future of DecodedImage) with a few decodes running ahead in threads; files that
-        failed before are not read at all (their future is None)."""
+        failed before are not read at all (their future is None).
+
+        Ahead means at most 2 x decode_threads files and, together, at most the budget's pixels (by
+        each file's header: what its decode holds). A file's pixels count from its submission until
+        the consumer asks for the next file (by then its image is explained, or queued with other
+        small ones); the generator never waits for the budget with a decode of its own in hand."""
         ahead = max(1, self.decode_threads * 2)
         with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
-            futures: list[tuple[Path, Future | None]] = []
+            futures: list[tuple[Path, Future | None, int]] = []
             try:
                 for path in files:
                     skipped = str(path.absolute()) in self.previously_failed
-                    futures.append((path, None if skipped else pool.submit(read_image, path)))
-                    if len(futures) > ahead:
-                        yield futures.pop(0)
+                    cost = 0 if skipped else decode_cost(path, self.work_pixels)
+                    while futures and (len(futures) >= ahead or not self.budget.fits(cost)):
+                        yield from self._hand_over(futures.pop(0))
+                    self.budget.take(cost)  # fits, or nothing else is in flight: never waits
+                    future = None if skipped else pool.submit(read_image, path, self.work_pixels)
+                    futures.append((path, future, cost))
                 while futures:
-                    yield futures.pop(0)
+                    yield from self._hand_over(futures.pop(0))
             finally:  # stopped early: do not decode what will not be used
-                for _, future in futures:
+                for _, future, cost in futures:
                     if future is not None:
                         future.cancel()
+                    self.budget.give(cost)
+
+    def _hand_over(self, item: tuple[Path, Future | None, int]) -> Iterator[tuple[Path, Future | None]]:
+        path, future, cost = item
+        try:
+            yield path, future
+        finally:
+            self.budget.give(cost)
 
     def admit(self, path: Path, decoded: Future | None) -> tuple[IngestOutcome | None, DecodedImage | None]:
         """(final outcome, None) for a file skipped as failed before or failing to decode (recorded);
