@@ -730,6 +730,8 @@ class Database:
         if text is not None:
             raise UsageError("text= is for method='grad-eclip'; a convis map is of a concept.")
         ref = check.image_ref("image", image)
+        if concept is None:
+            raise UsageError("a convis map needs the concept: db.map(image, 'dog.n.01') (a synset name).")
         concept = check.name("concept", concept, "dog.n.01")
         return Map(self.map_service().for_ref(ref, concept, check.flag("only_self", only_self)))
 
