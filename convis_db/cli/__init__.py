@@ -46,4 +46,4 @@ def __getattr__(name: str):
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()
