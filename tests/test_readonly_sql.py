@@ -167,7 +167,7 @@ def test_every_read_only_connection_is_locked(db_copy, tmp_path):
                     con.execute(f"SET log_query_path = '{db_copy}'")
                 with pytest.raises(duckdb.Error):
                     con.execute(f"SELECT * FROM read_text('{db_copy}')")
-            with pytest.raises(convis_db.ConvisError, match="--write"):
+            with pytest.raises(convis_db.ConvisError, match="write=True"):
                 db.sql(f"SET profiling_output = '{tmp_path}/p.json'")
             assert db.sql("SELECT count(*) FROM synsets").fetchall()[0][0] > 0
         finally:

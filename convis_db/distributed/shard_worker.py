@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -20,10 +19,11 @@ import numpy as np
 import torch
 
 from convis_db.engine.explainer import ConceptEngine
-from convis_db.engine.images import DecodedImage, read_image
+from convis_db.engine.images import DecodedImage, PixelBudget
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError
 from convis_db.ingest.explaining import ExplainQueue, Queued
+from convis_db.ingest.plan import DECODE_BUDGET_PIXELS, decode_ahead
 from convis_db.ingest.report import IngestOutcome
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec
@@ -79,9 +79,9 @@ def _spec_here(spec: ModelSpec) -> ModelSpec:
     return replace(spec, config_path=str(path))
 
 
-def _decode(path: str) -> DecodedImage | ConvisError:
+def _decoded(future) -> DecodedImage | ConvisError:
     try:
-        return read_image(path)
+        return future.result()
     except ConvisError as exc:
         return exc
 
@@ -112,23 +112,26 @@ def explain_shard(engine: ConceptEngine, job: ShardJob, name: str, files: list[s
     todo = [p for p in files if p not in job.skip_paths]
     content.skipped.extend((p, "failed before; re-run with --retry-failed to try again.")
                            for p in files if p in job.skip_paths)
-    with ThreadPoolExecutor(max_workers=job.decode_threads, thread_name_prefix="decode") as pool:
-        for path, decoded in zip(todo, pool.map(_decode, todo)):
-            if isinstance(decoded, ConvisError):
-                content.failures.append((path, None, str(decoded)))
-                continue
-            if decoded.sha256 in job.known_sha256:
-                content.skipped.append((path, "already stored (same content)."))
-                continue
-            if decoded.sha256 in seen:
-                if queue.holds(decoded.sha256):
-                    flush()  # as a plain ingest does: its twin is explained first
-                content.skipped.append((path, "same content as an earlier file of this run."))
-                continue
-            seen.add(decoded.sha256)
-            if queue.add(Queued(IngestOutcome(path, "pending"), decoded, time.perf_counter())):
-                flush()
-        flush()
+    # The plain ingest's read-ahead: bounded in decoded pixels, big photos decoded reduced alike.
+    ahead = decode_ahead([Path(p) for p in todo], job.decode_threads, job.settings.max_pixels,
+                         PixelBudget(DECODE_BUDGET_PIXELS))
+    for path, (_, future) in zip(todo, ahead):  # paths as given (the manifest lists them so)
+        decoded = _decoded(future)
+        if isinstance(decoded, ConvisError):
+            content.failures.append((path, None, str(decoded)))
+            continue
+        if decoded.sha256 in job.known_sha256:
+            content.skipped.append((path, "already stored (same content)."))
+            continue
+        if decoded.sha256 in seen:
+            if queue.holds(decoded.sha256):
+                flush()  # as a plain ingest does: its twin is explained first
+            content.skipped.append((path, "same content as an earlier file of this run."))
+            continue
+        seen.add(decoded.sha256)
+        if queue.add(Queued(IngestOutcome(path, "pending"), decoded, time.perf_counter())):
+            flush()
+    flush()
     write_shard(job.shards_dir, content, job.manifest)
     seconds = time.perf_counter() - t0
     log.info("wrote %s: %d images, %d skipped, %d failed in %.1f s", name, len(content.images),

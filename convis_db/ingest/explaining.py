@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from convis_db.engine.explainer import ConceptEngine, ImageExplanation
 from convis_db.engine.images import DecodedImage
@@ -16,6 +18,7 @@ from convis_db.errors import ConvisError
 from convis_db.ingest.report import IngestOutcome
 
 log = logging.getLogger(__name__)
+_NO_PIXELS = np.empty((0, 0, 3), np.uint8)
 
 
 @dataclass
@@ -76,8 +79,8 @@ class ExplainQueue:
             explanations = self._engine().explain_many([q.image.pixels for q in group], [q.image.size for q in group])
         except (ConvisError, RuntimeError, ValueError, MemoryError):
             return [self._alone(q) for q in group]  # find the image at fault
-        for q in group:
-            q.image.pixels = None  # type: ignore[assignment]  # explained: the pixels go now, not when written
+        for q in group:  # explained: the decoded pixels go now, not when the writes are done (path, hash, size stay)
+            q.image = replace(q.image, pixels=_NO_PIXELS, full_size=q.image.size)
         return [Explained(q, e) for q, e in zip(group, explanations)]
 
     def _alone(self, item: Queued) -> Explained:

@@ -8,7 +8,7 @@ Nothing here runs the model or writes an image; a file that cannot be read is re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,6 +68,47 @@ def _is_candidate(path: Path) -> bool:
 DECODE_BUDGET_PIXELS = 64_000_000
 
 
+def decode_ahead(files: list[Path], decode_threads: int, work_pixels: int | None, budget: PixelBudget,
+                 skip: Callable[[Path], bool] = lambda path: False) -> Iterator[tuple[Path, Future | None]]:
+    """Yield (path, future of DecodedImage) in file order, with a few decodes running ahead in threads:
+    the one read-ahead of a plain ingest and of a Ray shard worker. Files for which `skip` is true are
+    not read (their future is None).
+
+    Ahead means at most 2 x decode_threads files and, together, at most the budget's pixels (by
+    each file's header: what its decode holds). A file's pixels count from its submission until
+    the consumer asks for the next file (by then its image is explained, or queued with other
+    small ones); the generator never waits for the budget with a decode of its own in hand.
+    `work_pixels` (the run's max_pixels) lets big originals be decoded reduced to no less than their
+    working size (engine.images.decode_bytes)."""
+    ahead = max(1, decode_threads * 2)
+    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
+        futures: list[tuple[Path, Future | None, int]] = []
+        try:
+            for path in files:
+                skipped = skip(path)
+                cost = 0 if skipped else decode_cost(path, work_pixels)
+                while futures and (len(futures) >= ahead or not budget.fits(cost)):
+                    yield from _hand_over(futures.pop(0), budget)
+                budget.take(cost)  # fits, or nothing else is in flight: never waits
+                future = None if skipped else pool.submit(read_image, path, work_pixels)
+                futures.append((path, future, cost))
+            while futures:
+                yield from _hand_over(futures.pop(0), budget)
+        finally:  # stopped early: do not decode what will not be used
+            for _, future, cost in futures:
+                if future is not None:
+                    future.cancel()
+                budget.give(cost)
+
+
+def _hand_over(item: tuple[Path, Future | None, int], budget: PixelBudget) -> Iterator[tuple[Path, Future | None]]:
+    path, future, cost = item
+    try:
+        yield path, future
+    finally:
+        budget.give(cost)
+
+
 class IngestPlan:
     """Decides, file by file, what an ingest does with it: skip it (failed before, or its content is
     stored already), record it as failed (unreadable), or hand its decoded image on.
@@ -85,39 +126,11 @@ class IngestPlan:
         self.previously_failed: set[str] = set() if retry_failed else failed_paths(con)
 
     def decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
-        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads; files that
-        failed before are not read at all (their future is None).
-
-        Ahead means at most 2 x decode_threads files and, together, at most the budget's pixels (by
-        each file's header: what its decode holds). A file's pixels count from its submission until
-        the consumer asks for the next file (by then its image is explained, or queued with other
-        small ones); the generator never waits for the budget with a decode of its own in hand."""
-        ahead = max(1, self.decode_threads * 2)
-        with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
-            futures: list[tuple[Path, Future | None, int]] = []
-            try:
-                for path in files:
-                    skipped = str(path.absolute()) in self.previously_failed
-                    cost = 0 if skipped else decode_cost(path, self.work_pixels)
-                    while futures and (len(futures) >= ahead or not self.budget.fits(cost)):
-                        yield from self._hand_over(futures.pop(0))
-                    self.budget.take(cost)  # fits, or nothing else is in flight: never waits
-                    future = None if skipped else pool.submit(read_image, path, self.work_pixels)
-                    futures.append((path, future, cost))
-                while futures:
-                    yield from self._hand_over(futures.pop(0))
-            finally:  # stopped early: do not decode what will not be used
-                for _, future, cost in futures:
-                    if future is not None:
-                        future.cancel()
-                    self.budget.give(cost)
-
-    def _hand_over(self, item: tuple[Path, Future | None, int]) -> Iterator[tuple[Path, Future | None]]:
-        path, future, cost = item
-        try:
-            yield path, future
-        finally:
-            self.budget.give(cost)
+        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads, within
+        this run's pixel budget (decode_ahead); files that failed before are not read at all (their
+        future is None)."""
+        return decode_ahead(files, self.decode_threads, self.work_pixels, self.budget,
+                            skip=lambda path: str(path.absolute()) in self.previously_failed)
 
     def admit(self, path: Path, decoded: Future | None) -> tuple[IngestOutcome | None, DecodedImage | None]:
         """(final outcome, None) for a file skipped as failed before or failing to decode (recorded);

@@ -79,7 +79,10 @@ def sql_errors(write: bool) -> Iterator[None]:
             raise UsageError(
                 "sql without --write cannot change DuckDB settings (SET, RESET, PRAGMA, CALL enable_logging): "
                 f"read-only means no setting can make DuckDB write a file ({_first_line(exc)}). Add --write "
-                "to change settings.") from exc
+                "to change settings.",
+                python="a read-only Database cannot change DuckDB settings (SET, RESET, PRAGMA, CALL enable_logging): "
+                       f"read-only means no setting can make DuckDB write a file ({_first_line(exc)}). Open it with "
+                       "convis_db.open(path, write=True) to change settings.") from exc
         if not write and ("read-only" in text or "read only" in text):
             raise UsageError("this statement changes the database, which is open read-only: add --write (Python: "
                              "convis_db.open(path, write=True)) to change it.",

@@ -143,8 +143,9 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
     migrations' long steps).
 
     Read-only connections are sandboxed by DuckDB's configuration (_READ_ONLY_CONFIG, then
-    _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file does not exist (unless `create`), is
-    not a regular file, is held by another process, is not a DuckDB file, or comes from a newer schema.
+    _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file
+    does not exist (unless `create`), is not a regular file, is held by another process, is not a
+    DuckDB file, or comes from a newer schema.
     """
     path = Path(path).expanduser()
     _check_path(path, create)
