@@ -92,7 +92,7 @@ def main() -> None:
         print(f"shards: {shard_bytes / args.images / 1e6:.2f} MB per image (Parquet, scores once, no concept_index)")
         merged_db = tmp / "merged.duckdb"
         shutil.copyfile(base, merged_db)
-        from convis_db.store.shards import merge_folder
+        from convis_db.distributed.shards import merge_folder
 
         con = connect(merged_db, write=True)
         t = time.perf_counter()

@@ -5,7 +5,10 @@ One database (hierarchy + definitions) is built once and copied per choice; the 
 over the empty copy is divided by the images. Also times one concept's map from stored data per
 choice (float16 is decoded back to float32; none re-encodes the image file with the model).
 
-    python benchmarks/bench_storage.py --model benchmarks/configs/probe-512.json --images 3
+    python benchmarks/bench_storage.py --model benchmarks/configs/probe-512.json --images 3 --breakdown
+
+--breakdown adds where the bytes go (docs/storage.md): the file growth split into used and free blocks,
+and each image table's bytes per image on its own (the table copied into a fresh file, see table_bytes).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import torch
 from PIL import Image
@@ -40,12 +44,43 @@ from convis_db.store.image_store import EMBEDDING_CHOICES, get_image, set_embedd
 from convis_db.store.model_store import find_model_id, load_definition_embeddings  # noqa: E402
 
 
+def table_bytes(db: Path, images: int, copies: int = 16) -> dict[str, float]:
+    """Bytes per image of each table that holds per-image rows, each on its own: its rows copied
+    `copies` times (image ids shifted, so each copy is a new set of images, written in the table's own
+    order) into a fresh file and checkpointed; the used blocks it adds, / (images x copies). A fresh
+    copy has no free blocks, so these add up to less than the file growth (see main)."""
+    out = {}
+    src = duckdb.connect(str(db), read_only=True)
+    tables = [r[0] for r in src.execute(
+        "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'image_id' AND NOT internal "
+        "AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE estimated_size > 0) "
+        "ORDER BY table_name").fetchall()]
+    src.close()
+    with tempfile.TemporaryDirectory(prefix="bench-storage-table-") as folder:
+        for table in tables:
+            f = Path(folder) / f"{table}.duckdb"
+            con = duckdb.connect(str(f))
+            con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
+            con.execute(f"CREATE TABLE copied AS SELECT * FROM src.{table} LIMIT 0")  # names from duckdb_tables
+            con.execute("CHECKPOINT")
+            used = "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()"
+            empty = con.execute(used).fetchone()[0]
+            for c in range(copies):
+                con.execute(f"INSERT INTO copied SELECT * REPLACE (image_id + {(c + 1) * 10_000_000} AS image_id) "
+                            f"FROM src.{table}")
+            con.execute("CHECKPOINT")
+            out[table] = (con.execute(used).fetchone()[0] - empty) / (images * copies)
+            con.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(Path(__file__).resolve().parent / "configs" / "probe-512.json"))
     ap.add_argument("--pretrained", default="none")
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--concept", default="dog.n.01")
+    ap.add_argument("--breakdown", action="store_true", help="bytes per image per table (docs/storage.md)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     settings = PAPER
@@ -84,6 +119,9 @@ def main() -> None:
                 write_image(con, exp, decoded.sha256, str(path), model_id, settings)
             refresh_concept_index(con)
             con.execute("CHECKPOINT")
+            _, _, block, total_blocks, _used, free_blocks = con.execute(
+                "SELECT database_name, database_size, block_size, total_blocks, used_blocks, free_blocks "
+                "FROM pragma_database_size() WHERE database_name = current_database()").fetchone()
             con.close()
             per_image = (db.stat().st_size - empty) / args.images
             ro = connect(db)
@@ -91,9 +129,17 @@ def main() -> None:
             stored = get_image(ro, "1")
             q = timeit(lambda service=service, stored=stored: service.for_stored(stored, args.concept), repeat=3)
             ro.close()
-            results["choices"][storage] = {"bytes_per_image": per_image, "map_ms": q["median_ms"]}
+            results["choices"][storage] = {"bytes_per_image": per_image, "map_ms": q["median_ms"],
+                                           "free_bytes_per_image": free_blocks * block / args.images}
             print(f"{storage:8s} {per_image / 1e6:6.2f} MB per image; one concept's map from the DB "
                   f"{q['median_ms']:.0f} ms" + (" (re-encodes the file)" if storage == "none" else ""), flush=True)
+            if args.breakdown:
+                tables = table_bytes(db, args.images)
+                results["choices"][storage]["tables"] = tables
+                print(f"         of which free blocks {free_blocks * block / args.images / 1e3:7.1f} KB per image "
+                      f"({free_blocks} of {total_blocks} blocks in the file)")
+                for table, b in tables.items():
+                    print(f"         {table:18s} {b / 1e3:7.1f} KB per image (alone in a fresh file)")
         f32 = results["choices"]["float32"]["bytes_per_image"]
         for storage in EMBEDDING_CHOICES:
             print(f"{storage:8s} {results['choices'][storage]['bytes_per_image'] / f32:5.2f} x float32")

@@ -16,8 +16,9 @@ from convis_db.errors import ConvisError
 
 __version__ = "0.1.0"
 
-_API = ("AncestorConcept", "ChildConcept", "Concept", "Database", "DatabaseProfile", "Explanation", "ExplanationNode",
-        "ImageRecord", "Map", "Region", "SearchHit", "SearchHits", "Settings", "create", "open")
+_API = ("AncestorConcept", "ChildConcept", "Concept", "Concepts", "Database", "DatabaseProfile", "Explanation",
+        "ExplanationNode", "ImageRecord", "ImageRecords", "Map", "MapPeak", "Region", "Regions", "Results", "SearchHit",
+        "SearchHits", "Settings", "TopConcept", "TopConcepts", "create", "open")
 __all__ = ["ConvisError", "__version__", *_API]
 
 

@@ -19,7 +19,6 @@ from convis_db.models.precision import resolve_precision
 from convis_db.models.registry import resolve_model
 from convis_db.paths import sample_images_dir
 from convis_db.progress import Progress, no_progress
-from convis_db.store.image_store import get_image
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +36,6 @@ class DemoReport:
     images: list[dict] = field(default_factory=list)
     maps: list[str] = field(default_factory=list)
     ingest: dict = field(default_factory=dict)
-
-
-def top_concepts(con, image_id: int, k: int = 5) -> list[dict]:
-    """The image's most specific matches: synsets ranked by their own peak (self_score)."""
-    rows = con.execute(
-        """SELECT s.name, sc.self_score, sc.score, s.definition FROM image_scores sc
-           JOIN synsets s USING (synset_id) WHERE sc.image_id = ?
-           ORDER BY sc.self_score DESC, s.depth DESC, s.name LIMIT ?""", [image_id, k]).fetchall()
-    return [{"synset": r[0], "self_score": float(r[1]), "score": float(r[2]), "definition": r[3]} for r in rows]
 
 
 def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir: str | Path,
@@ -67,8 +57,8 @@ def run_demo(db: str, model: str, pretrained: str, device: torch.device, out_dir
                             hierarchy=database.stats().get("hierarchy", ""), precision=precision,
                             ingest=ingest_report.summary())
         for path in images:
-            image = get_image(database.con, str(path.absolute()))
-            tops = top_concepts(database.con, image.image_id)
+            image = database.image(path.absolute())
+            tops = [t.__dict__ for t in database.top_concepts(image.image_id)]
             report.images.append({"image_id": image.image_id, "path": image.path, "top_concepts": tops})
             for concept in (tops[0]["synset"], *DEMO_CONCEPTS[:2]):
                 target = out / f"{path.stem}_{concept}.png"

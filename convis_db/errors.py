@@ -7,13 +7,71 @@ traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+#: How many `cli_wording()` blocks are running: the CLI's command invocation sets it, so an error
+#: with two wordings prints its command-line one there (and its Python one everywhere else).
+_CLI_DEPTH = 0
+
+
+@contextmanager
+def cli_wording() -> Iterator[None]:
+    """Errors raised and printed inside this block use their command-line wording (--flags)."""
+    global _CLI_DEPTH
+    _CLI_DEPTH += 1
+    try:
+        yield
+    finally:
+        _CLI_DEPTH -= 1
+
+
+_FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: (?!-)('[^']*'|[\w./:+-]*\w))?")
+#: Options whose Python argument has another name.
+_ARGUMENT_NAMES = {"db": "path"}
+
+
+def flags_as_arguments(text: str) -> str:
+    """A CLI message reworded for Python callers: `--precision bf16` reads `precision='bf16'`,
+    `--stride 32` reads `stride=32`, a bare `--write` reads `write`."""
+
+    def argument(match: re.Match) -> str:
+        name = match.group(1).replace("-", "_")
+        name = _ARGUMENT_NAMES.get(name, name)
+        value = match.group(2)
+        if value is None:
+            return name
+        if value.startswith("'"):
+            return f"{name}={value}"
+        number = value.replace(",", "")
+        return f"{name}={number}" if number.replace(".", "", 1).isdigit() else f"{name}={value!r}"
+
+    return _FLAG.sub(argument, text)
 
 
 class ConvisError(Exception):
-    """Base class of every error that has an actionable message for the user."""
+    """Base class of every error that has an actionable message for the user.
+
+    A message that names a command-line option (`--stride`, `--write`) can carry a second wording
+    for Python callers, `python=`, naming the argument instead (`Settings(stride=...)`,
+    `write=True`); `str(error)` is the Python one outside the CLI."""
 
     exit_code = 2
+
+    def __init__(self, *args: object, python: str | None = None):
+        super().__init__(*args)
+        self.python_message = python
+
+    def __str__(self) -> str:
+        if self.python_message is not None and _CLI_DEPTH == 0:
+            return self.python_message
+        return super().__str__()
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread by the CLI's SIGTERM handler: stops what runs as Ctrl-C does (the
+    same clean-up), so that `kill` gets a one-line message and exit code 143 rather than silence."""
 
 
 class UsageError(ConvisError):
@@ -38,6 +96,10 @@ class DatabaseError(ConvisError):
 
 class DatabaseLockedError(DatabaseError):
     """Another process holds the database for writing."""
+
+
+class DatabaseClosedError(DatabaseError):
+    """A Database object was used after close() (or after its `with` block)."""
 
 
 class ImageError(ConvisError):

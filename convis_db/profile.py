@@ -152,11 +152,9 @@ class DatabaseProfile:
         """The ConceptEngine for this database: its model (or `model`, a LoadedModel already loaded),
         its definition embeddings and hierarchy, and `settings` (default: `self.settings`).
         `batch_size` None is the device's default (engine.explainer.default_batch_size)."""
-        from convis_db.engine.explainer import ConceptEngine
-
         loaded = model if model is not None else self.load_model(device, precision)
         definitions, levels = self.engine_inputs(con)
-        return ConceptEngine(loaded, definitions, levels, settings or self.settings, batch_size=batch_size)
+        return engine_from_inputs(loaded, definitions, levels, settings or self.settings, batch_size)
 
     def engine_inputs(self, con: duckdb.DuckDBPyConnection):
         """(definition embeddings (|T|, D) float32, the hierarchy's propagation levels): what an engine
@@ -165,6 +163,16 @@ class DatabaseProfile:
         from convis_db.store.model_store import load_definition_embeddings
 
         return load_definition_embeddings(con, self.model_id), load_hierarchy(con).propagation_levels
+
+
+def engine_from_inputs(model, definitions, levels, settings: Settings, batch_size: int | None = None):
+    """The one engine recipe: a ConceptEngine from a loaded model, the database's engine inputs
+    (DatabaseProfile.engine_inputs) and the settings (their window layout included).
+    DatabaseProfile.build_engine builds through it, and so does a Ray shard worker, which gets the
+    inputs from its driver instead of opening the database."""
+    from convis_db.engine.explainer import ConceptEngine
+
+    return ConceptEngine(model, definitions, levels, settings, batch_size=batch_size)
 
 
 def _asks_top_k(requested: SettingsRequest) -> bool:

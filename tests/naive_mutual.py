@@ -41,7 +41,10 @@ def pca_scores(x: np.ndarray, k: int) -> np.ndarray:
     xc = x - x.mean(axis=0)
     cov = xc.T @ xc / len(x)
     vals, vecs = np.linalg.eigh(cov)
-    order = np.argsort(vals)[::-1][:min(k, x.shape[0], x.shape[1])]
+    rank = int((vals > 1e-12 * vals.max()).sum())   # axes without variance are not components
+    if rank == 0:
+        return np.zeros((len(x), 1))
+    order = np.argsort(vals)[::-1][:min(k, rank)]
     cols = []
     for j in order:
         v = vecs[:, j]
@@ -90,15 +93,23 @@ def graph_vector(x: np.ndarray) -> np.ndarray:
     return v if v[np.argmax(np.abs(v))] > 0 else -v
 
 
-def foreground(tokens: np.ndarray, k: int, threshold: float, method: str = "pca") -> np.ndarray:
-    gh, gw, d = tokens.shape
+def foreground_values(tokens: np.ndarray, k: int, threshold: float | None, method: str = "pca") -> tuple[np.ndarray, float]:
+    """(per patch, the foreground component as it is compared; the level it is compared with)."""
+    d = tokens.shape[-1]
     flat = tokens.reshape(-1, d).astype(np.float64)
     s = pca_scores(flat, k) if method == "pca" else graph_vector(flat)[:, None]
     for j in range(s.shape[1]):
         frac = np.mean(s[:, j] > 0)
         if 0.5 < frac < 1.0:
             s[:, j] = -s[:, j]
-    cand = (minmax(s)[:, 0] >= threshold).reshape(gh, gw)
+    return (s[:, 0], 0.0) if threshold is None else (minmax(s)[:, 0], threshold)
+
+
+def foreground(tokens: np.ndarray, k: int, threshold: float | None, method: str = "pca") -> np.ndarray:
+    """The foreground mask: candidates by the component's sign (threshold None) or its min-max level."""
+    gh, gw, d = tokens.shape
+    values, level = foreground_values(tokens, k, threshold, method)
+    cand = (values > level if threshold is None else values >= level).reshape(gh, gw)
     comps = sorted(components(cand), key=len, reverse=True)
     keep = np.zeros((gh, gw), bool)
     if not comps:
@@ -139,12 +150,18 @@ def sinkhorn(scores: np.ndarray, epsilon: float, iters: int) -> np.ndarray:
 
 
 def assign(concepts: np.ndarray, bank: np.ndarray, initial_topk: int, topk: int, scale: float, lam: float,
-           iters: int) -> list[list[int]]:
+           iters: int, image: np.ndarray | None = None, offset: float | None = None) -> list[list[int]]:
     logits = concepts @ bank.T
     if len(concepts) == 1:
         return [top_indices(logits[0], topk)]
     sets = [set(top_indices(row, initial_topk)) for row in logits]
     common = sorted(set.intersection(*sets)) or sorted(set.union(*sets))
+    if image is not None and offset is not None and len(common) > 1:
+        # the notebook's relevance filter: cos(text, image) above the candidates' mean minus the offset
+        unit = image / np.linalg.norm(image)
+        rel = {j: float(bank[j] @ unit) for j in common}
+        mean = sum(rel.values()) / len(rel)
+        common = [j for j in common if rel[j] > mean - offset]
     plan = sinkhorn(logits[:, common] * scale, 1.0 / lam, iters)
     return [[common[j] for j in top_indices(row, topk)] for row in plan]
 
@@ -183,11 +200,13 @@ def pca_labels_together(tokens: list[np.ndarray], k: int, threshold: float, meth
         frac = np.mean(s[:, j] > 0)
         if 0.5 < frac < 1.0:
             s[:, j] = -s[:, j]
-    first = minmax(s)[:, 0]
+    first = s[:, 0] if threshold is None else minmax(s)[:, 0]
+    level = 0.0 if threshold is None else threshold
     fgs, start = [], 0
     for t in tokens:
         gh, gw = t.shape[:2]
-        cand = (first[start:start + gh * gw] >= threshold).reshape(gh, gw)
+        part = first[start:start + gh * gw]
+        cand = (part > level if threshold is None else part >= level).reshape(gh, gw)
         start += gh * gw
         comps = sorted(components(cand), key=len, reverse=True)
         keep = np.zeros((gh, gw), bool)

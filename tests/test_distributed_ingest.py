@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ import torch
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor, collect_image_paths
 from convis_db.store.db import connect
-from convis_db.store.shards import plan_shards
+from convis_db.distributed.shards import plan_shards
 from noise_images import write_noise_pngs
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
@@ -260,7 +261,7 @@ def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db
     import pyarrow.parquet as pq
 
     from convis_db.store.image_store import WORK_PEAK_COLUMNS
-    from convis_db.store.shards import MANIFEST, finished_shards
+    from convis_db.distributed.shards import MANIFEST, finished_shards
 
     shards = tmp_path / "shards"
     _write_shards(tiny_db, shards, collection)
@@ -277,3 +278,69 @@ def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db
     res = run_cli("--db", db, "merge", shards, "--json")
     assert res.exit_code == 0, res.stderr
     assert_same(plain_db, db)
+
+
+def test_a_shard_worker_and_a_plain_ingest_share_one_engine_recipe_and_one_loop(tiny_db, tmp_path, run_cli,
+                                                                                   monkeypatch):
+    """Small images (fewer windows than the encoder batch, so groups span images, counted in the
+    database's window layout) and a twin: the worker builds its engine through the profile's recipe,
+    explains through the plain ingest's ExplainQueue with the same groups, and its merged rows equal a
+    plain ingest's exactly."""
+    from convis_db import profile as profile_module
+    from convis_db.distributed import shard_worker
+    from convis_db.ingest import explaining
+    from convis_db.profile import read_profile
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    write_noise_pngs(folder, [(40, 50), (50, 40), (45, 45), (60, 30), (30, 60)], seed=22)
+    shutil.copyfile(folder / "img_1.png", folder / "img_1_twin.png")
+    small = Settings(max_pixels=2_000, stride=16, small=16, large=32, top_k=4)
+    groups = {"plain": [], "worker": []}
+    real_explain, real_recipe = explaining.ExplainQueue.explain, profile_module.engine_from_inputs
+    recipes = []
+
+    def recording(kind):
+        def explain(self):
+            groups[kind].append([Path(q.outcome.path).name for q in self._items])
+            return real_explain(self)
+        return explain
+
+    def recipe(*args, **kwargs):
+        recipes.append(args[3].layout)
+        return real_recipe(*args, **kwargs)
+
+    plain = tmp_path / "plain.duckdb"
+    shutil.copyfile(tiny_db, plain)
+    monkeypatch.setattr(explaining.ExplainQueue, "explain", recording("plain"))
+    monkeypatch.setattr(profile_module, "engine_from_inputs", recipe)
+    with Ingestor(plain, device=torch.device("cpu"), settings=small, batch_size=64) as ing:
+        report = ing.run([folder])
+    assert (report.count("ingested"), report.count("skipped")) == (5, 1)
+
+    monkeypatch.setattr(explaining.ExplainQueue, "explain", recording("worker"))
+    monkeypatch.setattr(shard_worker, "engine_from_inputs", recipe)
+    con = connect(tiny_db)
+    try:
+        prof = read_profile(con, str(tiny_db))
+        definitions, levels = prof.engine_inputs(con)
+        settings = prof.settings_for(small)
+    finally:
+        con.close()
+    shards = tmp_path / "shards"
+    job = shard_worker.ShardJob(spec=prof.spec, definitions=definitions, levels=levels, settings=settings,
+                                storage=prof.embeddings, shards_dir=str(shards), batch_size=64)
+    engine = shard_worker.build_engine(job, torch.device("cpu"))
+    files, _ = collect_image_paths([folder], recursive=False)
+    for name, chunk in plan_shards([str(f.absolute()) for f in files], 8):
+        shard_worker.explain_shard(engine, job, name, chunk)
+
+    assert len(recipes) == 2 and recipes[0] == recipes[1] == prof.layout  # one recipe, the database's layout
+    assert groups["worker"] == groups["plain"] and any(len(g) > 1 for g in groups["plain"])
+    merged = tmp_path / "merged.duckdb"
+    shutil.copyfile(tiny_db, merged)
+    res = run_cli("--db", merged, "-q", "merge", shards)
+    assert res.exit_code == 0, res.stderr
+    sa, sb = snapshot(plain), snapshot(merged)
+    for key in sa:
+        assert sa[key] == sb[key], key

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from scipy.stats import mannwhitneyu
 
+import convis_db
 from convis_db.engine.explainer import ConceptEngine
 from convis_db.engine.images import read_image
 from convis_db.engine.settings import Settings
@@ -652,10 +653,8 @@ def _offset(db: Path, name: str) -> int:
 
 
 def test_wordnet_labeller(eval_db, wn):
-    from convis_db.store.db import connect
-
     beagle = offset_to_wnid(wn.synset("beagle.n.01").offset())   # a hunting dog that is not in T
-    con = connect(eval_db)
+    con = convis_db.open(eval_db, device="cpu")
     try:
         labeller = WordNetLabeller(con, "bird.n.01", "hunting_dog.n.01")
         assert labeller(offset_to_wnid(_offset(eval_db, "bird.n.01"))) == ("in", "bird.n.01")

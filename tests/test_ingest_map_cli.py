@@ -94,7 +94,7 @@ def test_ingest_twice_is_idempotent_and_records_failures(run_cli, tiny_db_copy: 
             assert (gr, gc) == ((wh - 1 + 32) // STRIDE + 1, (ww - 1 + 32) // STRIDE + 1) and nw == gr * gc
             assert (stride, top_k) == (STRIDE, TOP_K)
 
-            def count(table: str) -> int:
+            def count(table: str, image_id: int = image_id) -> int:
                 return con.execute(f"SELECT count(*) FROM {table} WHERE image_id = ?", [image_id]).fetchall()[0][0]
 
             assert count("windows") == nw

@@ -24,13 +24,13 @@ class _Engine:
     def __init__(self):
         self.groups: list[int] = []
 
-    def explain_many(self, pixels_list):
+    def explain_many(self, pixels_list, sizes=None):
         self.groups.append(len(pixels_list))
         if any((p == 7).all() for p in pixels_list):
             raise RuntimeError("the device failed")
         return [f"explained {p.shape}" for p in pixels_list]
 
-    def explain_pixels(self, pixels):
+    def explain_pixels(self, pixels, size=None):
         if (pixels == 7).all():
             raise RuntimeError("the device failed on this one")
         return f"alone {pixels.shape}"

@@ -90,9 +90,9 @@ def test_small_images_share_encoder_batches_without_changing_results(tiny_db, tm
     groups = []
     real = ConceptEngine.explain_many
 
-    def spy(self, pixels_list):
+    def spy(self, pixels_list, sizes=None):
         groups.append(len(pixels_list))
-        return real(self, pixels_list)
+        return real(self, pixels_list, sizes)
 
     ConceptEngine.explain_many = spy
     try:

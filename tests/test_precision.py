@@ -74,7 +74,7 @@ def test_low_precision_without_native_cpu_kernels_is_a_one_line_usage_error(no_n
     with pytest.raises(UsageError) as err:
         resolve_precision(choice, torch.device("cpu"))
     text = str(err.value)
-    assert "\n" not in text and f"--precision {choice}" in text and "--precision fp32" in text
+    assert "\n" not in text and f"precision='{choice}'" in text and "precision='fp32'" in text  # Python's words
 
 
 def test_low_precision_with_native_cpu_kernels_runs(native_low_precision):
@@ -95,7 +95,7 @@ def test_cuda_defaults_and_bf16_on_a_gpu_without_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
     assert resolve_precision("auto", cuda) == "fp16"
-    with pytest.raises(UsageError, match="Tesla V100 has no bfloat16 support; use --precision fp16 or fp32"):
+    with pytest.raises(UsageError, match="Tesla V100 has no bfloat16 support; use precision='fp16' or fp32"):
         resolve_precision("bf16", cuda)
 
 

@@ -62,7 +62,14 @@ def test_the_documented_session_runs(notebook):
     assert list(ns["frame"].columns) == ["name", "images"]
     assert ns["profile"].has_images and ns["profile"].settings.stride == 32 and ns["profile"].notes() == []  # local weights
     assert (folder / "labels.csv").is_file()
-    assert len(_doc_blocks()) == 5
+    assert ns["table"].num_rows == len(ns["hits"]) and list(ns["hits_frame"]["image_id"]) == [h.image_id for h in ns["hits"]]
+    assert ns["tops"] and ns["tops"][0].self_score >= ns["tops"][-1].self_score
+    assert ns["m"].peak.x < ns["m"].size[0] and ns["m"].peak.work_x < ns["m"].work_size[0]
+    assert isinstance(ns["refused"], convis_db.errors.DatabaseLockedError) and "already open" in str(ns["refused"])
+    assert isinstance(ns["closed"], convis_db.errors.DatabaseClosedError) and ns["db"].closed
+    assert sum(w.weight for w in ns["words"].words) == pytest.approx(1.0) and ns["exp"].labels == ["dog", "cat", "pizza"]
+    assert (folder / "dog-grad-eclip.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(_doc_blocks()) == 10
 
 
 def test_api_answers_equal_the_library_functions(notebook):
@@ -100,7 +107,7 @@ def test_read_only_database_refuses_ingest_and_writes(notebook, tmp_path):
     try:
         with pytest.raises(UsageError, match="write=True"):
             db.ingest(tmp_path)
-        with pytest.raises(UsageError, match="open read-only: add --write"):
+        with pytest.raises(UsageError, match=r"open read-only: open it with convis_db.open\(path, write=True\)"):
             db.sql("DELETE FROM images").fetchall()
         with pytest.raises(UsageError):
             db.sql(f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'").fetchall()
@@ -132,12 +139,12 @@ def test_precision_is_resolved_once_like_the_cli(notebook, monkeypatch):
     with convis_db.open(folder / "notebook.duckdb", device="cpu") as db:
         assert db.precision == "fp32"
     monkeypatch.setattr(precision_mod, "cpu_has_native", lambda precision: False)
-    with pytest.raises(UsageError, match="--precision bf16"):  # refused where the CPU has no bf16 kernels
+    with pytest.raises(UsageError, match="precision='bf16' on this CPU"):  # refused where the CPU has no bf16 kernels
         convis_db.open(folder / "notebook.duckdb", device="cpu", precision="bf16")
     monkeypatch.setattr(precision_mod, "cpu_has_native", lambda precision: True)
     with convis_db.open(folder / "notebook.duckdb", device="cpu", precision="bf16") as db:
         assert db.precision == "bf16" and "bf16" in repr(db)
-    with pytest.raises(UsageError, match="--precision"):
+    with pytest.raises(UsageError, match="precision='fp64' is not one of"):
         convis_db.open(folder / "notebook.duckdb", device="cpu", precision="fp64")
 
 

@@ -167,7 +167,7 @@ def test_regions_match_brute_force_components(query_db, concept):
     threshold = float(np.percentile(list(scores.values()), 40))
     found = find_regions(con, concept, threshold, limit=10_000)
     expected = []
-    for image_id, (w, h, ww, wh) in {r[0]: r[1:] for r in con.execute(
+    for image_id, (w, h, ww, _wh) in {r[0]: r[1:] for r in con.execute(
             "SELECT image_id, width, height, work_width, work_height FROM images").fetchall()}.items():
         m = brute_force_maps(con, image_id, [sid])[sid]
         labels, n = ndimage.label(m >= threshold)

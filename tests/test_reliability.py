@@ -563,7 +563,7 @@ def test_newer_schema_version_is_refused_by_every_command(stored_copy, tmp_path,
         "init": ["init", "--model", str(tiny_config), "--pretrained", "none", "--vocab", str(small_vocab_file)],
     }
     assert len(commands) == sum(c.startswith("newer schema version") for c in BAD_QUERY_CASES)
-    for name, args in commands.items():
+    for args in commands.values():
         _user_error(run_cli("--db", stored_copy, *args), f"schema version {newer}", "upgrade convis-db")
     assert table_counts(stored_copy) == before  # nothing was migrated or written
 

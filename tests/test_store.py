@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from convis_db.errors import DatabaseError
+from convis_db.errors import DatabaseError, cli_wording
 from convis_db.store.db import connect, require_initialised
 from convis_db.store.hierarchy_store import find_synset_name, load_hierarchy, stored_vocabulary
 from convis_db.store.migrations import applied_versions, available_migrations, migrate
@@ -121,8 +121,10 @@ def test_read_only_open_does_not_migrate(tmp_path):
     con = connect(path)  # read-only: no schema is written
     try:
         assert "schema_migrations" not in _tables(con)
-        with pytest.raises(DatabaseError, match="init"):
+        with pytest.raises(DatabaseError, match=r"convis_db.create\(") as info:
             require_initialised(con, path)
+        with cli_wording():
+            assert "convis-db --db" in str(info.value) and " init " in str(info.value)
     finally:
         con.close()
 
@@ -134,7 +136,9 @@ def test_missing_database_names_init(tmp_path):
     path = tmp_path / "nope.duckdb"
     with pytest.raises(DatabaseError) as info:
         connect(path)
-    assert "init" in str(info.value)
+    assert "convis_db.create(" in str(info.value)  # a Python caller's words; the CLI's name init
+    with cli_wording():
+        assert "init" in str(info.value)
     assert str(path) in str(info.value)
     assert not path.exists()  # a failed open does not leave an empty file behind
 

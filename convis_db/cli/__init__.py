@@ -1,90 +1,49 @@
-"""The `convis-db` command line: parses options, calls the library, formats results."""
+"""The `convis-db` command line: parses options, calls the library, formats results.
+
+This package imports nothing heavy itself: `main` first puts the signal handlers in place, then
+imports the command group (convis_db.cli.root, which brings torch: seconds), so that a SIGTERM or a
+Ctrl-C while the CLI is still starting says so in one line instead of ending silently or with a
+traceback. `cli` (the click group) is imported from root on first use.
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
 
-import click
-import duckdb
+from convis_db.errors import Terminated
 
-from convis_db import __version__
-from convis_db.cli.context import App, configure_logging
-from convis_db.cli.output import printable
-from convis_db.errors import ConvisError
-from convis_db.paths import DEFAULT_DB
-from convis_db.store.db import damaged_message
+_ROOT_NAMES = ("cli", "ConvisGroup", "COMMAND_MODULES")
 
 
-#: DuckDB errors that mean the file itself could not be read (short reads, bad blocks, corrupt data).
-_FILE_ERRORS = tuple(getattr(duckdb, name) for name in ("IOException", "SerializationException", "InternalException",
-                                                        "FatalException") if hasattr(duckdb, name))
-
-
-class ConvisGroup(click.Group):
-    """Turns ConvisError into one clear line on stderr and exit code 2 instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except ConvisError as exc:
-            click.echo(click.style("error: ", fg="red", bold=True) + printable(str(exc)), err=True)
-            ctx.exit(exc.exit_code)
-        except _FILE_ERRORS as exc:
-            # Raised while reading a file that opened: a truncated or damaged database. Bugs in our own
-            # SQL raise other DuckDB errors (Binder, Catalog, ...) and still show a traceback.
-            db = ctx.obj.db if isinstance(ctx.obj, App) else "the database"
-            click.echo(click.style("error: ", fg="red", bold=True) + printable(damaged_message(db, exc)), err=True)
-            ctx.exit(2)
-        except click.UsageError as exc:
-            # A bad option of a command (out of range, not a number, ...): one line, as for every other
-            # input error, instead of click's usage block.
-            where = exc.ctx.command_path if exc.ctx is not None else "convis-db"
-            click.echo(click.style("error: ", fg="red", bold=True)
-                       + printable(f"{exc.format_message()} (see: {where} --help)"), err=True)
-            ctx.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("interrupted.", err=True)
-            ctx.exit(130)
-
-
-@click.group(cls=ConvisGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.option("--db", envvar="CONVIS_DB", default=DEFAULT_DB, show_default=True, type=click.Path(dir_okay=False),
-              help="The DuckDB database file. Env: CONVIS_DB.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars; errors only.")
-@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-@click.version_option(__version__, prog_name="convis-db")
-@click.pass_context
-def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
-    """convis-db: explain CLIP image embeddings with WordNet concepts, stored in DuckDB.
-
-    \b
-    Quick start:
-      convis-db demo --pretrained none          # offline smoke run on the sample images
-      convis-db --db my.duckdb init --model ViT-B-32 --pretrained openai
-      convis-db --db my.duckdb ingest photos/ --recursive
-      convis-db --db my.duckdb search dog.n.01
-    """
-    configure_logging(verbose, quiet)
-    ctx.obj = App(db=db, quiet=quiet, verbose=verbose)
-
-
-COMMAND_MODULES = ("cmd_init", "cmd_ingest", "cmd_map", "cmd_search", "cmd_regions", "cmd_explain", "cmd_concepts",
-                   "cmd_sql", "cmd_stats", "cmd_demo", "cmd_eval", "cmd_serve", "cmd_mutual", "cmd_merge")
-
-
-def _register() -> None:
-    import importlib
-
-    for name in COMMAND_MODULES:
-        cli.add_command(importlib.import_module(f"convis_db.cli.{name}").command)
-
-
-_register()
+def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+    raise Terminated()
 
 
 def main() -> None:
+    """The `convis-db` program. SIGTERM raises Terminated in the main thread, which stops the command
+    as Ctrl-C does (exit 143 instead of 130); commands that finish their work first on a signal
+    (ingest, serve) put their own handlers in place while they run."""
+    if hasattr(signal, "SIGTERM"):
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        from convis_db.cli.root import cli
+    except Terminated:
+        sys.stderr.write("terminated (SIGTERM) while convis-db was starting; nothing was done.\n")
+        sys.exit(143)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted while convis-db was starting; nothing was done.\n")
+        sys.exit(130)
     cli(prog_name="convis-db")
 
 
+def __getattr__(name: str):
+    if name in _ROOT_NAMES:
+        from convis_db.cli import root
+
+        return getattr(root, name)
+    raise AttributeError(f"module 'convis_db.cli' has no attribute {name!r}")
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

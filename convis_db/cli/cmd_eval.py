@@ -158,7 +158,7 @@ def ood(app: App, train_dir, test_dir, positive, negative, per_class, scores_csv
     test, ignored_test = imagenet_classes(test_dir, per_class)
     dev = resolve_device(device)
     with app.database(dev, resolve_precision(precision, dev)) as db:
-        labeller = WordNetLabeller(db.con, positive, negative)
+        labeller = WordNetLabeller(db, positive, negative)
         explainer = convis_for_database(db, batch_size=batch_size)
         explainer.prepare([positive])
         report = evaluate_ood(explainer, positive, train, test, labeller, negative=negative,

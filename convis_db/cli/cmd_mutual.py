@@ -8,7 +8,29 @@ import click
 
 from convis_db.cli.context import App, device_option, pass_app
 from convis_db.cli.output import Result, query_output
-from convis_db.mutual.settings import DECOMPOSITIONS, DEFAULT_TEMPLATE
+from convis_db.mutual.settings import AUC_MODES, DECOMPOSITIONS, DEFAULT_TEMPLATE, MutualSettings
+
+_DEFAULTS = MutualSettings()
+
+
+class _NumberOr(click.ParamType):
+    """A number in [low, high), or a keyword meaning None (e.g. "sign", "off")."""
+
+    def __init__(self, keyword: str, low: float, high: float | None):
+        self.keyword, self.low, self.high = keyword, low, high
+        self.name = f"{keyword}|number"
+
+    def convert(self, value, param, ctx):
+        if value is None or (isinstance(value, str) and value.strip().lower() == self.keyword):
+            return None
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is neither {self.keyword!r} nor a number.", param, ctx)
+        if not (number >= self.low and (self.high is None or number < self.high)):
+            bound = f"[{self.low}, {self.high})" if self.high is not None else f">= {self.low}"
+            self.fail(f"{value!r} is not in {bound} (or give {self.keyword!r}).", param, ctx)
+        return number
 
 
 def method_options(f):
@@ -17,7 +39,7 @@ def method_options(f):
         click.option("--labels", default=None, help="The zero-shot classes, comma-separated: \"cat,dog,car\"."),
         click.option("--labels-file", type=click.Path(dir_okay=False), default=None,
                      help="The classes from a file: one per line, a JSON list, or a JSON object whose keys are "
-                          "the classes (the authors' descriptor file works)."),
+                          "the classes (the authors' descriptor file works); UTF-8, at most 25,000 labels."),
         click.option("--template", "templates", multiple=True, default=[DEFAULT_TEMPLATE], show_default=True,
                      help="Prompt template with {} for the class (repeatable: the embeddings are averaged)."),
         click.option("--descriptors", type=click.Path(dir_okay=False, exists=True), default=None,
@@ -29,10 +51,25 @@ def method_options(f):
                      help="Visual concepts (K) per image."),
         click.option("--topk", type=click.IntRange(1, 50), default=3, show_default=True,
                      help="Textual concepts per visual concept."),
-        click.option("--language-topk", type=click.IntRange(1, 1000), default=20, show_default=True,
-                     help="Textual concepts around the predicted class (the language encoder's side)."),
+        click.option("--initial-topk", type=click.IntRange(1, 100_000), default=_DEFAULTS.initial_topk,
+                     show_default=True,
+                     help="Candidate texts kept per visual concept before the concepts' candidates are intersected "
+                          "(the authors' notebook: 500)."),
+        click.option("--language-topk", type=click.IntRange(1, 100_000), default=_DEFAULTS.language_topk,
+                     show_default=True,
+                     help="Textual concepts around the predicted class (the language encoder's side; notebook: 50)."),
         click.option("--foreground-method", type=click.Choice(["graph", "pca"]), default="graph", show_default=True,
                      help="How the foreground is found: graph decomposition (token affinity eigenvectors) or PCA."),
+        click.option("--foreground-threshold", type=_NumberOr("sign", 0.0, 1.0), default="sign", show_default=True,
+                     help="Foreground patches: 'sign' where the foreground component is positive (the notebook), or "
+                          "a level in [0, 1) of the min-max scaled component (e.g. 0.5)."),
+        click.option("--relevance-offset", type=_NumberOr("off", 0.0, None), default=str(_DEFAULTS.relevance_offset),
+                     show_default=True,
+                     help="Keep the shared candidates whose cosine to the image exceeds their mean minus this "
+                          "(the notebook: 0.02); 'off' keeps them all."),
+        click.option("--auc", "auc_mode", type=click.Choice(AUC_MODES), default="single", show_default=True,
+                     help="single: the AUC of this decomposition's MI curve; pca+kmeans: of the mean of the PCA and "
+                          "k-means curves (the notebook's single-image AUC; decomposes twice)."),
         click.option("--no-foreground", is_flag=True, help="Decompose every patch, not only the foreground."),
         click.option("--no-ot", is_flag=True, help="Plain top-k texts per concept instead of the Sinkhorn assignment."),
     ]
@@ -41,12 +78,13 @@ def method_options(f):
     return f
 
 
-def settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot):
-    from convis_db.mutual.settings import MutualSettings
-
+def settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot,
+                  initial_topk=_DEFAULTS.initial_topk, foreground_threshold=_DEFAULTS.foreground_threshold,
+                  relevance_offset=_DEFAULTS.relevance_offset, auc_mode=_DEFAULTS.auc):
     return MutualSettings(decomposition=decomposition, n_concepts=n_concepts, topk=topk, language_topk=language_topk,
                           foreground=not no_foreground, foreground_method=foreground_method,
-                          optimal_transport=not no_ot)
+                          optimal_transport=not no_ot, initial_topk=initial_topk,
+                          foreground_threshold=foreground_threshold, relevance_offset=relevance_offset, auc=auc_mode)
 
 
 def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
@@ -64,15 +102,9 @@ def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
 
 def _resolve_image(con, ref: str) -> str:
     """A stored image (id, path or sha256: its file is read again) or a file on disk."""
-    from convis_db.errors import NotFoundError
-    from convis_db.store.image_store import get_image
+    from convis_db.store.image_store import image_file
 
-    try:
-        return get_image(con, ref).path
-    except NotFoundError:
-        if Path(ref).is_file():
-            return ref
-        raise
+    return image_file(con, ref)
 
 
 @click.command("mutual")
@@ -85,7 +117,8 @@ def _resolve_image(con, ref: str) -> str:
 @query_output
 @pass_app
 def command(app: App, image, labels, labels_file, templates, descriptors, decomposition, n_concepts, topk,
-            language_topk, foreground_method, no_foreground, no_ot, faithfulness, output, store, device) -> Result:
+            initial_topk, language_topk, foreground_method, foreground_threshold, relevance_offset, auc_mode,
+            no_foreground, no_ot, faithfulness, output, store, device) -> Result:
     """Why CLIP gives IMAGE its zero-shot class: the concepts its vision and language encoders share.
 
     IMAGE is a file, or a stored image (id, path or sha256). The visual concepts are regions of the
@@ -106,7 +139,8 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     from convis_db.mutual.zeroshot import parse_labels, read_labels_file
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
-    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
+    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot,
+                             initial_topk, foreground_threshold, relevance_offset, auc_mode)
     with app.database(write=needs_writer(app, store, descriptors)) as db:
         con = db.con
         path = _resolve_image(con, image)
@@ -118,7 +152,7 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
         data = exp.as_dict()
         if store:
             data["explanation_id"] = write_explanation(con, exp, model_id, explainer.bank.bank_id)
-        notes = db.profile.notes()
+        notes = db.profile.notes() + list(exp.notes)
     if output:
         save_concepts_png(output, decoded.pixels, exp)
         data["output"] = output
@@ -154,9 +188,8 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
 @click.option("--json", "as_json", is_flag=True, help="Print the report (with per-image rows) as JSON.")
 @pass_app
 def eval_command(app: App, dataset, labels, labels_file, templates, descriptors, decomposition, n_concepts, topk,
-                 language_topk, foreground_method, no_foreground, no_ot, per_class, n, no_faithfulness, together,
-                 store, device,
-                 as_json) -> None:
+                 initial_topk, language_topk, foreground_method, foreground_threshold, relevance_offset, auc_mode,
+                 no_foreground, no_ot, per_class, n, no_faithfulness, together, store, device, as_json) -> None:
     """Dataset-level mutual knowledge: MI, the MI-dynamics curve and its AUC, Deletion, Insertion, AccDrop, AccInc.
 
     DATASET is a folder with one subfolder per class (named as the labels, or mapped to them by a JSON
@@ -170,7 +203,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     from convis_db.cli.output import emit
     from convis_db.errors import UsageError
     from convis_db.models.device import resolve_device
-    from convis_db.mutual.evaluate import evaluate_mutual, labelled_images
+    from convis_db.evaluation.mutual import evaluate_mutual, labelled_images
     from convis_db.mutual.service import explainer_for_database
     from convis_db.mutual.store import write_explanation
     from convis_db.mutual.zeroshot import parse_labels, read_labels_file
@@ -179,7 +212,8 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
         raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")
     classes, folder_map = read_labels_file(labels_file) if labels_file else (parse_labels(labels, None), {})
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
-    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot)
+    settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot,
+                             initial_topk, foreground_threshold, relevance_offset, auc_mode)
     with app.database(write=needs_writer(app, store, descriptors)) as db:
         con = db.con
         explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
@@ -187,7 +221,7 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
                                                      progress=app.progress)
         hook = (lambda exp: write_explanation(con, exp, model_id, explainer.bank.bank_id)) if store else None
         report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook, together)
-        notes = db.profile.notes()
+        notes = db.profile.notes() + list(explainer.notes)
     report.ignored_folders = ignored
     payload = report.as_dict()
     payload["together"] = together

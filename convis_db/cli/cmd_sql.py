@@ -39,8 +39,9 @@ def command(app: App, query: str, write: bool, tables: tuple[str, ...], limit: i
 
     \b
     Read-only (the default) means no file is written: DuckDB is opened read-only with external
-    access off, so statements that change the database, COPY ... TO, EXPORT DATABASE, ATTACH,
-    INSTALL and reading arbitrary paths are refused. Join your own files with --table.
+    access off and its settings locked, so statements that change the database, COPY ... TO,
+    EXPORT DATABASE, ATTACH, INSTALL, reading arbitrary paths and changing settings (SET, PRAGMA,
+    CALL enable_logging) are refused. Join your own files with --table.
 
     \b
     Example:

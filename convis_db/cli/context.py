@@ -34,7 +34,8 @@ class App:
         a new file, regions of one); pass them resolved (--device, --precision)."""
         from convis_db.api import Database
 
-        db = Database(self.db, device=device, precision=precision, write=write)
+        db = Database(self.db, device=device, precision=precision, write=write,
+                      progress=self.progress if write else False)  # upgrading an older file shows its steps
         try:
             yield db
         finally:

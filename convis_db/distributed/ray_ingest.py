@@ -35,7 +35,7 @@ from convis_db.profile import SettingsRequest
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.image_store import failed_paths
-from convis_db.store.shards import (ShardMerge, finished_shards, merge_shard, merged_shard_names, plan_shards,
+from convis_db.distributed.shards import (ShardMerge, finished_shards, merge_shard, merged_shard_names, plan_shards,
                                     read_manifest, remove_unfinished)
 
 log = logging.getLogger(__name__)

@@ -1,9 +1,10 @@
 """Explain one shard's files and write the shard: what each distributed worker runs.
 
-The images are grouped into shared encoder batches by the same rule as a plain `ingest` (a group is
-explained once it holds at least `batch_size` windows), and the rows come from the same
-image_store.image_tables, so a shard holds what a plain ingest would store. Decoding runs in threads
-ahead of the model, as in a plain ingest.
+The engine comes from the database profile's one recipe (profile.engine_from_inputs), the images
+are explained through the plain ingest's own loop (ingest/explaining.ExplainQueue: shared encoder
+batches of at least `batch_size` windows counted in the database's window layout, a failed group
+retried image by image), and the rows come from the same image_store.image_tables, so a shard holds
+what a plain ingest would store. Decoding runs in threads ahead of the model, as in a plain ingest.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -19,14 +19,17 @@ import numpy as np
 import torch
 
 from convis_db.engine.explainer import ConceptEngine
-from convis_db.engine.images import DecodedImage, read_image
+from convis_db.engine.images import DecodedImage, PixelBudget
 from convis_db.engine.settings import Settings
-from convis_db.engine.windows import WindowGrid, working_size
 from convis_db.errors import ConvisError
+from convis_db.ingest.explaining import ExplainQueue, Queued
+from convis_db.ingest.plan import DECODE_BUDGET_PIXELS, decode_ahead
+from convis_db.ingest.report import IngestOutcome
 from convis_db.models.clip import load_model
 from convis_db.models.registry import ModelSpec
+from convis_db.profile import engine_from_inputs
 from convis_db.store.image_store import image_tables
-from convis_db.store.shards import ShardContent, write_shard
+from convis_db.distributed.shards import ShardContent, write_shard
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +59,10 @@ class ShardJob:
 
 
 def build_engine(job: ShardJob, device: torch.device) -> ConceptEngine:
-    from convis_db.models.precision import resolve_precision
-
-    precision = resolve_precision(job.precision, device)  # on the worker's own device
-    return ConceptEngine(load_model(_spec_here(job.spec), device, precision), job.definitions, job.levels,
-                         job.settings, batch_size=job.batch_size)
+    """The engine a plain ingest of the job's database would build (profile.engine_from_inputs, the one
+    recipe), from the inputs the driver read; the precision is resolved on the worker's own device."""
+    return engine_from_inputs(load_model(_spec_here(job.spec), device, job.precision), job.definitions, job.levels,
+                              job.settings, job.batch_size)
 
 
 def _spec_here(spec: ModelSpec) -> ModelSpec:
@@ -77,73 +79,62 @@ def _spec_here(spec: ModelSpec) -> ModelSpec:
     return replace(spec, config_path=str(path))
 
 
-def _decode(path: str) -> DecodedImage | ConvisError:
+def _decoded(future) -> DecodedImage | ConvisError:
     try:
-        return read_image(path)
+        return future.result()
     except ConvisError as exc:
         return exc
 
 
 def explain_shard(engine: ConceptEngine, job: ShardJob, name: str, files: list[str]) -> dict:
-    """Explain `files` and write shard `name`; returns a small summary (counts, seconds)."""
+    """Explain `files` and write shard `name`; returns a small summary (counts, seconds).
+
+    The images go through the plain ingest's own ExplainQueue (ingest/explaining.py): the same
+    grouping into encoder batches (by the database's window layout), the same retry image by image
+    when a group fails, and the same early flush when a file's twin is still queued; so a shard holds
+    exactly the rows a plain ingest of these files would store."""
     t0 = time.perf_counter()
     content = ShardContent(name, list(files))
     seen: set[str] = set()
-    group: list[tuple[str, DecodedImage]] = []
-    windows = 0
+    queue = ExplainQueue(lambda: engine, job.settings, job.batch_size)
+    precision = getattr(engine.model, "precision", None)
 
     def flush() -> None:
-        nonlocal group, windows
-        batch, group, windows = group, [], 0
-        if not batch:
-            return
-        try:
-            explanations = engine.explain_many([img.pixels for _, img in batch])
-        except (ConvisError, RuntimeError, ValueError, MemoryError):
-            explanations = [_explain_alone(engine, path, img, content) for path, img in batch]
-        for (path, img), exp in zip(batch, explanations):
-            if exp is not None:
-                local_id = len(content.images) + 1
-                content.add_image(path, image_tables(exp, img.sha256, path, 0, job.settings, local_id, job.storage,
-                                                        getattr(engine.model, "precision", None)))
+        for done in queue.explain():
+            path, image = done.item.outcome.path, done.item.image
+            if done.explanation is None:
+                content.failures.append((path, image.sha256, done.reason))
+                continue
+            local_id = len(content.images) + 1
+            content.add_image(path, image_tables(done.explanation, image.sha256, path, 0, job.settings, local_id,
+                                                 job.storage, precision))
 
     todo = [p for p in files if p not in job.skip_paths]
     content.skipped.extend((p, "failed before; re-run with --retry-failed to try again.")
                            for p in files if p in job.skip_paths)
-    s = job.settings
-    with ThreadPoolExecutor(max_workers=job.decode_threads, thread_name_prefix="decode") as pool:
-        for path, decoded in zip(todo, pool.map(_decode, todo)):
-            if isinstance(decoded, ConvisError):
-                content.failures.append((path, None, str(decoded)))
-                continue
-            if decoded.sha256 in job.known_sha256:
-                content.skipped.append((path, "already stored (same content)."))
-                continue
-            if decoded.sha256 in seen:
-                content.skipped.append((path, "same content as an earlier file of this run."))
-                continue
-            seen.add(decoded.sha256)
-            group.append((path, decoded))
-            w, h = working_size(decoded.width, decoded.height, s.max_pixels)
-            windows += WindowGrid(h, w, s.stride, s.small, s.large).n_windows
-            if windows >= job.batch_size:
-                flush()
-        flush()
+    # The plain ingest's read-ahead: bounded in decoded pixels, big photos decoded reduced alike.
+    ahead = decode_ahead([Path(p) for p in todo], job.decode_threads, job.settings.max_pixels,
+                         PixelBudget(DECODE_BUDGET_PIXELS))
+    for path, (_, future) in zip(todo, ahead):  # paths as given (the manifest lists them so)
+        decoded = _decoded(future)
+        if isinstance(decoded, ConvisError):
+            content.failures.append((path, None, str(decoded)))
+            continue
+        if decoded.sha256 in job.known_sha256:
+            content.skipped.append((path, "already stored (same content)."))
+            continue
+        if decoded.sha256 in seen:
+            if queue.holds(decoded.sha256):
+                flush()  # as a plain ingest does: its twin is explained first
+            content.skipped.append((path, "same content as an earlier file of this run."))
+            continue
+        seen.add(decoded.sha256)
+        if queue.add(Queued(IngestOutcome(path, "pending"), decoded, time.perf_counter())):
+            flush()
+    flush()
     write_shard(job.shards_dir, content, job.manifest)
     seconds = time.perf_counter() - t0
     log.info("wrote %s: %d images, %d skipped, %d failed in %.1f s", name, len(content.images),
              len(content.skipped), len(content.failures), seconds)
     return {"shard": name, "images": len(content.images), "skipped": len(content.skipped),
             "failed": len(content.failures), "seconds": seconds}
-
-
-def _explain_alone(engine: ConceptEngine, path: str, image: DecodedImage, content: ShardContent):
-    try:
-        return engine.explain_pixels(image.pixels)
-    except ConvisError as exc:
-        reason = str(exc)
-    except (RuntimeError, ValueError, MemoryError) as exc:
-        log.exception("failed on %s", path)
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    content.failures.append((path, image.sha256, reason))
-    return None

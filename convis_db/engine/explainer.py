@@ -121,10 +121,13 @@ class ConceptEngine:
         return self._patches[:count]
 
     # -- stages ---------------------------------------------------------------------------------
-    def working_image(self, pixels: np.ndarray) -> tuple[torch.Tensor, WindowGrid]:
-        """Resize (on the device) to about max_pixels and normalise; returns the image and its grid."""
+    def working_image(self, pixels: np.ndarray, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, WindowGrid]:
+        """Resize (on the device) to about max_pixels and normalise; returns the image and its grid.
+
+        `size`: the original's (width, height) when `pixels` were decoded reduced (DecodedImage.size):
+        the working size is always that of the original."""
         h, w = pixels.shape[:2]
-        ww, wh = working_size(w, h, self.settings.max_pixels)
+        ww, wh = working_size(*(size or (w, h)), self.settings.max_pixels)
         t = torch.from_numpy(pixels).to(self.device).permute(2, 0, 1)
         if (wh, ww) != (h, w):
             t = F.interpolate(t[None].float(), size=(wh, ww), mode="bicubic", align_corners=False,
@@ -184,40 +187,44 @@ class ConceptEngine:
         return outs
 
     @torch.inference_mode()
-    def explain_many(self, pixels_list: list[np.ndarray]) -> list[ImageExplanation]:
+    def explain_many(self, pixels_list: list[np.ndarray],
+                     sizes: list[tuple[int, int] | None] | None = None) -> list[ImageExplanation]:
         """explain_pixels for several images, encoding their windows in shared batches.
 
         Stage timings of the shared steps are split between the images by their window counts.
+        `sizes`: the originals' (width, height) where pixels were decoded reduced (None: their own).
         """
         timer = Timer(self.device)
+        sizes = sizes or [None] * len(pixels_list)
         with timer.stage("cut_resize"):
-            prepared = [self.working_image(p) for p in pixels_list]
+            prepared = [self.working_image(p, size) for p, size in zip(pixels_list, sizes)]
         embeddings = self.encode_many(prepared, timer)
         with timer.stage("whole_image"):
             levels = self.image_level_many(pixels_list)
         total = sum(grid.n_windows for _, grid in prepared)
         results = []
-        for pixels, (_, grid), emb, level in zip(pixels_list, prepared, embeddings, levels):
+        for pixels, size, (_, grid), emb, level in zip(pixels_list, sizes, prepared, embeddings, levels):
             share = grid.n_windows / total
             result = self.explain_embeddings(emb, grid)
             result.image_level = level
             for stage, secs in timer.times.items():
                 result.timings[stage] = result.timings.get(stage, 0.0) + secs * share
-            result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
+            result.width, result.height = size or (int(pixels.shape[1]), int(pixels.shape[0]))
             results.append(result)
         return results
 
     @torch.inference_mode()
-    def explain_pixels(self, pixels: np.ndarray, on_batch: Callable[[int], None] | None = None) -> ImageExplanation:
+    def explain_pixels(self, pixels: np.ndarray, on_batch: Callable[[int], None] | None = None,
+                       size: tuple[int, int] | None = None) -> ImageExplanation:
         timer = Timer(self.device)
         with timer.stage("cut_resize"):
-            img, grid = self.working_image(pixels)
+            img, grid = self.working_image(pixels, size)
         emb = self.encode_windows(img, grid, timer, on_batch)
         with timer.stage("whole_image"):
             level = self.image_level(pixels)
         result = self.explain_embeddings(emb, grid, timer)
         result.image_level = level
-        result.width, result.height = int(pixels.shape[1]), int(pixels.shape[0])
+        result.width, result.height = size or (int(pixels.shape[1]), int(pixels.shape[0]))
         return result
 
     @torch.inference_mode()

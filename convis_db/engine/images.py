@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,19 +27,72 @@ MAX_FILE_BYTES = 1 << 30
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 
 
+#: Originals above this many pixels may be decoded reduced (by a power of two, never below the size
+#: asked for) when a caller asks for a smaller image; at or below it they are always decoded in full,
+#: so the results of ordinary photos do not change (docs/fidelity.md).
+REDUCE_ABOVE_PIXELS = 16_000_000
+#: Modes that Image.reduce averages correctly (not palette indices, not 16-bit or float images).
+_REDUCIBLE_MODES = {"RGB", "RGBA", "RGBX", "L", "LA", "CMYK"}
+
+
 @dataclass
 class DecodedImage:
     path: str
     sha256: str
-    pixels: np.ndarray  # (H, W, 3) uint8, upright
+    pixels: np.ndarray  # (H, W, 3) uint8, upright; reduced when full_size is set
+    #: The original's upright (width, height) when `pixels` were decoded reduced; None: pixels are full size.
+    full_size: tuple[int, int] | None = None
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        """The original's width in pixels (whatever size `pixels` were decoded at)."""
+        return int(self.full_size[0] if self.full_size else self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.full_size[1] if self.full_size else self.pixels.shape[0])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+def reduction_factor(width: int, height: int, at_least: tuple[int, int], limit: int = 64) -> int:
+    """The largest power of two f <= limit that keeps ceil(width / f) >= at_least[0] and
+    ceil(height / f) >= at_least[1] (1: no reduction)."""
+    f = 1
+    while f * 2 <= limit and -(-width // (f * 2)) >= at_least[0] and -(-height // (f * 2)) >= at_least[1]:
+        f *= 2
+    return f
+
+
+def _stored_target(img: Image.Image, at_least: tuple[int, int] | int) -> tuple[int, int]:
+    """The smallest (width, height) to decode, in the file's stored orientation: `at_least` is an
+    upright (width, height) (EXIF orientations 5-8 swap the sides), or an int: the working size of
+    that many pixels (engine.windows.working_size, the same in either orientation)."""
+    if isinstance(at_least, int):
+        from convis_db.engine.windows import working_size
+
+        return working_size(img.size[0], img.size[1], at_least)
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block: the decode below reports real errors
+        orientation = 1
+    return (at_least[1], at_least[0]) if orientation in (5, 6, 7, 8) else at_least
+
+
+def decode_cost(path: str | Path, at_least: tuple[int, int] | int | None = None) -> int:
+    """Pixels that decoding the file will hold at once (from its header only): the full size, or the
+    reduced size where JPEG decodes reduced. 0 when the header cannot be read (decoding reports why)."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if at_least is None or w * h <= REDUCE_ABOVE_PIXELS or img.format != "JPEG":
+                return w * h
+            f = reduction_factor(w, h, _stored_target(img, at_least), limit=8)
+            return -(-w // f) * -(-h // f)
+    except Exception:  # noqa: BLE001 - not an image, unreadable, ...: read_image says which
+        return 0
 
 
 def file_sha256(data: bytes) -> str:
@@ -69,8 +123,15 @@ def _bomb_message(path: str, pixels: int, size: str = "") -> str:
 _PIL_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
-def decode_bytes(data: bytes, path: str) -> DecodedImage:
+def decode_bytes(data: bytes, path: str, at_least: tuple[int, int] | int | None = None) -> DecodedImage:
     """Decode image bytes (first frame, upright RGB). Raises ImageError naming the file and the fix.
+
+    `at_least` (upright width, height, or an int: the working size of that many pixels, as ingest
+    asks for its max_pixels): the caller needs no more than this, so an original above
+    REDUCE_ABOVE_PIXELS is decoded reduced by a power of two that keeps at least that size: JPEG in
+    the decoder itself (DCT scaling, never holding the full image), other formats by Image.reduce
+    right after decoding (box averages), before any other copy is made. The result's `full_size`
+    keeps the original's size.
 
     Whatever the bytes hold, the only exception that leaves is ImageError: a malformed file can make
     PIL raise nearly anything (struct.error, IndexError, ...), and one bad file must not stop a batch.
@@ -89,9 +150,22 @@ def decode_bytes(data: bytes, path: str) -> DecodedImage:
         if w < 1 or h < 1:
             raise ImageError(f"{path}: declared size {w}x{h} has no pixels. Re-export it.")
         img.seek(0)
+        reduce = at_least is not None and w * h > REDUCE_ABOVE_PIXELS
+        if reduce:
+            target = _stored_target(img, at_least)
+            if img.format == "JPEG":
+                img.draft(img.mode, target)
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        if reduce and img.size == (w, h) and img.mode in _REDUCIBLE_MODES:
+            factor = reduction_factor(w, h, target)
+            if factor > 1:
+                img = img.reduce(factor)
+        reduced = img.size != (w, h)
+        transposed = ImageOps.exif_transpose(img) or img
+        swapped = transposed.size != img.size
+        img = transposed
         pixels = _to_rgb(img)
+        del img, transposed
     except ImageError:
         raise
     except Image.DecompressionBombError as exc:
@@ -111,7 +185,8 @@ def decode_bytes(data: bytes, path: str) -> DecodedImage:
     # PIL's arrays are read-only views; torch wants writable memory.
     if not (pixels.flags.writeable and pixels.flags.c_contiguous and pixels.dtype == np.uint8):
         pixels = np.array(pixels, dtype=np.uint8, order="C")
-    return DecodedImage(path=path, sha256=file_sha256(data), pixels=pixels)
+    full = ((h, w) if swapped else (w, h)) if reduced else None
+    return DecodedImage(path=path, sha256=file_sha256(data), pixels=pixels, full_size=full)
 
 
 def _link_target(path: Path) -> str:
@@ -121,9 +196,10 @@ def _link_target(path: Path) -> str:
         return "?"
 
 
-def read_image(path: str | Path) -> DecodedImage:
-    """Read and decode one file. Anything unusable (missing, unreadable, not a regular file, too
-    large, not an image) raises ImageError with the reason and the fix."""
+def read_image(path: str | Path, at_least: tuple[int, int] | int | None = None) -> DecodedImage:
+    """Read and decode one file (reduced towards `at_least`, see decode_bytes). Anything unusable
+    (missing, unreadable, not a regular file, too large, not an image) raises ImageError with the
+    reason and the fix."""
     path = Path(path)
     try:
         info = path.stat()
@@ -146,4 +222,32 @@ def read_image(path: str | Path) -> DecodedImage:
         raise ImageError(f"{path}: no such file (was it moved or deleted?).") from exc
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc}).") from exc
-    return decode_bytes(data, str(path))
+    return decode_bytes(data, str(path), at_least)
+
+
+class PixelBudget:
+    """A bound on the decoded pixels in flight, shared by threads: `take(n)` waits until n more fit
+    under `max_pixels` (an image larger than the whole budget is let through alone, so it cannot wait
+    forever), `give(n)` returns them. `peak` is the most ever held at once."""
+
+    def __init__(self, max_pixels: int):
+        self.max_pixels = int(max_pixels)
+        self.held = 0
+        self.peak = 0
+        self._changed = threading.Condition()
+
+    def fits(self, n: int) -> bool:
+        with self._changed:
+            return self.held == 0 or self.held + n <= self.max_pixels
+
+    def take(self, n: int) -> None:
+        with self._changed:
+            while not (self.held == 0 or self.held + n <= self.max_pixels):
+                self._changed.wait()
+            self.held += n
+            self.peak = max(self.peak, self.held)
+
+    def give(self, n: int) -> None:
+        with self._changed:
+            self.held -= n
+            self._changed.notify_all()

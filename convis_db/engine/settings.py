@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from convis_db.engine.windows import DEFAULT_LAYOUT, LAYOUTS
-from convis_db.errors import UsageError
+from convis_db.errors import UsageError, flags_as_arguments
 
 #: Ceilings for the size options, checked before anything is allocated. A working image of 16 Mpx
 #: (4096 x 4096, 55 times the paper's) is already far past what the method needs; ingest also checks
@@ -14,6 +14,16 @@ MAX_PIXELS_CEILING = 4096 * 4096
 MAX_SIDE = 4096
 MAX_TOP_K = 100_000
 
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _invalid(cli_message: str) -> None:
+    """A UsageError worded with the CLI's options, and for Python callers with Settings' arguments
+    (`--max-pixels 5` there reads `Settings(max_pixels=5)` here)."""
+    raise UsageError(cli_message, python=f"Settings: {flags_as_arguments(cli_message)}")
 
 
 @dataclass(frozen=True)
@@ -36,26 +46,32 @@ class Settings:
     layout: str = DEFAULT_LAYOUT
 
     def __post_init__(self) -> None:
-        for name, value, ceiling in (("--max-pixels", self.max_pixels, MAX_PIXELS_CEILING),
-                                     ("--stride", self.stride, MAX_SIDE), ("--small", self.small, MAX_SIDE),
-                                     ("--large", self.large, MAX_SIDE), ("--top-k", self.top_k, MAX_TOP_K)):
+        for name in OPTION_NAMES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"--{name.replace('_', '-')} {value!r} is not a whole number.",
+                                 python=f"Settings({name}={value!r}): {name} must be an int, e.g. "
+                                        f"Settings({name}={getattr(PAPER, name)}).")
+        for name, value, ceiling in (("max_pixels", self.max_pixels, MAX_PIXELS_CEILING),
+                                     ("stride", self.stride, MAX_SIDE), ("small", self.small, MAX_SIDE),
+                                     ("large", self.large, MAX_SIDE), ("top_k", self.top_k, MAX_TOP_K)):
             if value > ceiling:
-                raise UsageError(f"{name} {value} is above the ceiling of {ceiling:,}; use a smaller value "
-                                 f"(the paper's settings: --max-pixels {PAPER.max_pixels:,}, --stride {PAPER.stride}).")
+                _invalid(f"{_flag(name)} {value} is above the ceiling of {ceiling:,}; use a smaller value "
+                         f"(the paper's settings: --max-pixels {PAPER.max_pixels:,}, --stride {PAPER.stride}).")
         if self.layout not in LAYOUTS:
             raise UsageError(f"window layout {self.layout!r} is not one of {', '.join(LAYOUTS)}.")
         if self.stride < 1:
-            raise UsageError(f"--stride {self.stride} must be at least 1.")
+            _invalid(f"--stride {self.stride} must be at least 1.")
         if not (1 <= self.small <= self.large):
-            raise UsageError(f"--small {self.small} and --large {self.large} need 1 <= small <= large.")
+            _invalid(f"--small {self.small} and --large {self.large} need 1 <= small <= large.")
         if self.stride > self.large:
-            raise UsageError(f"--stride {self.stride} is larger than --large {self.large}: the pixels between "
-                             "windows would be covered by no window. Use a stride of at most the large side.")
+            _invalid(f"--stride {self.stride} is larger than --large {self.large}: the pixels between "
+                     "windows would be covered by no window. Use a stride of at most the large side.")
         if self.max_pixels < self.large * self.large:
-            raise UsageError(f"--max-pixels {self.max_pixels} is smaller than one large patch ({self.large}x{self.large}); "
-                             f"use at least {self.large * self.large}.")
+            _invalid(f"--max-pixels {self.max_pixels} is smaller than one large patch ({self.large}x{self.large}); "
+                     f"use at least {self.large * self.large}.")
         if self.top_k < 1:
-            raise UsageError(f"--top-k {self.top_k} must be at least 1.")
+            _invalid(f"--top-k {self.top_k} must be at least 1.")
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -112,25 +112,23 @@ class OodReport:
 class WordNetLabeller:
     """Labels ImageNet class folders against a database's T, falling back on WordNet itself for
     classes whose synset is not in T (T holds every ancestor of its synsets, so a class in T has the
-    same ancestors either way)."""
+    same ancestors either way). `db`: a convis_db.Database (its hierarchy and SQL)."""
 
-    def __init__(self, con, positive: str, negative: str | None = None):
-        from convis_db.store.hierarchy_store import stored_vocabulary
+    def __init__(self, db, positive: str, negative: str | None = None):
         from convis_db.wordnet.hierarchy import EXTENDED, LEGACY_HIERARCHY
 
-        self.con = con
+        self.db = db
         self.positive = positive
         self.negative = negative
         self._wn = None
-        vocab = stored_vocabulary(con)
         # Classes outside T climb WordNet the way T was built: instance links only in an extended T.
-        self.follow_instances = (vocab["hierarchy"] if vocab else LEGACY_HIERARCHY) == EXTENDED
+        self.follow_instances = db.stats().get("hierarchy", LEGACY_HIERARCHY) == EXTENDED
         for name in (positive, negative):
             if name is not None and not self._in_t(name):
                 self._wordnet_synset(name)  # raises for a name that is no noun synset at all
 
     def _in_t(self, name: str) -> bool:
-        return self.con.execute("SELECT 1 FROM synsets WHERE name = ?", [name]).fetchone() is not None
+        return name in self.db.hierarchy.id_of
 
     @property
     def wn(self):
@@ -150,11 +148,11 @@ class WordNetLabeller:
 
     def ancestors(self, offset: int) -> tuple[str | None, set[str]]:
         """(synset name, names of it and all its ancestors) of a noun offset; (None, empty) if unknown."""
-        row = self.con.execute("SELECT synset_id, name FROM synsets WHERE wn_offset = ?", [offset]).fetchone()
+        rows = self.db.sql("SELECT synset_id, name FROM synsets WHERE wn_offset = ? LIMIT 1", [offset]).fetchall()
+        row = rows[0] if rows else None
         if row is not None:
-            names = {r[0] for r in self.con.execute(
-                "SELECT a.name FROM closure c JOIN synsets a ON a.synset_id = c.ancestor_id WHERE c.descendant_id = ?",
-                [row[0]]).fetchall()}
+            h = self.db.hierarchy
+            names = {row[1]} | {h.names[a] for a, _ in h.ancestors(row[0])}
             return row[1], names
         from nltk.corpus.reader.wordnet import WordNetError
 

@@ -66,11 +66,19 @@ class GradEclipMap:
     text: str = ""
     synset: str | None = None
     image_path: str = ""
+    image_id: int | None = None   # the stored image explained, when IMAGE named one
 
     @property
     def peak(self) -> dict:
         y, x = np.unravel_index(int(np.argmax(self.saliency)), self.saliency.shape)
         return {"score": float(self.saliency[y, x]), "x_orig": int(x), "y_orig": int(y)}
+
+    # What convis_db.Map reads from the maps it wraps (the saliency is already at the original size).
+    source = property(lambda self: "grad-eclip")
+    grid = property(lambda self: None)
+
+    def original_pixels(self) -> np.ndarray:
+        return read_image(self.image_path).pixels
 
 
 # ------------------------------------------------------------------------------------ model checks
@@ -118,7 +126,8 @@ def input_size(width: int, height: int, patch: int, max_short_side: int | None) 
 def _model_input(loaded: LoadedModel, pixels: np.ndarray, patch: int, max_short_side: int | None) -> torch.Tensor:
     h0, w0 = pixels.shape[:2]
     w, h = input_size(w0, h0, patch, max_short_side)
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).to(loaded.device).permute(2, 0, 1)
+    array = pixels if pixels.flags.writeable and pixels.flags.c_contiguous else np.array(pixels)
+    t = torch.from_numpy(array).to(loaded.device).permute(2, 0, 1)
     if (h, w) != (h0, w0):
         t = F.interpolate(t[None].float(), size=(h, w), mode="bicubic", align_corners=False,
                           antialias=True)[0].clamp_(0, 255)
@@ -259,13 +268,10 @@ class GradEclipService:
 
     @property
     def model(self) -> LoadedModel:
-        if self._model is None:
-            from convis_db.profile import read_profile
-
-            profile = read_profile(self.con)
-            self._model_id, self._model = profile.model_id, profile.load_model(self.device)
-            _vit_parts(self._model.model)  # refuse early, before any image is read
-        return self._model
+        """The database's model, checked for a ViT image tower (refused before any image is read)."""
+        model = self.database_model
+        _vit_parts(model.model)
+        return model
 
     def concept_embedding(self, concept: str) -> tuple[str, np.ndarray]:
         """(definition, d_s): the stored embedding of the synset's definition, d_s = E_T(def(s))."""
@@ -313,10 +319,52 @@ class GradEclipService:
         from convis_db.errors import NotFoundError
         from convis_db.store.image_store import get_image
 
+        result = self.for_file(self.image_path(ref), concept, text)
         try:
-            path = get_image(self.con, ref).path
+            result.image_id = get_image(self.con, str(ref)).image_id
         except NotFoundError:
-            if Path(ref).is_file():
-                return self.for_file(ref, concept, text)
-            raise
-        return self.for_file(path, concept, text)
+            pass
+        return result
+
+    def image_path(self, ref: str) -> str:
+        """The file of IMAGE: a stored image's (id, path or sha256), else the file on disk."""
+        from convis_db.store.image_store import image_file
+
+        return image_file(self.con, ref)
+
+    def explain_text(self, image: str | np.ndarray, text: str | None, blocks: int | None = None,
+                     concept: str | None = None):
+        """Grad-ECLIP's word importance of `text` for IMAGE (a stored image, a file, or (H, W, 3) uint8
+        pixels); a TextExplanation (explainers/grad_eclip_text.py). With `concept` instead of a text, the
+        words of the synset's definition (the text its d_s embeds: why the concept matched). Stores nothing."""
+        from convis_db.explainers.grad_eclip_text import DEFAULT_TEXT_BLOCKS, _text_tower, explain_text_for_image
+
+        if (text is None) == (concept is None):
+            raise UsageError("give either a text to explain or a concept (its definition is explained), not both.")
+        synset = None
+        if concept is not None:
+            from convis_db.store.hierarchy_store import find_synset_name
+
+            sid = find_synset_name(self.con, concept)
+            synset, text = self.con.execute("SELECT name, definition FROM synsets WHERE synset_id = ?", [sid]).fetchone()
+        model = self.database_model
+        if isinstance(image, np.ndarray):
+            pixels, path = image, ""
+        else:
+            path = str(Path(self.image_path(image)).absolute())
+            pixels = read_image(path).pixels
+        _text_tower(model.model)
+        result = explain_text_for_image(model, pixels, text, blocks=DEFAULT_TEXT_BLOCKS if blocks is None else blocks,
+                                        image_path=path)
+        result.synset = synset
+        return result
+
+    @property
+    def database_model(self) -> LoadedModel:
+        """The database's model for textual explanations (any image tower; the text tower is checked)."""
+        if self._model is None:
+            from convis_db.profile import read_profile
+
+            profile = read_profile(self.con)
+            self._model_id, self._model = profile.model_id, profile.load_model(self.device)
+        return self._model

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from convis_db.engine.explainer import ConceptEngine
+import numpy as np
+
+from convis_db.engine.explainer import ConceptEngine, ImageExplanation
 from convis_db.engine.images import DecodedImage
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import WindowGrid, working_size
@@ -16,6 +18,7 @@ from convis_db.errors import ConvisError
 from convis_db.ingest.report import IngestOutcome
 
 log = logging.getLogger(__name__)
+_NO_PIXELS = np.empty((0, 0, 3), np.uint8)
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Explained:
     """An image of a group, explained (`explanation`) or failed (`reason`)."""
 
     item: Queued
-    explanation: object | None = None
+    explanation: ImageExplanation | None = None
     reason: str = ""
 
 
@@ -73,14 +76,16 @@ class ExplainQueue:
         if not group:
             return []
         try:
-            explanations = self._engine().explain_many([q.image.pixels for q in group])
+            explanations = self._engine().explain_many([q.image.pixels for q in group], [q.image.size for q in group])
         except (ConvisError, RuntimeError, ValueError, MemoryError):
             return [self._alone(q) for q in group]  # find the image at fault
+        for q in group:  # explained: the decoded pixels go now, not when the writes are done (path, hash, size stay)
+            q.image = replace(q.image, pixels=_NO_PIXELS, full_size=q.image.size)
         return [Explained(q, e) for q, e in zip(group, explanations)]
 
     def _alone(self, item: Queued) -> Explained:
         try:
-            return Explained(item, self._engine().explain_pixels(item.image.pixels))
+            return Explained(item, self._engine().explain_pixels(item.image.pixels, size=item.image.size))
         except ConvisError as exc:
             return Explained(item, reason=str(exc))
         except (RuntimeError, ValueError, MemoryError) as exc:  # model/device failures on this one image

@@ -17,7 +17,7 @@ import torch
 
 from convis_db.engine.explainer import ConceptEngine, default_batch_size
 from convis_db.engine.images import read_image
-from convis_db.errors import ConvisError
+from convis_db.errors import ConvisError, Terminated
 from convis_db.ingest.explaining import ExplainQueue, Queued
 from convis_db.ingest.plan import IngestPlan, collect_image_paths
 from convis_db.ingest.report import IngestOutcome, IngestReport
@@ -39,13 +39,14 @@ class Ingestor:
     `settings` is complete Settings, or the options a user gave (a dict; None for one not given),
     completed from the database's stored settings (see DatabaseProfile.settings_for). `precision`
     (None: the device's default) is the image encoder's, recorded with each image. `model` and
-    `pretrained` name the model to use (default: the database's).
+    `pretrained` name the model to use (default: the database's). `con`: a read-write connection
+    to use (and leave open) instead of opening the file.
     """
 
     def __init__(self, db_path: str | Path, *, model: str | None = None, pretrained: str | None = None,
                  device: torch.device, settings: SettingsRequest = None, batch_size: int | None = None,
                  progress: Progress = no_progress, retry_failed: bool = False, decode_threads: int = 2,
-                 precision: str | None = None):
+                 precision: str | None = None, con: duckdb.DuckDBPyConnection | None = None):
         self.db_path = str(db_path)
         self.device = device
         self.precision = resolve_precision(precision, device)  # before opening: an impossible one changes nothing
@@ -53,12 +54,14 @@ class Ingestor:
         self.progress = progress
         self.retry_failed = retry_failed
         self.decode_threads = decode_threads
-        self.con = connect(db_path, write=True)
+        # A Database's own read-write connection (convis_db.api), kept open after the run; else one of ours.
+        self._owns_con = con is None
+        self.con = connect(db_path, write=True) if con is None else con
         try:
             self.profile = read_profile(self.con, self.db_path, model=model, pretrained=pretrained)
             self.settings = self.profile.settings_for(settings)
         except BaseException:
-            self.con.close()
+            self.close()
             raise
         log.info("opened %s for writing (other processes can open it once this run ends)", self.db_path)
         self._engine: ConceptEngine | None = None
@@ -73,7 +76,8 @@ class Ingestor:
         return self.profile.spec
 
     def close(self) -> None:
-        self.con.close()
+        if self._owns_con:
+            self.con.close()
 
     def __enter__(self) -> Ingestor:
         return self
@@ -93,7 +97,7 @@ class Ingestor:
         files, problems = collect_image_paths(inputs, recursive)
         report = IngestReport(outcomes=list(problems), model=self.spec.label, precision=self.precision,
                               settings=self.settings.as_dict())
-        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads)
+        plan = IngestPlan(self.con, self.retry_failed, self.decode_threads, work_pixels=self.settings.max_pixels)
         queue = ExplainQueue(self.engine, self.settings, self.batch_size)
         with self.progress("Ingesting", len(files), "img") as tick, StopOnSignal() as stop, \
                 ImageStorer(self.con, self.db_path, self.model_id, self.settings, self.precision) as storer:
@@ -108,11 +112,11 @@ class Ingestor:
                     if not stop.requested.is_set():
                         self._flush(queue, storer, report, stop)  # the last group of small images
                     storer.settle(report)  # the last image's write
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as exc:  # a second Ctrl-C, or a second SIGTERM under the CLI (Terminated)
                 storer.abort()
                 self._rollback_open_transaction()
                 report.interrupted = True
-                report.stopped_by = "SIGINT"
+                report.stopped_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             if stop.requested.is_set():
                 report.interrupted = True
                 report.stopped_by = stop.signal_name

@@ -8,13 +8,13 @@ Nothing here runs the model or writes an image; a file that cannot be read is re
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
 
-from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, read_image
+from convis_db.engine.images import IMAGE_SUFFIXES, DecodedImage, PixelBudget, decode_cost, read_image
 from convis_db.errors import ConvisError
 from convis_db.ingest.report import IngestOutcome
 from convis_db.store.image_store import failed_paths, find_by_sha, record_failure
@@ -63,33 +63,74 @@ def _is_candidate(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and (path.is_file() or path.is_symlink())
 
 
+#: Decoded pixels that an ingest reads ahead of the model at most (an image larger than this is read
+#: alone). 64 Mpx hold about 256 MB while decoding (PIL keeps 4 bytes a pixel).
+DECODE_BUDGET_PIXELS = 64_000_000
+
+
+def decode_ahead(files: list[Path], decode_threads: int, work_pixels: int | None, budget: PixelBudget,
+                 skip: Callable[[Path], bool] = lambda path: False) -> Iterator[tuple[Path, Future | None]]:
+    """Yield (path, future of DecodedImage) in file order, with a few decodes running ahead in threads:
+    the one read-ahead of a plain ingest and of a Ray shard worker. Files for which `skip` is true are
+    not read (their future is None).
+
+    Ahead means at most 2 x decode_threads files and, together, at most the budget's pixels (by
+    each file's header: what its decode holds). A file's pixels count from its submission until
+    the consumer asks for the next file (by then its image is explained, or queued with other
+    small ones); the generator never waits for the budget with a decode of its own in hand.
+    `work_pixels` (the run's max_pixels) lets big originals be decoded reduced to no less than their
+    working size (engine.images.decode_bytes)."""
+    ahead = max(1, decode_threads * 2)
+    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
+        futures: list[tuple[Path, Future | None, int]] = []
+        try:
+            for path in files:
+                skipped = skip(path)
+                cost = 0 if skipped else decode_cost(path, work_pixels)
+                while futures and (len(futures) >= ahead or not budget.fits(cost)):
+                    yield from _hand_over(futures.pop(0), budget)
+                budget.take(cost)  # fits, or nothing else is in flight: never waits
+                future = None if skipped else pool.submit(read_image, path, work_pixels)
+                futures.append((path, future, cost))
+            while futures:
+                yield from _hand_over(futures.pop(0), budget)
+        finally:  # stopped early: do not decode what will not be used
+            for _, future, cost in futures:
+                if future is not None:
+                    future.cancel()
+                budget.give(cost)
+
+
+def _hand_over(item: tuple[Path, Future | None, int], budget: PixelBudget) -> Iterator[tuple[Path, Future | None]]:
+    path, future, cost = item
+    try:
+        yield path, future
+    finally:
+        budget.give(cost)
+
+
 class IngestPlan:
     """Decides, file by file, what an ingest does with it: skip it (failed before, or its content is
-    stored already), record it as failed (unreadable), or hand its decoded image on."""
+    stored already), record it as failed (unreadable), or hand its decoded image on.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, retry_failed: bool = False, decode_threads: int = 2):
+    `work_pixels` (the run's max_pixels) lets big originals be decoded reduced to no less than their
+    working size (engine.images.decode_bytes); `budget_pixels` bounds the pixels being decoded or
+    waiting for the model, so a batch of huge photos is read one or two at a time, not four."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, retry_failed: bool = False, decode_threads: int = 2,
+                 work_pixels: int | None = None, budget_pixels: int = DECODE_BUDGET_PIXELS):
         self.con = con
         self.decode_threads = decode_threads
+        self.work_pixels = work_pixels
+        self.budget = PixelBudget(budget_pixels)
         self.previously_failed: set[str] = set() if retry_failed else failed_paths(con)
 
     def decoded(self, files: list[Path]) -> Iterator[tuple[Path, Future | None]]:
-        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads; files that
-        failed before are not read at all (their future is None)."""
-        ahead = max(1, self.decode_threads * 2)
-        with ThreadPoolExecutor(max_workers=self.decode_threads, thread_name_prefix="decode") as pool:
-            futures: list[tuple[Path, Future | None]] = []
-            try:
-                for path in files:
-                    skipped = str(path.absolute()) in self.previously_failed
-                    futures.append((path, None if skipped else pool.submit(read_image, path)))
-                    if len(futures) > ahead:
-                        yield futures.pop(0)
-                while futures:
-                    yield futures.pop(0)
-            finally:  # stopped early: do not decode what will not be used
-                for _, future in futures:
-                    if future is not None:
-                        future.cancel()
+        """Yield (path, future of DecodedImage) with a few decodes running ahead in threads, within
+        this run's pixel budget (decode_ahead); files that failed before are not read at all (their
+        future is None)."""
+        return decode_ahead(files, self.decode_threads, self.work_pixels, self.budget,
+                            skip=lambda path: str(path.absolute()) in self.previously_failed)
 
     def admit(self, path: Path, decoded: Future | None) -> tuple[IngestOutcome | None, DecodedImage | None]:
         """(final outcome, None) for a file skipped as failed before or failing to decode (recorded);

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from convis_db.results import Results
+
 
 @dataclass
 class IngestOutcome:
@@ -15,8 +17,17 @@ class IngestOutcome:
     reason: str = ""
 
 
-@dataclass
+class IngestOutcomes(Results):
+    """What happened to each file of an ingest (`IngestReport.table()`; `.df()`, `.to_arrow()`)."""
+
+    noun = "file"
+
+
+@dataclass(repr=False)
 class IngestReport:
+    """What one ingest did: `outcomes` per file (`.df()` / `.to_arrow()` make a table of them),
+    counts (`count("ingested")`), `summary()` as the CLI's --json prints it."""
+
     outcomes: list[IngestOutcome] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
@@ -36,6 +47,27 @@ class IngestReport:
     def add_timings(self, timings: dict[str, float]) -> None:
         for stage, secs in timings.items():
             self.timings[stage] = self.timings.get(stage, 0.0) + secs
+
+    def table(self) -> IngestOutcomes:
+        """The outcomes, one row per file."""
+        return IngestOutcomes(self.outcomes, IngestOutcome)
+
+    def to_arrow(self):
+        """The outcomes as a pyarrow Table."""
+        return self.table().to_arrow()
+
+    def df(self):
+        """The outcomes as a pandas DataFrame (needs pandas)."""
+        return self.table().df()
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{self.count(s)} {s}" for s in ("ingested", "skipped", "failed", "backfilled")
+                           if self.count(s) or s != "backfilled")
+        stop = f", interrupted by {self.stopped_by or 'the user'}" if self.interrupted else ""
+        return f"<IngestReport: {counts}; {self.windows:,} windows in {self.seconds:.1f} s{stop}>"
+
+    def _repr_html_(self) -> str:
+        return self.table()._repr_html_().replace(self.table().summary(), repr(self)[1:-1], 1)
 
     def summary(self) -> dict:
         secs = max(self.seconds, 1e-9)

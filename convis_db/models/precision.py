@@ -18,7 +18,7 @@ import logging
 
 import torch
 
-from convis_db.errors import UsageError
+from convis_db.errors import UsageError, flags_as_arguments
 
 log = logging.getLogger(__name__)
 
@@ -60,17 +60,17 @@ def resolve_precision(choice: str | None, device: torch.device) -> str:
     run at speed is a UsageError, not a silent fallback. Resolving a resolved value returns it."""
     choice = (choice or "auto").lower()
     if choice not in PRECISION_CHOICES:
-        raise UsageError(f"--precision {choice!r} is not one of {', '.join(PRECISION_CHOICES)}.")
+        raise _usage(f"--precision {choice!r} is not one of {', '.join(PRECISION_CHOICES)}.")
     if choice == "auto":
         precision = default_precision(device)
     elif device.type == "cuda":
         if choice == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UsageError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
+            raise _usage(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bfloat16 support; "
                              "use --precision fp16 or fp32.")
         precision = choice
     elif device.type == "cpu" and not cpu_has_native(choice):
         need = "AVX512-BF16 or AMX" if choice == "bf16" else "AVX512-FP16 or AMX-FP16"
-        raise UsageError(f"--precision {choice} on this CPU: torch has no native {choice} kernels here (they need "
+        raise _usage(f"--precision {choice} on this CPU: torch has no native {choice} kernels here (they need "
                          f"{need}; found {_cpu_features()}), so it would run several times slower than fp32. "
                          "Use --precision fp32 (the CPU default), or a CUDA GPU.")
     else:
@@ -98,5 +98,10 @@ def precision_label(stored: str | None) -> str:
 def check_fp32_method(choice: str | None, method: str) -> None:
     """A method that runs its own float32 passes (Grad-ECLIP's gradients) takes no other precision."""
     if (choice or "auto").lower() not in ("auto", "fp32"):
-        raise UsageError(f"--precision {choice}: {method} computes its gradients in fp32; drop --precision "
+        raise _usage(f"--precision {choice}: {method} computes its gradients in fp32; drop --precision "
                          "(it applies to --method convis).")
+
+
+def _usage(message: str) -> UsageError:
+    """The error in the CLI's words (--options) and, for Python callers, the arguments' (option=value)."""
+    return UsageError(message, python=flags_as_arguments(message))

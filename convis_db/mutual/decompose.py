@@ -6,10 +6,11 @@ As in the authors' code, the foreground is found first and then divided into K p
   of the tokens' cosine-affinity matrix A = X X^T, X the L2-normalised tokens, i.e. X's left singular
   vectors; the second one splits the graph, as in spectral methods) or PCA (the first principal
   component). Each component's sign is set so that its positive side is the minority of patches (a
-  component more than half positive and not all positive is negated); the components are min-max
-  scaled to [0, 1] over the patches; patches whose foreground component reaches `threshold` are
-  foreground candidates; the largest 8-connected component of them is kept, plus the second largest
-  when it has at least 5 patches.
+  component more than half positive and not all positive is negated); patches where the foreground
+  component is positive are foreground candidates (the authors' notebook: its raw sign), or, with a
+  numeric `threshold`, patches whose component min-max scaled to [0, 1] reaches it; the largest
+  8-connected component of the candidates is kept, plus the second largest when it has at least 5
+  patches.
 * parts by eigendecomposition: PCA with K components of the foreground tokens, min-max scaled per
   component; each patch belongs to the component where it scores highest (argmax).
 * parts by k-means: k-means with K clusters of the L2-normalised foreground tokens.
@@ -18,8 +19,11 @@ Several images can be decomposed together (one PCA / one k-means over all their 
 authors do for a set of images of one class; `mutual IMAGE` decomposes its image alone.
 
 PCA here is the eigendecomposition of the token covariance, computed by an SVD of the centred tokens;
-the sign of each principal axis is fixed (its largest loading positive) so that results do not depend
-on the LAPACK build.
+the sign of each principal axis is fixed (its largest loading positive) and the axes come in order of
+decreasing variance, so that results do not depend on the LAPACK build. What cannot be fixed is a
+patch whose two best components (or a component and the threshold) differ by float noise: the
+tokens themselves differ in their last bits between CPUs (AVX2 vs AVX-512 kernels), and such a patch
+may change part there.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.cluster.vq import kmeans2
 
+#: A principal axis whose variance is below this share of the largest one's is float noise, not a component.
+NULL_VARIANCE = 1e-12
 #: The second largest foreground component is kept when it has at least this many patches (code).
 SECOND_COMPONENT_MIN = 5
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
@@ -50,10 +56,17 @@ class Decomposition:
 
 
 def pca_scores(features: np.ndarray, n_components: int) -> np.ndarray:
-    """(n, k) projections of the centred rows on the top-k principal axes (signs fixed)."""
+    """(n, k) projections of the centred rows on the top-k principal axes (signs fixed).
+
+    Axes without variance (below NULL_VARIANCE of the largest: float noise, e.g. the d - n + 1 axes
+    left when n < d patches are centred) are not components: their directions are arbitrary, so they
+    are dropped (k is at most the rank; all-equal rows give one zero column)."""
     x = features - features.mean(axis=0, keepdims=True)
-    k = int(min(n_components, x.shape[0], x.shape[1]))
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    _, sv, vt = np.linalg.svd(x, full_matrices=False)
+    rank = int((sv ** 2 > NULL_VARIANCE * sv.max(initial=0.0) ** 2).sum()) if sv.size else 0
+    if rank == 0:
+        return np.zeros((x.shape[0], 1))
+    k = int(min(n_components, rank))
     axes = vt[:k]
     signs = np.sign(axes[np.arange(k), np.argmax(np.abs(axes), axis=1)])
     signs[signs == 0] = 1.0
@@ -103,11 +116,12 @@ def _largest_components(candidates: np.ndarray) -> np.ndarray:
 FOREGROUND_METHODS = ("graph", "pca")
 
 
-def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: float,
+def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: float | None,
                      method: str = "graph") -> list[np.ndarray]:
     """(gh, gw) bool foreground of each of several (gh, gw, D) token grids, with one decomposition and
     one min-max scaling over all their patches (images decomposed together); every patch where nothing
-    passes. method: "graph" (second affinity eigenvector) or "pca" (first principal component)."""
+    passes. method: "graph" (second affinity eigenvector) or "pca" (first principal component);
+    threshold: None for the component's sign (> 0), else a level of the min-max scaled component."""
     d = tokens[0].shape[-1]
     flat = np.concatenate([t.reshape(-1, d) for t in tokens]).astype(np.float64)
     if method == "graph":
@@ -115,17 +129,19 @@ def foreground_masks(tokens: list[np.ndarray], n_components: int, threshold: flo
     else:
         comps, which = pca_scores(flat, n_components), 0
     which = min(which, comps.shape[1] - 1)
-    scores = minmax_columns(minority_positive(comps))[:, which]
+    signed = minority_positive(comps)
+    passes = signed[:, which] > 0 if threshold is None else minmax_columns(signed)[:, which] >= threshold
     out, start = [], 0
     for t in tokens:
         gh, gw = t.shape[:2]
-        keep = _largest_components((scores[start:start + gh * gw] >= threshold).reshape(gh, gw))
+        keep = _largest_components(passes[start:start + gh * gw].reshape(gh, gw))
         out.append(keep if keep.any() else np.ones((gh, gw), dtype=bool))
         start += gh * gw
     return out
 
 
-def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float, method: str = "graph") -> np.ndarray:
+def foreground_mask(tokens: np.ndarray, n_components: int, threshold: float | None,
+                    method: str = "graph") -> np.ndarray:
     """(gh, gw) bool foreground of (gh, gw, D) tokens; every patch when nothing passes the threshold."""
     return foreground_masks([tokens], n_components, threshold, method)[0]
 
@@ -158,7 +174,8 @@ def kmeans_parts(features: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 
 def decompose_together(tokens: list[np.ndarray], method: str = "pca", n_concepts: int = 5, foreground: bool = True,
-                       threshold: float = 0.5, seed: int = 0, foreground_method: str = "graph") -> list[Decomposition]:
+                       threshold: float | None = None, seed: int = 0,
+                       foreground_method: str = "graph") -> list[Decomposition]:
     """Several images' (gh, gw, D) tokens decomposed with one PCA / one k-means over all of them (the
     authors' setting for a set of images of one class); concept ids are then renumbered per image."""
     d = tokens[0].shape[-1]
@@ -178,6 +195,6 @@ def decompose_together(tokens: list[np.ndarray], method: str = "pca", n_concepts
 
 
 def decompose(tokens: np.ndarray, method: str = "pca", n_concepts: int = 5, foreground: bool = True,
-              threshold: float = 0.5, seed: int = 0, foreground_method: str = "graph") -> Decomposition:
+              threshold: float | None = None, seed: int = 0, foreground_method: str = "graph") -> Decomposition:
     """Split one image's (gh, gw, D) patch tokens into at most `n_concepts` visual concepts."""
     return decompose_together([tokens], method, n_concepts, foreground, threshold, seed, foreground_method)[0]

@@ -41,8 +41,9 @@ def explain_image(image, labels: Sequence[str], *, db: str | Path | None = None,
                   faithfulness: bool = False):
     """Explain CLIP's zero-shot prediction of `image` over `labels` (for notebooks).
 
-    image: a file path or an (H, W, 3) uint8 array. Either `db` (a convis-db database: its model and
-    the definitions of T, or `descriptors`, a JSON descriptor file embedded on the fly), or `model` (a
+    image: a file path or an (H, W, 3) uint8 array. Either `db` (a convis-db database file, or an open
+    convis_db.Database, whose own connection is then used: its model and the definitions of T, or
+    `descriptors`, a JSON descriptor file embedded on the fly), or `model` (a
     LoadedModel) with `bank` (a ConceptBank). Returns a MutualExplanation (dataclasses; `.as_dict()`).
 
         >>> from convis_db.mutual import explain_image
@@ -54,6 +55,9 @@ def explain_image(image, labels: Sequence[str], *, db: str | Path | None = None,
     from convis_db.errors import UsageError
     from convis_db.models.device import resolve_device
 
+    if hasattr(db, "mutual") and hasattr(db, "con"):   # a convis_db.Database: its own connection and model
+        return db.mutual(image, labels, descriptors=descriptors,  # type: ignore[union-attr]
+                         templates=templates, settings=settings, faithfulness=faithfulness)
     if isinstance(device, str) or device is None:
         device = resolve_device(device or "auto")
     if db is not None:

@@ -2,7 +2,10 @@
 
 As in the authors' code: each visual concept's embedding is scored against every bank entry
 (cosine-like dot products); the `initial_topk` best entries of every concept are intersected, so that
-all concepts compete for the same candidates; the candidates' scores (times `logit_scale`) go through
+all concepts compete for the same candidates; the candidates are filtered by their relevance to the whole image
+(kept where cos(text, image) exceeds the candidates' mean minus `relevance_offset`, as the authors'
+notebook sets it; `relevance_offset=None` keeps every candidate); the candidates' scores (times
+`logit_scale`) go through
 Sinkhorn-Knopp, P = exp(S / lambda) normalised by rows then columns, repeatedly, which spreads the
 candidates over the concepts instead of giving every concept the same best texts; each concept keeps
 its `topk` entries of P. Then every chosen text is scored by its relevance to the whole image,
@@ -42,14 +45,27 @@ def candidate_entries(logits: np.ndarray, initial_topk: int) -> np.ndarray:
     return np.array(sorted(common if common else set.union(*tops)), dtype=np.int64)
 
 
+def relevant_entries(entries: np.ndarray, image_embedding: np.ndarray, bank_embeddings: np.ndarray,
+                     offset: float) -> np.ndarray:
+    """The entries whose cos(text, image) exceeds the mean over `entries` minus `offset` (never none:
+    the most relevant entry always passes)."""
+    image = image_embedding.astype(np.float64)
+    image = image / max(float(np.linalg.norm(image)), 1e-12)
+    relevance = bank_embeddings[entries].astype(np.float64) @ image
+    return entries[relevance > relevance.mean() - offset]
+
+
 def assign_textual_concepts(concept_embeddings: np.ndarray, bank_embeddings: np.ndarray,
-                            settings: MutualSettings) -> list[list[int]]:
-    """For each visual concept, its textual concepts as bank entry indices, best first."""
+                            settings: MutualSettings, image_embedding: np.ndarray | None = None) -> list[list[int]]:
+    """For each visual concept, its textual concepts as bank entry indices, best first. The relevance
+    filter (settings.relevance_offset) needs the whole image's embedding; without one it is skipped."""
     if len(concept_embeddings) == 0:
         return []
     logits = concept_embeddings.astype(np.float64) @ bank_embeddings.astype(np.float64).T
     if settings.optimal_transport and len(concept_embeddings) > 1:
         common = candidate_entries(logits, settings.initial_topk)
+        if settings.relevance_offset is not None and image_embedding is not None and len(common) > 1:
+            common = relevant_entries(common, image_embedding, bank_embeddings, settings.relevance_offset)
         plan = sinkhorn_knopp(logits[:, common] * settings.logit_scale, 1.0 / settings.sinkhorn_lambda,
                               settings.sinkhorn_iters)
         k = min(settings.topk, len(common))

@@ -12,6 +12,7 @@ authors' "weight dissection" of the zero-shot classifier's row).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,36 +21,93 @@ import numpy as np
 from convis_db.errors import UsageError
 
 
-def parse_labels(text: str | None = None, path: str | None = None) -> list[str]:
-    """Labels from a comma-separated string or a file (one per line, '#' comments; or a JSON list /
-    object whose keys are the labels, e.g. the authors' descriptor file)."""
-    if (text is None) == (path is None):
-        raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")
-    if text is not None:
-        labels = [t.strip() for t in text.split(",")]
-        source = "--labels"
-    else:
-        p = Path(path)
-        try:
-            raw = p.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{p}: cannot read the labels file ({exc.strerror or exc}).") from None
-        source = str(p)
-        if p.suffix.lower() == ".json":
-            try:
-                data = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise UsageError(f"{p}: not valid JSON ({exc}); give a list of labels or a {{label: ...}} object.") from None
-            labels = [str(x) for x in (data.keys() if isinstance(data, dict) else data)] if isinstance(data, (dict, list)) else []
-        else:
-            labels = [line.split("#", 1)[0].strip() for line in raw.splitlines()]
+#: At most this many zero-shot labels (ImageNet-21k has 21,843 classes): every label is encoded by the
+#: text tower before anything is explained, so a longer list is refused at once instead of running for hours.
+MAX_LABELS = 25_000
+#: A labels file larger than this is refused before it is read (25,000 labels of 600 bytes fit).
+MAX_LABELS_FILE_BYTES = 16 * 1024 * 1024
+_LABELS_FORMATS = "one label per line, a JSON list of strings, or a JSON object whose keys are the labels"
+
+
+def _read_labels_text(p: Path) -> str:
+    """The text of a labels file, or a one-line UsageError: missing, too large, binary, not UTF-8."""
+    try:
+        size = p.stat().st_size
+        if p.is_dir():
+            raise UsageError(f"{p}: is a folder; give a labels file ({_LABELS_FORMATS}).")
+        if size > MAX_LABELS_FILE_BYTES:
+            raise UsageError(f"{p}: {size:,} bytes is too large for a labels file (at most "
+                             f"{MAX_LABELS_FILE_BYTES // (1024 * 1024)} MiB, {MAX_LABELS:,} labels).")
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{p}: no such labels file.") from None
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read the labels file ({exc.strerror or exc}).") from None
+    if b"\x00" in raw:
+        raise UsageError(f"{p}: a binary file, not a labels file; give {_LABELS_FORMATS}.")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{p}: not UTF-8 text (byte {exc.start}); save the labels file as UTF-8.") from None
+
+
+def _load_json(p: Path, raw: str):
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{p}: not valid JSON ({exc}); give {_LABELS_FORMATS}.") from None
+    except RecursionError:
+        raise UsageError(f"{p}: the JSON is nested too deeply; give {_LABELS_FORMATS}.") from None
+
+
+def _check_count(labels: Sequence, source: str) -> None:
+    if len(labels) > MAX_LABELS:
+        raise UsageError(f"{source}: {len(labels):,} labels; at most {MAX_LABELS:,} can be classified at once "
+                         "(each is encoded by the text tower first). Split the label set.")
+
+
+def check_labels(labels: Sequence[str], source: str = "labels") -> list[str]:
+    """Stripped, non-empty labels: at least two, at most MAX_LABELS, each listed once (UsageError otherwise)."""
+    _check_count(labels, source)
+    labels = [label.strip() for label in labels]
     labels = [label for label in labels if label]
     if len(labels) < 2:
         raise UsageError(f"{source}: zero-shot classification needs at least two labels (got {len(labels)}).")
-    dupes = sorted({label for label in labels if labels.count(label) > 1})
+    counts = Counter(labels)
+    dupes = sorted(label for label, n in counts.items() if n > 1)
     if dupes:
-        raise UsageError(f"{source}: duplicate labels: {', '.join(dupes)}. List each class once.")
+        shown = ", ".join(dupes[:10]) + (f" and {len(dupes) - 10} more" if len(dupes) > 10 else "")
+        raise UsageError(f"{source}: duplicate labels: {shown}. List each class once.")
     return labels
+
+
+def parse_labels(text: str | None = None, path: str | None = None) -> list[str]:
+    """Labels from a comma-separated string or a file (one per line, '#' comments; or a JSON list of
+    strings / an object whose keys are the labels, e.g. the authors' descriptor file)."""
+    if (text is None) == (path is None):
+        raise UsageError("give the zero-shot classes with --labels \"a,b,c\" or --labels-file FILE (one of them).")
+    if text is not None:
+        return check_labels(text.split(","), "--labels")
+    p = Path(path)
+    raw = _read_labels_text(p)
+    if p.suffix.lower() == ".json":
+        data = _load_json(p, raw)
+        if isinstance(data, dict):
+            labels = list(data.keys())
+        elif isinstance(data, list):
+            _check_count(data, str(p))
+            bad = next((i for i, x in enumerate(data) if not isinstance(x, str)), None)
+            if bad is not None:
+                raise UsageError(f"{p}: entry {bad + 1} is a {type(data[bad]).__name__}, not a label string; "
+                                 f"give {_LABELS_FORMATS}.")
+            labels = data
+        else:
+            raise UsageError(f"{p}: a JSON {type(data).__name__}; give {_LABELS_FORMATS}.")
+    else:
+        lines = raw.splitlines()
+        _check_count(lines, str(p))
+        labels = [line.split("#", 1)[0] for line in lines]
+    return check_labels(labels, str(p))
 
 
 def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, str]]:
@@ -57,14 +115,11 @@ def read_labels_file(path: str | Path) -> tuple[list[str], dict[str, str]]:
     to class names, say); anything else is read by parse_labels and folders are matched by name."""
     p = Path(path)
     if p.suffix.lower() == ".json":
-        try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            data = None
+        data = _load_json(p, _read_labels_text(p))
         if isinstance(data, dict) and data and all(isinstance(v, str) for v in data.values()):
+            _check_count(data, str(p))
             labels = list(dict.fromkeys(data.values()))
-            if len(labels) < 2:
-                raise UsageError(f"{p}: zero-shot classification needs at least two labels (got {len(labels)}).")
+            check_labels(labels, str(p))
             return labels, {str(k): v for k, v in data.items()}
     return parse_labels(None, str(p)), {}
 

@@ -69,13 +69,25 @@ def sql_errors(write: bool) -> Iterator[None]:
     except duckdb.PermissionException as exc:
         raise UsageError(
             "this statement reads or writes files outside the database, which sql refuses without --write "
-            f"({_first_line(exc)}). Read your own files with --table NAME=FILE."
+            f"({_first_line(exc)}). Read your own files with --table NAME=FILE.",
+            python=f"this statement reads or writes files outside the database, which a read-only Database refuses "
+                   f"({_first_line(exc)}). Read your own files with db.sql(query, tables={{'name': 'file.csv'}})."
         ) from exc
     except duckdb.Error as exc:
         text = str(exc).lower()
+        if not write and "configuration has been locked" in text:
+            raise UsageError(
+                "sql without --write cannot change DuckDB settings (SET, RESET, PRAGMA, CALL enable_logging): "
+                f"read-only means no setting can make DuckDB write a file ({_first_line(exc)}). Add --write "
+                "to change settings.",
+                python="a read-only Database cannot change DuckDB settings (SET, RESET, PRAGMA, CALL enable_logging): "
+                       f"read-only means no setting can make DuckDB write a file ({_first_line(exc)}). Open it with "
+                       "convis_db.open(path, write=True) to change settings.") from exc
         if not write and ("read-only" in text or "read only" in text):
             raise UsageError("this statement changes the database, which is open read-only: add --write (Python: "
-                             "convis_db.open(path, write=True)) to change it.") from exc
+                             "convis_db.open(path, write=True)) to change it.",
+                             python="this statement changes the database, which is open read-only: open it with "
+                                    "convis_db.open(path, write=True) to change it.") from exc
         raise UsageError(f"SQL error: {_first_line(exc)}") from exc
 
 

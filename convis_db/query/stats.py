@@ -29,7 +29,9 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
             out.update(vocabulary=row[0], vocabulary_words=row[1], missing_words=row[2], wordnet_version=row[4],
                        hierarchy=stored_vocabulary(con)["hierarchy"])
     for table in COUNTED_TABLES:
-        if table in tables:
+        if table == "window_concepts" and "window_top" in tables:  # schema 012: K rows per window_top row
+            out[table] = int(con.execute("SELECT coalesce(sum(len(synset_ids)), 0) FROM window_top").fetchone()[0])
+        elif table in tables:
             out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # names from the allowlist above
     if "models" in tables:
         out["models_list"] = [f"{n} / {p}" + (" (random weights)" if r else "")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import duckdb
 
-from convis_db.errors import DatabaseError, DatabaseLockedError
+from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
+from convis_db.progress import Progress, no_progress
 from convis_db.store.migrations import check_not_newer, migrate
 
 
@@ -65,8 +66,7 @@ _BASE_CONFIG = {
 #: parsing. COPY ... TO, EXPORT DATABASE, ATTACH, INSTALL, read_csv('/etc/passwd') and secrets are
 #: refused by the engine, and nothing spills to a temporary directory. DuckDB refuses to turn external
 #: access back on, or to widen allowed_directories/allowed_paths or temp_directory, while the database
-#: is open, so no statement can undo this. (lock_configuration is not used: it is per database
-#: instance, and would stop a second connection of this process from setting its own progress bar.)
+#: is open. The rest is locked once the connection is set up (`_lock_read_only`).
 _READ_ONLY_CONFIG = {
     **_BASE_CONFIG,
     "enable_external_access": False,
@@ -74,8 +74,35 @@ _READ_ONLY_CONFIG = {
 }
 
 
+def _lock_read_only(con: duckdb.DuckDBPyConnection) -> None:
+    """Close what external access leaves open, then lock the configuration.
+
+    With external access off DuckDB still lets a statement open the database's own files (its
+    allowed_paths: the file and its .wal): `SET log_query_path = 'x.duckdb'` replaced the database with
+    a query log, and `CALL enable_logging(storage='file')` aborted the process. So the local file system
+    is switched off (the database file is open already and is read through its open handle), and then
+    `lock_configuration` makes every SET, RESET, PRAGMA and CALL that changes a setting fail (log and
+    profiling output, logging, secret, extension and temporary directories, allowed paths, the file
+    systems, the lock itself). The lock belongs to the database instance, which DuckDB shares between
+    the read-only connections of one process to one file: a later connection finds it locked already.
+    """
+    if con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+        return
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
+    con.execute("SET lock_configuration = true")
+
+
 def _check_path(path: Path, create: bool) -> None:
     """Refuse what DuckDB would hang on or misread, before it opens anything."""
+    try:
+        _check_path_cli_words(path, create)
+    except DatabaseError as exc:
+        if exc.python_message is None:  # for Python callers: path='x.duckdb' where the CLI says --db x.duckdb
+            exc.python_message = flags_as_arguments(exc.args[0])
+        raise
+
+
+def _check_path_cli_words(path: Path, create: bool) -> None:
     if path.exists():
         if path.is_dir():
             raise DatabaseError(f"--db {path} is a folder; name a database file inside it (e.g. {path / 'convis.duckdb'}).")
@@ -94,7 +121,9 @@ def _check_path(path: Path, create: bool) -> None:
     if not create:
         raise DatabaseError(
             f"no database at {path}. Create one with: convis-db --db {path} init "
-            "(or point --db / CONVIS_DB at an existing file)."
+            "(or point --db / CONVIS_DB at an existing file).",
+            python=f"no database at {path}. Create one with convis_db.create({str(path)!r}, model=..., pretrained=...), "
+                   "or pass the path of an existing database file."
         )
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
@@ -108,12 +137,15 @@ def _check_path(path: Path, create: bool) -> None:
                             "Choose a path in a folder you can write.") from exc
 
 
-def connect(path: str | Path, *, write: bool = False, create: bool = False) -> duckdb.DuckDBPyConnection:
-    """A connection to the database file, migrated when opened for writing.
+def connect(path: str | Path, *, write: bool = False, create: bool = False,
+            progress: Progress = no_progress) -> duckdb.DuckDBPyConnection:
+    """A connection to the database file, migrated when opened for writing (`progress` shows the
+    migrations' long steps).
 
-    Read-only connections are sandboxed by DuckDB's configuration (see _READ_ONLY_CONFIG): they
-    write no file at all. Raises DatabaseError when the file does not exist (unless `create`), is
-    not a regular file, is held by another process, is not a DuckDB file, or comes from a newer schema.
+    Read-only connections are sandboxed by DuckDB's configuration (_READ_ONLY_CONFIG, then
+    _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file
+    does not exist (unless `create`), is not a regular file, is held by another process, is not a
+    DuckDB file, or comes from a newer schema.
     """
     path = Path(path).expanduser()
     _check_path(path, create)
@@ -134,11 +166,12 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
             ) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
     try:
-        con.execute("SET enable_progress_bar = false")
+        _no_progress_bar(con)
         if write:
-            migrate(con, str(path))
+            migrate(con, str(path), progress)
         else:
             check_not_newer(con, str(path))
+            _lock_read_only(con)
         if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
             con.complete()
     except duckdb.Error as exc:
@@ -148,6 +181,19 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False) -> d
         con.close()
         raise
     return con
+
+
+def _no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:
+    """No progress bar on this connection (DuckDB would draw it on stdout, in --json/--csv output).
+
+    A second read-only connection to a file this process has open shares its locked configuration;
+    it cannot set its own bar then, and needs not: DuckDB draws none on a connection that never
+    turned it on outside a terminal (DuckDB's default is off unless Python runs interactively)."""
+    try:
+        con.execute("SET enable_progress_bar = false")
+    except duckdb.InvalidInputException:
+        if not con.execute("SELECT current_setting('lock_configuration')").fetchone()[0]:
+            raise
 
 
 def damaged_message(path: str | Path, exc: BaseException) -> str:
@@ -179,5 +225,7 @@ def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> int
     except duckdb.CatalogException:
         n = 0
     if not n:
-        raise DatabaseError(f"{path} has no WordNet hierarchy yet. Run: convis-db --db {path} init --model ... --pretrained ...")
+        raise DatabaseError(f"{path} has no WordNet hierarchy yet. Run: convis-db --db {path} init --model ... --pretrained ...",
+                            python=f"{path} has no WordNet hierarchy yet. Build it with convis_db.create({str(path)!r}, "
+                                   "model=..., pretrained=...).")
     return int(n)

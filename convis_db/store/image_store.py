@@ -9,6 +9,7 @@ answers for them too. Before schema 010 the working-pixel peak columns had other
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -94,6 +95,26 @@ def get_image(con: duckdb.DuckDBPyConnection, ref: str | int) -> StoredImage:
                         "List them with: convis-db sql \"SELECT image_id, path FROM images\"")
 
 
+def image_file(con: duckdb.DuckDBPyConnection, ref: str | int | Path) -> str:
+    """The file of IMAGE: a stored image's (by id, path or sha256 prefix), else an existing file on disk.
+
+    A reference that names neither is refused with NotFoundError: "no such file" when it reads as a
+    file name, the stored-image message (how many the database holds) when it is an id or a hash."""
+    text = str(ref).strip()
+    try:
+        return get_image(con, text).path
+    except NotFoundError as exc:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return str(path)
+        if text.isdigit() or (len(text) >= 8 and all(ch in "0123456789abcdef" for ch in text.lower())):
+            raise
+        what = "is a folder, not an image file" if path.is_dir() else "does not exist"
+        n = con.execute("SELECT count(*) FROM images").fetchone()[0]
+        raise NotFoundError(f"{text}: the file {what}, and no stored image has that path (the database holds "
+                            f"{n} images). Give an image file, or a stored image's id, path or sha256.") from exc
+
+
 def database_layout(con: duckdb.DuckDBPyConnection) -> str:
     """The window lattice of this database's images, new ones included (schema 005's window_layout).
 
@@ -138,7 +159,7 @@ def with_work_peak_names(table: pa.Table) -> pa.Table:
 
 
 #: The tables one image's explanation fills, in insert order (images first: the others refer to it).
-#: write_image and the shard writer (store/shards.py) both take their rows from image_tables, so a
+#: write_image and the shard writer (distributed/shards.py) both take their rows from image_tables, so a
 #: table added here is stored by a plain ingest, written into shards and merged, with no other change.
 IMAGE_TABLES = ("images", "windows", "image_scores", "window_concepts", "image_embeddings")
 
@@ -259,8 +280,29 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
     if unknown:
         raise DatabaseError(f"no image table named {sorted(unknown)}; known: {', '.join(IMAGE_TABLES)}.")
     for name in IMAGE_TABLES:
-        if tables.get(name) is not None:
+        if tables.get(name) is None:
+            continue
+        if name == "window_concepts":
+            insert_window_top(con, tables[name])
+        else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
+
+
+def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> None:
+    """window_concepts rows (image_id, window_idx, k, synset_id, rank_less; as image_tables and shards
+    hold them) stored as schema 012 keeps them: one window_top row per window, its synset ids in k order,
+    and its rank_less list only where some entry is not |T| - k (cosines tie). The view window_concepts
+    gives the rows back. The caller holds the transaction."""
+    con.register("_window_concepts", concepts)
+    try:
+        con.execute(
+            """INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less)
+               SELECT image_id, window_idx, list(synset_id ORDER BY k),
+                      CASE WHEN bool_and(rank_less = (SELECT count(*) FROM synsets) - k) THEN NULL
+                           ELSE list(rank_less ORDER BY k) END
+               FROM _window_concepts GROUP BY image_id, window_idx ORDER BY image_id, window_idx""")
+    finally:
+        con.unregister("_window_concepts")
 
 
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:

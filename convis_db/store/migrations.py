@@ -16,6 +16,7 @@ import duckdb
 
 from convis_db.errors import DatabaseError
 from convis_db.paths import schema_dir
+from convis_db.progress import Progress, no_progress
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,11 @@ def _check_record_present(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
         )
 
 
-def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
-    """Apply pending migrations; returns the versions applied now."""
+def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "", progress: Progress = no_progress) -> list[int]:
+    """Apply pending migrations; returns the versions applied now. A version with a step in
+    migration_steps.STEPS runs it first, in the same transaction (`progress` shows it on big files)."""
+    from convis_db.store.migration_steps import STEPS
+
     check_not_newer(con, db_path)
     _check_record_present(con, db_path)
     _ensure_table(con)
@@ -135,6 +139,8 @@ def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "") -> list[int]:
             continue
         log.info("applying schema %03d_%s", mig.version, mig.name)
         with transaction(con):
+            if mig.version in STEPS:
+                STEPS[mig.version](con, mig.sql, progress)
             con.execute(mig.sql)
             con.execute("INSERT INTO schema_migrations (version, name, checksum) VALUES (?, ?, ?)",
                         [mig.version, mig.name, mig.checksum])

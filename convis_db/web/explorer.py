@@ -35,10 +35,11 @@ from PIL import Image
 
 from convis_db.api import Database
 from convis_db.cache import LRUCache
-from convis_db.engine.images import read_image
+from convis_db.engine.images import PixelBudget, decode_cost, read_image
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import ImageError, NotFoundError, UsageError
 from convis_db.query.explain import ROOT, ImageScores, load_image_scores
+from convis_db.query.image_concepts import best_concept_of_images, top_concepts
 from convis_db.query.maps import MapService
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import StoredImage, get_image, has_column
@@ -47,6 +48,25 @@ log = logging.getLogger(__name__)
 
 MIN_SIZE, MAX_SIZE = 16, 2048
 MB = 1 << 20
+#: Thumbnails come in these sizes only: a requested size is rounded up to the next one (a browser
+#: scales the picture down), so a page asking for 100..139 pixels costs two pictures, not forty.
+THUMB_SIZES = (64, 128, 192, 256, 320, 480, 640, 960, 1280, 1600, MAX_SIZE)
+#: Originals decoded at once, and the decoded pixels they may hold together (an original larger than
+#: the whole budget is decoded alone). Each original is decoded once, reduced towards MAX_SIZE where
+#: its format allows, and every picture of it is resized from that cached base.
+DECODE_SLOTS = 2
+DECODE_BUDGET_PIXELS = 64_000_000
+
+
+def thumb_size(size: int) -> int:
+    """The fixed thumbnail size that serves a request for `size` pixels (the next one up)."""
+    return next(s for s in THUMB_SIZES if s >= size)
+
+
+def fitted(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) of a width x height picture fitted into size x size, never enlarged."""
+    scale = min(1.0, size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 @dataclass(frozen=True)
@@ -119,6 +139,11 @@ class Explorer:
         self.picture_cache = LRUCache("pictures", budget.pictures)
         self.score_cache = LRUCache("scores", budget.scores)
         self._maps = MapService(con, cache=self.similarity_cache, lock=self._db_lock, hierarchy=self.hierarchy)
+        self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+        self.decode_pixels = PixelBudget(DECODE_BUDGET_PIXELS)
+        self._image_locks: dict[int, threading.Lock] = {}
+        self._image_locks_lock = threading.Lock()
+        self.decodes = 0  # originals decoded so far (each image once while its base stays cached)
 
     def close(self) -> None:
         with self._db_lock:
@@ -193,15 +218,7 @@ class Explorer:
             rows = self.con.execute(
                 "SELECT image_id, path, width, height FROM images ORDER BY image_id LIMIT ? OFFSET ?",
                 [limit, offset]).fetchall()
-            ids = [r[0] for r in rows]
-            tops = dict()
-            if ids:
-                tops = {r[0]: (r[1], float(r[2])) for r in self.con.execute(
-                    """SELECT sc.image_id, s.name, sc.self_score FROM image_scores sc JOIN synsets s USING (synset_id)
-                       WHERE sc.image_id IN (SELECT unnest(?::INTEGER[]))
-                       QUALIFY row_number() OVER (PARTITION BY sc.image_id
-                                                  ORDER BY sc.self_score DESC, s.depth DESC, s.name) = 1""",
-                    [ids]).fetchall()}
+            tops = best_concept_of_images(self.con, [r[0] for r in rows])
         images = []
         for image_id, path, w, h in rows:
             top = tops.get(image_id)
@@ -213,10 +230,7 @@ class Explorer:
         image = self.image(image_id)
         scores = self.scores(image)
         with self._db_lock:
-            tops = self.con.execute(
-                """SELECT s.name, sc.self_score, sc.score FROM image_scores sc JOIN synsets s USING (synset_id)
-                   WHERE sc.image_id = ? ORDER BY sc.self_score DESC, s.depth DESC, s.name LIMIT 5""",
-                [image.image_id]).fetchall()
+            tops = top_concepts(self.con, image.image_id, 5)
         model = self.models.get(image.model_id, {})
         return {"image_id": image.image_id, "path": image.path, "name": os.path.basename(image.path),
                 "sha256": image.sha256, "width": image.width, "height": image.height,
@@ -226,9 +240,9 @@ class Explorer:
                 "random_weights": bool(model.get("is_random")),
                 "file_status": self.file_status(image),
                 "has_image_level": scores.has_image_level,
-                "top_concepts": [{"synset": n, "self_score": float(ss), "score": float(sc),
-                                  **scores.image_level(self.hierarchy.id_of[n])}
-                                 for n, ss, sc in tops]}
+                "top_concepts": [{"synset": t["synset"], "self_score": t["self_score"], "score": t["score"],
+                                  **scores.image_level(self.hierarchy.id_of[t["synset"]])}
+                                 for t in tops]}
 
     def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
         image = self.image(image_id)
@@ -312,23 +326,63 @@ class Explorer:
             return saliency
 
     def file_status(self, image: StoredImage) -> str:
-        """'ok', 'missing' (unreadable now) or 'changed' (its content differs from what was ingested)."""
+        """'ok', 'missing' (unreadable now) or 'changed' (its content differs from what was ingested),
+        from the file's bytes (hashed in chunks; nothing is decoded)."""
         status = self._file_status.get(image.image_id)
-        return status if status is not None else self._original(image)[1]
+        if status is None:
+            digest = hashlib.sha256()
+            try:
+                with open(image.path, "rb") as fh:
+                    while chunk := fh.read(4 * MB):
+                        digest.update(chunk)
+                status = "ok" if digest.hexdigest() == image.sha256 else "changed"
+            except OSError as exc:
+                log.info("image %s: %s", image.image_id, exc)
+                status = "missing"
+            self._file_status[image.image_id] = status
+        return status
 
-    def _original(self, image: StoredImage) -> tuple[np.ndarray | None, str]:
-        status = self._file_status.get(image.image_id)
-        if status is not None and status != "ok":
-            return None, status
-        try:
-            decoded = read_image(image.path)
-        except ImageError as exc:
-            log.info("image %s: %s", image.image_id, exc)
-            self._file_status[image.image_id] = "missing"
-            return None, "missing"
-        status = "ok" if decoded.sha256 == image.sha256 else "changed"
-        self._file_status[image.image_id] = status
-        return (decoded.pixels if status == "ok" else None), status
+    def _image_lock(self, image_id: int) -> threading.Lock:
+        with self._image_locks_lock:
+            return self._image_locks.setdefault(image_id, threading.Lock())
+
+    def _base(self, image: StoredImage) -> np.ndarray | None:
+        """The original fitted into MAX_SIZE x MAX_SIZE (the original itself when it is no larger),
+        decoded once (requests for the same image wait for that one decode), reduced in the decoder
+        where the format allows, at most DECODE_SLOTS at a time within DECODE_BUDGET_PIXELS; None when
+        the file is missing or changed."""
+        key = ("base", image.image_id)
+        hit = self.picture_cache.get(key)
+        if hit is not None:
+            return hit
+        with self._image_lock(image.image_id):
+            hit = self.picture_cache.get(key, count=False)
+            if hit is not None:
+                return hit
+            if self.file_status(image) != "ok":
+                return None
+            box = fitted(image.width, image.height, MAX_SIZE)
+            cost = decode_cost(image.path, box)
+            with self._decode_slots:
+                self.decode_pixels.take(cost)
+                try:
+                    self.decodes += 1
+                    decoded = read_image(image.path, at_least=box)
+                except ImageError as exc:
+                    log.info("image %s: %s", image.image_id, exc)
+                    self._file_status[image.image_id] = "missing"
+                    return None
+                finally:
+                    self.decode_pixels.give(cost)
+            if decoded.sha256 != image.sha256:
+                self._file_status[image.image_id] = "changed"
+                return None
+            base = decoded.pixels
+            del decoded
+            if (base.shape[1], base.shape[0]) != box:
+                base = np.asarray(Image.fromarray(base).resize(box, Image.Resampling.LANCZOS))
+            self.picture_cache.put(key, base, base.nbytes)
+            return base
 
     def picture(self, image: StoredImage, size: int) -> np.ndarray:
         """The original image fitted into size x size (never enlarged); a grey canvas if the file is gone."""
@@ -336,9 +390,8 @@ class Explorer:
         hit = self.picture_cache.get(key)
         if hit is not None:
             return hit
-        scale = min(1.0, size / max(image.width, image.height))
-        tw, th = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-        pixels, _ = self._original(image)
+        tw, th = fitted(image.width, image.height, size)
+        pixels = self._base(image)
         if pixels is None:
             out = np.full((th, tw, 3), 150, np.uint8)
         elif (tw, th) == (pixels.shape[1], pixels.shape[0]):
@@ -365,7 +418,8 @@ class Explorer:
         return png, etag
 
     def thumbnail_jpeg(self, image_id: int, size: int = 256) -> tuple[bytes, str]:
-        size = clean_size(size)
+        """(JPEG bytes, ETag) of the image fitted into the THUMB_SIZES size that serves `size`."""
+        size = thumb_size(clean_size(size))
         image = self.image(image_id)
         key = ("jpeg", image.image_id, size)
         data = self.png_cache.get(key)

@@ -1,9 +1,9 @@
-"""Dataset-level evaluation, as the paper's tables report it.
+"""Mutual knowledge's dataset-level evaluation (convis_db.mutual explains each image), as the paper's tables report it.
 
 Over a folder of images (one subfolder per class, or images directly): the zero-shot accuracy when
 the folders name the classes; the mean MI of the images; the MI-dynamics curve (per-image curves
 padded with zeros and averaged) and its AUC; and the faithfulness of the visual concepts: Deletion,
-Insertion, AccDrop and AccInc, each the mean over images of the per-image metric (faithfulness.py).
+Insertion, AccDrop and AccInc, each the mean over images of the per-image metric (mutual/faithfulness.py).
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def evaluate_mutual(explainer: MutualExplainer, items: list[LabelledImage], data
             exps = explainer.explain_together([d for _, d in decoded], faithfulness=faithfulness)
             for (item, _), exp in zip(decoded, exps):
                 report.images.append(_row(item, exp))
-                report.curves.append(exp.mi_curve)
+                report.curves.append(exp.auc_curve)
                 if on_explanation is not None:
                     on_explanation(exp)
                 tick(1)

@@ -1,0 +1,227 @@
+"""Merge speed: Ray shards into one database, today's merge against the loop it replaced, side by side.
+
+No model runs. A database is made with the WordNet hierarchy (physical-objects) and a generated
+512-d model record; shards are written by the shard writer (store/shards.write_shard) from rows that
+image_store.image_tables builds out of generated explanations at the paper's settings (640 x 480
+photos, 1,739 windows, top-100, |T| synsets), so they hold exactly the tables and types an
+`ingest --engine ray` writes, with random values. Then, in one run, into fresh copies of the
+database: `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
+pyarrow reads, numpy remaps, Arrow inserts, no checks) and `now` is `convis_db`'s merge_folder
+(every table checked, then inserted). Each is timed from the first shard to the concept index
+refreshed and a CHECKPOINT (the data on disk); the order alternates between repeats.
+
+    python benchmarks/bench_merge.py --images 128 --shard-size 64 --embeddings float16
+    python benchmarks/bench_merge.py --images 128 --embeddings none --repeat 2
+
+Target (issue 24): >= 100 images/s on the 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import header  # noqa: E402
+
+from convis_db.engine.explainer import ImageExplanation  # noqa: E402
+from convis_db.engine.saliency import Peaks  # noqa: E402
+from convis_db.engine.settings import Settings  # noqa: E402
+from convis_db.engine.whole_image import ImageLevel  # noqa: E402
+from convis_db.engine.windows import WindowGrid, working_size  # noqa: E402
+from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
+from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.image_store import (IMAGE_TABLES, image_tables, insert_tables, next_image_ids,  # noqa: E402
+                                         record_failure, set_embedding_storage)
+from convis_db.distributed.shards import (FAILURES, ShardContent, finished_shards, merge_folder,  # noqa: E402
+                                    plan_shards, write_shard)
+from convis_db.store.transaction import transaction  # noqa: E402
+
+WEIGHTS = "ab" * 32   # the generated model's weights hash: shards must name it
+
+
+def make_database(path: Path, storage: str) -> int:
+    """An initialised database (hierarchy from WordNet, a generated model); returns |T|."""
+    from convis_db.store.hierarchy_store import write_hierarchy
+    from convis_db.wordnet.hierarchy import build_hierarchy
+    from convis_db.wordnet.source import open_wordnet
+    from convis_db.wordnet.vocab import load_vocabulary
+
+    con = connect(path, write=True, create=True)
+    try:
+        vocab = load_vocabulary("physical-objects")
+        wn = open_wordnet()
+        write_hierarchy(con, build_hierarchy(wn, vocab), vocab, wn.get_version())
+        con.execute("""INSERT INTO models (name, pretrained, is_random, config_json, weights_sha256, embed_dim,
+                                           image_size, image_mean, image_std)
+                       VALUES ('generated', '/generated/weights.pt', false, '{}', ?, 512, 224, [0.5, 0.5, 0.5],
+                               [0.5, 0.5, 0.5])""", [WEIGHTS])
+        con.execute("INSERT INTO definition_embeddings SELECT 1, synset_id, [0.0]::FLOAT[] FROM synsets")
+        set_embedding_storage(con, storage)
+        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    return int(n)
+
+
+def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: int = 512) -> ImageExplanation:
+    """Random values in the shapes and ranges of a 640 x 480 photo's explanation."""
+    w, h = working_size(640, 480, settings.max_pixels)
+    grid = WindowGrid(h, w, settings.stride, settings.small, settings.large, settings.layout)
+    nw, k = grid.n_windows, min(settings.top_k, n_syn)
+    emb = rng.standard_normal((nw, dim), dtype=np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+
+    def peaks() -> Peaks:
+        return Peaks(rng.random(n_syn), rng.integers(0, w, n_syn).astype(np.int32),
+                     rng.integers(0, h, n_syn).astype(np.int32))
+
+    rank = rng.integers(0, n_syn, n_syn).astype(np.int32)
+    level = ImageLevel(emb[0].copy(), rank, np.maximum(rank, rng.integers(0, n_syn, n_syn).astype(np.int32)))
+    return ImageExplanation(
+        grid=grid, width=640, height=480, embeddings=emb, boxes=grid.boxes(), scores=peaks(), self_scores=peaks(),
+        top_ids=rng.integers(0, n_syn, (nw, k)).astype(np.int32),
+        top_rank_less=np.broadcast_to(np.arange(n_syn - 1, n_syn - 1 - k, -1, dtype=np.int32), (nw, k)).copy(),
+        n_synsets=n_syn, image_level=level)
+
+
+def write_shards(shards: Path, n_images: int, shard_size: int, settings: Settings, n_syn: int, storage: str) -> None:
+    rng = np.random.default_rng(0)
+    files = [f"/generated/photo_{i:07d}.jpg" for i in range(n_images)]
+    manifest = {"model": {"name": "generated", "pretrained": "/generated/weights.pt", "weights_sha256": WEIGHTS},
+                "settings": settings.as_dict(), "embeddings": storage, "n_synsets": n_syn, "batch_size": 128}
+    for name, chunk in plan_shards(files, shard_size):
+        content = ShardContent(name, chunk)
+        for i, path in enumerate(chunk):
+            sha = f"{rng.integers(0, 2**63):016x}".rjust(64, "0")
+            content.add_image(path, image_tables(explanation(rng, settings, n_syn), sha, path, 0, settings, i + 1,
+                                                 storage, "fp32"))
+        write_shard(shards, content, manifest)
+
+
+def merge_before(con, shards: Path) -> int:
+    """The merge loop of commit 4fa1226 (before issues 21 and 24), for the side-by-side figure: one
+    transaction per shard, pyarrow reads, numpy remap, Arrow inserts, no checks."""
+    added = 0
+    for folder in finished_shards(shards).values():
+        tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES
+                  if (folder / f"{t}.parquet").is_file()}
+        failures = pq.read_table(folder / f"{FAILURES}.parquet").to_pylist()
+        with transaction(con):
+            images = tables["images"]
+            local_ids = images.column("image_id").to_numpy()
+            shas = images.column("sha256").to_pylist()
+            stored = dict(con.execute("SELECT sha256, image_id FROM images WHERE sha256 IN (SELECT unnest(?))",
+                                      [shas]).fetchall())
+            keep = np.array([sha not in stored for sha in shas], dtype=bool)
+            new_ids = next_image_ids(con, int(keep.sum()))
+            lookup = np.zeros(int(local_ids.max()) + 1, np.int64) - 1
+            lookup[local_ids[keep]] = new_ids
+            remapped = {}
+            for t, table in tables.items():
+                ids = lookup[table.column("image_id").to_numpy()]
+                mask = ids >= 0
+                table = table.filter(pa.array(mask))
+                table = table.set_column(table.schema.get_field_index("image_id"), "image_id",
+                                         pa.array(ids[mask].astype(np.int32)))
+                if t == "images":
+                    table = table.set_column(table.schema.get_field_index("model_id"), "model_id",
+                                             pa.array(np.full(table.num_rows, 1, np.int32)))
+                remapped[t] = table
+            insert_tables(con, remapped)
+            for f in failures:
+                record_failure(con, f["path"], f["sha256"], f["error"])
+            con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
+                        [folder.name, len(new_ids), int((~keep).sum())])
+        added += len(new_ids)
+    if added:
+        refresh_concept_index(con)
+    return added
+
+
+def merge_now(con, shards: Path) -> int:
+    return sum(r.images for r in merge_folder(con, shards))
+
+
+def cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system   # this process, DuckDB's threads included
+
+
+def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, images added) of one merge into a fresh copy, CHECKPOINT included."""
+    shutil.copyfile(fresh, db)
+    con = connect(db, write=True)
+    try:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        added = merge(con, shards)
+        con.execute("CHECKPOINT")
+        seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+    finally:
+        con.close()
+    return seconds, cpu, added
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--shard-size", type=int, default=64)
+    ap.add_argument("--embeddings", choices=("float32", "float16", "none"), default="float16")
+    ap.add_argument("--repeat", type=int, default=1, help="Timed merges of each kind (alternating order).")
+    ap.add_argument("--work", type=Path, help="Folder for the database and shards (default: a temp dir).")
+    ap.add_argument("--threads", type=int, help="DuckDB threads (default: DuckDB's, the core count).")
+    args = ap.parse_args()
+    header(f"merge {args.images} images in shards of {args.shard_size}, embeddings {args.embeddings}")
+    work = args.work or Path(tempfile.mkdtemp(prefix="convis-bench-merge-"))
+    work.mkdir(parents=True, exist_ok=True)
+    fresh, shards = work / "fresh.duckdb", work / "shards"
+    settings = Settings()
+    t0 = time.perf_counter()
+    if not fresh.exists():
+        n_syn = make_database(fresh, args.embeddings)
+    else:
+        con = connect(fresh)
+        n_syn = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        con.close()
+    if not shards.exists():
+        write_shards(shards, args.images, args.shard_size, settings, n_syn, args.embeddings)
+    parquet = sum(p.stat().st_size for p in shards.rglob("*.parquet"))
+    print(f"setup {time.perf_counter() - t0:.1f} s: |T| = {n_syn}, {parquet / args.images / 1e6:.2f} MB of Parquet "
+          f"per image", flush=True)
+    if args.threads:
+        import duckdb
+
+        duckdb.default_connection().execute(f"SET threads = {int(args.threads)}")
+    results: dict[str, list[float]] = {"before": [], "now": []}
+    cpus: dict[str, list[float]] = {"before": [], "now": []}
+    order = [("before", merge_before), ("now", merge_now)]
+    for r in range(args.repeat):
+        for name, fn in (order if r % 2 == 0 else order[::-1]):
+            seconds, cpu, added = timed(fresh, work / f"{name}.duckdb", shards, fn)
+            assert added == args.images, (name, added)
+            results[name].append(seconds)
+            cpus[name].append(cpu)
+            print(f"  {name:6s} run {r + 1}: {seconds:6.2f} s wall ({args.images / seconds:6.1f} images/s), "
+                  f"{cpu:6.2f} CPU-s ({args.images / cpu:6.1f} images per CPU-second)", flush=True)
+    best = {k: min(v) for k, v in results.items()}
+    cpu = {k: min(v) for k, v in cpus.items()}
+    print(f"before: {args.images / best['before']:.1f} images/s, {args.images / cpu['before']:.1f} images/CPU-s; "
+          f"now: {args.images / best['now']:.1f} images/s, {args.images / cpu['now']:.1f} images/CPU-s; "
+          f"now / before: {best['before'] / best['now']:.2f} x wall, {cpu['before'] / cpu['now']:.2f} x CPU")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

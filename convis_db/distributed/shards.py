@@ -1,0 +1,436 @@
+"""Shards: Parquet folders holding exactly the rows the database stores for a group of images, and
+their merge into the database.
+
+A shard is the unit of work of a distributed ingest (`ingest --engine ray`): a worker explains a
+fixed list of files and writes one folder `shard-NNNNN-HASH/` (HASH names the files in it) with one
+`TABLE.parquet` per table of image_store.IMAGE_TABLES (rows built by image_store.image_tables, image
+ids local to the shard, 1..n), `failures.parquet` for files that could not be used, and
+`manifest.json`, written last. It is written under a temporary name and renamed into place, so a
+folder with the final name and a manifest is complete; anything else is an unfinished shard that a
+re-run writes again. The rename is atomic on one POSIX filesystem (local disk, NFS); on storage
+where it is not (an object store mounted as a filesystem), the manifest written last still marks
+completion.
+
+DuckDB has one writer, so shards are merged by one process (`convis-db merge`, or the ingest that
+wrote them), one transaction per shard: images already stored (by content hash) are skipped, new
+ones get the database's next image ids, and the shard's name is recorded in merged_shards, so merging
+again changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from convis_db.engine.settings import Settings
+from convis_db.errors import ConvisError, DatabaseError
+from convis_db.progress import Progress, no_progress
+from convis_db.store import shard_checks as sc
+from convis_db.store.concept_index import refresh_concept_index
+from convis_db.store.image_store import (
+    IMAGE_TABLES,
+    WORK_PEAK_COLUMNS,
+    embedding_storage,
+    next_image_ids,
+    record_failure,
+    with_work_peak_names,
+)
+from convis_db.store.shard_checks import FIX, ShardError, check_manifest
+from convis_db.store.transaction import transaction
+
+log = logging.getLogger(__name__)
+
+#: The format written. 2: image_scores' peaks named work_* (schema 010). Format 1 shards (written before)
+#: are still merged, their peak columns renamed; a convis-db that reads only 1 refuses a format 2 shard.
+SHARD_FORMAT = 2
+SHARD_FORMATS_READ = (1, 2)
+MANIFEST = "manifest.json"
+FAILURES = "failures"
+_SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}$")
+
+
+def shard_name(index: int, files: Iterable[str]) -> str:
+    """shard-00007-<12 hex>: its place in the run and a hash of its files (absolute paths, in order),
+    so a re-run over the same inputs finds its finished shards and a changed file list does not."""
+    digest = hashlib.sha256("\n".join(files).encode("utf-8")).hexdigest()[:12]
+    return f"shard-{index:05d}-{digest}"
+
+
+def plan_shards(files: list[str], shard_size: int) -> list[tuple[str, list[str]]]:
+    """(name, files) for consecutive runs of `shard_size` files, in the order given."""
+    if shard_size < 1:
+        raise DatabaseError(f"--shard-size {shard_size} must be at least 1.")
+    chunks = [files[i:i + shard_size] for i in range(0, len(files), shard_size)]
+    return [(shard_name(i, chunk), chunk) for i, chunk in enumerate(chunks)]
+
+
+@dataclass
+class ShardContent:
+    """What a worker collected for one shard, before it is written."""
+
+    name: str
+    files: list[str]
+    tables: dict[str, list[pa.Table]] = field(default_factory=dict)   # per table, one Arrow table per image
+    images: list[str] = field(default_factory=list)                  # paths of the explained images, in order
+    skipped: list[tuple[str, str]] = field(default_factory=list)     # (path, reason)
+    failures: list[tuple[str, str | None, str]] = field(default_factory=list)  # (path, sha256, error)
+
+    def add_image(self, path: str, tables: dict[str, pa.Table]) -> None:
+        for name, table in tables.items():
+            self.tables.setdefault(name, []).append(table)
+        self.images.append(path)
+
+
+def is_finished(folder: Path) -> bool:
+    return folder.is_dir() and _SHARD_NAME.match(folder.name) is not None and (folder / MANIFEST).is_file()
+
+
+def finished_shards(shards_dir: str | Path) -> dict[str, Path]:
+    """name -> folder of every complete shard under shards_dir."""
+    root = Path(shards_dir)
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if is_finished(p)}
+
+
+def remove_unfinished(shards_dir: str | Path) -> int:
+    """Delete temporary folders a killed run left (one job per shards folder at a time)."""
+    root = Path(shards_dir)
+    removed = 0
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith(".shard-") and ".tmp-" in p.name:
+                shutil.rmtree(p, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def write_shard(shards_dir: str | Path, content: ShardContent, manifest: dict) -> Path:
+    """Write the shard under a temporary name, manifest last, then rename it into place.
+
+    If the final folder exists already (another attempt finished first) this copy is dropped.
+    """
+    root = Path(shards_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / content.name
+    tmp = root / f".{content.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        rows = {}
+        for name, parts in content.tables.items():
+            table = pa.concat_tables(parts)
+            pq.write_table(table, tmp / f"{name}.parquet")
+            rows[name] = table.num_rows
+        failures = pa.table({
+            "path": pa.array([f[0] for f in content.failures], pa.string()),
+            "sha256": pa.array([f[1] for f in content.failures], pa.string()),
+            "error": pa.array([f[2] for f in content.failures], pa.string()),
+        })
+        pq.write_table(failures, tmp / f"{FAILURES}.parquet")
+        body = dict(manifest, format=SHARD_FORMAT, shard=content.name, files=content.files, images=content.images,
+                    skipped=[list(s) for s in content.skipped], failed=len(content.failures), rows=rows)
+        with open(tmp / MANIFEST, "w", encoding="utf-8") as fh:
+            json.dump(body, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists() and not is_finished(final):  # a copy cut short on storage without atomic renames
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if is_finished(final):
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The shard's manifest, its keys and types checked (shard_checks.check_manifest); a ShardError
+    naming the file and the fix otherwise."""
+    path = Path(folder) / MANIFEST
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ShardError(f"{path} is missing: the shard is unfinished (its job is still writing it, or was "
+                         "stopped); run the ingest again to finish it, or delete the folder.") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ShardError(f"{path} cannot be read ({exc.strerror if isinstance(exc, OSError) else exc}); check its "
+                         f"permissions, or delete the shard's folder and run the ingest again to write it anew.") \
+            from exc
+    try:
+        body = json.loads(text)
+    except ValueError as exc:
+        raise ShardError(f"{path} is not JSON ({exc}); {FIX}") from exc
+    if isinstance(body, dict) and "format" in body and body["format"] not in SHARD_FORMATS_READ:
+        raise ShardError(f"{folder} is shard format {body.get('format')!r}; this convis-db reads "
+                         f"{', '.join(map(str, SHARD_FORMATS_READ))}. "
+                         "Merge it with the convis-db version that wrote it.")
+    return check_manifest(path, body)
+
+
+# ---------------------------------------------------------------------------------------- merge
+
+
+@dataclass
+class ShardMerge:
+    shard: str
+    status: str                  # merged | already-merged | unfinished (no manifest: left alone)
+    images: int = 0              # added now
+    skipped: int = 0             # already stored (content hash)
+    failed: int = 0
+    image_ids: dict[str, int] = field(default_factory=dict)   # path -> image id, for the images added now
+    duplicates: dict[str, int] = field(default_factory=dict)  # path -> id of the stored image with its content
+    windows: dict[str, int] = field(default_factory=dict)     # path -> windows, for the images added now
+
+
+def merged_shard_names(con: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in con.execute("SELECT shard FROM merged_shards").fetchall()}
+
+
+def _check_compatible(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict):
+    """(the database's model id for the shard, its profile); refuses a shard explained otherwise than
+    the database, or one that cannot prove its model (no weights hash where the database records one)."""
+    model = manifest["model"]
+    row = con.execute("SELECT model_id, weights_sha256 FROM models WHERE name = ? AND pretrained = ?",
+                      [model["name"], model["pretrained"]]).fetchone()
+    if row is None:
+        raise ShardError(
+            f"shard {folder} was explained with {model['name']} / {model['pretrained']}, which this database does "
+            "not hold. Merge it into the database its job read, or init this one with that model.")
+    if row[1] != model["weights_sha256"]:
+        said = f"weights {model['weights_sha256'][:12]}..." if model["weights_sha256"] else "no weights hash"
+        raise ShardError(
+            f"shard {folder} names {said} for {model['name']} / {model['pretrained']}; this database holds "
+            f"{'weights ' + row[1][:12] + '...' if row[1] else 'none'} for it, so the shard cannot prove it was "
+            "explained by the database's model. Write it again from this database (ingest --engine ray).")
+    model_id = int(row[0])
+    try:
+        settings = Settings(**manifest["settings"])
+    except (TypeError, ValueError, ConvisError) as exc:
+        raise ShardError(f"{folder / MANIFEST}: the manifest's settings are not valid ({exc}); {FIX}") from exc
+    from convis_db.profile import read_profile
+
+    profile = read_profile(con)
+    stored = profile.stored_settings
+    if stored is not None and (profile.model_id != model_id or stored != settings):
+        raise ShardError(
+            f"shard {folder} was explained with settings {settings.as_dict()}; the database holds images "
+            f"explained with {stored.as_dict()}. Scores are only comparable under one setting.")
+    if settings.layout != profile.layout:
+        raise ShardError(f"shard {folder} was explained with the {settings.layout!r} window layout; the database "
+                         f"uses {profile.layout!r}. Write the shards again from this database.")
+    if manifest["embeddings"] != profile.embeddings:
+        raise ShardError(f"shard {folder} stores window embeddings as {manifest['embeddings']}; the database "
+                         f"as {profile.embeddings}. Write the shards again for this database.")
+    if manifest["n_synsets"] != profile.n_synsets:
+        raise ShardError(f"shard {folder} ranks against {manifest['n_synsets']} synsets; the database holds "
+                         f"{profile.n_synsets}. Merge it into the database its job read.")
+    return model_id, profile
+
+
+def _list(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as exc:
+        raise ShardError(f"{folder} cannot be read ({exc.strerror}); check its permissions (the merging user "
+                         "must be able to read every shard).") from exc
+
+
+def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int) \
+        -> tuple[dict[str, pa.Table], pa.Table, dict[str, str]]:
+    """Every table of a shard, each checked whole (shard_checks): (image tables, failures, each table
+    file's size/mtime/inode stamp when it was read). Raises a
+    ShardError naming the file, the column and the first bad row; the database is not touched."""
+    rows = manifest["rows"]
+    present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
+    for name in sorted(set(rows) | present):
+        if name not in IMAGE_TABLES and name != FAILURES:
+            raise ShardError(f"shard {folder} holds table {name!r}, which this convis-db does not know (a shard of "
+                             "another schema format?); merge it with the convis-db version that wrote it.")
+        if name in present and name not in rows and name != FAILURES:
+            raise ShardError(f"{folder / (name + '.parquet')}: a table the manifest does not list; {FIX}")
+    if rows.get("images", 0):
+        for name in ("windows", "image_scores", "window_concepts"):
+            if name not in rows:
+                raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
+    tables, stamps = {}, {}
+    for t in IMAGE_TABLES:
+        if t in rows:
+            stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
+            tables[t] = sc.read_table(folder / f"{t}.parquet")
+    failures = sc.read_table(folder / f"{FAILURES}.parquet")
+    if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
+        tables["image_scores"] = with_work_peak_names(tables["image_scores"])
+    for name, table in tables.items():
+        if table.num_rows != rows[name]:
+            raise ShardError(f"{folder / (name + '.parquet')}: {table.num_rows} rows where the manifest counts "
+                             f"{rows[name]}; {FIX}")
+    expected = sc.Expected.read(con, IMAGE_TABLES, n_synsets, model_id, embedding_storage(con))
+    for name, table in tables.items():
+        required = {c for c, (_, not_null) in expected.columns[name].items() if not_null} - {"ingested_at"}
+        if name == "images":
+            required |= {"layout"}
+        sc.check_columns(folder / f"{name}.parquet", table, expected.columns[name], required)
+    images = tables.get("images", pa.table({c: pa.array([], pa.int32()) for c in ("image_id",)}))
+    if "images" not in tables:
+        extra = [t for t in tables if tables[t].num_rows]
+        if extra:
+            raise ShardError(f"{folder / (extra[0] + '.parquet')}: rows for images the shard does not hold; {FIX}")
+        sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
+        return {}, failures, {}
+    shard_images = sc.check_images(folder / "images.parquet", images, manifest)
+    sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
+    sc.check_image_scores(folder / "image_scores.parquet", tables["image_scores"], shard_images, expected)
+    sc.check_window_concepts(folder / "window_concepts.parquet", tables["window_concepts"], shard_images, expected,
+                             int(manifest["settings"]["top_k"]))
+    if "image_embeddings" in tables:
+        sc.check_image_embeddings(folder / "image_embeddings.parquet", tables["image_embeddings"], shard_images,
+                                  expected)
+    sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
+    return tables, failures, stamps
+
+
+def checked_name(folder: Path) -> str:
+    """The shard's name: its folder's, which must be a shard name (shard-NNNNN-HASH). The manifest's
+    own `shard` (written by the worker) must agree; it is never used as given."""
+    if not _SHARD_NAME.match(folder.name):
+        raise ShardError(f"{folder}: the folder's name is not a shard's (shard-NNNNN-<12 hex>); pass the folder "
+                         "an ingest --engine ray wrote its shards into, with the shards' folders as it named them.")
+    return folder.name
+
+
+def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: dict[str, str],
+                         lookup: np.ndarray, model_id: int) -> None:
+    """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
+    written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
+    local -> new by `lookup` (rows of images not added are left out). The column list is the checked
+    table's (names the database's own table has), so format 1 shards' old peak names are renamed here.
+    A file changed since it was checked is refused (the caller's transaction then rolls back)."""
+    old_to_new = {old: new for new, old in WORK_PEAK_COLUMNS.items()}
+    for table in IMAGE_TABLES:
+        if table not in checked:
+            continue
+        path = folder / f"{table}.parquet"
+        if _stamp(path) != checked[table]:
+            raise ShardError(f"{path} changed while it was being merged; run merge again.")
+        names = pq.read_schema(path).names
+        select = []
+        for name in names:
+            target = old_to_new.get(name, name) if table == "image_scores" else name
+            if target == "image_id":
+                select.append("list_extract($lookup, image_id)::INTEGER AS image_id")
+            elif table == "images" and target == "model_id":
+                select.append("$model_id::INTEGER AS model_id")
+            else:
+                select.append(f'"{name}" AS "{target}"')   # names checked against the database's table
+        con.execute(f"INSERT INTO {table} BY NAME SELECT {', '.join(select)} FROM read_parquet($path) "
+                    "WHERE list_extract($lookup, image_id) > 0",   # table from IMAGE_TABLES
+                    {"lookup": lookup[1:].tolist(), "path": str(path),  # DuckDB lists count from 1
+                     **({"model_id": model_id} if table == "images" else {})})
+
+
+def _stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+
+
+def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
+    """Merge one finished shard in one transaction, after checking all of it; a shard merged before is
+    left alone. A damaged shard is refused with a ShardError and nothing of it is stored."""
+    folder = Path(folder)
+    name = checked_name(folder)
+    if name in merged_shard_names(con):
+        return ShardMerge(name, "already-merged")
+    manifest = read_manifest(folder)
+    if manifest.get("shard", name) != name:
+        raise ShardError(f"{folder}: the manifest names shard {str(manifest['shard'])[:80]!r}; a shard keeps the "
+                         "folder name its job gave it. Rename the folder back, or write the shard again.")
+    model_id, profile = _check_compatible(con, folder, manifest)
+    tables, failures_table, stamps = read_shard(con, folder, manifest, model_id, profile.n_synsets)
+    failures = failures_table.to_pylist()
+    result = ShardMerge(name, "merged", failed=len(failures))
+    with transaction(con):  # a Ctrl-C too: never left open
+        images = tables.get("images")
+        local_ids = images.column("image_id").to_numpy() if images is not None else np.zeros(0, np.int64)
+        shas = images.column("sha256").to_pylist() if images is not None else []
+        paths = images.column("path").to_pylist() if images is not None else []
+        stored = dict(con.execute("SELECT sha256, image_id FROM images WHERE sha256 IN (SELECT unnest(?))",
+                                  [shas]).fetchall()) if shas else {}
+        keep = np.array([sha not in stored for sha in shas], dtype=bool)
+        new_ids = next_image_ids(con, int(keep.sum()))
+        lookup = np.zeros(len(local_ids) + 1, np.int64)   # local id (1..n, checked) -> new id; 0: not added
+        lookup[local_ids[keep]] = new_ids
+        for path, sha, kept in zip(paths, shas, keep):
+            if not kept:
+                result.duplicates[path] = int(stored[sha])
+        result.image_ids = {p: int(i) for p, i in zip(np.array(paths, dtype=object)[keep], new_ids)}
+        n_windows = images.column("n_windows").to_pylist() if images is not None else []
+        result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
+        if len(new_ids):
+            _insert_from_parquet(con, folder, stamps, lookup, model_id)
+        if result.image_ids:
+            con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
+        for f in failures:
+            record_failure(con, f["path"], f["sha256"], f["error"])
+        result.images, result.skipped = len(new_ids), int((~keep).sum())
+        con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
+                    [name, result.images, result.skipped])
+    log.info("merged %s: %d images added, %d already stored, %d failures recorded", name, result.images,
+             result.skipped, result.failed)
+    return result
+
+
+def merge_folder(con: duckdb.DuckDBPyConnection, shards_dir: str | Path,
+                 progress: Progress = no_progress) -> list[ShardMerge]:
+    """Merge every finished shard under `shards_dir` in name order (`convis-db merge`), then index
+    the new scores for search once. A shard folder without its manifest (a copy or job cut short) is
+    reported as `unfinished` and left for its job to finish; a folder holding no shard at all, or only
+    unfinished ones, is refused."""
+    root = Path(shards_dir)
+    if root.exists() and not root.is_dir():
+        raise ShardError(f"{root} is a file, not a shards folder; pass the folder an `ingest --engine ray "
+                         "--shards DIR` wrote its shard-NNNNN-HASH folders into.")
+    if not root.is_dir():
+        raise DatabaseError(f"no shards folder at {root}; pass the folder an `ingest --engine ray --shards DIR` "
+                            "wrote its shard-NNNNN-HASH folders into.")
+    if _SHARD_NAME.match(root.name) and (root / MANIFEST).exists():
+        raise ShardError(f"{root} is one shard; pass the folder that holds it ({root.parent}).")
+    entries = [root / n for n in _list(root) if _SHARD_NAME.match(n)]
+    for p in entries:
+        if not p.is_dir():
+            raise ShardError(f"{p} is a file where a shard's folder belongs; move it out of {root}.")
+    finished = [p for p in entries if MANIFEST in _list(p)]
+    unfinished = [p for p in entries if p not in finished]
+    if not finished:
+        what = (f"only unfinished shards ({', '.join(p.name for p in unfinished[:3])}"
+                f"{', ...' if len(unfinished) > 3 else ''}: no manifest.json)" if unfinished else "no shards")
+        raise ShardError(f"{root} holds {what}; pass the folder an `ingest --engine ray --shards DIR` wrote its "
+                         "finished shard-NNNNN-HASH folders into, or run that ingest again to finish them.")
+    results = []
+    with progress("Merging shards", len(finished), "shard") as tick:
+        for folder in finished:
+            results.append(merge_shard(con, folder))
+            tick(1)
+    for p in unfinished:
+        log.warning("%s has no manifest: unfinished, left for its job to finish", p)
+        results.append(ShardMerge(p.name, "unfinished"))
+    if any(r.images for r in results):
+        refresh_concept_index(con)
+    return results

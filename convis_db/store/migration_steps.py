@@ -1,0 +1,52 @@
+"""Work a migration does before its SQL, where a big file needs a progress bar (store/migrations.py).
+
+Each step runs inside the migration's transaction, before the SQL of its version, and leaves the SQL
+less to do; the SQL alone gives the same result (tests build older files by applying the SQL only).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import duckdb
+
+from convis_db.progress import Progress, no_progress
+
+log = logging.getLogger(__name__)
+
+#: Images converted per statement by window_top_in_batches.
+BATCH_IMAGES = 1_000
+
+
+def statement(sql: str, starts_with: str) -> str:
+    """The one statement of a migration's SQL that starts with `starts_with`, comments taken out (the
+    migrations this serves hold no '--' or ';' inside string literals)."""
+    code = "\n".join(line.split("--", 1)[0].rstrip() for line in sql.splitlines())
+    found = [part.strip() for part in code.split(";") if part.strip().startswith(starts_with)]
+    if len(found) != 1:
+        raise RuntimeError(f"migration SQL has {len(found)} statements starting {starts_with!r}; expected one")
+    return found[0]
+
+
+def window_top_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
+    """Schema 012: window_concepts' rows into window_top, BATCH_IMAGES images per statement (in image
+    order, so each reads only its images' row groups), with a bar counting images. The statements are
+    012's own CREATE and INSERT, the INSERT limited to each batch."""
+    con.execute(statement(sql, "CREATE TABLE IF NOT EXISTS window_top"))
+    insert = statement(sql, "INSERT INTO window_top")
+    where = "WHERE image_id > (SELECT coalesce(max(image_id), 0) FROM window_top)"
+    if where not in insert:
+        raise RuntimeError("schema 012's INSERT INTO window_top changed; update window_top_in_batches")
+    ids = [r[0] for r in con.execute("SELECT DISTINCT image_id FROM images ORDER BY image_id").fetchall()]
+    with progress("Upgrading: each window's top concepts as one row (schema 012)", len(ids), "images") as tick:
+        done = -(2**31)  # batches cover every id up to the last image's: rows of no image move as well
+        for start in range(0, len(ids), BATCH_IMAGES):
+            batch = ids[start:start + BATCH_IMAGES]
+            con.execute(insert.replace(where, "WHERE image_id > ? AND image_id <= ?"), [done, batch[-1]])
+            done = batch[-1]
+            tick(len(batch))
+            log.info("schema 012: %d of %d images' window top-K rewritten", start + len(batch), len(ids))
+
+
+#: version -> step(con, the version's SQL, progress)
+STEPS = {12: window_top_in_batches}

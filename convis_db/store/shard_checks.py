@@ -1,0 +1,386 @@
+"""Check a shard before it is merged: its manifest, its Parquet files and every row of every table.
+
+A shard comes from outside the database (another machine, a shared folder, a copy), so `merge`
+trusts none of it. Before a shard's transaction opens, each table is read whole and checked with
+vectorised Arrow/numpy operations (no loop over rows): column names and types against the
+database's own table, NULLs, integer bounds, NaN and infinity, score ranges, image ids local to the
+shard (1..n, one images row per image), synset ids the database holds, window indexes inside their
+image's grid, one row per (image, window, k) / (image, synset) / (image, window) with counts that
+agree with the images rows and the manifest, embeddings of the database's width and storage.
+
+A shard that fails is refused with a ShardError naming the file, the column and the first bad row
+(counting from 0, as Parquet readers do); nothing of it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from convis_db.errors import DatabaseError
+
+#: How a damaged shard is put right (every refusal ends with it).
+FIX = "nothing of this shard was stored; delete its folder and run the ingest again to write it anew."
+_PRECISIONS = ("fp32", "bf16", "fp16")
+_SETTING_COLUMNS = ("max_pixels", "stride", "small", "large", "top_k", "layout")
+_INT_BOUNDS = {"SMALLINT": (-2**15, 2**15 - 1), "INTEGER": (-2**31, 2**31 - 1), "BIGINT": (-2**63, 2**63 - 1)}
+
+
+class ShardError(DatabaseError):
+    """A shard that cannot be merged: unreadable, damaged, or written for another database."""
+
+
+def _fail(path: Path, what: str) -> ShardError:
+    return ShardError(f"{path}: {what}; {FIX}")
+
+
+def _bad_row(path: Path, column: str, mask: np.ndarray, what: str) -> None:
+    """Raise naming the first row where `mask` is True (if any)."""
+    if mask.size and mask.any():
+        raise _fail(path, f"column {column}, row {int(np.argmax(mask))}: {what}")
+
+
+# ------------------------------------------------------------------------------------------ manifest
+
+#: Manifest keys and their JSON types (bool is refused where an int is asked: JSON true is not a count).
+_MANIFEST_KEYS = {"format": int, "files": list, "images": list, "skipped": list, "failed": int, "rows": dict,
+                  "model": dict, "settings": dict, "embeddings": str, "n_synsets": int}
+_MODEL_KEYS = {"name": str, "pretrained": str}
+
+
+def _is(value, kind) -> bool:
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+def check_manifest(path: Path, body) -> dict:
+    """The manifest's keys and types, or a ShardError naming the first key that is wrong."""
+    if not isinstance(body, dict):
+        raise _fail(path, f"the manifest is a JSON {type(body).__name__}, not an object")
+    for key, kind in _MANIFEST_KEYS.items():
+        if key not in body:
+            raise _fail(path, f"the manifest has no {key!r}")
+        if not _is(body[key], kind):
+            raise _fail(path, f"the manifest's {key!r} is {json.dumps(body[key])[:60]}, not a JSON {kind.__name__}")
+    model = body["model"]
+    for key, kind in _MODEL_KEYS.items():
+        if not _is(model.get(key), kind):
+            raise _fail(path, f"the manifest's model has no {key} string")
+    if "weights_sha256" not in model or not (model["weights_sha256"] is None or _is(model["weights_sha256"], str)):
+        raise _fail(path, "the manifest's model has no weights_sha256 (a hash, or null for a published tag or "
+                          "random weights), so the shard cannot prove which weights explained it")
+    for key in ("files", "images"):
+        if not all(isinstance(p, str) for p in body[key]):
+            raise _fail(path, f"the manifest's {key!r} holds something other than paths")
+    if not all(isinstance(s, list) and len(s) == 2 and all(isinstance(x, str) for x in s) for s in body["skipped"]):
+        raise _fail(path, "the manifest's 'skipped' is not a list of [path, reason] pairs")
+    if not all(isinstance(k, str) and _is(v, int) and v >= 0 for k, v in body["rows"].items()):
+        raise _fail(path, "the manifest's 'rows' is not a table -> row count object")
+    if body["failed"] < 0 or body["n_synsets"] < 1:
+        raise _fail(path, "the manifest's 'failed' or 'n_synsets' is out of range")
+    return body
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+
+@dataclass
+class Expected:
+    """What the database accepts, read once per merge."""
+
+    columns: dict[str, dict[str, tuple[str, bool]]]   # table -> column -> (DuckDB type, NOT NULL)
+    n_synsets: int
+    embed_dim: int | None
+    storage: str                                        # float32 | float16 | none
+
+    @classmethod
+    def read(cls, con: duckdb.DuckDBPyConnection, tables: tuple[str, ...], n_synsets: int, model_id: int,
+             storage: str) -> Expected:
+        rows = con.execute(
+            "SELECT table_name, column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_schema = 'main' AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()
+        columns: dict[str, dict[str, tuple[str, bool]]] = {t: {} for t in tables}
+        # A view over a compact table (schema 012: window_concepts over window_top) reports its columns as
+        # nullable; the rows it stands for have a value in every column.
+        views = {r[0] for r in con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'VIEW' "
+            "AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()}
+        for table, column, dtype, nullable in rows:
+            columns[table][column] = (dtype, nullable == "NO" or table in views)
+        dim = con.execute("SELECT embed_dim FROM models WHERE model_id = ?", [model_id]).fetchone()
+        return cls(columns, n_synsets, int(dim[0]) if dim and dim[0] else None, storage)
+
+
+def _type_fits(dtype: str, arrow: pa.DataType) -> bool:
+    if dtype in _INT_BOUNDS:
+        return pa.types.is_integer(arrow)
+    if dtype in ("DOUBLE", "FLOAT"):
+        return pa.types.is_floating(arrow)
+    if dtype == "VARCHAR":
+        return pa.types.is_string(arrow) or pa.types.is_large_string(arrow)
+    if dtype == "BLOB":
+        return pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow) or pa.types.is_fixed_size_binary(arrow)
+    if dtype == "FLOAT[]":
+        return (pa.types.is_list(arrow) or pa.types.is_large_list(arrow)) and pa.types.is_floating(arrow.value_type)
+    if dtype == "TIMESTAMP":
+        return pa.types.is_timestamp(arrow)
+    if dtype == "BOOLEAN":
+        return pa.types.is_boolean(arrow)
+    return False
+
+
+def read_table(path: Path) -> pa.Table:
+    """One Parquet file of a shard, or a ShardError saying it cannot be read."""
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError as exc:
+        raise _fail(path, "the table file is missing (the manifest lists it)") from exc
+    except (OSError, pa.ArrowException) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _fail(path, f"not a readable Parquet file ({first})") from exc
+
+
+def _np(table: pa.Table, column: str) -> np.ndarray:
+    return table.column(column).to_numpy()
+
+
+def check_columns(path: Path, table: pa.Table, expected: dict[str, tuple[str, bool]], required: set[str]) -> None:
+    """Names, types, NULLs and integer bounds against the database's table; NaN/inf in float columns."""
+    for name in table.column_names:
+        if name not in expected:
+            raise _fail(path, f"column {name} is not a column of this database's table (a shard of another "
+                              "schema format?)")
+    for name in sorted(required - set(table.column_names)):
+        raise _fail(path, f"column {name} is missing (a shard of another schema format?)")
+    for name in table.column_names:
+        dtype, not_null = expected[name]
+        col = table.column(name)
+        if not _type_fits(dtype, col.type):
+            raise _fail(path, f"column {name} holds {col.type}, not {dtype} (a shard of another schema format?)")
+        if not_null and col.null_count:
+            _bad_row(path, name, pc.is_null(col).to_numpy(zero_copy_only=False), "NULL where a value is required")
+        if dtype in _INT_BOUNDS and table.num_rows and col.null_count < table.num_rows:
+            lo, hi = _INT_BOUNDS[dtype]
+            values = col.to_numpy(zero_copy_only=False)
+            if col.null_count:
+                values = values[~np.isnan(values)]
+            if values.min() < lo or values.max() > hi:
+                raw = pc.fill_null(col, 0).to_numpy()
+                _bad_row(path, name, (raw < lo) | (raw > hi), f"a value outside {dtype}")
+        if dtype in ("DOUBLE", "FLOAT"):
+            values = pc.fill_null(col, 0.0).to_numpy().astype(np.float64, copy=False)
+            _bad_row(path, name, ~np.isfinite(values), "NaN or infinity")
+
+
+@dataclass
+class ShardImages:
+    """The checked images rows: per local id (1..n) its grid, for the other tables' checks."""
+
+    n: int
+    n_windows: np.ndarray     # index: local image id (0 unused)
+    grid_cols: np.ndarray
+    work_width: np.ndarray
+    work_height: np.ndarray
+
+
+def _image_of(path: Path, table: pa.Table, images: ShardImages) -> np.ndarray:
+    """The image_id column, checked to name an image of this shard."""
+    ids = _np(table, "image_id").astype(np.int64)
+    _bad_row(path, "image_id", (ids < 1) | (ids > images.n),
+             f"image id not among this shard's images 1..{images.n} (negative or foreign image id)")
+    return ids
+
+
+def _exactly_once(path: Path, column: str, keys: np.ndarray, total: int, what: str, describe) -> None:
+    """keys (each already checked to lie in 0..total-1) hold every value exactly once: a bincount, no
+    sort. `describe(key)` names a missing one (e.g. "image 2's window 5")."""
+    counts = np.bincount(keys, minlength=total)
+    _repeats(path, column, keys, counts, f"a second row for the same {what}")
+    if len(keys) != total:
+        raise _fail(path, f"no row for {describe(int(np.argmin(counts)))} ({len(keys)} rows where the images rows "
+                          f"call for {total}: one per {what})")
+
+
+def _repeats(path: Path, column: str, keys: np.ndarray, counts: np.ndarray, what: str) -> None:
+    """Name the first row whose key an earlier row holds (`counts`: bincount of keys)."""
+    rows = np.flatnonzero(counts[keys] > 1)
+    if rows.size:
+        _, first = np.unique(keys[rows], return_index=True)   # stable: each key's first row
+        repeat = np.ones(rows.size, bool)
+        repeat[first] = False
+        raise _fail(path, f"column {column}, row {int(rows[repeat].min())}: {what}")
+
+
+def _window_of(images: ShardImages, starts: np.ndarray):
+    """key (the image's first window's place + window_idx) -> "image I's window W", for messages."""
+    def describe(key: int) -> str:
+        image = int(np.searchsorted(starts, key, side="right"))
+        return f"image {image}'s window {key - int(starts[image - 1])}"
+    return describe
+
+
+def check_images(path: Path, table: pa.Table, manifest: dict) -> ShardImages:
+    n = table.num_rows
+    ids = _np(table, "image_id").astype(np.int64)
+    _bad_row(path, "image_id", (ids < 1) | (ids > n), f"image ids of a shard are 1..{n} (one per images row)")
+    _repeats(path, "image_id", ids, np.bincount(ids, minlength=n + 1), "a second images row for the same image")
+    sha = table.column("sha256")
+    _bad_row(path, "sha256", ~pc.match_substring_regex(sha, r"^[0-9a-f]{64}$").to_numpy(zero_copy_only=False),
+             "not a sha256 (64 lowercase hex digits)")
+    _, first = np.unique(sha.to_numpy(zero_copy_only=False), return_index=True)
+    if len(first) != n:
+        dup = np.ones(n, bool)
+        dup[first] = False
+        _bad_row(path, "sha256", dup, "the same content as an earlier images row")
+    paths, listed = table.column("path").to_pylist(), manifest["images"]
+    if paths != listed:
+        common = min(len(paths), len(listed))
+        differs = np.array(paths[:common], dtype=object) != np.array(listed[:common], dtype=object)
+        _bad_row(path, "path", np.append(differs, len(paths) > common), "not the path the manifest's 'images' "
+                 "lists in that place")
+        raise _fail(path, f"{n} images rows where the manifest's 'images' lists {len(listed)}")
+    for column in ("width", "height", "work_width", "work_height", "grid_rows", "grid_cols", "n_windows"):
+        _bad_row(path, column, _np(table, column) < 1, "must be at least 1")
+    scale = _np(table, "scale")
+    _bad_row(path, "scale", ~(scale > 0), "must be a positive number")
+    _bad_row(path, "n_windows", _np(table, "n_windows") != _np(table, "grid_rows") * _np(table, "grid_cols"),
+             "is not grid_rows x grid_cols")
+    settings = manifest["settings"]
+    for column in _SETTING_COLUMNS:
+        if column in table.column_names and column in settings:
+            values = table.column(column).to_numpy(zero_copy_only=False)
+            _bad_row(path, column, values != settings[column],
+                     f"differs from the manifest's settings ({column} = {settings[column]!r})")
+    if "precision" in table.column_names:
+        prec = table.column("precision")
+        bad = pc.invert(pc.fill_null(pc.is_in(prec, pa.array(_PRECISIONS)), True))
+        _bad_row(path, "precision", bad.to_numpy(zero_copy_only=False), f"not one of {', '.join(_PRECISIONS)}")
+
+    def by_id(column: str) -> np.ndarray:
+        out = np.zeros(n + 1, np.int64)
+        out[ids] = _np(table, column)
+        return out
+
+    return ShardImages(n, by_id("n_windows"), by_id("grid_cols"), by_id("work_width"), by_id("work_height"))
+
+
+def check_windows(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
+    img = _image_of(path, table, images)
+    idx = _np(table, "window_idx").astype(np.int64)
+    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]), "outside its image's window grid")
+    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
+    _exactly_once(path, "window_idx", starts[img - 1] + idx, int(images.n_windows.sum()), "(image, window)",
+                  _window_of(images, starts))
+    cols = images.grid_cols[img]
+    _bad_row(path, "grid_row", _np(table, "grid_row") != idx // cols, "is not window_idx // grid_cols")
+    _bad_row(path, "grid_col", _np(table, "grid_col") != idx % cols, "is not window_idx % grid_cols")
+    _bad_row(path, "x1", _np(table, "x1") <= _np(table, "x0"), "the box ends before it starts (x1 <= x0)")
+    _bad_row(path, "y1", _np(table, "y1") <= _np(table, "y0"), "the box ends before it starts (y1 <= y0)")
+    stored = {"float32": "embedding", "float16": "embedding_f16", "none": None}[expected.storage]
+    for column in ("embedding", "embedding_f16"):
+        if column != stored and column in table.column_names and table.column(column).null_count < table.num_rows:
+            raise _fail(path, f"column {column} holds embeddings, but the database stores them as {expected.storage}"
+                              " (a shard written for another database)")
+    if stored is None:
+        return
+    if stored not in table.column_names:
+        raise _fail(path, f"column {stored} is missing; the database stores window embeddings as {expected.storage}")
+    col = table.column(stored)
+    if col.null_count:
+        _bad_row(path, stored, pc.is_null(col).to_numpy(zero_copy_only=False), "no embedding")
+    if stored == "embedding":
+        _check_vectors(path, stored, col, expected.embed_dim)
+    else:
+        _check_half_vectors(path, stored, col, expected.embed_dim)
+
+
+def _check_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int | None) -> None:
+    """Float lists, each `dim` long (the model's width) and finite."""
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    if not len(lengths):
+        return
+    width = dim or int(lengths[0])
+    _bad_row(path, column, lengths != width, f"not a vector of the model's {width} dimensions")
+    flat = pc.list_flatten(col).to_numpy(zero_copy_only=False).reshape(len(lengths), width)
+    _bad_row(path, column, ~np.isfinite(flat).all(axis=1), "NaN or infinity in the vector")
+
+
+def _check_half_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int | None) -> None:
+    """float16 BLOBs, each 2 x `dim` bytes and finite."""
+    arr = col.combine_chunks().cast(pa.large_binary())
+    lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
+    if not len(lengths):
+        return
+    width = 2 * dim if dim else int(lengths[0])
+    _bad_row(path, column, lengths != width, f"not a float16 vector of the model's {width // 2} dimensions")
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    halves = data.view("<f2").reshape(len(arr), -1)
+    _bad_row(path, column, ~np.isfinite(halves).all(axis=1), "NaN or infinity in the vector")
+
+
+def check_image_scores(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
+    img = _image_of(path, table, images)
+    n_syn = expected.n_synsets
+    syn = _np(table, "synset_id").astype(np.int64)
+    _bad_row(path, "synset_id", (syn < 0) | (syn >= n_syn), f"not a synset of the database (0..{n_syn - 1})")
+    _exactly_once(path, "synset_id", (img - 1) * n_syn + syn, images.n * n_syn, "(image, synset)",
+                  lambda key: f"image {key // n_syn + 1}'s synset {key % n_syn}")
+    for column in ("score", "self_score"):
+        values = _np(table, column)
+        _bad_row(path, column, ~((values >= 0) & (values <= 1)), "a rank similarity outside [0, 1]")
+    for column, size in (("work_peak_x", images.work_width), ("work_peak_y", images.work_height),
+                         ("work_self_peak_x", images.work_width), ("work_self_peak_y", images.work_height)):
+        values = _np(table, column)
+        _bad_row(path, column, (values < 0) | (values >= size[img]), "a peak outside its image's working size")
+    ranks = {}
+    for column in ("image_max_rank_less", "image_rank_less"):
+        if column in table.column_names:
+            values = pc.fill_null(table.column(column), 0).to_numpy()
+            ranks[column] = values
+            _bad_row(path, column, (values < 0) | (values >= n_syn), f"a count outside 0..{n_syn - 1}")
+    if len(ranks) == 2:
+        _bad_row(path, "image_max_rank_less", ranks["image_max_rank_less"] < ranks["image_rank_less"],
+                 "below image_rank_less (the maximum over a concept and its descendants includes the concept)")
+
+
+def check_window_concepts(path: Path, table: pa.Table, images: ShardImages, expected: Expected,
+                          top_k: int) -> None:
+    img = _image_of(path, table, images)
+    n_syn = expected.n_synsets
+    k_max = min(top_k, n_syn)
+    idx = _np(table, "window_idx").astype(np.int64)
+    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]),
+             "a window its image does not have (no windows row for it)")
+    k = _np(table, "k").astype(np.int64)
+    _bad_row(path, "k", (k < 1) | (k > k_max), f"outside 1..{k_max} (top_k)")
+    for column in ("synset_id", "rank_less"):
+        values = _np(table, column)
+        _bad_row(path, column, (values < 0) | (values >= n_syn), f"outside 0..{n_syn - 1} (the database's synsets)")
+    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
+    describe = _window_of(images, starts)
+    _exactly_once(path, "k", (starts[img - 1] + idx) * k_max + k - 1, int(images.n_windows.sum()) * k_max,
+                  "(image, window, k)", lambda key: f"{describe(key // k_max)}, k = {key % k_max + 1}")
+
+
+def check_image_embeddings(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
+    img = _image_of(path, table, images)
+    _exactly_once(path, "image_id", img - 1, images.n, "image", lambda key: f"image {key + 1}")
+    _check_vectors(path, "embedding", table.column("embedding"), expected.embed_dim)
+
+
+def check_failures(path: Path, table: pa.Table, manifest: dict) -> None:
+    for name, kind in (("path", pa.types.is_string), ("sha256", pa.types.is_string), ("error", pa.types.is_string)):
+        if name not in table.column_names or not kind(table.column(name).type):
+            raise _fail(path, f"column {name} is missing or not text")
+    for name in ("path", "error"):
+        if table.column(name).null_count:
+            _bad_row(path, name, pc.is_null(table.column(name)).to_numpy(zero_copy_only=False), "NULL")
+    if table.num_rows != manifest["failed"]:
+        raise _fail(path, f"{table.num_rows} rows where the manifest counts {manifest['failed']} failures")
