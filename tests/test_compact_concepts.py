@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from schema_history import copy_into_schema_below
-from test_migrations_010 import SETTINGS, _answers
+from test_upgrade_work_peaks_and_profile import SETTINGS, _answers
 from test_queries import readme_sql_examples
 
 from convis_db.ingest import Ingestor

@@ -20,6 +20,7 @@ import duckdb
 
 from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
 from convis_db.progress import Progress, no_progress
+from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.migrations import check_not_newer, define_query_macros, migrate
 
 
@@ -221,7 +222,7 @@ def lock_message(path: Path, duckdb_text: str, want_write: bool) -> str:
 def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> int:
     """The number of synsets in T; fails clearly on a file that has no hierarchy yet."""
     try:
-        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        n = synset_count(con)
     except duckdb.CatalogException:
         n = 0
     if not n:
