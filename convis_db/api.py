@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from convis_db import arguments as check
+from convis_db.cache import LRUCache
 from convis_db.engine.settings import Settings
 from convis_db.profile import DatabaseProfile, SettingsRequest
 from convis_db.errors import DatabaseClosedError, UsageError
@@ -266,9 +267,28 @@ class ImageRecord:
 
 
 class ImageRecords(Results):
-    """Stored images (`Database.images`; `.df()`, `.to_arrow()`)."""
+    """Stored images (`Database.images`; `.df()`, `.to_arrow()`); `total` is how many the database
+    holds (more than these when `images()` was given a limit or an offset)."""
 
     noun = "image"
+    total: int = 0
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A CLIP model whose definition embeddings the database holds; `n_images` of its stored images."""
+
+    model_id: int
+    name: str
+    pretrained: str
+    is_random: bool
+    n_images: int
+
+
+class ModelRecords(Results):
+    """The database's models (`Database.models`; `.df()`, `.to_arrow()`)."""
+
+    noun = "model"
 
 
 class TopConcepts(Results):
@@ -501,13 +521,18 @@ class Database:
             self._profile = read_profile(self.con, str(self.path))
         return self._profile
 
-    def map_service(self, batch_size: int | None = None) -> MapService:
+    def map_service(self, batch_size: int | None = None, *, cache: LRUCache | None = None, lock=None) -> MapService:
         """The map service of this database (kept; `batch_size` sets the encoder batch of a new one:
-        None is the device's default)."""
-        if self._maps is None or (batch_size is not None and self._maps.batch_size != batch_size):
-            self._maps = MapService(self.con, self.device, self.precision, profile=self.profile,
-                                    batch_size=batch_size, hierarchy=self.hierarchy)
-        return self._maps
+        None is the device's default). `cache` (an LRUCache of the images' window similarities, with
+        its byte budget) and `lock` (held around each use of the connection, for a caller sharing this
+        Database between threads, as the explorer does) make a new service that keeps them."""
+        maps = self._maps
+        if (maps is None or (batch_size is not None and maps.batch_size != batch_size)
+                or (cache is not None and maps.cache is not cache) or (lock is not None and maps.lock is not lock)):
+            maps = self._maps = MapService(self.con, self.device, self.precision, profile=self._profile,
+                                           batch_size=batch_size, hierarchy=self.hierarchy, cache=cache,
+                                           lock=lock if lock is not None else (maps.lock if maps is not None else None))
+        return maps
 
     # -- writing -----------------------------------------------------------------------------
     def ingest(self, paths: str | Path | Iterable[str | Path] = (), *, recursive: bool = False,
@@ -750,6 +775,61 @@ class Database:
         return TopConcepts((TopConcept(**r) for r in top_concepts(self.con, get_image(self.con, ref).image_id, limit)),
                            TopConcept)
 
+    def best_concepts(self, images: Iterable[int]) -> dict[int, TopConcept]:
+        """Each stored image's first concept in `top_concepts`' order, by image id (one query for a
+        page of images; an image without scores is left out).
+
+        Example:
+            >>> db.best_concepts([1, 2])[1].synset                          # doctest: +SKIP
+        """
+        from convis_db.query.image_concepts import best_concept_of_images
+
+        ids = [check.integer("images", i) for i in images] if not isinstance(images, (str, bytes)) else None
+        if ids is None:
+            raise UsageError(f"images={images!r}: pass a list of stored image ids.")
+        return {i: TopConcept(**r) for i, r in best_concept_of_images(self.con, ids).items()}
+
+    def stored_image(self, image: str | int | Path):
+        """The store's whole record of one stored image (a StoredImage: its settings, window grid,
+        scale and model), what its maps and trees are computed from; `image()` is the short record.
+
+        Example:
+            >>> db.stored_image(1).settings.stride                          # doctest: +SKIP
+        """
+        from convis_db.store.image_store import get_image
+
+        return get_image(self.con, check.image_ref("image", image))
+
+    def image_scores(self, image):
+        """One stored image's scores for every synset of T as arrays indexed by synset id (an
+        ImageScores: map peaks with and without descendants, their peak pixels, and the image-level
+        scores, NaN where the image has none), the view `explain` builds its tree from. `image` is
+        a stored image reference or a StoredImage.
+
+        Example:
+            >>> s = db.image_scores(1); s.score[db.synset_id("dog.n.01")]   # doctest: +SKIP
+        """
+        from convis_db.query.explain import load_image_scores
+        from convis_db.store.image_store import StoredImage
+
+        stored = image if isinstance(image, StoredImage) else self.stored_image(image)
+        return load_image_scores(self.con, stored, self.hierarchy)
+
+    def synset_id(self, concept: str) -> int:
+        """The id (in T) of a synset name (or of a word with one sense in T); a word with several
+        senses is a UsageError listing them, an unknown name a NotFoundError naming the nearest.
+        Ids index `hierarchy` and `image_scores`.
+
+        Example:
+            >>> db.hierarchy.names[db.synset_id("dog.n.01")]                 # doctest: +SKIP
+            'dog.n.01'
+        """
+        from convis_db.store.hierarchy_store import find_synset_name
+
+        concept = check.name("concept", concept, "dog.n.01").strip()
+        sid = self.hierarchy.id_of.get(concept)
+        return sid if sid is not None else find_synset_name(self.con, concept)
+
     def image(self, image: str | int | Path) -> ImageRecord:
         """One stored image by id, path or sha256 (NotFoundError, with suggestions, when none matches).
 
@@ -806,16 +886,43 @@ class Database:
             >>> exp = db.mutual("cat.jpg", ["cat", "dog", "car"])            # doctest: +SKIP
             >>> exp.predicted, [c.text for c in exp.mutual_concepts][:3]      # doctest: +SKIP
         """
-        import dataclasses
-
         from convis_db.engine.images import read_image
-        from convis_db.mutual.service import explainer_for_database
-        from convis_db.mutual.settings import DEFAULT_TEMPLATE, MutualSettings
-        from convis_db.mutual.store import write_explanation
-        from convis_db.mutual.zeroshot import check_labels
 
         if store:
             self._require_writable("store a mutual-knowledge explanation")
+        ref = _pixels_or_ref(image, "mutual")
+        explainer = self.mutual_explainer(labels, descriptors=descriptors, templates=templates, settings=settings,
+                                          **setting_values)
+        if isinstance(ref, np.ndarray):
+            exp = explainer.explain(ref, faithfulness=faithfulness)
+        else:
+            from convis_db.store.image_store import image_file
+
+            path = image_file(self.con, ref)
+            decoded = read_image(path)
+            exp = explainer.explain(decoded.pixels, str(Path(path).absolute()), faithfulness, decoded.sha256)
+        if store:
+            exp.explanation_id = self.store_mutual(exp, explainer)
+        return exp
+
+    def mutual_explainer(self, labels: str | Iterable[str], *, descriptors: str | Path | None = None,
+                         templates: Iterable[str] | None = None, settings=None, progress: ProgressArg = False,
+                         **setting_values):
+        """The mutual-knowledge explainer of this database for `labels` (a MutualExplainer), to explain
+        many images with one model and one concept bank: `explainer.explain(pixels)`. Arguments as
+        `mutual()`; a `descriptors` bank not yet stored is embedded now (`progress`: its bar) and kept
+        when the database is writable.
+
+        Example:
+            >>> explainer = db.mutual_explainer("cat,dog,car")               # doctest: +SKIP
+            >>> db.store_mutual(explainer.explain(pixels), explainer)         # doctest: +SKIP
+        """
+        import dataclasses
+
+        from convis_db.mutual.service import explainer_for_database
+        from convis_db.mutual.settings import DEFAULT_TEMPLATE, MutualSettings
+        from convis_db.mutual.zeroshot import check_labels
+
         if isinstance(labels, str):
             labels = labels.split(",")
         try:
@@ -836,23 +943,30 @@ class Database:
                 raise UsageError(f"mutual() has no option {', '.join(unknown)}; MutualSettings fields are: "
                                  f"{', '.join(sorted(known))}.")
             settings = dataclasses.replace(settings or MutualSettings(), **setting_values)
-        ref = _pixels_or_ref(image, "mutual")
-        con = self.con
-        explainer, model_id = explainer_for_database(
-            con, self.device, labels, list(templates) if templates is not None else [DEFAULT_TEMPLATE], settings,
+        explainer, _ = explainer_for_database(
+            self.con, self.device, labels, list(templates) if templates is not None else [DEFAULT_TEMPLATE], settings,
             descriptors, store_bank=descriptors is not None and self.writable,
-            model=self._grad_eclip().database_model)
-        if isinstance(ref, np.ndarray):
-            exp = explainer.explain(ref, faithfulness=faithfulness)
-        else:
-            from convis_db.store.image_store import image_file
+            model=self._grad_eclip().database_model, progress=_progress(progress))
+        return explainer
 
-            path = image_file(con, ref)
-            decoded = read_image(path)
-            exp = explainer.explain(decoded.pixels, str(Path(path).absolute()), faithfulness, decoded.sha256)
-        if store:
-            exp.explanation_id = write_explanation(con, exp, model_id, explainer.bank.bank_id)
-        return exp
+    def store_mutual(self, explanation, explainer) -> int:
+        """Write a MutualExplanation that `explainer` (from `mutual_explainer`) made to the mutual_*
+        tables (a database opened with write=True); returns its explanation_id.
+
+        Example:
+            >>> db.store_mutual(explainer.explain(pixels), explainer)         # doctest: +SKIP
+        """
+        from convis_db.mutual.store import write_explanation
+
+        self._require_writable("store a mutual-knowledge explanation")
+        return write_explanation(self.con, explanation, self.profile.model_id, explainer.bank.bank_id)
+
+    def has_descriptor_bank(self, descriptors: str | Path) -> bool:
+        """Whether the descriptor file's bank (its bytes, embedded with this database's model) is stored,
+        so `mutual_explainer(descriptors=...)` embeds nothing."""
+        from convis_db.mutual.bank import stored_bank_id
+
+        return stored_bank_id(self.con, self.profile.model_id, descriptors) is not None
 
     def sql(self, query: str, params: list | dict | None = None, *,
             tables: dict[str, str | Path] | None = None) -> duckdb.DuckDBPyRelation | None:
@@ -880,15 +994,51 @@ class Database:
         with sql_errors(self.writable):
             return con.sql(query, params=params)
 
-    def images(self) -> ImageRecords:
-        """Every stored image, in id order."""
-        return self._image_records("", [])
+    def image_file(self, image: str | int | Path) -> str:
+        """The file of `image`: a stored image's (id, path or sha256 prefix), else an existing file
+        on disk; NotFoundError when it names neither.
 
-    def _image_records(self, where: str, params: list) -> ImageRecords:
+        Example:
+            >>> db.image_file(1)                                             # doctest: +SKIP
+        """
+        from convis_db.store.image_store import image_file
+
+        return image_file(self.con, check.image_ref("image", image))
+
+    def images(self, *, limit: int | None = None, offset: int = 0) -> ImageRecords:
+        """The stored images in id order: all of them, or a page (`limit` from `offset`); the result's
+        `total` counts them all.
+
+        Example:
+            >>> page = db.images(limit=60, offset=60); page.total             # doctest: +SKIP
+        """
+        limit = check.optional_integer("limit", limit)
+        offset = check.integer("offset", offset)
+        out = self._image_records("", [], limit, offset)
+        out.total = int(self.con.execute("SELECT count(*) FROM images").fetchall()[0][0])
+        return out
+
+    def _image_records(self, where: str, params: list, limit: int | None = None, offset: int = 0) -> ImageRecords:
+        page = " LIMIT ? OFFSET ?" if limit is not None or offset else ""
         rows = self.con.execute(
             "SELECT image_id, path, sha256, width, height, work_width, work_height, n_windows FROM images "
-            f"{where} ORDER BY image_id", params).fetchall()
-        return ImageRecords((ImageRecord(*r) for r in rows), ImageRecord)
+            f"{where} ORDER BY image_id{page}",  # fixed clauses
+            params + ([limit if limit is not None else 2**62, offset] if page else [])).fetchall()
+        out = ImageRecords((ImageRecord(*r) for r in rows), ImageRecord)
+        out.total = len(out)
+        return out
+
+    def models(self) -> ModelRecords:
+        """The models whose definition embeddings the database holds, with how many stored images
+        each explained (one, for a database with images).
+
+        Example:
+            >>> [(m.name, m.pretrained) for m in db.models() if m.n_images]   # doctest: +SKIP
+        """
+        rows = self.con.execute(
+            "SELECT m.model_id, m.name, m.pretrained, m.is_random, count(i.image_id) FROM models m "
+            "LEFT JOIN images i USING (model_id) GROUP BY ALL ORDER BY m.model_id").fetchall()
+        return ModelRecords((ModelRecord(r[0], r[1], r[2], bool(r[3]), int(r[4])) for r in rows), ModelRecord)
 
     def stats(self) -> dict[str, Any]:
         """Counts of what the database holds (synsets, models, images, windows, ...)."""
@@ -958,5 +1108,5 @@ def create(path: str | Path, *, model: str | None = None, pretrained: str | None
 
 
 __all__ = ["AncestorConcept", "ChildConcept", "Concept", "Concepts", "Database", "DatabaseProfile", "Explanation",
-           "ExplanationNode", "ImageRecord", "ImageRecords", "Map", "MapPeak", "Region", "Regions", "Results", "SearchHit",
+           "ExplanationNode", "ImageRecord", "ImageRecords", "Map", "MapPeak", "ModelRecord", "ModelRecords", "Region", "Regions", "Results", "SearchHit",
            "SearchHits", "Settings", "TextMap", "TopConcept", "TopConcepts", "create", "open"]

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import convis_db
+from convis_db.engine.images import read_image
 from convis_db.errors import ConvisError, UsageError
 from convis_db.explainers import grad_eclip as ge
 
@@ -90,6 +91,10 @@ def test_mutual_store(writable, tmp_path):
                  [exp.explanation_id]).fetchall()
     assert row == [(1, exp.predicted, len(exp.mutual_concepts))]
     assert db.mutual(1, "pizza,car").explanation_id is None        # nothing stored unless asked
+    explainer = db.mutual_explainer(["pizza", "car", "dog"])       # one explainer for many images (the CLI's eval)
+    again = explainer.explain(read_image(db.image_file(1)).pixels)
+    assert again.predicted == exp.predicted
+    assert db.store_mutual(again, explainer) not in (None, exp.explanation_id)
     path = db.path
     db.close()
     with convis_db.open(path, device="cpu") as ro:
@@ -98,7 +103,7 @@ def test_mutual_store(writable, tmp_path):
         assert ro.mutual(1, "pizza,car").predicted in ("pizza", "car")    # explaining needs no writer
     con = duckdb.connect(str(path), read_only=True)
     try:
-        assert con.execute("SELECT count(*) FROM mutual_explanations").fetchone()[0] == 1
+        assert con.execute("SELECT count(*) FROM mutual_explanations").fetchone()[0] == 2
     finally:
         con.close()
 

@@ -13,7 +13,7 @@ import pytest
 
 import convis_db
 from convis_db import Settings
-from convis_db.errors import ConvisError, DatabaseClosedError, DatabaseLockedError, UsageError
+from convis_db.errors import ConvisError, DatabaseClosedError, DatabaseLockedError, NotFoundError, UsageError
 from convis_db.paths import sample_images_dir
 from convis_db.store import handles
 
@@ -237,3 +237,37 @@ def test_top_concepts_of_an_image(stored):
         assert [(t.synset, t.self_score) for t in tops] == [(n, pytest.approx(s)) for n, s in rows]
         assert [t.synset for t in db.top_concepts(db.image(1).path, limit=3)] == [t.synset for t in tops]
         assert np.all(np.diff([t.self_score for t in tops]) <= 0)
+
+
+def test_what_the_explorer_reads_is_a_method(stored):
+    """The explorer's reads (issue 22, item 7) as Database methods: a page of images with the total,
+    each image's best concept, the models, the full stored record, the score arrays, synset ids."""
+    with convis_db.open(stored, device="cpu") as db:
+        every = db.images()
+        assert every.total == len(every) >= 2
+        page = db.images(limit=1, offset=1)
+        assert [r.image_id for r in page] == [every[1].image_id] and page.total == every.total
+        assert len(db.images(offset=1)) == len(every) - 1
+        best = db.best_concepts([r.image_id for r in every] + [10**6])
+        assert set(best) == {r.image_id for r in every}
+        assert all(best[r.image_id] == db.top_concepts(r.image_id, limit=1)[0] for r in every)
+        assert db.best_concepts([]) == {}
+        models = db.models()
+        assert [m.n_images for m in models if m.n_images] == [len(every)]
+        assert db.sql("SELECT count(*) FROM models").fetchall()[0][0] == len(models)
+        stored_image = db.stored_image(1)
+        assert (stored_image.image_id, stored_image.path, stored_image.n_windows) == (1, db.image(1).path,
+                                                                                      db.image(1).n_windows)
+        sid = db.synset_id("dog.n.01")
+        assert db.hierarchy.names[sid] == "dog.n.01"
+        with pytest.raises(UsageError, match="pick a sense"):  # a word with several senses
+            db.synset_id("dog")
+        with pytest.raises(NotFoundError):
+            db.synset_id("dgo.n.01")
+        scores = db.image_scores(1)
+        score, self_score = db.sql("SELECT score, self_score FROM image_scores WHERE image_id = 1 AND synset_id = ?",
+                                   [sid]).fetchall()[0]
+        assert (scores.score[sid], scores.self_score[sid]) == (pytest.approx(score), pytest.approx(self_score))
+        assert db.image_file(1) == db.image(1).path
+        with pytest.raises(UsageError):
+            db.best_concepts("1,2")

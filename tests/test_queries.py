@@ -301,3 +301,28 @@ def test_regions_with_is_exact_above_its_bound(query_db):
                 expected |= {(image_id, w) for w in np.flatnonzero(np.float32(mrs) >= np.float32(threshold))}
             assert got == expected, (concept, threshold)
     con.close()
+
+
+@pytest.mark.parametrize("level", ["image", "map", None])
+def test_search_ranks_as_the_images_with_macro(query_db, level):
+    """search (query/search.py's Ranking) and schema 010's images_with macro: the same images in the
+    same order with the same scores and peaks, for every concept of T and several thresholds; and
+    count equals the macro's row count."""
+    import convis_db
+
+    with convis_db.open(query_db, device="cpu") as db:
+        names = [r[0] for r in db.sql("SELECT name FROM synsets ORDER BY synset_id").fetchall()]
+        assert len(names) > 30
+        compared = 0
+        for name in names[::3]:  # a third of T (a third of the time), all depths
+            for min_score in (0.0, 0.9):
+                hits = db.search(name, by=level, min_score=min_score, limit=100)
+                macro = db.sql("SELECT image_id, score, peak_x, peak_y, map_score, image_score "
+                               "FROM images_with($concept, $min_score, level := $level)",
+                               params={"concept": name, "min_score": min_score, "level": level}).fetchall()
+                assert [(h.image_id, h.score, h.peak_x, h.peak_y, h.map_score, h.image_score) for h in hits] == macro
+                assert db.count(name, by=level, min_score=min_score) == len(macro)
+                compared += len(macro)
+        assert compared > 50
+        scores = db.sql("SELECT score, count(*) AS n FROM images_with('entity.n.01', 0) GROUP BY score HAVING n > 1")
+        assert scores.fetchall(), "no tied scores: the tie-breaks were not exercised"

@@ -159,7 +159,7 @@ def test_every_read_only_connection_is_locked(db_copy, tmp_path):
         second = connect(db_copy)  # shares the database instance, its configuration already locked
         explorer = Explorer(convis_db.open(db_copy, device="cpu"))
         try:
-            for con in (db.con, second, explorer.con):
+            for con in (db.con, second, explorer.db.con):
                 assert con.execute("SELECT current_setting('lock_configuration')").fetchone()[0] is True
                 assert con.execute("SELECT current_setting('enable_external_access')").fetchone()[0] is False
                 assert con.execute("SELECT current_setting('allowed_directories')").fetchone()[0] == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import click
 import numpy as np
@@ -92,10 +93,10 @@ def _write_outputs(saliency: np.ndarray, image_path: str, output: str | None, st
 
 
 def _grad_eclip(app: App, image, concept, text, output, style, npy, threshold, device, as_json) -> None:
-    from convis_db.explainers.grad_eclip import GradEclipService
+    from convis_db.explainers.grad_eclip import GradEclipMap
 
     with app.database(device) as db:
-        gmap = GradEclipService(db.con, device).for_ref(image, concept, text)
+        gmap = cast(GradEclipMap, db.map(image, concept, method="grad-eclip", text=text).concept_map)
     _write_outputs(gmap.saliency, gmap.image_path, output, style, npy, threshold)
     info = {"image": gmap.image_path, "method": "grad-eclip", "synset": gmap.synset, "text": gmap.text,
             "cosine": gmap.cosine, "input_width": gmap.input_width, "input_height": gmap.input_height,

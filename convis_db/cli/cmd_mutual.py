@@ -94,17 +94,8 @@ def needs_writer(app: App, store: bool, descriptors: str | None) -> bool:
         return True
     if descriptors is None:
         return False
-    from convis_db.mutual.bank import stored_bank_id
-
     with app.database() as db:
-        return stored_bank_id(db.con, db.profile.model_id, descriptors) is None
-
-
-def _resolve_image(con, ref: str) -> str:
-    """A stored image (id, path or sha256: its file is read again) or a file on disk."""
-    from convis_db.store.image_store import image_file
-
-    return image_file(con, ref)
+        return not db.has_descriptor_bank(descriptors)
 
 
 @click.command("mutual")
@@ -134,24 +125,20 @@ def command(app: App, image, labels, labels_file, templates, descriptors, decomp
     from convis_db.engine.images import read_image
     from convis_db.models.device import resolve_device
     from convis_db.mutual.render import save_concepts_png
-    from convis_db.mutual.service import explainer_for_database
-    from convis_db.mutual.store import write_explanation
     from convis_db.mutual.zeroshot import parse_labels, read_labels_file
 
     classes = read_labels_file(labels_file)[0] if labels_file and labels is None else parse_labels(labels, labels_file)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot,
                              initial_topk, foreground_threshold, relevance_offset, auc_mode)
-    with app.database(write=needs_writer(app, store, descriptors)) as db:
-        con = db.con
-        path = _resolve_image(con, image)
-        explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
-                                                     descriptors, store_bank=descriptors is not None,
-                                                     progress=app.progress)
+    with app.database(resolve_device(device), write=needs_writer(app, store, descriptors)) as db:
+        path = db.image_file(image)  # a stored image (id, path or sha256: its file is read again) or a file
+        explainer = db.mutual_explainer(classes, templates=templates, settings=settings, descriptors=descriptors,
+                                        progress=app.progress)
         decoded = read_image(path)
         exp = explainer.explain(decoded.pixels, str(Path(path).absolute()), faithfulness, decoded.sha256)
         data = exp.as_dict()
         if store:
-            data["explanation_id"] = write_explanation(con, exp, model_id, explainer.bank.bank_id)
+            data["explanation_id"] = db.store_mutual(exp, explainer)
         notes = db.profile.notes() + list(exp.notes)
     if output:
         save_concepts_png(output, decoded.pixels, exp)
@@ -204,8 +191,6 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     from convis_db.errors import UsageError
     from convis_db.models.device import resolve_device
     from convis_db.evaluation.mutual import evaluate_mutual, labelled_images
-    from convis_db.mutual.service import explainer_for_database
-    from convis_db.mutual.store import write_explanation
     from convis_db.mutual.zeroshot import parse_labels, read_labels_file
 
     if (labels is None) == (labels_file is None):
@@ -214,12 +199,10 @@ def eval_command(app: App, dataset, labels, labels_file, templates, descriptors,
     items, ignored = labelled_images(dataset, classes, folder_map, per_class, n)
     settings = settings_from(decomposition, n_concepts, topk, language_topk, foreground_method, no_foreground, no_ot,
                              initial_topk, foreground_threshold, relevance_offset, auc_mode)
-    with app.database(write=needs_writer(app, store, descriptors)) as db:
-        con = db.con
-        explainer, model_id = explainer_for_database(con, resolve_device(device), classes, templates, settings,
-                                                     descriptors, store_bank=descriptors is not None,
-                                                     progress=app.progress)
-        hook = (lambda exp: write_explanation(con, exp, model_id, explainer.bank.bank_id)) if store else None
+    with app.database(resolve_device(device), write=needs_writer(app, store, descriptors)) as db:
+        explainer = db.mutual_explainer(classes, templates=templates, settings=settings, descriptors=descriptors,
+                                        progress=app.progress)
+        hook = (lambda exp: db.store_mutual(exp, explainer)) if store else None
         report = evaluate_mutual(explainer, items, str(dataset), not no_faithfulness, app.progress, hook, together)
         notes = db.profile.notes() + list(explainer.notes)
     report.ignored_folders = ignored

@@ -9,6 +9,10 @@ original pixels. With scale = original / working (`images.scale`):
   halves to even and gave another pixel whenever (v + 0.5) * scale is a whole number (scale 2, say);
 * a box [v0, v1) maps to [floor(v0 * scale), ceil(v1 * scale)) clipped to the image, so it covers
   every original pixel that a covered working pixel touches.
+
+SQL has the point formula once, the `original_px` macro (schema/010_tidy.sql; `sql_original_point`
+calls it), and the box formula in the view window_top_concepts (schema/005); tests/test_pixels.py
+holds both equal to these functions.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ def original_box(x0: float, y0: float, x1: float, y1: float, scale: float, width
 
 
 def sql_original_point(column: str, scale: str = "i.scale") -> str:
-    """The same conversion as a DuckDB expression (`column` and `scale` are fixed SQL names from the
-    caller's own query text, never user input)."""
-    return f"CAST(floor(({column} + 0.5) * {scale}) AS INTEGER)"
+    """The same conversion in DuckDB: a call of the one SQL macro, `original_px` (schema 010; on an
+    older file opened read-only the store defines it for the connection from that migration's text).
+    `column` and `scale` are fixed SQL names from the caller's own query text, never user input."""
+    return f"original_px({column}, {scale})"

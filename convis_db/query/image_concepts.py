@@ -19,11 +19,11 @@ def top_concepts(con: duckdb.DuckDBPyConnection, image_id: int, k: int = 5) -> l
     return [{"synset": r[1], "self_score": float(r[2]), "score": float(r[3]), "definition": r[4]} for r in rows]
 
 
-def best_concept_of_images(con: duckdb.DuckDBPyConnection, image_ids: list[int]) -> dict[int, tuple[str, float]]:
-    """image_id -> (synset, self_score) of each image's first concept in top_concepts' order."""
+def best_concept_of_images(con: duckdb.DuckDBPyConnection, image_ids: list[int]) -> dict[int, dict]:
+    """image_id -> each image's first concept in top_concepts' order (the same keys)."""
     if not image_ids:
         return {}
     rows = con.execute(f"""{_RANKED} WHERE sc.image_id IN (SELECT unnest(?::INTEGER[]))
                            QUALIFY row_number() OVER (PARTITION BY sc.image_id ORDER BY {_ORDER}) = 1""",
                        [image_ids]).fetchall()
-    return {r[0]: (r[1], float(r[2])) for r in rows}
+    return {r[0]: {"synset": r[1], "self_score": float(r[2]), "score": float(r[3]), "definition": r[4]} for r in rows}

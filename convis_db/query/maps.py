@@ -83,6 +83,7 @@ class MapService:
         self.precision = precision  # for new files only (None: the device's default); stored maps run no model
         self.batch_size = batch_size
         self.cache = cache if cache is not None else LRUCache("similarities", DEFAULT_CACHE_BYTES)
+        self.lock = lock  # the caller's (None: the service is used from one thread)
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self._profile = profile
         self._hierarchy = hierarchy

@@ -15,11 +15,13 @@ are broken by the map score, then by image id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import duckdb
 
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
-from convis_db.store.hierarchy_store import find_synset_name
+from convis_db.store.hierarchy_store import find_synset_name, synset_count
 from convis_db.store.image_store import has_column, image_level_counts, work_peak_columns
 
 LEVELS = ("image", "map")
@@ -44,6 +46,42 @@ def choose_level(con: duckdb.DuckDBPyConnection, by: str | None) -> tuple[str, l
     return by, notes
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """How `search` scores and orders the rows of `concept_rows(sid)` (aliased `sc`, joined to images
+    `i`): SQL expressions built from fixed column names only, in one place for search_images and
+    count_images. It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them
+    equal): `score` descending, then the map score, then the image id."""
+
+    sid: int
+    by: str
+    score: str        # the `by` score
+    map_score: str    # the map peak (of the synset alone with only_self)
+    image_score: str  # the image-level score; NULL::DOUBLE on a file without those columns
+    peak_x: str       # the map peak's working pixel, a column of sc
+    peak_y: str
+
+    @property
+    def order(self) -> str:
+        return f"{self.score} DESC, {self.map_score} DESC, i.image_id" if self.by == "image" \
+            else f"{self.map_score} DESC, i.image_id"
+
+
+def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None, only_self: bool = False) -> Ranking:
+    """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
+    by, _ = choose_level(con, by)
+    sid = find_synset_name(con, concept)
+    peaks = work_peak_columns(con)  # working pixels, under the names this file uses
+    mapped, px, py = (("sc.self_score", peaks["work_self_peak_x"], peaks["work_self_peak_y"]) if only_self
+                      else ("sc.score", peaks["work_peak_x"], peaks["work_peak_y"]))
+    if has_column(con, "image_scores", "image_rank_less"):
+        level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
+        image_score = f"{level} / {synset_count(con)}::DOUBLE"
+    else:  # a database at schema 004, opened read-only: no image-level scores
+        image_score = "NULL::DOUBLE"
+    return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}")
+
+
 def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, limit: int = 20,
                   only_self: bool = False, by: str | None = None) -> list[dict]:
     """Images whose score for `concept` is at least `min_score`, best first, with the peak in original pixels.
@@ -52,44 +90,24 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     out), "map" by the peak of the max_rank_sim map; with only_self, rank_sim of the synset alone.
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
-    by, _ = choose_level(con, by)
-    sid = find_synset_name(con, concept)
-    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-    peaks = work_peak_columns(con)  # working pixels, under the names this file uses
-    mapped, px, py = (("self_score", peaks["work_self_peak_x"], peaks["work_self_peak_y"]) if only_self
-                      else ("score", peaks["work_peak_x"], peaks["work_peak_y"]))
-    if has_column(con, "image_scores", "image_rank_less"):
-        level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
-        image_score = f"{level} / {int(n)}::DOUBLE"
-    else:  # a database at schema 004, opened read-only: no image-level scores
-        image_score = "NULL::DOUBLE"
-    score = image_score if by == "image" else f"sc.{mapped}"
-    order = f"{score} DESC, sc.{mapped} DESC, i.image_id" if by == "image" else f"sc.{mapped} DESC, i.image_id"
+    r = ranking(con, concept, by, only_self)
     rows = con.execute(
-        f"""SELECT i.image_id, i.path, {score} AS score, sc.{mapped} AS map_score, {image_score} AS image_score,
-                   {sql_original_point(f"sc.{px}")} AS peak_x, {sql_original_point(f"sc.{py}")} AS peak_y,
+        f"""SELECT i.image_id, i.path, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score,
+                   {sql_original_point(r.peak_x)} AS peak_x, {sql_original_point(r.peak_y)} AS peak_y,
                    i.width, i.height
             FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
-            WHERE {score} >= ?
-            ORDER BY {order}
-            LIMIT ?""",  # column names and expressions from the fixed choices above
-        [sid, float(min_score), int(limit)],
+            WHERE {r.score} >= ?
+            ORDER BY {r.order}
+            LIMIT ?""",  # expressions from Ranking's fixed choices
+        [r.sid, float(min_score), int(limit)],
     ).fetchall()
     keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
-    return [dict(zip(keys, r)) | {"synset": concept, "by": by} for r in rows]
+    return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
 
 
 def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,
                  by: str | None = None) -> int:
     """How many images search_images would list without a limit."""
-    by, _ = choose_level(con, by)
-    sid = find_synset_name(con, concept)
-    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-    if by == "image":
-        if not has_column(con, "image_scores", "image_rank_less"):
-            return 0
-        score = f"({'image_rank_less' if only_self else 'image_max_rank_less'} / {int(n)}::DOUBLE)"
-    else:
-        score = "self_score" if only_self else "score"
-    return int(con.execute(f"SELECT count(*) FROM concept_rows(?) WHERE {score} >= ?",  # fixed expressions
-                           [sid, float(min_score)]).fetchone()[0])
+    r = ranking(con, concept, by, only_self)
+    return int(con.execute(f"SELECT count(*) FROM concept_rows(?) sc WHERE {r.score} >= ?",  # Ranking's expressions
+                           [r.sid, float(min_score)]).fetchone()[0])

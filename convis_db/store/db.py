@@ -20,7 +20,8 @@ import duckdb
 
 from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
 from convis_db.progress import Progress, no_progress
-from convis_db.store.migrations import check_not_newer, migrate
+from convis_db.store.hierarchy_store import synset_count
+from convis_db.store.migrations import check_not_newer, define_query_macros, migrate
 
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
             migrate(con, str(path), progress)
         else:
             check_not_newer(con, str(path))
+            define_query_macros(con)  # an older file read as it is: the macros our queries call, in memory
             _lock_read_only(con)
         if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
             con.complete()
@@ -221,7 +223,7 @@ def lock_message(path: Path, duckdb_text: str, want_write: bool) -> str:
 def require_initialised(con: duckdb.DuckDBPyConnection, path: str | Path) -> int:
     """The number of synsets in T; fails clearly on a file that has no hierarchy yet."""
     try:
-        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        n = synset_count(con)
     except duckdb.CatalogException:
         n = 0
     if not n:

@@ -321,6 +321,12 @@ def _shortest_depths(h: StoredHierarchy) -> list[int]:
     return depth.tolist()
 
 
+def synset_count(con: duckdb.DuckDBPyConnection) -> int:
+    """|T|: the number of synsets, the denominator of every rank fraction (rank_sim = rank_less / |T|).
+    The one place Python reads it from a database (the schema's views count it in their own SQL)."""
+    return int(con.execute("SELECT count(*) FROM synsets").fetchall()[0][0])  # fetched to the end (DuckDB 2)
+
+
 def load_hierarchy(con: duckdb.DuckDBPyConnection) -> StoredHierarchy:
     """T from the database: one query for names and depths, one for the edges (as numpy arrays)."""
     rows = con.execute("SELECT synset_id, name, depth FROM synsets ORDER BY synset_id").fetchnumpy()

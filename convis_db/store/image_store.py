@@ -20,6 +20,7 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.migrations import has_column, has_table
 from convis_db.store.transaction import transaction
 
@@ -293,14 +294,15 @@ def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> Non
     hold them) stored as schema 012 keeps them: one window_top row per window, its synset ids in k order,
     and its rank_less list only where some entry is not |T| - k (cosines tie). The view window_concepts
     gives the rows back. The caller holds the transaction."""
+    n_synsets = synset_count(con)
     con.register("_window_concepts", concepts)
     try:
         con.execute(
             """INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less)
                SELECT image_id, window_idx, list(synset_id ORDER BY k),
-                      CASE WHEN bool_and(rank_less = (SELECT count(*) FROM synsets) - k) THEN NULL
+                      CASE WHEN bool_and(rank_less = ? - k) THEN NULL
                            ELSE list(rank_less ORDER BY k) END
-               FROM _window_concepts GROUP BY image_id, window_idx ORDER BY image_id, window_idx""")
+               FROM _window_concepts GROUP BY image_id, window_idx ORDER BY image_id, window_idx""", [n_synsets])
     finally:
         con.unregister("_window_concepts")
 

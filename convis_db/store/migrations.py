@@ -123,6 +123,31 @@ def _check_record_present(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
         )
 
 
+#: SQL macros that convis-db's own queries call, with the migration that defines each. A file opened
+#: read-only is not migrated; where it predates one of them, `define_query_macros` defines it for that
+#: connection alone (a TEMP macro: in memory, the file untouched) from the migration's own statement,
+#: so each formula has one SQL text (original_px: engine/pixels.py's working-to-original point).
+QUERY_MACROS = {"original_px": 10}
+
+
+def define_query_macros(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Define, for this connection, the QUERY_MACROS the database lacks (an older file opened
+    read-only, or an empty in-memory one); returns their names."""
+    present = {r[0] for r in con.execute(
+        "SELECT function_name FROM duckdb_functions() WHERE function_type = 'macro'").fetchall()}
+    defined = []
+    for name, version in QUERY_MACROS.items():
+        if name in present:
+            continue
+        migration = next(m for m in available_migrations() if m.version == version)
+        statement = re.search(rf"CREATE OR REPLACE MACRO {name}\(.*?;", migration.sql, re.S)
+        if statement is None:
+            raise DatabaseError(f"schema file {migration.path.name} no longer defines {name}; reinstall convis-db.")
+        con.execute(statement.group(0).replace("CREATE OR REPLACE MACRO", "CREATE OR REPLACE TEMP MACRO", 1))
+        defined.append(name)
+    return defined
+
+
 def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "", progress: Progress = no_progress) -> list[int]:
     """Apply pending migrations; returns the versions applied now. A version with a step in
     migration_steps.STEPS runs it first, in the same transaction (`progress` shows it on big files)."""

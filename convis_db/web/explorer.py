@@ -1,7 +1,7 @@
 """The read side of the visual explorer: what the web API returns, computed from stored data only.
 
-One `Explorer` holds one read-only DuckDB connection (DuckDB connections are not thread-safe, so every
-use of it takes `_db_lock`), the hierarchy T in memory (`StoredHierarchy`: names, lemmas, definitions,
+One `Explorer` holds one read-only `convis_db.Database` and reads through its methods only (its
+connection is not thread-safe, so every call into it takes `_db_lock`), the hierarchy T in memory (`StoredHierarchy`: names, lemmas, definitions,
 is-a lists, loaded once), and caches:
 
 * `saliency`: raw maps (the formula's values) at working resolution, keyed by (image, synset, only_self);
@@ -13,8 +13,8 @@ is-a lists, loaded once), and caches:
   (`ImageScores`, the same object `explain` builds its tree from: map peaks, and the image-level scores
   where the image has them).
 
-Maps come from the one map service (`MapService`, sharing this object's similarity cache and
-database lock), so they equal `convis-db map` exactly. No model is loaded, except to encode the
+Maps come from the database's one map service (`Database.map_service`, given this object's
+similarity cache and database lock), so they equal `convis-db map` exactly. No model is loaded, except to encode the
 windows again of an image whose database keeps no window embeddings.
 """
 
@@ -38,11 +38,8 @@ from convis_db.cache import LRUCache
 from convis_db.engine.images import PixelBudget, decode_cost, read_image
 from convis_db.engine.render import STYLES, render
 from convis_db.errors import ImageError, NotFoundError, UsageError
-from convis_db.query.explain import ROOT, ImageScores, load_image_scores
-from convis_db.query.image_concepts import best_concept_of_images, top_concepts
-from convis_db.query.maps import MapService
-from convis_db.store.hierarchy_store import find_synset_name
-from convis_db.store.image_store import StoredImage, get_image, has_column
+from convis_db.query.explain import ROOT, ImageScores
+from convis_db.store.image_store import StoredImage
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +106,6 @@ class Explorer:
         if self.db.writable:
             raise UsageError("the explorer reads a database opened read-only; open it with convis_db.open(path).")
         self.db_path = str(self.db.path)
-        self.con = self.db.con
         try:
             self._load(budget or CacheBudget())
         except Exception:
@@ -119,16 +115,15 @@ class Explorer:
     def _load(self, budget: CacheBudget) -> None:
         self._db_lock = threading.RLock()
         self._map_lock = threading.Lock()
-        con = self.con
         h = self.hierarchy = self.db.hierarchy.load_text()  # every column now, before threads share it
         self.names = h.names
         self.n_synsets = h.size
         self._keys = h.lemma_keys
         self._key_strings = [k for k, _ in self._keys]
-        self.models = {r[0]: {"model_id": r[0], "name": r[1], "pretrained": r[2], "is_random": bool(r[3])}
-                       for r in con.execute("SELECT model_id, name, pretrained, is_random FROM models").fetchall()}
-        self._has_image_level_columns = has_column(con, "image_scores", "image_rank_less")
-        self.image_models = [r[0] for r in con.execute("SELECT DISTINCT model_id FROM images").fetchall()]
+        models = self.db.models()
+        self.models = {m.model_id: {"model_id": m.model_id, "name": m.name, "pretrained": m.pretrained,
+                                    "is_random": m.is_random} for m in models}
+        self.image_models = [m.model_id for m in models if m.n_images]
         st = os.stat(self.db_path)
         self._identity = f"{os.path.abspath(self.db_path)}:{st.st_mtime_ns}:{st.st_size}"
         self._images: dict[int, StoredImage] = {}
@@ -138,7 +133,7 @@ class Explorer:
         self.similarity_cache = LRUCache("similarities", budget.similarities)
         self.picture_cache = LRUCache("pictures", budget.pictures)
         self.score_cache = LRUCache("scores", budget.scores)
-        self._maps = MapService(con, cache=self.similarity_cache, lock=self._db_lock, hierarchy=self.hierarchy)
+        self._maps = self.db.map_service(cache=self.similarity_cache, lock=self._db_lock)
         self._decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
         self.decode_pixels = PixelBudget(DECODE_BUDGET_PIXELS)
         self._image_locks: dict[int, threading.Lock] = {}
@@ -154,8 +149,8 @@ class Explorer:
         image = self._images.get(image_id)
         if image is None:
             with self._db_lock:
-                image = get_image(self.con, str(int(image_id)))
-            if image.image_id != image_id:  # get_image also matches paths; an id in a URL is only an id
+                image = self.db.stored_image(int(image_id))
+            if image.image_id != image_id:  # an image reference also matches paths; an id in a URL is only an id
                 raise NotFoundError(f"no stored image with id {image_id}.")
             self._images[image_id] = image
         return image
@@ -168,7 +163,7 @@ class Explorer:
         sid = self.hierarchy.id_of.get(name)
         if sid is None:
             with self._db_lock:
-                sid = find_synset_name(self.con, name)
+                sid = self.db.synset_id(name)
         return sid
 
     def scores(self, image: StoredImage) -> ImageScores:
@@ -176,7 +171,7 @@ class Explorer:
         if cached is not None:
             return cached
         with self._db_lock:
-            out = load_image_scores(self.con, image, self.hierarchy, self._has_image_level_columns)
+            out = self.db.image_scores(image)
         self.score_cache.put(image.image_id, out, out.nbytes)
         return out
 
@@ -214,23 +209,21 @@ class Explorer:
 
     def list_images(self, offset: int, limit: int) -> dict:
         with self._db_lock:
-            total = self.con.execute("SELECT count(*) FROM images").fetchone()[0]
-            rows = self.con.execute(
-                "SELECT image_id, path, width, height FROM images ORDER BY image_id LIMIT ? OFFSET ?",
-                [limit, offset]).fetchall()
-            tops = best_concept_of_images(self.con, [r[0] for r in rows])
+            page = self.db.images(limit=limit, offset=offset)
+            tops = self.db.best_concepts([r.image_id for r in page])
         images = []
-        for image_id, path, w, h in rows:
-            top = tops.get(image_id)
-            images.append({"image_id": image_id, "path": path, "name": os.path.basename(path), "width": w,
-                           "height": h, "top_concept": {"synset": top[0], "self_score": top[1]} if top else None})
-        return {"total": total, "offset": offset, "limit": limit, "images": images}
+        for r in page:
+            top = tops.get(r.image_id)
+            images.append({"image_id": r.image_id, "path": r.path, "name": os.path.basename(r.path), "width": r.width,
+                           "height": r.height,
+                           "top_concept": {"synset": top.synset, "self_score": top.self_score} if top else None})
+        return {"total": page.total, "offset": offset, "limit": limit, "images": images}
 
     def image_detail(self, image_id: int) -> dict:
         image = self.image(image_id)
         scores = self.scores(image)
         with self._db_lock:
-            tops = top_concepts(self.con, image.image_id, 5)
+            tops = self.db.top_concepts(image.image_id, limit=5)
         model = self.models.get(image.model_id, {})
         return {"image_id": image.image_id, "path": image.path, "name": os.path.basename(image.path),
                 "sha256": image.sha256, "width": image.width, "height": image.height,
@@ -240,8 +233,8 @@ class Explorer:
                 "random_weights": bool(model.get("is_random")),
                 "file_status": self.file_status(image),
                 "has_image_level": scores.has_image_level,
-                "top_concepts": [{"synset": t["synset"], "self_score": t["self_score"], "score": t["score"],
-                                  **scores.image_level(self.hierarchy.id_of[t["synset"]])}
+                "top_concepts": [{"synset": t.synset, "self_score": t.self_score, "score": t.score,
+                                  **scores.image_level(self.hierarchy.id_of[t.synset])}
                                  for t in tops]}
 
     def children(self, image_id: int, synset: str, trail: list[str] | None = None, limit: int = 500) -> dict:
@@ -319,9 +312,8 @@ class Explorer:
             hit = self.saliency_cache.get(key, count=False)
             if hit is not None:
                 return hit
-            _, ids = self._maps.concept_ids(self.names[sid], only_self)
-            sims = self._maps.stored_windows(image)  # re-encoded from the file with --embeddings none
-            saliency = self._maps.saliency(sims, image.grid, ids, ("stored", image.image_id))
+            # windows encoded again from the file where the database keeps none (--embeddings none)
+            saliency = self._maps.for_stored(image, self.names[sid], only_self).saliency
             self.saliency_cache.put(key, saliency, saliency.nbytes)
             return saliency
 
