@@ -46,8 +46,10 @@ from convis_db.store.image_store import (
     embedding_storage,
     next_image_ids,
     record_failure,
+    window_top_insert,
     with_work_peak_names,
 )
+from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.shard_checks import FIX, ShardError, check_manifest
 from convis_db.store.transaction import transaction
 
@@ -340,10 +342,13 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
                 select.append("$model_id::INTEGER AS model_id")
             else:
                 select.append(f'"{name}" AS "{target}"')   # names checked against the database's table
-        con.execute(f"INSERT INTO {table} BY NAME SELECT {', '.join(select)} FROM read_parquet($path) "
-                    "WHERE list_extract($lookup, image_id) > 0",   # table from IMAGE_TABLES
-                    {"lookup": lookup[1:].tolist(), "path": str(path),  # DuckDB lists count from 1
-                     **({"model_id": model_id} if table == "images" else {})})
+        rows = f"SELECT {', '.join(select)} FROM read_parquet($path) WHERE list_extract($lookup, image_id) > 0"
+        params = {"lookup": lookup[1:].tolist(), "path": str(path)}  # DuckDB lists count from 1
+        if table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
+            con.execute(window_top_insert(rows), {**params, "n_synsets": synset_count(con)})
+            continue
+        con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES
+                    {**params, **({"model_id": model_id} if table == "images" else {})})
 
 
 def _stamp(path: Path) -> str:

@@ -294,17 +294,21 @@ def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> Non
     hold them) stored as schema 012 keeps them: one window_top row per window, its synset ids in k order,
     and its rank_less list only where some entry is not |T| - k (cosines tie). The view window_concepts
     gives the rows back. The caller holds the transaction."""
-    n_synsets = synset_count(con)
     con.register("_window_concepts", concepts)
     try:
-        con.execute(
-            """INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less)
-               SELECT image_id, window_idx, list(synset_id ORDER BY k),
-                      CASE WHEN bool_and(rank_less = ? - k) THEN NULL
-                           ELSE list(rank_less ORDER BY k) END
-               FROM _window_concepts GROUP BY image_id, window_idx ORDER BY image_id, window_idx""", [n_synsets])
+        con.execute(window_top_insert("SELECT * FROM _window_concepts"), {"n_synsets": synset_count(con)})
     finally:
         con.unregister("_window_concepts")
+
+
+def window_top_insert(source: str) -> str:
+    """The one statement that stores window_concepts rows (image_id, window_idx, k, synset_id, rank_less,
+    selected by the SQL `source`) as window_top rows; bind $n_synsets (|T|) and `source`'s own
+    parameters. Used for rows from Python (insert_window_top) and from a shard's Parquet file."""
+    return ("INSERT INTO window_top (image_id, window_idx, synset_ids, rank_less) "
+            "SELECT image_id, window_idx, list(synset_id ORDER BY k), "
+            "CASE WHEN bool_and(rank_less = $n_synsets - k) THEN NULL ELSE list(rank_less ORDER BY k) END "
+            f"FROM ({source}) GROUP BY image_id, window_idx ORDER BY image_id, window_idx")
 
 
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
