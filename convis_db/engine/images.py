@@ -83,8 +83,12 @@ def _stored_target(img: Image.Image, at_least: tuple[int, int] | int) -> tuple[i
 
 def decode_cost(path: str | Path, at_least: tuple[int, int] | int | None = None) -> int:
     """Pixels that decoding the file will hold at once (from its header only): the full size, or the
-    reduced size where JPEG decodes reduced. 0 when the header cannot be read (decoding reports why)."""
+    reduced size where JPEG decodes reduced. 0 when the header cannot be read (decoding reports why).
+    Only a regular file's header is read: a pipe or device would block the caller (read_image refuses
+    those without reading them)."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return 0
         with Image.open(path) as img:
             w, h = img.size
             if at_least is None or w * h <= REDUCE_ABOVE_PIXELS or img.format != "JPEG":
