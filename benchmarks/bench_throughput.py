@@ -98,14 +98,15 @@ class MemorySampler:
         self._sample()
 
 
-def base_db(model: str, pretrained: str, device) -> Path:
-    """A database with the physical-objects T and the model's definitions, built once and cached."""
+def base_db(model: str, pretrained: str, device, cache: Path = CACHE) -> Path:
+    """A database with the physical-objects T and the model's definitions, built once and cached (in
+    `cache`: a baseline checkout keeps its own, made by its own code in its own schema)."""
     from convis_db.init_db import initialise
     from convis_db.models.registry import resolve_model
 
-    CACHE.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True)
     spec = resolve_model(model, pretrained)
-    path = CACHE / f"{spec.name}-{Path(str(spec.pretrained)).name}.duckdb".replace("/", "_")
+    path = cache / f"{spec.name}-{Path(str(spec.pretrained)).name}.duckdb".replace("/", "_")
     initialise(path, "physical-objects", spec, device, precision="fp32")  # idempotent
     return path
 
@@ -169,9 +170,10 @@ def bare_encode_figures(model, windows_per_image: int, batch_size: int, images: 
     return {"images": images, "cpu_s": (u1 - u0) + (s1 - s0), "wall_s": wall}
 
 
-def baseline_figures(checkout: Path, args, db: Path, paths: list[Path]) -> dict:
+def baseline_figures(checkout: Path, args, paths: list[Path]) -> dict:
     """ingest_figures run by another checkout's convis_db, in a subprocess."""
-    job = json.dumps({"db": str(db), "paths": [str(p) for p in paths], "device": args.device,
+    job = json.dumps({"model": args.model, "pretrained": args.pretrained, "checkout": str(checkout.resolve()),
+                      "paths": [str(p) for p in paths], "device": args.device,
                       "precision": args.precision, "batch_size": args.batch_size, "preset": args.preset})
     env = dict(os.environ, PYTHONPATH=str(checkout))
     out = subprocess.run([sys.executable, __file__, "--worker", job], env=env, capture_output=True, text=True,
@@ -199,8 +201,14 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:  # a baseline subprocess: one measured ingest with whatever convis_db PYTHONPATH gives
+        import hashlib
+
+        import torch
+
         job = json.loads(args.worker)
-        fig = ingest_figures(Path(job["db"]), [Path(p) for p in job["paths"]], job["device"], job["precision"],
+        own = CACHE / ("baseline-" + hashlib.sha256(job["checkout"].encode()).hexdigest()[:12])
+        db = base_db(job["model"], job["pretrained"], torch.device(job["device"]), own)
+        fig = ingest_figures(db, [Path(p) for p in job["paths"]], job["device"], job["precision"],
                              job["batch_size"], job["preset"])
         print(json.dumps(fig))
         return
@@ -235,7 +243,7 @@ def main() -> None:
     for r in range(1, args.rounds + 1):
         bare = bare_encode_figures(model, windows, args.batch_size, len(paths))
         ours = ingest_figures(db, paths, args.device, args.precision, args.batch_size, args.preset)
-        base = baseline_figures(args.baseline, args, db, paths) if args.baseline else None
+        base = baseline_figures(args.baseline, args, paths) if args.baseline else None
         rows.append((bare, ours, base))
         line = (f"round {r}: bare encoder {per_image(bare, 'cpu_s'):.2f} CPU-s/img; this checkout: ingest "
                 f"{per_image(ours, 'cpu_s'):.2f} CPU-s/img (system {per_image(ours, 'sys_s'):.2f}), "
