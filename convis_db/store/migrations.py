@@ -20,6 +20,8 @@ from convis_db.progress import Progress, no_progress
 from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
+#: schema/current.sql: the whole current schema in one file, for reading (store/schema_dump.py).
+CURRENT_SCHEMA_FILE = "current.sql"
 _NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 
 
@@ -42,6 +44,8 @@ def available_migrations(folder: Path | None = None) -> list[Migration]:
     folder = folder or schema_dir()
     found = []
     for path in sorted(folder.glob("*.sql")):
+        if path.name == CURRENT_SCHEMA_FILE:
+            continue  # the readable summary of them all (store/schema_dump.py), not a migration
         match = _NAME.match(path.name)
         if not match:
             raise DatabaseError(f"schema file {path.name} is not named NNN_name.sql; rename it.")

@@ -1,0 +1,309 @@
+-- The whole current schema of a convis-db database, in one file, for reading.
+-- Written by `python -m convis_db.store.schema_dump > schema/current.sql` from a database the numbered
+-- migrations beside this file have just built (tests/test_schema_dump.py checks that it is current).
+-- Databases are made and upgraded by those migrations, never from this file: it holds no rows (the
+-- migrations also insert a few, e.g. concept_index_state's first one).
+
+-- Sequences
+CREATE SEQUENCE image_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
+CREATE SEQUENCE model_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
+CREATE SEQUENCE mutual_bank_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
+CREATE SEQUENCE mutual_explanation_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
+
+-- Tables
+CREATE TABLE concept_index (
+    synset_id INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    score DOUBLE NOT NULL,
+    work_peak_x INTEGER NOT NULL,
+    work_peak_y INTEGER NOT NULL,
+    self_score DOUBLE NOT NULL,
+    work_self_peak_x INTEGER NOT NULL,
+    work_self_peak_y INTEGER NOT NULL,
+    image_max_rank_less INTEGER,
+    image_rank_less INTEGER
+);
+CREATE TABLE concept_index_state (
+    indexed_through INTEGER NOT NULL,
+    runs INTEGER NOT NULL
+);
+CREATE TABLE image_embeddings (
+    image_id INTEGER PRIMARY KEY,
+    embedding FLOAT[] NOT NULL
+);
+CREATE TABLE image_scores (
+    image_id INTEGER NOT NULL,
+    synset_id INTEGER NOT NULL,
+    score DOUBLE NOT NULL,
+    work_peak_x INTEGER NOT NULL,
+    work_peak_y INTEGER NOT NULL,
+    self_score DOUBLE NOT NULL,
+    work_self_peak_x INTEGER NOT NULL,
+    work_self_peak_y INTEGER NOT NULL,
+    image_max_rank_less INTEGER,
+    image_rank_less INTEGER
+);
+CREATE TABLE images (
+    image_id INTEGER DEFAULT(nextval('image_id_seq')) PRIMARY KEY,
+    sha256 VARCHAR NOT NULL UNIQUE,
+    path VARCHAR NOT NULL,
+    model_id INTEGER NOT NULL,
+    width INTEGER NOT NULL,
+    height INTEGER NOT NULL,
+    work_width INTEGER NOT NULL,
+    work_height INTEGER NOT NULL,
+    scale DOUBLE NOT NULL,
+    stride INTEGER NOT NULL,
+    small INTEGER NOT NULL,
+    "large" INTEGER NOT NULL,
+    max_pixels INTEGER NOT NULL,
+    top_k INTEGER NOT NULL,
+    grid_rows INTEGER NOT NULL,
+    grid_cols INTEGER NOT NULL,
+    n_windows INTEGER NOT NULL,
+    ingested_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
+    layout VARCHAR DEFAULT('origin'),
+    "precision" VARCHAR
+);
+CREATE TABLE ingest_failures (
+    path VARCHAR PRIMARY KEY,
+    sha256 VARCHAR,
+    "error" VARCHAR NOT NULL,
+    attempts INTEGER DEFAULT(1) NOT NULL,
+    last_attempt TIMESTAMP DEFAULT(current_timestamp) NOT NULL
+);
+CREATE TABLE merged_shards (
+    shard VARCHAR PRIMARY KEY,
+    images INTEGER NOT NULL,
+    skipped INTEGER NOT NULL,
+    merged_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL
+);
+CREATE TABLE models (
+    model_id INTEGER DEFAULT(nextval('model_id_seq')) PRIMARY KEY,
+    "name" VARCHAR NOT NULL,
+    pretrained VARCHAR NOT NULL,
+    is_random BOOLEAN NOT NULL,
+    config_json VARCHAR NOT NULL,
+    weights_sha256 VARCHAR,
+    embed_dim INTEGER NOT NULL,
+    image_size INTEGER NOT NULL,
+    image_mean FLOAT[] NOT NULL,
+    image_std FLOAT[] NOT NULL,
+    created_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
+    definition_precision VARCHAR,
+    UNIQUE("name", pretrained)
+);
+CREATE TABLE mutual_bank_entries (
+    bank_id INTEGER NOT NULL,
+    entry_idx INTEGER NOT NULL,
+    "text" VARCHAR NOT NULL,
+    classes VARCHAR[] NOT NULL,
+    embedding FLOAT[] NOT NULL
+);
+CREATE TABLE mutual_banks (
+    bank_id INTEGER DEFAULT(nextval('mutual_bank_id_seq')) PRIMARY KEY,
+    model_id INTEGER NOT NULL,
+    "name" VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    n_entries INTEGER NOT NULL,
+    created_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
+    UNIQUE(model_id, sha256)
+);
+CREATE TABLE mutual_explanations (
+    explanation_id INTEGER DEFAULT(nextval('mutual_explanation_id_seq')) PRIMARY KEY,
+    image_id INTEGER,
+    path VARCHAR NOT NULL,
+    sha256 VARCHAR NOT NULL,
+    model_id INTEGER NOT NULL,
+    bank VARCHAR NOT NULL,
+    bank_id INTEGER,
+    labels VARCHAR[] NOT NULL,
+    templates VARCHAR[] NOT NULL,
+    predicted VARCHAR NOT NULL,
+    predicted_score DOUBLE NOT NULL,
+    decomposition VARCHAR NOT NULL,
+    settings_json VARCHAR NOT NULL,
+    n_concepts INTEGER NOT NULL,
+    n_mutual INTEGER NOT NULL,
+    mi DOUBLE NOT NULL,
+    auc DOUBLE NOT NULL,
+    created_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL
+);
+CREATE TABLE mutual_textual_concepts (
+    explanation_id INTEGER NOT NULL,
+    side VARCHAR NOT NULL,
+    concept_idx INTEGER,
+    rank INTEGER NOT NULL,
+    entry_idx INTEGER NOT NULL,
+    synset_id INTEGER,
+    "text" VARCHAR NOT NULL,
+    score DOUBLE NOT NULL
+);
+CREATE TABLE mutual_visual_concepts (
+    explanation_id INTEGER NOT NULL,
+    concept_idx INTEGER NOT NULL,
+    n_patches INTEGER NOT NULL,
+    importance DOUBLE NOT NULL,
+    x0 INTEGER NOT NULL,
+    y0 INTEGER NOT NULL,
+    x1 INTEGER NOT NULL,
+    y1 INTEGER NOT NULL,
+    patch_mask BOOLEAN[] NOT NULL,
+    grid_rows INTEGER NOT NULL,
+    grid_cols INTEGER NOT NULL
+);
+CREATE TABLE schema_migrations (
+    "version" INTEGER PRIMARY KEY,
+    "name" VARCHAR NOT NULL,
+    checksum VARCHAR NOT NULL,
+    applied_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL
+);
+CREATE TABLE storage_settings (
+    embeddings VARCHAR NOT NULL,
+    CHECK((embeddings IN ('float32', 'float16', 'none')))
+);
+CREATE TABLE synsets (
+    synset_id INTEGER PRIMARY KEY,
+    "name" VARCHAR NOT NULL UNIQUE,
+    wn_offset INTEGER NOT NULL,
+    lemmas VARCHAR[] NOT NULL,
+    definition VARCHAR NOT NULL,
+    depth INTEGER NOT NULL,
+    lexname VARCHAR NOT NULL,
+    is_word_sense BOOLEAN NOT NULL
+);
+CREATE TABLE vocabulary (
+    vocab_id INTEGER PRIMARY KEY,
+    "name" VARCHAR NOT NULL,
+    "source" VARCHAR NOT NULL,
+    words_sha256 VARCHAR NOT NULL,
+    n_words INTEGER NOT NULL,
+    missing_words VARCHAR[] NOT NULL,
+    n_synsets INTEGER NOT NULL,
+    wordnet_version VARCHAR NOT NULL,
+    created_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
+    hierarchy VARCHAR DEFAULT('extended')
+);
+CREATE TABLE window_layout (
+    layout VARCHAR NOT NULL,
+    decided_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
+    CHECK((layout IN ('equal', 'origin')))
+);
+CREATE TABLE window_top (
+    image_id INTEGER NOT NULL,
+    window_idx INTEGER NOT NULL,
+    synset_ids INTEGER[] NOT NULL,
+    rank_less INTEGER[]
+);
+CREATE TABLE windows (
+    image_id INTEGER NOT NULL,
+    window_idx INTEGER NOT NULL,
+    grid_row INTEGER NOT NULL,
+    grid_col INTEGER NOT NULL,
+    x0 INTEGER NOT NULL,
+    y0 INTEGER NOT NULL,
+    x1 INTEGER NOT NULL,
+    y1 INTEGER NOT NULL,
+    embedding FLOAT[],
+    embedding_f16 BLOB
+);
+CREATE TABLE closure (
+    ancestor_id INTEGER,
+    descendant_id INTEGER,
+    "distance" INTEGER NOT NULL,
+    FOREIGN KEY (ancestor_id) REFERENCES synsets(synset_id),
+    FOREIGN KEY (descendant_id) REFERENCES synsets(synset_id),
+    PRIMARY KEY(ancestor_id, descendant_id)
+);
+CREATE TABLE definition_embeddings (
+    model_id INTEGER,
+    synset_id INTEGER,
+    embedding FLOAT[] NOT NULL,
+    FOREIGN KEY (model_id) REFERENCES models(model_id),
+    FOREIGN KEY (synset_id) REFERENCES synsets(synset_id),
+    PRIMARY KEY(model_id, synset_id)
+);
+CREATE TABLE isa_edges (
+    parent_id INTEGER,
+    child_id INTEGER,
+    kind VARCHAR NOT NULL,
+    FOREIGN KEY (parent_id) REFERENCES synsets(synset_id),
+    FOREIGN KEY (child_id) REFERENCES synsets(synset_id),
+    CHECK((kind IN ('hypernym', 'instance'))),
+    PRIMARY KEY(parent_id, child_id)
+);
+
+-- Macros and views, each after what it reads
+CREATE MACRO ancestors(concept) AS TABLE
+    SELECT a.synset_id, a.name, a.definition, a.depth, c.distance
+    FROM synsets d
+    JOIN closure c ON c.descendant_id = d.synset_id
+    JOIN synsets a ON a.synset_id = c.ancestor_id
+    WHERE d.name = concept;
+CREATE MACRO children(concept) AS TABLE
+    SELECT c.synset_id, c.name, c.definition, e.kind
+    FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
+    WHERE p.name = concept;
+CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
+    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
+           image_max_rank_less, image_rank_less
+    FROM concept_index WHERE synset_id = sid
+    UNION ALL
+    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
+           image_max_rank_less, image_rank_less
+    FROM image_scores
+    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
+CREATE MACRO descendants(concept) AS TABLE
+    SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
+    FROM synsets a
+    JOIN closure c ON c.ancestor_id = a.synset_id
+    JOIN synsets d ON d.synset_id = c.descendant_id
+    WHERE a.name = concept;
+CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
+CREATE MACRO parents(concept) AS TABLE
+    SELECT p.synset_id, p.name, p.definition, e.kind
+    FROM synsets c JOIN isa_edges e ON e.child_id = c.synset_id JOIN synsets p ON p.synset_id = e.parent_id
+    WHERE c.name = concept;
+CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
+CREATE VIEW image_concepts AS SELECT sc.image_id, i.path, s."name" AS synset, sc.synset_id, sc.score, original_px(sc.work_peak_x, i.scale) AS peak_x, original_px(sc.work_peak_y, i.scale) AS peak_y, sc.self_score, s.depth, s.definition, (sc.image_max_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_score, (sc.image_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_self_score FROM ((image_scores AS sc INNER JOIN images AS i ON ((i.image_id = sc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = sc.synset_id)));
+CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
+CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
+CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
+CREATE VIEW window_top_concepts AS SELECT wc.image_id, wc.window_idx, wc.k, s."name" AS synset, wc.synset_id, (wc.rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS rank_sim, CAST(greatest(floor((w.x0 * i.scale)), 0) AS INTEGER) AS x0, CAST(greatest(floor((w.y0 * i.scale)), 0) AS INTEGER) AS y0, CAST(least(ceil((w.x1 * i.scale)), i.width) AS INTEGER) AS x1, CAST(least(ceil((w.y1 * i.scale)), i.height) AS INTEGER) AS y1 FROM (((window_concepts AS wc INNER JOIN windows AS w ON (((w.image_id = wc.image_id) AND (w.window_idx = wc.window_idx)))) INNER JOIN images AS i ON ((i.image_id = wc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = wc.synset_id)));
+CREATE MACRO concept_scores(img) AS TABLE
+SELECT synset, score, self_score, peak_x, peak_y, depth, definition
+FROM image_concepts WHERE image_id = img
+ORDER BY score DESC, self_score DESC, synset;
+CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL) AS TABLE
+WITH chosen AS (
+    SELECT CASE
+        WHEN coalesce(level, 'auto') NOT IN ('auto', 'image', 'map')
+            THEN error('images_with: level ' || level || ' is not image or map')
+        WHEN level IS NOT NULL THEN level
+        WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
+        ELSE 'map' END AS level
+), rows AS (
+    SELECT cr.image_id, i.path, cr.score AS map_score,
+           cr.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score,
+           original_px(cr.work_peak_x, i.scale) AS peak_x,
+           original_px(cr.work_peak_y, i.scale) AS peak_y
+    FROM concept_rows((SELECT synset_id FROM synsets WHERE name = concept)) cr
+    JOIN images i ON i.image_id = cr.image_id
+)
+SELECT r.image_id, r.path, CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END AS score,
+       r.peak_x, r.peak_y, r.map_score, r.image_score
+FROM rows r, chosen c
+WHERE (CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END) >= min_score
+ORDER BY score DESC, r.map_score DESC, r.image_id;
+CREATE MACRO regions_with(concept, min_score) AS TABLE
+SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
+FROM (
+    SELECT wt.image_id, wt.window_idx, wt.x0, wt.y0, wt.x1, wt.y1, wt.synset AS best_synset, wt.rank_sim,
+           row_number() OVER (PARTITION BY wt.image_id, wt.window_idx ORDER BY wt.rank_sim DESC, wt.k) AS rn
+    FROM window_top_concepts wt
+    JOIN closure c ON c.descendant_id = wt.synset_id
+    JOIN synsets a ON a.synset_id = c.ancestor_id
+    WHERE a.name = concept AND wt.rank_sim >= min_score
+)
+WHERE rn = 1
+ORDER BY rank_sim DESC, image_id, window_idx;
