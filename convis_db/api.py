@@ -747,7 +747,7 @@ class Database:
             if only_self:
                 raise UsageError("only_self is a convis option; drop it with method='grad-eclip'.")
             ref = _pixels_or_ref(image, "map")
-            service = self._grad_eclip()
+            service = self.grad_eclip_service()
             return TextMap(service.for_pixels(ref, concept, text) if isinstance(ref, np.ndarray)
                            else service.for_ref(ref, concept, text))
         if method != "convis":
@@ -857,10 +857,12 @@ class Database:
         """
         if text is not None and not isinstance(text, str):
             raise UsageError(f"text must be a string; got {type(text).__name__}.")
-        return self._grad_eclip().explain_text(_pixels_or_ref(image, "explain_text"), text, blocks, concept)
+        return self.grad_eclip_service().explain_text(_pixels_or_ref(image, "explain_text"), text, blocks, concept)
 
-    def _grad_eclip(self):
-        """The Grad-ECLIP service of this connection (kept with its loaded model while the connection lives)."""
+    def grad_eclip_service(self):
+        """The Grad-ECLIP service of this database (a GradEclipService: its model, the stored definition
+        embeddings, texts embedded once), kept with its loaded model while the connection lives; what
+        `map(method="grad-eclip")`, `explain_text` and `eval --method grad-eclip` use."""
         from convis_db.explainers.grad_eclip import GradEclipService
 
         kept = getattr(self, "_grad_eclip_kept", None)
@@ -946,7 +948,7 @@ class Database:
         explainer, _ = explainer_for_database(
             self.con, self.device, labels, list(templates) if templates is not None else [DEFAULT_TEMPLATE], settings,
             descriptors, store_bank=descriptors is not None and self.writable,
-            model=self._grad_eclip().database_model, progress=_progress(progress))
+            model=self.grad_eclip_service().database_model, progress=_progress(progress))
         return explainer
 
     def store_mutual(self, explanation, explainer) -> int:

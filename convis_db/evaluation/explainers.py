@@ -24,7 +24,7 @@ from convis_db.engine import whole_image
 from convis_db.engine.explainer import ConceptEngine, WindowSimilarities
 from convis_db.engine.images import DecodedImage
 from convis_db.engine.windows import WindowGrid
-from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip, text_embedding
+from convis_db.explainers.grad_eclip import DEFAULT_MAX_SHORT_SIDE, grad_eclip
 from convis_db.query.maps import MapService
 
 if TYPE_CHECKING:
@@ -149,15 +149,12 @@ def convis_for_database(db: Database, only_self: bool = False, batch_size: int |
 def grad_eclip_for_database(db: Database, text: str | None = None,
                             max_short_side: int | None = DEFAULT_MAX_SHORT_SIDE) -> GradEclipExplainer:
     """Grad-ECLIP with the database's model; the text is `text` for every concept, else each concept's
-    definition (its stored embedding d_s = E_T(def(s)), the text ConVis ranks against)."""
-    from convis_db.store.hierarchy_store import find_synset_name
-    from convis_db.store.model_store import load_definition_embeddings
-
-    con, profile = db.con, db.profile
-    loaded = profile.load_model(db.device)
+    definition (its stored embedding d_s = E_T(def(s)), the text ConVis ranks against): the database's
+    one Grad-ECLIP service supplies both."""
+    service = db.grad_eclip_service()
+    loaded = service.database_model
     if text is not None:
-        fixed = text_embedding(loaded, text)
+        fixed = service.text_embedding(text)
         return GradEclipExplainer(loaded, lambda concept: fixed, f"{text!r}", max_short_side)
-    definitions = load_definition_embeddings(con, profile.model_id)
-    return GradEclipExplainer(loaded, lambda concept: definitions[find_synset_name(con, concept)],
+    return GradEclipExplainer(loaded, lambda concept: service.concept_embedding(concept)[1],
                               "the concept's definition", max_short_side)
