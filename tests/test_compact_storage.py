@@ -35,7 +35,7 @@ def _db(tiny_db, tmp_path, images, storage, tiny_spec, vocab):
     report = initialise(db, str(vocab), tiny_spec, torch.device("cpu"), embeddings=storage)
     assert report.embeddings == storage and report.embedded_definitions == 0
     with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
-        assert ing.run([images]).count("ingested") == 2
+        assert ing.run([images]).count("ingested") == len(list(images.iterdir()))
     return db
 
 
@@ -52,13 +52,13 @@ def _scores(db):
         con.close()
 
 
-def _maps(db, concept="dog.n.01"):
+def _maps(db, concept="dog.n.01", images=(1, 2)):
     from convis_db.query.maps import MapService
 
     con = connect(db)
     try:
         service = MapService(con)
-        return [service.for_stored(get_image(con, i), concept).saliency for i in (1, 2)]
+        return [service.for_stored(get_image(con, i), concept).saliency for i in images]
     finally:
         con.close()
 
@@ -146,3 +146,17 @@ def test_a_database_from_before_schema_009_reads_as_float32_and_upgrades(tiny_sp
         np.testing.assert_array_equal(a, b)
     with pytest.raises(DatabaseError, match="one database keeps one choice"):
         initialise(db, str(small_vocab_file), tiny_spec, torch.device("cpu"), embeddings="float16")
+
+
+def test_none_re_encodes_a_big_photo_as_ingest_decoded_it(tiny_db, tmp_path, tiny_spec, small_vocab_file, monkeypatch):
+    """A photo that ingest decoded reduced (engine.images.REDUCE_ABOVE_PIXELS, lowered here so a small
+    file counts as big) is decoded the same way when `none` re-encodes it: its maps equal float32's."""
+    from convis_db.engine import images as images_mod
+
+    monkeypatch.setattr(images_mod, "REDUCE_ABOVE_PIXELS", 10_000)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    write_noise_pngs(folder, [(300, 400)], seed=5)
+    dbs = {s: _db(tiny_db, tmp_path, folder, s, tiny_spec, small_vocab_file) for s in ("float32", "none")}
+    [re_encoded], [stored] = _maps(dbs["none"], images=(1,)), _maps(dbs["float32"], images=(1,))
+    np.testing.assert_array_equal(re_encoded, stored)

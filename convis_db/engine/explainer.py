@@ -249,10 +249,11 @@ class ConceptEngine:
     def mapper(self) -> ConceptMapper:
         return ConceptMapper(self.ranker)
 
-    def window_similarities(self, pixels: np.ndarray) -> tuple[WindowSimilarities, WindowGrid]:
+    def window_similarities(self, pixels: np.ndarray,
+                            size: tuple[int, int] | None = None) -> tuple[WindowSimilarities, WindowGrid]:
         """A new image's windows (encoded with this engine's model and settings) as similarities,
-        ready for any number of concept maps."""
-        img, grid = self.working_image(pixels)
+        ready for any number of concept maps; `size` as for working_image."""
+        img, grid = self.working_image(pixels, size)
         return self.mapper.similarities(self.encode_windows(img, grid)), grid
 
 

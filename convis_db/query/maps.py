@@ -148,14 +148,14 @@ class MapService:
             with self._lock:
                 return load_window_embeddings(self.con, image.image_id)
         except EmbeddingsNotStoredError as exc:
-            try:
-                decoded = read_image(image.path)
+            engine = self.engine()
+            try:  # decoded as ingest decoded it (big originals reduced), so the windows are the stored scores'
+                decoded = read_image(image.path, engine.settings.max_pixels)
             except ImageError as err:
                 raise EmbeddingsNotStoredError(f"{exc} Its file cannot be read ({err}).") from err
             if decoded.sha256 != image.sha256:
                 raise EmbeddingsNotStoredError(f"{exc} Its file {image.path} has changed since it was ingested.") from exc
-            engine = self.engine()
-            img, grid = engine.working_image(decoded.pixels)
+            img, grid = engine.working_image(decoded.pixels, decoded.size)
             log.info("image %d: window embeddings not stored; encoded again from %s", image.image_id, image.path)
             return engine.encode_windows(img, grid).cpu().numpy()
 
@@ -171,7 +171,7 @@ class MapService:
         key = ("new", decoded.sha256 or id(decoded))
         hit = self.cache.get(key)
         if hit is None:
-            hit = self.engine().window_similarities(decoded.pixels)
+            hit = self.engine().window_similarities(decoded.pixels, decoded.size)
             self.cache.put(key, hit, hit[0].nbytes)
         return hit[0], hit[1], None
 
@@ -192,7 +192,7 @@ class MapService:
                           image.path, "database", only_self, image.precision)
 
     def for_file(self, path: str | Path, concept: str, only_self: bool = False) -> ConceptMap:
-        decoded = read_image(path)
+        decoded = read_image(path, self.profile.settings_for(None).max_pixels)  # as ingest would decode it
         sid, ids = self.concept_ids(concept, only_self)
         sims, grid, stored = self.windows_of(decoded)
         if stored is not None:
