@@ -100,42 +100,53 @@ def width_pass(columns, xs, ix, wx, mode, out, first, last):  # pragma: no cover
 
 
 @njit(nogil=True, cache=True)
-def sort_keys(z, keys, first, last):  # pragma: no cover - compiled
-    """keys[i, j] = (an unsigned key that sorts like the float32 z[i, j]) << 32 | j, for rows [first, last):
-    np.sort of a row of keys is an ascending order of the row's cosines (equal ones by index)."""
+def sort_keys(z, columns, keys, first, last):  # pragma: no cover - compiled
+    """keys[i - first, j] = (an unsigned key that sorts like the float32 z[i, columns[j]]) << 32 | j, for rows
+    [first, last): np.sort of a row of keys is an ascending order of the row's cosines (equal ones by index).
+    `columns`: each synset's column of z (synsets with equal definitions share one), so that the expanded
+    (W, |T|) matrix is never built."""
     bits = z.view(np.uint32)
     for i in range(first, last):
-        for j in range(z.shape[1]):
-            b = bits[i, j]
+        for j in range(columns.shape[0]):
+            b = bits[i, columns[j]]
             key = (~b) & np.uint32(0xFFFFFFFF) if b & np.uint32(0x80000000) else b | np.uint32(0x80000000)
-            keys[i, j] = (np.uint64(key) << np.uint64(32)) | np.uint64(j)
+            keys[i - first, j] = (np.uint64(key) << np.uint64(32)) | np.uint64(j)
 
 
 @njit(nogil=True, cache=True)
-def ranks_from_sorted_keys(z, keys, rank_less, top_ids, top_rank, tied, first, last):  # pragma: no cover
-    """From each row's sorted keys: rank_less[i, j] = |{j' : z[i, j'] < z[i, j]}| (equal cosines share the
-    count), the top-k synsets by cosine (best first) with their counts, and whether any two of the k + 1
-    highest cosines are equal (then the top-k's order, or membership, depends on the sort used)."""
-    n = z.shape[1]
+def ranks_from_sorted_keys(z, columns, keys, block, rank_t, top_ids, top_rank, tied, first, last):  # pragma: no cover
+    """From the sorted keys of rows [first, last) (keys[i - first]): rank_t[j, i] = |{j' : z[i, c(j')] < z[i, c(j)]}|
+    with c = columns (equal cosines share the count), written synset-major through `block` (a row-major scratch
+    of at least last - first rows, then copied transposed), the top-k synsets by cosine (best first) with their
+    counts, and whether any two of the k + 1 highest cosines are equal (then the top-k's order, or membership,
+    depends on the sort used)."""
+    n = columns.shape[0]
     k = top_ids.shape[1]
     mask = np.uint64(0xFFFFFFFF)
     for i in range(first, last):
+        row = z[i]
+        sorted_row = keys[i - first]
+        counts = block[i - first]
         run = 0
-        prev = z[i, np.int64(keys[i, 0] & mask)]
+        prev = row[columns[np.int64(sorted_row[0] & mask)]]
         tie = False
         for p in range(n):
-            j = np.int64(keys[i, p] & mask)
-            v = z[i, j]
+            j = np.int64(sorted_row[p] & mask)
+            v = row[columns[j]]
             if v != prev:
                 run = p
             elif p > 0 and p >= n - k:
                 tie = True  # equal to its neighbour below, within the k + 1 highest
             prev = v
-            rank_less[i, j] = run
+            counts[j] = run
             if p >= n - k:
                 top_ids[i, n - 1 - p] = j
                 top_rank[i, n - 1 - p] = run
         tied[i] = tie
+    for j in range(n):
+        dst = rank_t[j]
+        for i in range(first, last):
+            dst[i] = block[i - first, j]
 
 
 @njit(nogil=True, cache=True)

@@ -110,6 +110,7 @@ class ConceptEngine:
         self.propagator = Propagator(levels, self.device)
         self.n = self.ranker.n
         self._patches: torch.Tensor | None = None  # the reused batch buffer (_patch_buffer)
+        self._ranks: torch.Tensor | None = None    # the reused ranking counts (_ranks_buffer)
 
     def _patch_buffer(self, count: int) -> torch.Tensor:
         """The first `count` patches of one (2 x batch_size, 3, S, S) buffer kept for the engine's life:
@@ -119,6 +120,17 @@ class ConceptEngine:
         if self._patches is None or self._patches.shape[0] < need:
             self._patches = torch.empty(need, 3, size, size, dtype=torch.float32, device=self.device)
         return self._patches[:count]
+
+    def _ranks_buffer(self, windows: int) -> torch.Tensor | None:
+        """A contiguous (|T|, windows) int32 view of one buffer kept for the engine's life, where the CPU
+        ranking writes an image's counts and propagation overwrites them (no fresh 50 MB arrays, and their
+        page faults, per image). None on a GPU (its ranking makes its own)."""
+        if self.device.type != "cpu":
+            return None
+        need = self.n * windows
+        if self._ranks is None or self._ranks.numel() < need:
+            self._ranks = torch.empty(need, dtype=torch.int32)
+        return self._ranks[:need].view(self.n, windows)
 
     # -- stages ---------------------------------------------------------------------------------
     def working_image(self, pixels: np.ndarray, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, WindowGrid]:
@@ -231,12 +243,13 @@ class ConceptEngine:
     def explain_embeddings(self, emb: torch.Tensor, grid: WindowGrid, timer: Timer | None = None) -> ImageExplanation:
         timer = timer or Timer(self.device)
         with timer.stage("rank"):
-            ranking = self.ranker.rank(emb, self.settings.top_k)
+            ranking = self.ranker.rank(emb, self.settings.top_k, out_t=self._ranks_buffer(emb.shape[0]))
         with timer.stage("aggregate"):
-            ranks_t = ranking.rank_less.T.contiguous()  # synset-major: one row of window values per synset
-            best_t = self.propagator.max_over_descendants_t(ranks_t)
-            scores = peaks(best_t, grid, self.n)
+            # Synset-major, one row of window values per synset (already so from the CPU kernels: no copy).
+            ranks_t = ranking.rank_less.T.contiguous()
             self_scores = peaks(ranks_t, grid, self.n)
+            best_t = self.propagator.max_over_descendants_t(ranks_t, in_place=True)  # the counts are not needed again
+            scores = peaks(best_t, grid, self.n)
         return ImageExplanation(
             grid=grid, width=grid.width, height=grid.height,
             embeddings=emb.cpu().numpy(), boxes=grid.boxes(), scores=scores, self_scores=self_scores,

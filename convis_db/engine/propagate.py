@@ -22,16 +22,19 @@ class Propagator:
         self._edges = (np.concatenate([np.asarray(p, np.int64) for p, _ in levels] or [np.zeros(0, np.int64)]),
                        np.concatenate([np.asarray(c, np.int64) for _, c in levels] or [np.zeros(0, np.int64)]))
 
-    def max_over_descendants_t(self, values_t: torch.Tensor) -> torch.Tensor:
-        """(n, W) synset-major -> (n, W) where row s holds the max over s and all its descendants."""
+    def max_over_descendants_t(self, values_t: torch.Tensor, in_place: bool = False) -> torch.Tensor:
+        """(n, W) synset-major -> (n, W) where row s holds the max over s and all its descendants.
+        `in_place`: overwrite `values_t` (contiguous) instead of a copy (no fresh 50 MB per image)."""
+        if in_place and not values_t.is_contiguous():
+            raise ValueError("in-place propagation needs a contiguous (n, W) tensor")
         kernels = load_kernels() if values_t.device.type == "cpu" else None
         if kernels is not None:
-            out = values_t.contiguous().clone()
+            out = values_t if in_place else values_t.contiguous().clone()
             arr = out.numpy()
             up, down = self._edges
             split_rows(arr.shape[1], lambda a, b: kernels.propagate_max(arr, up, down, a, b))
             return out
-        out = values_t.clone()
+        out = values_t if in_place else values_t.clone()
         width = out.shape[1]
         for parents, children in self.levels:
             out.scatter_reduce_(0, parents[:, None].expand(-1, width), out[children], reduce="amax",

@@ -52,6 +52,7 @@ class SynsetRanker:
         if len(distinct) < self.n:
             self.definitions = np.ascontiguousarray(distinct)
             self._expand = torch.from_numpy(inverse.reshape(-1).astype(np.int64)).to(device)
+            self._columns = np.ascontiguousarray(inverse.reshape(-1), dtype=np.int64)
             log.info("%d of %d definition embeddings are exact duplicates; they share their ranks",
                      self.n - len(distinct), self.n)
         else:
@@ -91,9 +92,15 @@ class SynsetRanker:
         emb_np = np.ascontiguousarray(emb.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(faiss.pairwise_distances(emb_np, self.definitions, metric=faiss.METRIC_INNER_PRODUCT))
 
-    def rank(self, emb: torch.Tensor, top_k: int) -> Ranking:
-        z = self.similarities(emb)
-        return rank_from_similarities(z, top_k)
+    def rank(self, emb: torch.Tensor, top_k: int, out_t: torch.Tensor | None = None) -> Ranking:
+        """The ranking of each row of `emb` against T. On the CPU with the kernels, the counts are written
+        synset-major (rank_less is then a transposed view of an (n, W) array: `out_t` when given, a caller's
+        reused buffer) and duplicate definitions are read through their shared column, not expanded."""
+        if self.device.type == "cpu" and load_kernels() is not None:
+            z = self._distinct_similarities(emb).numpy()
+            columns = self._columns if self._expand is not None else np.arange(self.n, dtype=np.int64)
+            return _rank_cpu_kernels(load_kernels(), z, columns, top_k, out_t)
+        return rank_from_similarities(self.similarities(emb), top_k)
 
 
 def rank_from_similarities(z: torch.Tensor, top_k: int) -> Ranking:
@@ -136,8 +143,8 @@ def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
     so that ties keep their former order. Without numba: numpy's argsort and array passes (about three
     times the CPU time; the same results)."""
     kernels = load_kernels()
-    if kernels is not None and z.dtype == np.float32 and z.shape[1] < 2**32:
-        return _rank_cpu_kernels(kernels, np.ascontiguousarray(z), top_k)
+    if kernels is not None and z.dtype == np.float32:
+        return _rank_cpu_kernels(kernels, np.ascontiguousarray(z), np.arange(z.shape[1], dtype=np.int64), top_k)
     from concurrent.futures import ThreadPoolExecutor
 
     threads = max(1, min(torch.get_num_threads(), len(z) // 64 or 1))
@@ -156,10 +163,15 @@ def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
 KEY_ROWS = 64
 
 
-def _rank_cpu_kernels(kernels, z: np.ndarray, top_k: int) -> Ranking:
-    rows, n = z.shape
+def _rank_cpu_kernels(kernels, z: np.ndarray, columns: np.ndarray, top_k: int,
+                      out_t: torch.Tensor | None = None) -> Ranking:
+    """Ranks of z[:, columns] by the rank_rows kernel (rows split across threads), counts synset-major."""
+    rows, n = z.shape[0], len(columns)
     k = min(top_k, n)
-    rank_less = np.empty((rows, n), np.int32)
+    if out_t is None:
+        out_t = torch.empty(n, rows, dtype=torch.int32)
+    assert out_t.shape == (n, rows) and out_t.dtype == torch.int32 and out_t.is_contiguous()
+    rank_t = out_t.numpy()
     top_ids = np.empty((rows, k), np.int64)
     top_rank = np.empty((rows, k), np.int32)
     tied = np.empty(rows, np.bool_)
@@ -167,17 +179,16 @@ def _rank_cpu_kernels(kernels, z: np.ndarray, top_k: int) -> Ranking:
     def run(first: int, last: int) -> None:
         step = KEY_ROWS
         keys = np.empty((min(step, last - first), n), np.uint64)  # a few MB per thread, not 8 bytes per score
+        block = np.empty((min(step, last - first), n), np.int32)
         for a in range(first, last, step):
             b = min(a + step, last)
-            block = keys[:b - a]
-            kernels.sort_keys(z[a:b], block, 0, b - a)
-            block.sort(axis=1)
-            kernels.ranks_from_sorted_keys(z[a:b], block, rank_less[a:b], top_ids[a:b], top_rank[a:b], tied[a:b],
-                                           0, b - a)
+            kernels.sort_keys(z, columns, keys, a, b)
+            keys[:b - a].sort(axis=1)
+            kernels.ranks_from_sorted_keys(z, columns, keys, block, rank_t, top_ids, top_rank, tied, a, b)
 
     split_rows(rows, run)
     for i in np.flatnonzero(tied):  # equal cosines among the top: numpy's order, as the former code
-        ids = np.argsort(z[i])[-k:][::-1]
+        ids = np.argsort(z[i, columns])[-k:][::-1]
         top_ids[i] = ids
-        top_rank[i] = rank_less[i, ids]
-    return Ranking(torch.from_numpy(rank_less), torch.from_numpy(top_ids), torch.from_numpy(top_rank))
+        top_rank[i] = rank_t[ids, i]
+    return Ranking(out_t.T, torch.from_numpy(top_ids), torch.from_numpy(top_rank))
