@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convis_db.engine.buffers import ReusedBuffer
 from convis_db.engine.propagate import Propagator
 from convis_db.engine.ranking import SynsetRanker
 from convis_db.engine.saliency import Peaks, full_map, peaks
@@ -109,17 +110,21 @@ class ConceptEngine:
         self.ranker = SynsetRanker(definitions, self.device)
         self.propagator = Propagator(levels, self.device)
         self.n = self.ranker.n
-        self._patches: torch.Tensor | None = None  # the reused batch buffer (_patch_buffer)
-        self._ranks: torch.Tensor | None = None    # the reused ranking counts (_ranks_buffer)
+        # Reused for every batch and image (engine/buffers.py): the patch batch, the width passes of the
+        # patch resize (one per patch side), the ranking's counts.
+        self._patches = ReusedBuffer(torch.float32, self.device)
+        self._rows: dict[int, ReusedBuffer] = {}
+        self._ranks = ReusedBuffer(torch.int32)
 
     def _patch_buffer(self, count: int) -> torch.Tensor:
         """The first `count` patches of one (2 x batch_size, 3, S, S) buffer kept for the engine's life:
         every batch is written into the same memory (no fresh 150 MB per batch, no page faults)."""
         size = self.model.image_size
-        need = max(count, 2 * self.batch_size)
-        if self._patches is None or self._patches.shape[0] < need:
-            self._patches = torch.empty(need, 3, size, size, dtype=torch.float32, device=self.device)
-        return self._patches[:count]
+        return self._patches.view(max(count, 2 * self.batch_size), 3, size, size)[:count]
+
+    def _rows_buffer(self, side: int) -> ReusedBuffer:
+        """The buffer of the width pass of patches of `side` pixels (PatchCutter: one image at a time)."""
+        return self._rows.setdefault(side, ReusedBuffer())
 
     def _ranks_buffer(self, windows: int) -> torch.Tensor | None:
         """A contiguous (|T|, windows) int32 view of one buffer kept for the engine's life, where the CPU
@@ -127,10 +132,7 @@ class ConceptEngine:
         page faults, per image). None on a GPU (its ranking makes its own)."""
         if self.device.type != "cpu":
             return None
-        need = self.n * windows
-        if self._ranks is None or self._ranks.numel() < need:
-            self._ranks = torch.empty(need, dtype=torch.int32)
-        return self._ranks[:need].view(self.n, windows)
+        return self._ranks.view(self.n, windows)
 
     # -- stages ---------------------------------------------------------------------------------
     def working_image(self, pixels: np.ndarray, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, WindowGrid]:
@@ -174,7 +176,9 @@ class ConceptEngine:
         """Window embeddings of several working images, their windows packed into shared batches of
         `batch_size` windows (2 x batch_size patches per forward), so small images fill the encoder too."""
         timer = timer or Timer(self.device)
-        cutters = [PatchCutter(img, grid, self.model.image_size) for img, grid in images]
+        # The cutters run one after the other (an image's last window frees its width pass before the next
+        # image's first), so they share the engine's width-pass buffers.
+        cutters = [PatchCutter(img, grid, self.model.image_size, self._rows_buffer) for img, grid in images]
         outs = [torch.empty(grid.n_windows, self.model.embed_dim, dtype=torch.float32, device=self.device)
                 for _, grid in images]
         for batch in window_batches([grid.n_windows for _, grid in images], self.batch_size):

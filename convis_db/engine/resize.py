@@ -90,16 +90,21 @@ class CropResizer:
     index: np.ndarray  # (out, 4) int64 crop-local taps (the same on both axes)
     weight: np.ndarray  # (out, 4) float32
 
-    def width_pass(self, image: torch.Tensor, xs: np.ndarray, threads: int | None = None) -> torch.Tensor:
+    def width_pass(self, image: torch.Tensor, xs: np.ndarray, threads: int | None = None,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
         """(len(xs), 3, H, out) float32: every row of image[:, :, x:x+size] resized along the width, for each
         crop column x in `xs`. Windows of one lattice column share it: the height pass reads their rows.
+        `out`: where to write it (a contiguous tensor of that shape, e.g. a reused buffer's view).
 
         Computed on the transposed image (vectorised along the image's rows: the same sums of the same
         products as sample by sample) and written back row-major through a small tile."""
         kernels = load_kernels()
         xs = np.ascontiguousarray(xs, dtype=np.int64)
         columns = image.transpose(1, 2).contiguous()  # (3, W, H): image columns as lines
-        rows = torch.empty(len(xs), image.shape[0], image.shape[1], self.out)
+        shape = (len(xs), image.shape[0], image.shape[1], self.out)
+        rows = torch.empty(shape) if out is None else out
+        if tuple(rows.shape) != shape or not rows.is_contiguous() or rows.dtype != torch.float32:
+            raise ValueError(f"width_pass: out must be a contiguous float32 tensor of shape {shape}")
         src, dst = columns.numpy(), rows.numpy()
         split_rows(len(xs), lambda a, b: kernels.width_pass(src, xs, self.index, self.weight, self.mode, dst, a, b),
                    threads)

@@ -24,12 +24,14 @@ with one `interpolate` call per batch on an `unfold` view. No per-window PIL wor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from convis_db.engine.buffers import ReusedBuffer
 from convis_db.engine.resize import exact_resizer
 
 #: The lattice layouts; see the module docstring.
@@ -118,8 +120,12 @@ ROW_PASS_BYTES = 256 * 2**20
 class PatchCutter:
     """Cuts and resizes the small and large patches of any range of windows of one image."""
 
-    def __init__(self, image_norm: torch.Tensor, grid: WindowGrid, out_size: int):
+    def __init__(self, image_norm: torch.Tensor, grid: WindowGrid, out_size: int,
+                 rows_buffer: Callable[[int], ReusedBuffer] | None = None):
+        """`rows_buffer(side)`: where the width pass of patches of that side is kept (a buffer reused from
+        image to image; the cutter uses it until its image's last window). None: fresh memory."""
         self.grid = grid
+        self._rows_buffer = rows_buffer
         self.out_size = out_size
         before = -grid.origin  # the first corner sits `before` pixels left of / above the image
         after = grid.large     # enough for the last window's large patch
@@ -163,7 +169,9 @@ class PatchCutter:
             height, image = bottom - top, self._padded[:, top:bottom]
         else:
             top, image = 0, self._padded
-        self._rows[size] = (top, resizer.width_pass(image.contiguous(), columns))
+        shape = (len(columns), 3, height, self.out_size)
+        out = self._rows_buffer(size).view(*shape) if self._rows_buffer is not None else None
+        self._rows[size] = (top, resizer.width_pass(image.contiguous(), columns, out=out))
         return self._rows[size]
 
     def _torch_patches(self, size: int, start: int, stop: int) -> torch.Tensor:
