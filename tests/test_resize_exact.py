@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convis_db.engine import resize as resize_mod
 from convis_db.engine import windows as windows_mod
 from convis_db.engine.explainer import ConceptEngine, window_batches
 from convis_db.engine.resize import exact_resizer, torch_resize
@@ -44,6 +45,23 @@ def test_crops_equal_f_interpolate(size: int, out: int, threads: int) -> None:
     crops = torch.stack([image[:, y:y + size, x:x + size] for y, x in zip(ys, xs)])
     want = torch_resize(crops, out)
     assert torch.equal(got, want), f"max |diff| {(got - want).abs().max():.3g}"
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+def test_streamed_rows_equal_plain_stores(aligned: bool) -> None:
+    """The height pass streams its rows to memory (non-temporal stores) into an aligned batch buffer and
+    stores them plainly elsewhere (a view one float off the boundary): both give F.interpolate's samples."""
+    resizer = exact_resizer(64, 224)
+    image = torch.randn(3, 150, 170, generator=torch.Generator().manual_seed(3))
+    ys, xs = np.array([0, 16, 86, 40]), np.array([0, 32, 106, 32])
+    memory = torch.full((1 + len(ys) * 3 * 224 * 224 + 8,), -1.0)
+    first = 0 if aligned else 1
+    got = memory[first:first + len(ys) * 3 * 224 * 224].view(len(ys), 3, 224, 224)
+    assert resize_mod.streams(got) == (aligned and resize_mod.STREAM_STORES)
+    resizer.resize_into(image, ys, xs, got, threads=2)
+    crops = torch.stack([image[:, y:y + 64, x:x + 64] for y, x in zip(ys, xs)])
+    assert torch.equal(got, torch_resize(crops, 224))
+    assert (memory[:first] == -1).all() and (memory[first + got.numel():] == -1).all()  # nothing written outside
 
 
 def test_shrinking_is_left_to_torch() -> None:

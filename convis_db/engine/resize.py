@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import platform
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,17 @@ def _line_kernel():
     return None if kernels is None else kernels.vertical
 
 
+#: Whether this machine's kernels may write the patches with non-temporal stores (an x86-64 instruction).
+STREAM_STORES = platform.machine().lower() in ("x86_64", "amd64")
+
+
+def streams(out: torch.Tensor) -> bool:
+    """Whether the height pass into `out` ((n, 3, S, S) float32) can stream its rows to memory: x86-64, a
+    contiguous output at a 32-byte boundary whose rows are whole 32-byte vectors."""
+    return (STREAM_STORES and out.is_contiguous() and out.dtype == torch.float32 and out.data_ptr() % 32 == 0
+            and out.shape[-1] % 8 == 0)
+
+
 @dataclass(frozen=True)
 class CropResizer:
     """Resizes square crops of side `size` to `out` (upsampling) exactly as F.interpolate does."""
@@ -114,10 +126,16 @@ class CropResizer:
                          threads: int | None = None) -> None:
         """out[p] = the crop of rows[cols[p]] starting at row ys[p], resized along the height: crop p resized
         whole. `out` is (len(ys), 3, out, out) float32 contiguous (a slice of the caller's reused buffer)."""
-        vertical = _line_kernel()
         cols = np.ascontiguousarray(cols, dtype=np.int64)
         ys = np.ascontiguousarray(ys, dtype=np.int64)
         src, dst = rows.numpy(), out.numpy()
+        if streams(out):
+            kernels = load_kernels()
+            flat = dst.reshape(-1)  # a view: `out` is contiguous
+            split_rows(len(ys), lambda a, b: kernels.vertical_stream(src, cols, ys, self.index, self.weight, self.mode,
+                                                                     flat, out.shape[1], self.out, a, b), threads)
+            return
+        vertical = _line_kernel()
         split_rows(len(ys), lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, a, b), threads)
 
     def resize_into(self, image: torch.Tensor, ys: np.ndarray, xs: np.ndarray, out: torch.Tensor,
