@@ -67,3 +67,30 @@ def test_peaks_kernel_equals_segment_means(layout: str, stride: int, monkeypatch
         np.testing.assert_array_equal(peaks_.score, best.numpy())
         np.testing.assert_array_equal(peaks_.x, xs.centres[where.numpy() % len(xs.start)])
         np.testing.assert_array_equal(peaks_.y, ys.centres[where.numpy() // len(xs.start)])
+
+
+def test_ranker_into_reused_buffers_equals_former_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine's ranking: cosines by numpy's matmul into a given buffer (what faiss.pairwise_distances
+    computes), duplicate definitions read through their shared column, counts written synset-major into a
+    given buffer; equal to the former path (faiss, the expanded matrix, numpy's argsort) in every output."""
+    rng = np.random.default_rng(11)
+    defs = rng.standard_normal((600, 16)).astype(np.float32)
+    defs[400:420] = defs[30:50]  # synsets with equal definitions
+    defs /= np.linalg.norm(defs, axis=1, keepdims=True)
+    emb = rng.standard_normal((333, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ranker = ranking.SynsetRanker(defs, torch.device("cpu"))
+    assert ranker.n_distinct == 580
+    counts = torch.empty(600, 333, dtype=torch.int32)
+    cosines = torch.empty(333, ranker.n_distinct)
+    got = ranker.rank(torch.from_numpy(emb), 25, out_t=counts, z_out=cosines)
+    assert got.rank_less.data_ptr() == counts.data_ptr()  # no copy: the caller's memory
+    import faiss
+
+    assert torch.equal(cosines, torch.from_numpy(faiss.pairwise_distances(emb, ranker.definitions,
+                                                                           metric=faiss.METRIC_INNER_PRODUCT)))
+    without_kernels(monkeypatch)
+    want = ranker.rank(torch.from_numpy(emb), 25)
+    assert torch.equal(got.rank_less, want.rank_less)
+    assert torch.equal(got.top_ids, want.top_ids)
+    assert torch.equal(got.top_rank_less, want.top_rank_less)

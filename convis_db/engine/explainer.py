@@ -110,11 +110,10 @@ class ConceptEngine:
         self.ranker = SynsetRanker(definitions, self.device)
         self.propagator = Propagator(levels, self.device)
         self.n = self.ranker.n
-        # Reused for every batch and image (engine/buffers.py): the patch batch, the width passes of the
-        # patch resize (one per patch side), the ranking's counts.
+        # Reused for every batch and image (engine/buffers.py): the patch batch (also the ranking's memory,
+        # _ranking_buffers) and the width passes of the patch resize (one per patch side).
         self._patches = ReusedBuffer(torch.float32, self.device)
         self._rows: dict[int, ReusedBuffer] = {}
-        self._ranks = ReusedBuffer(torch.int32)
 
     def _patch_buffer(self, count: int) -> torch.Tensor:
         """The first `count` patches of one (2 x batch_size, 3, S, S) buffer kept for the engine's life:
@@ -126,13 +125,19 @@ class ConceptEngine:
         """The buffer of the width pass of patches of `side` pixels (PatchCutter: one image at a time)."""
         return self._rows.setdefault(side, ReusedBuffer())
 
-    def _ranks_buffer(self, windows: int) -> torch.Tensor | None:
-        """A contiguous (|T|, windows) int32 view of one buffer kept for the engine's life, where the CPU
-        ranking writes an image's counts and propagation overwrites them (no fresh 50 MB arrays, and their
-        page faults, per image). None on a GPU (its ranking makes its own)."""
+    def _ranking_buffers(self, windows: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """On the CPU, (the (|T|, windows) int32 counts, the (windows, distinct definitions) float32 cosines)
+        as views of the patch buffer's memory: an image is ranked after all its patches were encoded, so the
+        ranking reuses that memory instead of 100 MB of fresh arrays (and their page faults) per image.
+        (None, None) on a GPU (its ranking makes its own)."""
         if self.device.type != "cpu":
-            return None
-        return self._ranks.view(self.n, windows)
+            return None, None
+        counts, cosines = self.n * windows, windows * self.ranker.n_distinct
+        size = self.model.image_size
+        patch = 3 * size * size
+        flat = self._patches.view(max(-(-(counts + cosines) // patch), 2 * self.batch_size), 3, size, size).view(-1)
+        return (flat[:counts].view(torch.int32).view(self.n, windows),
+                flat[counts:counts + cosines].view(windows, self.ranker.n_distinct))
 
     # -- stages ---------------------------------------------------------------------------------
     def working_image(self, pixels: np.ndarray, size: tuple[int, int] | None = None) -> tuple[torch.Tensor, WindowGrid]:
@@ -247,7 +252,8 @@ class ConceptEngine:
     def explain_embeddings(self, emb: torch.Tensor, grid: WindowGrid, timer: Timer | None = None) -> ImageExplanation:
         timer = timer or Timer(self.device)
         with timer.stage("rank"):
-            ranking = self.ranker.rank(emb, self.settings.top_k, out_t=self._ranks_buffer(emb.shape[0]))
+            counts, cosines = self._ranking_buffers(emb.shape[0])
+            ranking = self.ranker.rank(emb, self.settings.top_k, out_t=counts, z_out=cosines)
         with timer.stage("aggregate"):
             # Synset-major, one row of window values per synset (already so from the CPU kernels: no copy).
             ranks_t = ranking.rank_less.T.contiguous()

@@ -72,7 +72,13 @@ class SynsetRanker:
         z = self._distinct_similarities(emb)
         return z if self._expand is None else z.index_select(1, self._expand)
 
-    def _distinct_similarities(self, emb: torch.Tensor) -> torch.Tensor:
+    @property
+    def n_distinct(self) -> int:
+        """Columns of the similarities computed: the distinct definition embeddings."""
+        return len(self.definitions)
+
+    def _distinct_similarities(self, emb: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """(W, n_distinct) cosines; on the CPU written into `out` (a contiguous float32 tensor) when given."""
         if self.device.type == "cuda":
             emb = emb.to(self.device, torch.float32).contiguous()
             if self._gpu_res is not None:
@@ -90,14 +96,19 @@ class SynsetRanker:
         import faiss
 
         emb_np = np.ascontiguousarray(emb.detach().cpu().numpy(), dtype=np.float32)
+        if out is not None:  # what faiss.pairwise_distances computes for inner products (numpy's matmul), in place
+            np.matmul(emb_np, self.definitions.T, out=out.numpy())
+            return out
         return torch.from_numpy(faiss.pairwise_distances(emb_np, self.definitions, metric=faiss.METRIC_INNER_PRODUCT))
 
-    def rank(self, emb: torch.Tensor, top_k: int, out_t: torch.Tensor | None = None) -> Ranking:
+    def rank(self, emb: torch.Tensor, top_k: int, out_t: torch.Tensor | None = None,
+             z_out: torch.Tensor | None = None) -> Ranking:
         """The ranking of each row of `emb` against T. On the CPU with the kernels, the counts are written
         synset-major (rank_less is then a transposed view of an (n, W) array: `out_t` when given, a caller's
-        reused buffer) and duplicate definitions are read through their shared column, not expanded."""
+        reused buffer), the cosines into `z_out` ((W, n_distinct) float32) when given, and duplicate
+        definitions are read through their shared column, not expanded."""
         if self.device.type == "cpu" and load_kernels() is not None:
-            z = self._distinct_similarities(emb).numpy()
+            z = self._distinct_similarities(emb, z_out).numpy()
             columns = self._columns if self._expand is not None else np.arange(self.n, dtype=np.int64)
             return _rank_cpu_kernels(load_kernels(), z, columns, top_k, out_t)
         return rank_from_similarities(self.similarities(emb), top_k)
