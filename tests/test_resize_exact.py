@@ -79,16 +79,20 @@ def old_patches(image_norm: torch.Tensor, grid: WindowGrid, size: int, out: int,
     return F.interpolate(crops, size=(out, out), mode="bicubic", align_corners=False, antialias=size > out)
 
 
-@pytest.mark.parametrize("band", [False, True])
-def test_patch_cutter_equals_old_path(band: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    if band:  # force the per-batch band of rows instead of the whole image's width pass
-        monkeypatch.setattr(windows_mod, "ROW_PASS_BYTES", 1)
+@pytest.mark.parametrize("band", ["whole image", "ring", "tightest ring"])
+def test_patch_cutter_equals_old_path(band: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The width pass kept for the whole image, or in a ring of rows that wraps (the default keeps the first
+    batch's span and a patch side more; the tightest keeps only what one batch asks for)."""
+    if band == "whole image":
+        monkeypatch.setattr(windows_mod, "band_rows", lambda span, size, height: height)
+    elif band == "tightest ring":
+        monkeypatch.setattr(windows_mod, "band_rows", lambda span, size, height: span)
     rng = np.random.default_rng(3)
     pixels = torch.from_numpy(rng.integers(0, 256, (3, 150, 211), dtype=np.uint8))
     img = normalise(pixels, (0.48, 0.46, 0.41), (0.27, 0.26, 0.28))
     grid = WindowGrid(150, 211, 16, 64, 128)
     cutter = PatchCutter(img, grid, 224)
-    for start, stop in [(0, 37), (37, 100), (100, grid.n_windows)]:  # in order, as the engine asks
+    for start, stop in [(0, 37), (37, 100), (100, 101), (101, 150), (150, grid.n_windows)]:  # in order, as the engine asks
         for size in (grid.small, grid.large):
             got = torch.empty(stop - start, 3, 224, 224)
             cutter.patches_into(size, start, stop, got)

@@ -44,19 +44,19 @@ def combine(v0, w0, v1, w1, v2, w2, v3, w3, mode):
 
 
 @njit(nogil=True, cache=True)
-def vertical(rows, cols, ys, iy, wy, mode, out, first, last):  # pragma: no cover - compiled
+def vertical(rows, cols, ys, iy, wy, mode, out, ring, first, last):  # pragma: no cover - compiled
     """out[p, ch, y, :] = the 4-tap sum over lines ys[p] + iy[y, :] of the plane rows[cols[p], ch], for
-    p in [first, last): the height pass of crop p (lines = rows of the width pass), or, on a transposed
-    image, the width pass of a lattice column (lines = image columns). Vectorised along the lines."""
+    p in [first, last): the height pass of crop p (lines = rows of the width pass, line r kept at r % ring:
+    a band of rows reused as a ring). Vectorised along the lines."""
     for p in range(first, last):
         y0 = ys[p]
         for ch in range(out.shape[1]):
             plane = rows[cols[p], ch]
             for y in range(out.shape[2]):
-                r0 = plane[y0 + iy[y, 0]]
-                r1 = plane[y0 + iy[y, 1]]
-                r2 = plane[y0 + iy[y, 2]]
-                r3 = plane[y0 + iy[y, 3]]
+                r0 = plane[(y0 + iy[y, 0]) % ring]
+                r1 = plane[(y0 + iy[y, 1]) % ring]
+                r2 = plane[(y0 + iy[y, 2]) % ring]
+                r3 = plane[(y0 + iy[y, 3]) % ring]
                 a0 = wy[y, 0]
                 a1 = wy[y, 1]
                 a2 = wy[y, 2]
@@ -111,7 +111,7 @@ def store_fence(typingctx):
 
 
 @njit(nogil=True, cache=True)
-def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, first, last):  # pragma: no cover - compiled
+def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, ring, first, last):  # pragma: no cover
     """`vertical` for an output of (len(ys), channels, side, side) float32 given flat (1-D, 32-byte aligned,
     side % 8 == 0): each output row is computed in a small line kept in the cache and streamed to memory
     (stream_line). The same samples as `vertical`; about 40% less time where the output is far larger than
@@ -122,10 +122,10 @@ def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, first, l
         for ch in range(channels):
             plane = rows[cols[p], ch]
             for y in range(side):
-                r0 = plane[y0 + iy[y, 0]]
-                r1 = plane[y0 + iy[y, 1]]
-                r2 = plane[y0 + iy[y, 2]]
-                r3 = plane[y0 + iy[y, 3]]
+                r0 = plane[(y0 + iy[y, 0]) % ring]
+                r1 = plane[(y0 + iy[y, 1]) % ring]
+                r2 = plane[(y0 + iy[y, 2]) % ring]
+                r3 = plane[(y0 + iy[y, 3]) % ring]
                 a0 = wy[y, 0]
                 a1 = wy[y, 1]
                 a2 = wy[y, 2]

@@ -115,28 +115,31 @@ class CropResizer:
         columns = image.transpose(1, 2).contiguous()  # (3, W, H): image columns as lines
         shape = (len(xs), image.shape[0], image.shape[1], self.out)
         rows = torch.empty(shape) if out is None else out
-        if tuple(rows.shape) != shape or not rows.is_contiguous() or rows.dtype != torch.float32:
-            raise ValueError(f"width_pass: out must be a contiguous float32 tensor of shape {shape}")
+        if tuple(rows.shape) != shape or rows.dtype != torch.float32 or rows.stride(-1) != 1:
+            raise ValueError(f"width_pass: out must be a float32 tensor of shape {shape} with contiguous rows")
         src, dst = columns.numpy(), rows.numpy()
         split_rows(len(xs), lambda a, b: kernels.width_pass(src, xs, self.index, self.weight, self.mode, dst, a, b),
                    threads)
         return rows
 
     def height_pass_into(self, rows: torch.Tensor, cols: np.ndarray, ys: np.ndarray, out: torch.Tensor,
-                         threads: int | None = None) -> None:
+                         threads: int | None = None, ring: int | None = None) -> None:
         """out[p] = the crop of rows[cols[p]] starting at row ys[p], resized along the height: crop p resized
-        whole. `out` is (len(ys), 3, out, out) float32 contiguous (a slice of the caller's reused buffer)."""
+        whole. `out` is (len(ys), 3, out, out) float32 contiguous (a slice of the caller's reused buffer).
+        `ring`: row r of the width pass is kept at rows[:, :, r % ring] (default: rows.shape[2], no wrap)."""
         cols = np.ascontiguousarray(cols, dtype=np.int64)
         ys = np.ascontiguousarray(ys, dtype=np.int64)
+        ring = int(ring or rows.shape[2])
         src, dst = rows.numpy(), out.numpy()
         if streams(out):
             kernels = load_kernels()
             flat = dst.reshape(-1)  # a view: `out` is contiguous
             split_rows(len(ys), lambda a, b: kernels.vertical_stream(src, cols, ys, self.index, self.weight, self.mode,
-                                                                     flat, out.shape[1], self.out, a, b), threads)
+                                                                     flat, out.shape[1], self.out, ring, a, b), threads)
             return
         vertical = _line_kernel()
-        split_rows(len(ys), lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, a, b), threads)
+        split_rows(len(ys), lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, ring, a, b),
+                   threads)
 
     def resize_into(self, image: torch.Tensor, ys: np.ndarray, xs: np.ndarray, out: torch.Tensor,
                     threads: int | None = None) -> None:
