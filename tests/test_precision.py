@@ -10,6 +10,7 @@ which is slow but exact to bf16 semantics, and quick with the tiny model.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import duckdb
@@ -67,6 +68,22 @@ def test_auto_is_fp32_on_cpu_and_explicit_fp32_always_runs():
     assert resolve_precision(None, cpu) == resolve_precision("auto", cpu) == "fp32"
     assert resolve_precision("FP32", cpu) == "fp32"
     assert resolve_precision(resolve_precision("auto", cpu), cpu) == "fp32"  # resolving twice is a no-op
+
+
+def test_auto_stays_fp32_on_a_cpu_with_native_bf16_and_says_so(native_low_precision, caplog):
+    """Decided with figures (docs/benchmarks.md, issue 23): auto never picks bf16 on a CPU, even one with
+    native bf16 (mocked here); the choice is logged with the faster option; bf16 asked for runs there."""
+    cpu = torch.device("cpu")
+    with caplog.at_level(logging.INFO, logger="convis_db.models.precision"):
+        assert resolve_precision("auto", cpu) == "fp32"
+    assert "auto keeps fp32 on CPUs" in caplog.text and "--precision bf16" in caplog.text
+    assert resolve_precision("bf16", cpu) == "bf16"
+
+
+def test_auto_on_a_cpu_without_native_bf16_logs_plain_fp32(no_native_low_precision, caplog):
+    with caplog.at_level(logging.INFO, logger="convis_db.models.precision"):
+        assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert "precision: fp32 on cpu" in caplog.text and "native bf16" not in caplog.text
 
 
 @pytest.mark.parametrize("choice", ["bf16", "fp16"])
