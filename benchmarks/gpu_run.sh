@@ -17,6 +17,14 @@ if [ -z "$PY" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The device machine reaches no network: WordNet 3.0 comes from CONVIS_WORDNET, the user cache, or a copy
+# carried with the working tree as .wordnet/ (e.g. run's carry of ~/.cache/convis-db/nltk_data/corpora/wordnet,
+# 36 MB, copied to .wordnet first).
+if [ -z "${CONVIS_WORDNET:-}" ] && [ -f .wordnet/data.noun ]; then export CONVIS_WORDNET="$PWD/.wordnet"; fi
+if ! "$PY" -c "from convis_db.wordnet.source import find_wordnet_dir; find_wordnet_dir(allow_download=False)" 2>/dev/null; then
+    echo "gpu_run.sh: WordNet 3.0 not found and this machine may have no network: copy ~/.cache/convis-db/nltk_data/corpora/wordnet to .wordnet/ (carry it), or set CONVIS_WORDNET" >&2
+    exit 2
+fi
 LOG=/dev/null
 if [ -n "${OUT:-}" ]; then mkdir -p "$OUT"; LOG="$OUT/gpu_run.log"; fi
 if [ "${1:-}" = "--dry-run" ]; then
