@@ -142,7 +142,7 @@ def test_search_sees_images_not_yet_in_the_concept_index(query_db, tmp_path):
     shutil.copyfile(query_db, copy)
     con = connect(copy, write=True)
     before = search_images(con, "dog.n.01", 0.0, 100)
-    con.execute("DELETE FROM concept_index WHERE image_id > 3")
+    con.execute("DELETE FROM concept_order WHERE image_id > 3")
     con.execute("UPDATE concept_index_state SET indexed_through = 3")
     assert search_images(con, "dog.n.01", 0.0, 100) == before
     from convis_db.store.concept_index import refresh_concept_index, rebuild_concept_index
