@@ -53,7 +53,7 @@ QUERIED = ("dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01")
 #: DuckDB's default rows per row group.
 DEFAULT_ROW_GROUP = 122_880
 #: The big tables, whose row groups a query must prune.
-BIG_TABLES = ("image_scores", "concept_index", "concept_peaks", "concept_order")
+BIG_TABLES = ("concept_peaks", "concept_order")
 
 
 def full_images(n_images: int) -> list[int]:
@@ -73,25 +73,38 @@ def chosen_concepts(con: duckdb.DuckDBPyConnection, n_concepts: int | None) -> l
     return sorted(set(queried) | set(fillers))
 
 
+def _windows(s: str) -> str:
+    """How many windows cover a concept's map peak: 64-80 (the paper's grid covers an inner pixel with
+    80), one count per synset so that the concept-ordered copy is sorted by the peak exactly."""
+    return f"(64 + {s} % 17)"
+
+
 def _values(n_images: int, n_synsets: int) -> str:
-    """The generated columns of image (i, synset s): score 0.9 + 0.1 * (1 - p / N), where
-    p = ((i - 1) * A + s * B) mod N is a permutation of the N images for each synset, so that the
-    concept-ordered copy can be written in (synset, score DESC) order straight from a range."""
+    """concept_peaks' generated columns for image i and synset s, in schema 013's integers. The map
+    peak map_sum / (map_windows * |T|) is round(t * w * |T|) / (w * |T|) for t = 0.9 + 0.1 * (1 - p / N),
+    where p = ((i - 1) * A + s * B) mod N is a permutation of the N images for each synset, so that the
+    concept-ordered copy can be written in (synset, map peak DESC) order straight from a range."""
     N, n = n_images, n_synsets
-    return f"""0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE) AS score,
+    return f"""round((0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE)) * {_windows('s')} * {n})::INT
+                   AS map_sum, {_windows('s')}::INT AS map_windows,
                ((i * 31 + s * 17) % 632)::INT AS work_peak_x, ((i * 13 + s * 7) % 474)::INT AS work_peak_y,
-               0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE AS self_score,
+               round((0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE) * {_windows('(s + 5)')} * {n})::INT
+                   AS self_sum, {_windows('(s + 5)')}::INT AS self_windows,
                ((i * 7 + s * 29) % 632)::INT AS work_self_peak_x, ((i * 11 + s * 3) % 474)::INT AS work_self_peak_y,
                ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
+
+
+#: concept_order's columns, from the same generated values.
+_ORDER_COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less"
 
 
 def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size: int | None = None,
           emulate_full: bool = False) -> dict:
     """Generate the collection in DuckDB with no sort and no Python loop over rows.
 
-    image_scores is written in image order (as ingestion writes it), concept_index in (synset,
-    score DESC) order (one sorted run, as after an ingest), with equal values in both. With a subset of
-    concepts, the full images' rows for the other concepts follow as a second, sorted run.
+    concept_peaks is written in image order (as ingestion writes it), concept_order in (synset, map
+    peak DESC) order (one sorted run, as after an ingest), with equal values in both (schema 013). With a
+    subset of concepts, the full images' rows for the other concepts follow as a second, sorted run.
     """
     if math.gcd(_A, n_images) != 1:
         raise SystemExit(f"--images {n_images} shares a factor with {_A}; pick another size")
@@ -132,7 +145,7 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
         k = n if every or subset is None else K
         synset = "x % ?" if every or subset is None else "(?::BIGINT[])[x % " + str(K) + " + 1]"
         arg = n if every or subset is None else chosen
-        raw.execute(f"""INSERT INTO image_scores BY NAME
+        raw.execute(f"""INSERT INTO concept_peaks BY NAME
                         SELECT i::INT AS image_id, s::INT AS synset_id, {values}
                         FROM (SELECT x // {k} + {lo} AS i, {synset} AS s FROM range(0, {(hi - lo + 1) * k}) t(x))""",
                     [arg])
@@ -143,28 +156,28 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
         image_rows(f, f, True)
         lo = f + 1
     image_rows(lo, N, False)
-    print(f"  image_scores: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"  concept_peaks: {time.perf_counter() - t0:.0f} s", flush=True)
     a_inv = pow(_A, -1, N)
     # (synset, score DESC) order: the k-th best image of synset s has p = k
     synset = "x // ?" if subset is None else "(?::BIGINT[])[x // " + str(N) + " + 1]"
-    raw.execute(f"""INSERT INTO concept_index BY NAME
-                    SELECT s::INT AS synset_id, i::INT AS image_id, {values}
+    raw.execute(f"""INSERT INTO concept_order
+                    SELECT {_ORDER_COLUMNS} FROM (SELECT s::INT AS synset_id, i::INT AS image_id, {values}
                     FROM (SELECT s, ((k - (s * {_B}) % {N} + {N}) % {N}) * {a_inv} % {N} + 1 AS i
-                          FROM (SELECT {synset} AS s, x % {N} AS k FROM range(0, {N * K}) t(x)))""",
+                          FROM (SELECT {synset} AS s, x % {N} AS k FROM range(0, {N * K}) t(x))))""",
                 [N if subset is None else chosen])
     runs = 1
     if full:  # the full images' rows for the other concepts: a second sorted run, as a later ingest appends
-        raw.execute(f"""INSERT INTO concept_index BY NAME
-                        SELECT s::INT AS synset_id, i::INT AS image_id, {values}
-                        FROM (SELECT unnest(?::BIGINT[]) AS i) JOIN range(0, {n}) t(s) ON NOT list_contains(?, s)
-                        ORDER BY synset_id, score DESC, image_id""", [full, chosen])
+        raw.execute(f"""INSERT INTO concept_order
+                        SELECT {_ORDER_COLUMNS} FROM (SELECT s::INT AS synset_id, i::INT AS image_id, {values}
+                        FROM (SELECT unnest(?::BIGINT[]) AS i) JOIN range(0, {n}) t(s) ON NOT list_contains(?, s))
+                        ORDER BY synset_id, map_sum::DOUBLE / map_windows DESC, image_id""", [full, chosen])
         runs = 2
     raw.execute("UPDATE concept_index_state SET indexed_through = ?, runs = ?", [N, runs])
-    print(f"  concept_index: {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"  concept_order: {time.perf_counter() - t0:.0f} s", flush=True)
     raw.execute("CHECKPOINT")
     groups = {t: raw.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info(?)", [t]).fetchone()[0]
-              for t in ("image_scores", "concept_index")}
-    rows = {t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("image_scores", "concept_index")}
+              for t in BIG_TABLES}
+    rows = {t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in BIG_TABLES}
     raw.close()
     return {"seconds": time.perf_counter() - t0, "bytes": db.stat().st_size, "synsets": n, "concepts": K,
             "full_images": full, "row_group_size": row_group_size or DEFAULT_ROW_GROUP, "row_groups": groups,
@@ -333,9 +346,9 @@ def main() -> None:
     with duckdb.connect(str(db), read_only=True) as con:
         stats = {"images": args.images,
                  "rows": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                          for t in ("image_scores", "concept_index")},
+                          for t in BIG_TABLES},
                  "row_groups": {t: con.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info(?)",
-                                               [t]).fetchone()[0] for t in ("image_scores", "concept_index")},
+                                               [t]).fetchone()[0] for t in BIG_TABLES},
                  "bytes": db.stat().st_size, "load": os.getloadavg()} | ({"build": info} if info else {})
     results = measure(db, args.images, args.cold, args.scans)
     print(json.dumps(stats))

@@ -241,6 +241,17 @@ CREATE MACRO children(concept) AS TABLE
     SELECT c.synset_id, c.name, c.definition, e.kind
     FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
     WHERE p.name = concept;
+CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
+    SELECT synset_id, image_id, map_sum, map_windows,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS score,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = sid
+    UNION ALL
+    SELECT synset_id, image_id, map_sum, map_windows,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS score,
+           image_max_rank_less
+    FROM concept_peaks
+    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
@@ -250,6 +261,33 @@ CREATE MACRO descendants(concept) AS TABLE
 CREATE OR REPLACE MACRO exact_windows(value, max_windows, n_synsets) AS
     list_filter(range(1, max_windows + 1),
                 lambda c: value = round(value * (c * n_synsets)::DOUBLE) / (c::DOUBLE * n_synsets::DOUBLE))[1];
+CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL, top := NULL) AS TABLE
+WITH chosen AS (
+    SELECT CASE
+        WHEN coalesce(level, 'auto') NOT IN ('auto', 'image', 'map')
+            THEN error('images_with: level ' || level || ' is not image or map')
+        WHEN level IS NOT NULL THEN level
+        WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
+        ELSE 'map' END AS ranked_by
+), keyed AS (
+    SELECT k.image_id, k.synset_id, k.score AS map_score,
+           k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by
+    FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k, chosen c
+), ranked AS (
+    SELECT image_id, synset_id, map_score, image_score,
+           CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END AS score
+    FROM keyed
+    WHERE (CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END) >= min_score
+    ORDER BY score DESC, map_score DESC, image_id
+    LIMIT coalesce(top, 9223372036854775807)
+)
+SELECT r.image_id, i.path, r.score,
+       original_px(p.work_peak_x, i.scale) AS peak_x, original_px(p.work_peak_y, i.scale) AS peak_y,
+       r.map_score, r.image_score
+FROM ranked r
+JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
+JOIN images i ON i.image_id = r.image_id
+ORDER BY r.score DESC, r.map_score DESC, r.image_id;
 CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
 CREATE MACRO parents(concept) AS TABLE
     SELECT p.synset_id, p.name, p.definition, e.kind
@@ -271,27 +309,6 @@ CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
            image_max_rank_less, image_rank_less
     FROM image_scores
     WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
-CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL) AS TABLE
-WITH chosen AS (
-    SELECT CASE
-        WHEN coalesce(level, 'auto') NOT IN ('auto', 'image', 'map')
-            THEN error('images_with: level ' || level || ' is not image or map')
-        WHEN level IS NOT NULL THEN level
-        WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
-        ELSE 'map' END AS level
-), rows AS (
-    SELECT cr.image_id, i.path, cr.score AS map_score,
-           cr.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score,
-           original_px(cr.work_peak_x, i.scale) AS peak_x,
-           original_px(cr.work_peak_y, i.scale) AS peak_y
-    FROM concept_rows((SELECT synset_id FROM synsets WHERE name = concept)) cr
-    JOIN images i ON i.image_id = cr.image_id
-)
-SELECT r.image_id, r.path, CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END AS score,
-       r.peak_x, r.peak_y, r.map_score, r.image_score
-FROM rows r, chosen c
-WHERE (CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END) >= min_score
-ORDER BY score DESC, r.map_score DESC, r.image_id;
 CREATE MACRO regions_with(concept, min_score) AS TABLE
 SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
 FROM (

@@ -23,6 +23,7 @@ from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name, synset_count
 from convis_db.store.image_store import has_column, image_level_counts, work_peak_columns
+from convis_db.store.migrations import has_macro
 
 LEVELS = ("image", "map")
 BACKFILL_HINT = "convis-db ingest --backfill-image-level"
@@ -61,10 +62,20 @@ class Ranking:
     peak_x: str       # the map peak's working pixel, a column of sc
     peak_y: str
 
+    keys: bool = False  # the scores come from concept_keys (schema 014): no pixel, the peaks read after
+
     @property
     def order(self) -> str:
-        return f"{self.score} DESC, {self.map_score} DESC, i.image_id" if self.by == "image" \
-            else f"{self.map_score} DESC, i.image_id"
+        return self.order_by("i.image_id")
+
+    def order_by(self, image_id: str) -> str:
+        return f"{self.score} DESC, {self.map_score} DESC, {image_id}" if self.by == "image" \
+            else f"{self.map_score} DESC, {image_id}"
+
+    @property
+    def rows(self) -> str:
+        """The table macro the scores are read from, called with the synset id."""
+        return "concept_keys(?)" if self.keys else "concept_rows(?)"
 
 
 def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None, only_self: bool = False) -> Ranking:
@@ -79,7 +90,9 @@ def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None,
         image_score = f"{level} / {synset_count(con)}::DOUBLE"
     else:  # a database at schema 004, opened read-only: no image-level scores
         image_score = "NULL::DOUBLE"
-    return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}")
+    keys = not only_self and has_macro(con, "concept_keys")
+    return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}",
+                   keys)
 
 
 def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, limit: int = 20,
@@ -91,6 +104,22 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
     r = ranking(con, concept, by, only_self)
+    if r.keys:  # the best `limit` from the concept's keys, then their peaks: no other image's rows are read
+        rows = con.execute(
+            f"""WITH best AS (
+                    SELECT sc.image_id, sc.synset_id, {r.score} AS score, {r.map_score} AS map_score,
+                           {r.image_score} AS image_score
+                    FROM concept_keys(?) sc WHERE {r.score} >= ?
+                    ORDER BY {r.order_by("sc.image_id")} LIMIT ?)
+                SELECT i.image_id, i.path, b.score, b.map_score, b.image_score,
+                       {sql_original_point("p.work_peak_x")} AS peak_x, {sql_original_point("p.work_peak_y")} AS peak_y,
+                       i.width, i.height
+                FROM best b JOIN concept_peaks p ON p.image_id = b.image_id AND p.synset_id = b.synset_id
+                JOIN images i ON i.image_id = b.image_id
+                ORDER BY b.score DESC, b.map_score DESC, b.image_id""",  # expressions from Ranking's fixed choices
+            [r.sid, float(min_score), int(limit)],
+        ).fetchall()
+        return _search_rows(rows, concept, r.by)
     rows = con.execute(
         f"""SELECT i.image_id, i.path, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score,
                    {sql_original_point(r.peak_x)} AS peak_x, {sql_original_point(r.peak_y)} AS peak_y,
@@ -101,13 +130,17 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
             LIMIT ?""",  # expressions from Ranking's fixed choices
         [r.sid, float(min_score), int(limit)],
     ).fetchall()
+    return _search_rows(rows, concept, r.by)
+
+
+def _search_rows(rows: list[tuple], concept: str, by: str) -> list[dict]:
     keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
-    return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
+    return [dict(zip(keys, row)) | {"synset": concept, "by": by} for row in rows]
 
 
 def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,
                  by: str | None = None) -> int:
     """How many images search_images would list without a limit."""
     r = ranking(con, concept, by, only_self)
-    return int(con.execute(f"SELECT count(*) FROM concept_rows(?) sc WHERE {r.score} >= ?",  # Ranking's expressions
+    return int(con.execute(f"SELECT count(*) FROM {r.rows} sc WHERE {r.score} >= ?",  # Ranking's expressions
                            [r.sid, float(min_score)]).fetchone()[0])

@@ -90,6 +90,13 @@ def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
                        [table]).fetchone()[0] > 0
 
 
+def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    """Whether this database file defines the macro (those of later migrations are missing from older files)."""
+    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ? "
+                       "AND function_type IN ('macro', 'table_macro') AND database_name = current_database()",
+                       [name]).fetchone()[0] > 0
+
+
 def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
     newest = max(m.version for m in available_migrations())
     applied = applied_versions(con)
