@@ -99,7 +99,7 @@ _ORDER_COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less
 
 
 def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size: int | None = None,
-          emulate_full: bool = False) -> dict:
+          emulate_full: int | None = None) -> dict:
     """Generate the collection in DuckDB with no sort and no Python loop over rows.
 
     concept_peaks is written in image order (as ingestion writes it), concept_order in (synset, map
@@ -114,8 +114,8 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
     wn = open_wordnet()
     write_hierarchy(con, build_hierarchy(wn, vocab), vocab, wn.get_version())
     n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-    if emulate_full:  # as many row groups as the full table in DuckDB's default ones
-        n_concepts = math.ceil(n * (row_group_size or DEFAULT_ROW_GROUP) / DEFAULT_ROW_GROUP)
+    if emulate_full:  # as many row groups as the full table in row groups of `emulate_full` rows
+        n_concepts = math.ceil(n * (row_group_size or DEFAULT_ROW_GROUP) / emulate_full)
     chosen = chosen_concepts(con, n_concepts)
     con.execute("""INSERT INTO models (name, pretrained, is_random, config_json, embed_dim, image_size, image_mean, image_std)
                    VALUES ('generated', 'none', true, '{}', 512, 224, [0.5,0.5,0.5], [0.5,0.5,0.5])""")
@@ -245,22 +245,19 @@ def drop_cached_pages(db: Path) -> None:
 
 class _StandInMaps:
     """A map service for `regions` over a generated collection (no windows are stored): every image's
-    map is a 16 x 16 map peaking at its stored score, so a region costs little fixed work and the
-    figures show what grows with the collection: finding the images (a real map costs the same at any
-    collection size: docs/benchmarks.md has the map figures)."""
+    map is a 16 x 16 map with one block at 1.0, so a region costs little fixed work and reads nothing,
+    and the figures show what grows with the collection: finding the images and their records (a real
+    map costs the same at any collection size: docs/benchmarks.md has the map figures)."""
 
     def __init__(self, con):
         self.con = con
 
     def for_stored(self, image, concept, only_self=False):
         from convis_db.query.maps import ConceptMap
-        from convis_db.store.hierarchy_store import find_synset_name
 
-        sid = find_synset_name(self.con, concept)
-        score = self.con.execute("SELECT score FROM concept_rows(?) WHERE image_id = ?", [sid, image.image_id]).fetchone()
         saliency = np.zeros((16, 16))
-        saliency[4:8, 4:10] = score[0] if score else 0.0
-        return ConceptMap(concept, sid, saliency, image.grid, image.width, image.height, image.image_id,
+        saliency[4:8, 4:10] = 1.0
+        return ConceptMap(concept, 0, saliency, image.grid, image.width, image.height, image.image_id,
                           image.path, "database")
 
 
@@ -286,8 +283,10 @@ def queries(n_images: int) -> dict:
     out["explain (depth 4, top 3)"] = lambda con: explain_image(con, mid, 4, 3)
     out["explain (depth 8, top 5)"] = lambda con: explain_image(con, mid, 8, 5)
     for level in ("image", "map"):
-        out[f"images_with('dog.n.01', 0.99, level := '{level}') LIMIT 20"] = lambda con, level=level: con.execute(
-            "SELECT * FROM images_with('dog.n.01', 0.99, level := ?) LIMIT 20", [level]).fetchall()
+        out[f"images_with('dog.n.01', 0.99, level := '{level}', top := 20)"] = lambda con, level=level: con.execute(
+            "SELECT * FROM images_with('dog.n.01', 0.99, level := ?, top := 20)", [level]).fetchall()
+    out["images_with('dog.n.01', 0.99, level := 'map') LIMIT 20"] = lambda con: con.execute(
+        "SELECT * FROM images_with('dog.n.01', 0.99, level := 'map') LIMIT 20").fetchall()
     return out
 
 
@@ -326,8 +325,9 @@ def main() -> None:
     ap.add_argument("--concepts", type=int, help="Concepts per image (the queried ones and evenly spread "
                     "fillers; default: every synset of T).")
     ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default DuckDB's).")
-    ap.add_argument("--emulate-full", action="store_true", help="A concept subset with as many row groups as the "
-                    "full table at DuckDB's default size (sets --concepts and --row-group-size).")
+    ap.add_argument("--emulate-full", nargs="?", type=int, const=DEFAULT_ROW_GROUP, metavar="ROWS",
+                    help="A concept subset with as many row groups as the full table would have in row groups of "
+                    "ROWS rows (default DuckDB's 122,880); sets --concepts, and --row-group-size to 2,048.")
     ap.add_argument("--db", type=Path, help="Reuse or create the generated DB here (default: a temp dir).")
     ap.add_argument("--cold", action="store_true", help="Also time each query once on a new connection "
                     "after dropping the file's pages from the OS cache.")
