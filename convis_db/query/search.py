@@ -22,7 +22,7 @@ import duckdb
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name, synset_count
-from convis_db.store.image_store import has_column, image_level_counts, work_peak_columns
+from convis_db.store.image_store import image_level_counts
 
 LEVELS = ("image", "map")
 BACKFILL_HINT = "convis-db ingest --backfill-image-level"
@@ -57,7 +57,7 @@ class Ranking:
     by: str
     score: str        # the `by` score
     map_score: str    # the map peak (of the synset alone with only_self)
-    image_score: str  # the image-level score; NULL::DOUBLE on a file without those columns
+    image_score: str  # the image-level score (NULL for images ingested without it)
     peak_x: str       # the map peak's working pixel, a column of sc
     peak_y: str
 
@@ -71,14 +71,10 @@ def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None,
     """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    peaks = work_peak_columns(con)  # working pixels, under the names this file uses
-    mapped, px, py = (("sc.self_score", peaks["work_self_peak_x"], peaks["work_self_peak_y"]) if only_self
-                      else ("sc.score", peaks["work_peak_x"], peaks["work_peak_y"]))
-    if has_column(con, "image_scores", "image_rank_less"):
-        level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
-        image_score = f"{level} / {synset_count(con)}::DOUBLE"
-    else:  # a database at schema 004, opened read-only: no image-level scores
-        image_score = "NULL::DOUBLE"
+    mapped, px, py = (("sc.self_score", "work_self_peak_x", "work_self_peak_y") if only_self
+                      else ("sc.score", "work_peak_x", "work_peak_y"))
+    level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
+    image_score = f"{level} / {synset_count(con)}::DOUBLE"
     return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}")
 
 
