@@ -241,6 +241,17 @@ CREATE MACRO children(concept) AS TABLE
     SELECT c.synset_id, c.name, c.definition, e.kind
     FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
     WHERE p.name = concept;
+CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = sid
+    UNION ALL
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_peaks
+    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a

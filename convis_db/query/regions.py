@@ -50,7 +50,7 @@ def find_regions(con: duckdb.DuckDBPyConnection, concept: str, min_score: float 
         images = [get_image(con, image)]
     else:
         ids = [r[0] for r in con.execute(
-            "SELECT image_id FROM image_scores WHERE synset_id = ? AND score >= ? ORDER BY score DESC, image_id",
+            "SELECT image_id FROM concept_keys(?) WHERE map_peak >= ? ORDER BY map_peak DESC, image_id",
             [sid, float(min_score)]).fetchall()]
         images = [get_image(con, i) for i in ids]
     found: list[dict] = []
