@@ -450,7 +450,7 @@ class Database:
         self.precision = resolve_precision(precision, self.device)
         self._asked_precision = precision  # Ray workers resolve it again on their own devices
         self.writable = write
-        self._upgrade_progress = _progress(progress)  # a writable open upgrades an older file (its long steps)
+        self._upgrade_progress = _progress(progress)  # opening an older file upgrades it (its long steps)
         self._hierarchy: StoredHierarchy | None = None
         self._maps: MapService | None = None
         self._profile = None

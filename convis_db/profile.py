@@ -29,7 +29,6 @@ import torch
 from convis_db.engine.settings import Settings
 from convis_db.errors import DatabaseError
 from convis_db.models.registry import ModelSpec, resolve_model
-from convis_db.store.migrations import has_column
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +215,7 @@ def read_profile(con: duckdb.DuckDBPyConnection, db_path: str = "", *, model: st
 def _stored_images_profile(con: duckdb.DuckDBPyConnection) -> tuple[int, Settings] | None:
     """(model id, settings, layout included) of the stored images, if any: every image of a database
     has the same ones, so the first row says it."""
-    layout = "layout" if has_column(con, "images", "layout") else "'origin'"
-    row = con.execute(f"SELECT model_id, max_pixels, stride, small, large, top_k, {layout} FROM images "
+    row = con.execute("SELECT model_id, max_pixels, stride, small, large, top_k, layout FROM images "
                       "ORDER BY image_id LIMIT 1").fetchone()
     if row is None:
         return None

@@ -136,3 +136,18 @@ SELECT sc.image_id, i.path, s.name AS synset, sc.synset_id, sc.score,
 FROM image_scores sc
 JOIN images i ON i.image_id = sc.image_id
 JOIN synsets s ON s.synset_id = sc.synset_id;
+
+-- What `search` ranks by, for one concept: concept_order's rows, plus concept_peaks' rows of images
+-- past the index's watermark (as concept_rows does), without the peaks' pixels: a search ranks these
+-- and reads the pixels from concept_peaks for the rows it returns only (query/search.py).
+CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = sid
+    UNION ALL
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_peaks
+    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);

@@ -242,13 +242,13 @@ CREATE MACRO children(concept) AS TABLE
     FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
     WHERE p.name = concept;
 CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
-    SELECT synset_id, image_id, map_sum, map_windows,
-           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS score,
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
            image_max_rank_less
     FROM concept_order WHERE synset_id = sid
     UNION ALL
-    SELECT synset_id, image_id, map_sum, map_windows,
-           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS score,
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
            image_max_rank_less
     FROM concept_peaks
     WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
@@ -270,7 +270,7 @@ WITH chosen AS (
         WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
         ELSE 'map' END AS ranked_by
 ), keyed AS (
-    SELECT k.image_id, k.synset_id, k.score AS map_score,
+    SELECT k.image_id, k.synset_id, k.map_peak AS map_score,
            k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by
     FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k, chosen c
 ), ranked AS (

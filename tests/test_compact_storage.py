@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 
+import duckdb
 import numpy as np
 import pytest
 import torch
@@ -14,8 +15,7 @@ from convis_db.errors import DatabaseError
 from convis_db.ingest import Ingestor
 from convis_db.init_db import initialise
 from convis_db.store.db import connect
-from convis_db.store.image_store import (EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings,
-                                         work_peak_select)
+from convis_db.store.image_store import EmbeddingsNotStoredError, embedding_storage, get_image, load_window_embeddings
 from schema_history import copy_into_schema_below
 from noise_images import write_noise_pngs
 
@@ -43,7 +43,7 @@ def _scores(db):
     con = connect(db)
     try:
         return {
-            "scores": con.execute(f"SELECT image_id, synset_id, score, {work_peak_select(con, 'work_peak_x', 'work_peak_y')}, "
+            "scores": con.execute("SELECT image_id, synset_id, score, work_peak_x, work_peak_y, "
                                   "self_score FROM image_scores ORDER BY 1, 2").fetchall(),
             "top_k": con.execute("SELECT * FROM window_concepts ORDER BY 1, 2, 3").fetchall(),
             "search": con.execute("SELECT * FROM images_with('dog.n.01', 0.0)").fetchall(),
@@ -118,7 +118,7 @@ def test_none_refuses_maps_when_the_file_is_gone_and_init_keeps_one_choice(tiny_
     assert res.exit_code == 2 and "one database keeps one choice" in res.stderr
 
 
-def test_a_database_from_before_schema_009_reads_as_float32_and_upgrades(tiny_spec, small_vocab_file, tmp_path,
+def test_a_database_from_before_schema_009_upgrades_when_opened_and_reads_as_float32(tiny_spec, small_vocab_file, tmp_path,
                                                                         images):
     source = tmp_path / "source.duckdb"
     initialise(source, str(small_vocab_file), tiny_spec, torch.device("cpu"))
@@ -126,20 +126,19 @@ def test_a_database_from_before_schema_009_reads_as_float32_and_upgrades(tiny_sp
         assert ing.run([images]).count("ingested") == 2
     db = tmp_path / "old.duckdb"
     copy_into_schema_below(source, db, 9)  # what a convis-db before schema 009 wrote
-    con = connect(db)
-    assert "storage_settings" not in {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables")
+    raw = duckdb.connect(str(db), read_only=True)
+    assert "storage_settings" not in {r[0] for r in raw.execute("SELECT table_name FROM information_schema.tables")
                                       .fetchall()}
-    before, emb_before = _scores(db), load_window_embeddings(con, 1)
+    raw.close()
+    before, maps_before = _scores(source), _maps(source)
+    con = connect(source)
+    emb_before = load_window_embeddings(con, 1)
     con.close()
-    maps_before = _maps(db)
 
-    con = connect(db)  # read-only: not upgraded yet, still answers
-    assert embedding_storage(con) == "float32"
-    np.testing.assert_array_equal(load_window_embeddings(con, 1), emb_before)
-    con.close()
-    con = connect(db, write=True)  # upgraded now
+    con = connect(db)  # read-only: upgraded once, then read as the current schema
     assert 9 in {r[0] for r in con.execute("SELECT version FROM schema_migrations").fetchall()}
     assert embedding_storage(con) == "float32"
+    np.testing.assert_array_equal(load_window_embeddings(con, 1), emb_before)
     con.close()
     assert _scores(db) == before
     for a, b in zip(maps_before, _maps(db)):

@@ -330,8 +330,9 @@ def test_search_ranks_as_the_images_with_macro(query_db, level):
         assert scores.fetchall(), "no tied scores: the tie-breaks were not exercised"
 
 
+
 def _answers(db_path: Path) -> dict:
-    """What search, count, regions' candidates and images_with answer on a file (read-only)."""
+    """What search, count and regions' candidates answer on a file."""
     from convis_db.query.regions import candidate_images
     from convis_db.query.search import count_images, search_images
 
@@ -340,48 +341,47 @@ def _answers(db_path: Path) -> dict:
     try:
         names = [r[0] for r in con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()]
         for name in names[::4]:
-            sid = _sid(con, name)
             for by in ("image", "map"):
                 for min_score in (0.0, 0.9):
                     out[name, by, min_score] = (search_images(con, name, min_score, 4, by=by),
-                                                count_images(con, name, min_score, by=by),
-                                                con.execute("SELECT * FROM images_with(?, ?, level := ?)",
-                                                            [name, min_score, by]).fetchall())
-            out[name, "regions"] = list(candidate_images(con, sid, 0.5, 2))
+                                                count_images(con, name, min_score, by=by))
+            out[name, "regions"] = list(candidate_images(con, _sid(con, name), 0.5, 2))
     finally:
         con.close()
     return out
 
 
-def test_concept_keys_answer_as_concept_rows_before_and_after_the_upgrade(query_db, tmp_path):
-    """Schema 014 (concept_keys; search, count, regions and images_with rank over the keys, then read
-    the peaks of the rows they return): a file at schema 013 answers the same read-only (through
-    concept_rows) and after its upgrade; images_with's `top` keeps its first rows."""
+def _images_with(con, names: list[str], top: int | None = None) -> dict:
+    sql = "SELECT * FROM images_with(?, ?, level := ?)" if top is None else \
+        f"SELECT * FROM images_with(?, ?, level := ?, top := {int(top)})"
+    return {(name, level, min_score): con.execute(sql, [name, min_score, level]).fetchall()
+            for name in names for level in ("image", "map", None) for min_score in (0.0, 0.9)}
+
+
+def test_images_with_answers_as_before_schema_014_and_top_keeps_its_first_rows(query_db, tmp_path):
+    """Schema 014: images_with ranks the concept's search keys and reads the peaks of the rows it
+    returns. A file at schema 013 answers with the macro before 014 (read by plain DuckDB, not
+    upgraded) exactly what it answers once upgraded; `top := N` gives the first N of those rows; search,
+    count and regions' candidates answer the same on both files."""
+    import duckdb
     from schema_history import copy_into_schema_below
 
-    from convis_db.store.migrations import applied_versions, has_macro
+    from convis_db.store.migrations import applied_versions
 
     old = tmp_path / "old.duckdb"
     copy_into_schema_below(query_db, old, 14)
-    con = connect(old)
-    assert max(applied_versions(con)) == 13 and not has_macro(con, "concept_keys")
+    raw = duckdb.connect(str(old), read_only=True)
+    assert max(applied_versions(raw)) == 13
+    names = [r[0] for r in raw.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()][::3]
+    before = _images_with(raw, names)
+    raw.close()
+    assert sum(len(v) for v in before.values()) > 50
+    con = connect(old)  # upgrades the file (to 014)
+    assert max(applied_versions(con)) >= 14
+    assert _images_with(con, names) == before
+    assert _images_with(con, names, top=3) == {k: v[:3] for k, v in before.items()}
     con.close()
-    before = _answers(old)
-    assert before == _answers(query_db)
-    assert any(v[1] for k, v in before.items() if k[1] != "regions") and any(v for k, v in before.items()
-                                                                             if k[1] == "regions")
-    connect(old, write=True).close()  # migrates
-    con = connect(old)
-    assert max(applied_versions(con)) >= 14 and has_macro(con, "concept_keys")
-    for sid in range(0, con.execute("SELECT count(*) FROM synsets").fetchone()[0], 5):
-        keys = con.execute("SELECT image_id, score, image_max_rank_less FROM concept_keys(?) ORDER BY ALL",
-                           [sid]).fetchall()
-        assert keys == con.execute("SELECT image_id, score, image_max_rank_less FROM concept_rows(?) ORDER BY ALL",
-                                   [sid]).fetchall()
-    for level in ("image", "map", None):
-        every = con.execute("SELECT * FROM images_with('entity.n.01', 0.0, level := ?)", [level]).fetchall()
-        assert len(every) > 3
-        assert con.execute("SELECT * FROM images_with('entity.n.01', 0.0, level := ?, top := 3)",
-                           [level]).fetchall() == every[:3]
-    con.close()
-    assert _answers(old) == before
+    answers = _answers(old)
+    assert answers == _answers(query_db)
+    assert any(v[1] for k, v in answers.items() if k[1] != "regions") and any(
+        v for k, v in answers.items() if k[1] == "regions")

@@ -1,6 +1,6 @@
 """Schema 010 (issue 13): the working-pixel peaks renamed work_*, the database_profile view, and foreign
 keys on the tables init writes. A database made before 010 answers read-only, upgrades, and answers the
-same afterwards."""
+same once upgraded; opening it read-only upgrades it first (every reader reads the current schema)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from schema_history import copy_into_schema_below
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor
 from convis_db.store.db import connect
-from convis_db.store.image_store import work_peak_columns
 from convis_db.store.migrations import applied_versions, has_column
 from noise_images import write_noise_pngs
 
@@ -56,7 +55,10 @@ def _answers(db) -> dict:
         out["explain"] = [api.explain(i, depth=3, top=2).tree.as_dict() for i in (1, 2)]
         con = api.con
         for name, sql in {
-            "image_concepts": "SELECT * FROM image_concepts ORDER BY image_id, synset_id",
+            # the view's columns since schema 005 (013 adds map_peak and self_map_peak beside them)
+            "image_concepts": "SELECT image_id, path, synset, synset_id, score, peak_x, peak_y, self_score, depth, "
+                              "definition, image_score, image_self_score FROM image_concepts "
+                              "ORDER BY image_id, synset_id",
             "images_with": "SELECT * FROM images_with('dog.n.01', 0.0)",
             "images_with map": "SELECT * FROM images_with('dog.n.01', 0.0, level := 'map')",
             "concept_scores": "SELECT * FROM concept_scores(2)",
@@ -73,31 +75,60 @@ def _answers(db) -> dict:
     return out
 
 
-def test_a_database_from_before_010_answers_the_same_read_only_and_after_the_upgrade(filled_db, tmp_path):
+def test_a_database_from_before_010_is_upgraded_when_opened_read_only_and_answers_the_same(filled_db, tmp_path, caplog):
     old = tmp_path / "old.duckdb"
     copy_into_schema_below(filled_db, old, 10)
     current = _answers(filled_db)
     assert current["search image False"] and current["regions"] and current["images_with"]
+    raw = duckdb.connect(str(old), read_only=True)
+    assert max(applied_versions(raw)) == 9 and has_column(raw, "image_scores", "peak_x")
+    raw.close()
 
-    con = connect(old)  # read-only: not migrated, the old column names
-    assert max(applied_versions(con)) == 9 and has_column(con, "image_scores", "peak_x")
-    assert work_peak_columns(con)["work_peak_x"] == "peak_x"
-    con.close()
-    before = _answers(old)
-    assert before == current
-
-    con = connect(old, write=True)  # the upgrade
+    with caplog.at_level("WARNING", logger="convis_db.store.db"):
+        con = connect(old)  # read-only: upgraded once through its own writable connection, then read
+    assert "upgrading it to the current schema" in caplog.text
     assert 10 in applied_versions(con)
     for table in ("image_scores", "concept_index"):
         assert has_column(con, table, "work_peak_x") and has_column(con, table, "work_self_peak_y")
         assert not has_column(con, table, "peak_x") and not has_column(con, table, "self_peak_x")
-    assert work_peak_columns(con)["work_peak_x"] == "work_peak_x"
     profile = con.execute("SELECT * FROM database_profile").fetchall()
     con.close()
     assert _answers(old) == current
     con = connect(filled_db)
     assert profile == con.execute("SELECT * FROM database_profile").fetchall()
     con.close()
+
+    caplog.clear()
+    before = old.read_bytes()
+    with caplog.at_level("WARNING", logger="convis_db.store.db"):
+        connect(old).close()  # current now: a read-only open writes nothing
+    assert old.read_bytes() == before and "upgrading" not in caplog.text
+
+
+def test_an_older_file_another_process_holds_is_refused_whole_and_left_as_it_was(filled_db, tmp_path):
+    """The upgrade needs the file to itself: while another process reads it, opening it fails in one
+    line naming the holder, and the file keeps its schema."""
+    import subprocess
+    import sys
+
+    from convis_db.errors import DatabaseLockedError
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(filled_db, old, 10)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], "
+                               "read_only=True); print('open', flush=True); time.sleep(60)", str(old)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(DatabaseLockedError, match="earlier convis-db and must be upgraded once") as err:
+            connect(old)
+        assert "\n" not in str(err.value) and str(holder.pid) in str(err.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    raw = duckdb.connect(str(old), read_only=True)
+    assert max(applied_versions(raw)) == 9
+    raw.close()
 
 
 def _profile(db) -> list[dict]:

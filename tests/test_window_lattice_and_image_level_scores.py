@@ -252,20 +252,25 @@ def old_db(tiny_db: Path, tmp_path: Path):
     return target, paths
 
 
-def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, tiny_parts, caplog):
+def test_an_old_database_upgrades_when_opened_and_keeps_its_layout(old_db, tiny_parts, caplog):
     from convis_db.ingest import Ingestor
     from convis_db.query.maps import MapService
     from convis_db.query.search import choose_level, search_images
     from convis_db.store.db import connect
     from convis_db.store.image_store import database_layout, get_image, image_level_counts, load_window_embeddings
-    from convis_db.store.migrations import applied_versions
+    from convis_db.store.migrations import applied_versions, pending_versions
 
     model, defs, _, descendants = tiny_parts
     db, paths = old_db
-    # Read-only (never migrated): grids, maps and search answer; search falls back to the map score.
+    raw = duckdb.connect(str(db), read_only=True)
+    assert max(applied_versions(raw)) == 4
+    raw.close()
+    # Opened read-only: upgraded first, keeping the origin lattice of its images; grids, maps and search
+    # answer; search falls back to the map score (the images have no image-level scores yet).
+    caplog.set_level("INFO", logger="convis_db")
     con = connect(db)
     try:
-        assert max(applied_versions(con)) == 4 and database_layout(con) == "origin"
+        assert pending_versions(con) == [] and database_layout(con) == "origin"
         image = get_image(con, str(paths[0]))
         assert image.grid.layout == "origin"
         nexp = naive.from_embeddings(load_window_embeddings(con, image.image_id), defs, image.work_height,
@@ -285,7 +290,7 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
         assert grid == image.grid
     finally:
         con.close()
-    # The explorer opens the unmigrated file and draws the same origin-layout map, without image-level scores.
+    # The explorer draws the same origin-layout map, without image-level scores.
     from convis_db.web.explorer import Explorer
 
     explorer = Explorer(db)
@@ -298,9 +303,8 @@ def test_an_old_database_answers_read_only_and_upgrades_to_one_layout(old_db, ti
     finally:
         explorer.close()
 
-    # Opened for writing: migrated to 005 with the origin layout; a new image uses it too, even when the
-    # caller's settings carry the new default layout.
-    caplog.set_level("INFO", logger="convis_db")
+    # The upgrade kept the origin layout; a new image uses it too, even when the caller's settings carry
+    # the new default layout.
     with Ingestor(db, device=CPU, settings=SETTINGS, batch_size=64) as ingestor:
         assert ingestor.settings.layout == "origin"
         assert ingestor.run([paths[2]]).count("ingested") == 1

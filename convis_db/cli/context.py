@@ -35,7 +35,7 @@ class App:
         from convis_db.api import Database
 
         db = Database(self.db, device=device, precision=precision, write=write,
-                      progress=self.progress if write else False)  # upgrading an older file shows its steps
+                      progress=self.progress)  # upgrading an older file (either mode) shows its long steps
         try:
             yield db
         finally:

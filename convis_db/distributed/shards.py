@@ -337,6 +337,8 @@ def old_scores_as_peaks(con: duckdb.DuckDBPyConnection, scores: pa.Table, manife
         settings = Settings(**manifest["settings"])
     except (TypeError, ValueError, ConvisError) as exc:
         raise ShardError(f"the manifest's settings are not valid ({exc}); {FIX}") from exc
+    if hasattr(con, "complete"):
+        con.complete()  # DuckDB >= 2: finish an earlier statement left unread before registering (as fetch_arrow)
     con.register("_old_scores", scores)
     try:
         return fetch_arrow(con, concept_peaks_from_scores("SELECT * FROM _old_scores"),

@@ -40,7 +40,7 @@ def original_box(x0: float, y0: float, x1: float, y1: float, scale: float, width
 
 
 def sql_original_point(column: str, scale: str = "i.scale") -> str:
-    """The same conversion in DuckDB: a call of the one SQL macro, `original_px` (schema 010; on an
-    older file opened read-only the store defines it for the connection from that migration's text).
+    """The same conversion in DuckDB: a call of the one SQL macro, `original_px` (schema 010; every
+    open file has it, an older file being upgraded when opened).
     `column` and `scale` are fixed SQL names from the caller's own query text, never user input."""
     return f"original_px({column}, {scale})"

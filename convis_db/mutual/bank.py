@@ -86,14 +86,8 @@ def read_descriptor_file(path: str | Path) -> tuple[list[str], list[list[str]], 
     return texts, classes, data
 
 
-def _tables_exist(con: duckdb.DuckDBPyConnection) -> bool:
-    return con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'mutual_banks'").fetchone()[0] > 0
-
-
 def stored_bank_id(con: duckdb.DuckDBPyConnection, model_id: int, path: str | Path) -> int | None:
-    """The mutual_banks row of this file's bytes for this model, if stored (None on an older schema)."""
-    if not _tables_exist(con):
-        return None
+    """The mutual_banks row of this file's bytes for this model, if stored."""
     sha = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     row = con.execute("SELECT bank_id FROM mutual_banks WHERE model_id = ? AND sha256 = ?", [model_id, sha]).fetchone()
     return int(row[0]) if row else None

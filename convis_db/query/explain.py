@@ -17,7 +17,7 @@ import numpy as np
 
 from convis_db.engine.pixels import original_point
 from convis_db.store.hierarchy_store import StoredHierarchy, find_synset_name, load_hierarchy
-from convis_db.store.image_store import StoredImage, get_image, has_column, work_peak_select
+from convis_db.store.image_store import StoredImage, get_image
 from convis_db.wordnet.hierarchy import ROOT
 
 __all__ = ["ROOT", "ImageScores", "explain_image", "load_image_scores", "render_tree"]
@@ -90,19 +90,17 @@ def _level(value: float) -> float | None:
 
 
 def load_image_scores(con: duckdb.DuckDBPyConnection, image: StoredImage, hierarchy: StoredHierarchy,
-                      image_level: bool | None = None) -> ImageScores:
+                      image_level: bool = True) -> ImageScores:
     """The image's rows of `image_scores` as arrays (the one reader of those columns for trees).
 
-    `image_level`: whether the table has the image-level columns (None: look); without them the
-    image-level scores are NaN.
+    `image_level`: whether to read the image-level scores (NaN where not read, and for images
+    ingested without them).
     """
     n = hierarchy.size
-    if image_level is None:
-        image_level = has_column(con, "image_scores", "image_rank_less")
     level = ("image_max_rank_less, image_rank_less" if image_level
              else "NULL::INTEGER AS image_max_rank_less, NULL::INTEGER AS image_rank_less")
     rows = con.execute(
-        f"SELECT synset_id, score, {work_peak_select(con, 'work_peak_x', 'work_peak_y')}, self_score, {level} "
+        f"SELECT synset_id, score, work_peak_x, work_peak_y, self_score, {level} "
         "FROM image_scores "  # fixed columns
         "WHERE image_id = ?", [image.image_id]).fetchnumpy()
     out = ImageScores(hierarchy, image, np.zeros(n, np.float64), np.zeros(n, np.float64), np.zeros((n, 2), np.int64),

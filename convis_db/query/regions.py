@@ -18,7 +18,6 @@ from convis_db.engine.pixels import original_box
 from convis_db.query.maps import ConceptMap, MapService
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import StoredImage, get_image
-from convis_db.store.migrations import has_macro
 
 DEFAULT_MIN_SCORE = 0.95
 
@@ -50,14 +49,13 @@ def candidate_images(con: duckdb.DuckDBPyConnection, sid: int, min_score: float,
     image id), read `batch` at a time as the caller asks for more: an image's map peaks at its stored
     score, so each gives a region and the caller rarely needs more than its limit of images.
 
-    Read from the concept's keys (concept_keys, schema 014: the concept-ordered index and the images
+    Read from the concept's search keys (concept_keys: the concept-ordered index and the images
     appended since), so a collection of any size reads this concept's row groups only, not every
-    image's rows; an older file has concept_rows."""
-    rows = "concept_keys(?)" if has_macro(con, "concept_keys") else "concept_rows(?)"  # schema 014: no pixels
+    image's rows."""
     offset = 0
     while True:
         ids = [int(r[0]) for r in con.execute(
-            f"SELECT image_id FROM {rows} WHERE score >= ? ORDER BY score DESC, image_id LIMIT ? OFFSET ?",
+            "SELECT image_id FROM concept_keys(?) WHERE map_peak >= ? ORDER BY map_peak DESC, image_id LIMIT ? OFFSET ?",
             [sid, float(min_score), int(batch), offset]).fetchall()]
         yield from ids
         if len(ids) < batch:

@@ -22,8 +22,7 @@ import duckdb
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
 from convis_db.store.hierarchy_store import find_synset_name, synset_count
-from convis_db.store.image_store import has_column, image_level_counts, work_peak_columns
-from convis_db.store.migrations import has_macro
+from convis_db.store.image_store import image_level_counts
 
 LEVELS = ("image", "map")
 BACKFILL_HINT = "convis-db ingest --backfill-image-level"
@@ -49,20 +48,23 @@ def choose_level(con: duckdb.DuckDBPyConnection, by: str | None) -> tuple[str, l
 
 @dataclass(frozen=True)
 class Ranking:
-    """How `search` scores and orders the rows of `concept_rows(sid)` (aliased `sc`, joined to images
-    `i`): SQL expressions built from fixed column names only, in one place for search_images and
-    count_images. It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them
-    equal): `score` descending, then the map score, then the image id."""
+    """How `search` scores and orders the rows of `source` (aliased `sc`, joined to images `i`): SQL
+    expressions built from fixed column names only, in one place for search_images and count_images.
+    It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them equal): `score`
+    descending, then the map score, then the image id.
+
+    `source` is the table macro of the concept's rows: `concept_keys(sid)` (schema 013: the search keys
+    only, concept_order's slim rows) unless only_self needs the self peak, `concept_rows(sid)`. The
+    peaks' pixels are concept_peaks columns (`peak_x`, `peak_y`), read for the returned rows only."""
 
     sid: int
     by: str
+    source: str       # a table macro call with one parameter, the synset id
     score: str        # the `by` score
     map_score: str    # the map peak (of the synset alone with only_self)
-    image_score: str  # the image-level score; NULL::DOUBLE on a file without those columns
-    peak_x: str       # the map peak's working pixel, a column of sc
+    image_score: str  # the image-level score (NULL for images ingested without it)
+    peak_x: str       # the map peak's working pixel, a column of concept_peaks
     peak_y: str
-
-    keys: bool = False  # the scores come from concept_keys (schema 014): no pixel, the peaks read after
 
     @property
     def order(self) -> str:
@@ -72,27 +74,16 @@ class Ranking:
         return f"{self.score} DESC, {self.map_score} DESC, {image_id}" if self.by == "image" \
             else f"{self.map_score} DESC, {image_id}"
 
-    @property
-    def rows(self) -> str:
-        """The table macro the scores are read from, called with the synset id."""
-        return "concept_keys(?)" if self.keys else "concept_rows(?)"
-
 
 def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None, only_self: bool = False) -> Ranking:
     """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    peaks = work_peak_columns(con)  # working pixels, under the names this file uses
-    mapped, px, py = (("sc.self_score", peaks["work_self_peak_x"], peaks["work_self_peak_y"]) if only_self
-                      else ("sc.score", peaks["work_peak_x"], peaks["work_peak_y"]))
-    if has_column(con, "image_scores", "image_rank_less"):
-        level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
-        image_score = f"{level} / {synset_count(con)}::DOUBLE"
-    else:  # a database at schema 004, opened read-only: no image-level scores
-        image_score = "NULL::DOUBLE"
-    keys = not only_self and has_macro(con, "concept_keys")
-    return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}",
-                   keys)
+    source, mapped, px, py = (("concept_rows(?)", "sc.self_score", "work_self_peak_x", "work_self_peak_y")
+                              if only_self else ("concept_keys(?)", "sc.map_peak", "work_peak_x", "work_peak_y"))
+    level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
+    image_score = f"{level} / {synset_count(con)}::DOUBLE"
+    return Ranking(sid, by, source, image_score if by == "image" else mapped, mapped, image_score, px, py)
 
 
 def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, limit: int = 20,
@@ -104,43 +95,31 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
     r = ranking(con, concept, by, only_self)
-    if r.keys:  # the best `limit` from the concept's keys, then their peaks: no other image's rows are read
-        rows = con.execute(
-            f"""WITH best AS (
-                    SELECT sc.image_id, sc.synset_id, {r.score} AS score, {r.map_score} AS map_score,
-                           {r.image_score} AS image_score
-                    FROM concept_keys(?) sc WHERE {r.score} >= ?
-                    ORDER BY {r.order_by("sc.image_id")} LIMIT ?)
-                SELECT i.image_id, i.path, b.score, b.map_score, b.image_score,
-                       {sql_original_point("p.work_peak_x")} AS peak_x, {sql_original_point("p.work_peak_y")} AS peak_y,
-                       i.width, i.height
-                FROM best b JOIN concept_peaks p ON p.image_id = b.image_id AND p.synset_id = b.synset_id
-                JOIN images i ON i.image_id = b.image_id
-                ORDER BY b.score DESC, b.map_score DESC, b.image_id""",  # expressions from Ranking's fixed choices
-            [r.sid, float(min_score), int(limit)],
-        ).fetchall()
-        return _search_rows(rows, concept, r.by)
+    # The best `limit` of the concept's rows first (its keys: concept_order's row groups only), then the
+    # peaks' pixels and the image records of those rows alone: a join with at most `limit` rows, which
+    # DuckDB turns into a filter on concept_peaks' image ids. No other image's rows are read.
     rows = con.execute(
-        f"""SELECT i.image_id, i.path, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score,
-                   {sql_original_point(r.peak_x)} AS peak_x, {sql_original_point(r.peak_y)} AS peak_y,
-                   i.width, i.height
-            FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
-            WHERE {r.score} >= ?
-            ORDER BY {r.order}
-            LIMIT ?""",  # expressions from Ranking's fixed choices
-        [r.sid, float(min_score), int(limit)],
+        f"""WITH hits AS (
+                SELECT sc.image_id, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score
+                FROM {r.source} sc
+                WHERE {r.score} >= ?
+                ORDER BY {r.order_by("sc.image_id")}
+                LIMIT ?)
+            SELECT i.image_id, i.path, h.score, h.map_score, h.image_score,
+                   {sql_original_point("p." + r.peak_x)} AS peak_x,
+                   {sql_original_point("p." + r.peak_y)} AS peak_y, i.width, i.height
+            FROM hits h JOIN concept_peaks p ON p.image_id = h.image_id AND p.synset_id = ?
+            JOIN images i ON i.image_id = h.image_id
+            ORDER BY h.score DESC, h.map_score DESC, h.image_id""",  # expressions from Ranking's fixed choices
+        [r.sid, float(min_score), int(limit), r.sid],
     ).fetchall()
-    return _search_rows(rows, concept, r.by)
-
-
-def _search_rows(rows: list[tuple], concept: str, by: str) -> list[dict]:
     keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
-    return [dict(zip(keys, row)) | {"synset": concept, "by": by} for row in rows]
+    return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
 
 
 def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,
                  by: str | None = None) -> int:
     """How many images search_images would list without a limit."""
     r = ranking(con, concept, by, only_self)
-    return int(con.execute(f"SELECT count(*) FROM {r.rows} sc WHERE {r.score} >= ?",  # Ranking's expressions
+    return int(con.execute(f"SELECT count(*) FROM {r.source} sc WHERE {r.score} >= ?",  # Ranking's expressions
                            [r.sid, float(min_score)]).fetchone()[0])

@@ -7,7 +7,6 @@ import os
 import duckdb
 
 from convis_db.models.precision import precision_label
-from convis_db.store.migrations import has_column
 
 COUNTED_TABLES = ("synsets", "isa_edges", "closure", "models", "definition_embeddings", "images", "windows",
                   "image_scores", "window_concepts", "image_embeddings", "ingest_failures", "merged_shards")
@@ -29,7 +28,7 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
             out.update(vocabulary=row[0], vocabulary_words=row[1], missing_words=row[2], wordnet_version=row[4],
                        hierarchy=stored_vocabulary(con)["hierarchy"])
     for table in COUNTED_TABLES:
-        if table == "window_concepts" and "window_top" in tables:  # schema 012: K rows per window_top row
+        if table == "window_concepts" and "window_top" in tables:  # a view: K rows per window_top row
             out[table] = int(con.execute("SELECT coalesce(sum(len(synset_ids)), 0) FROM window_top").fetchone()[0])
         elif table in tables:
             out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # names from the allowlist above
@@ -44,9 +43,8 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
         out["images_with_image_level"] = out.get("image_embeddings", 0)
     if out.get("images"):
         # The image encoder's precision per image ('unrecorded': ingested before schema 007).
-        column = "precision" if has_column(con, "images", "precision") else "NULL"  # one of two literals
         out["image_precisions"] = {precision_label(p): n for p, n in con.execute(
-            f"SELECT {column} AS p, count(*) FROM images GROUP BY p ORDER BY p NULLS FIRST").fetchall()}
+            "SELECT precision AS p, count(*) FROM images GROUP BY p ORDER BY p NULLS FIRST").fetchall()}
         # Rows per image, by construction: windows, |T| scores, windows x top_k concepts.
         out["windows_per_image"] = round(out["windows"] / out["images"], 1)
     return out

@@ -21,7 +21,7 @@ import duckdb
 from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
 from convis_db.progress import Progress, no_progress
 from convis_db.store.hierarchy_store import synset_count
-from convis_db.store.migrations import check_not_newer, define_query_macros, migrate
+from convis_db.store.migrations import check_not_newer, migrate, pending_versions
 
 
 log = logging.getLogger(__name__)
@@ -140,19 +140,47 @@ def _check_path_cli_words(path: Path, create: bool) -> None:
 
 def connect(path: str | Path, *, write: bool = False, create: bool = False,
             progress: Progress = no_progress) -> duckdb.DuckDBPyConnection:
-    """A connection to the database file, migrated when opened for writing (`progress` shows the
-    migrations' long steps).
+    """A connection to the database file at the current schema (`progress` shows the migrations' long
+    steps): a file an earlier convis-db wrote is upgraded when opened, in either mode, so every reader
+    reads one schema (schema/current.sql).
 
     Read-only connections are sandboxed by DuckDB's configuration (_READ_ONLY_CONFIG, then
-    _lock_read_only): no statement can make them write a file. Raises DatabaseError when the file
+    _lock_read_only): no statement can make them write a file. (Before that, the one-time upgrade of
+    an older file goes through its own writable connection: _upgrade_in_place.) Raises DatabaseError when the file
     does not exist (unless `create`), is not a regular file, is held by another process, is not a
     DuckDB file, or comes from a newer schema.
     """
     path = Path(path).expanduser()
     _check_path(path, create)
+    con = _open(path, write)
+    try:
+        _no_progress_bar(con)
+        if write:
+            migrate(con, str(path), progress)
+        else:
+            check_not_newer(con, str(path))
+            if pending_versions(con):  # written by an earlier convis-db: upgraded once, then read as current
+                con.close()
+                _upgrade_in_place(path, progress)
+                con = _open(path, write=False)
+                _no_progress_bar(con)
+            _lock_read_only(con)
+        if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
+            con.complete()
+    except duckdb.Error as exc:
+        con.close()
+        raise DatabaseError(damaged_message(path, exc)) from exc
+    except Exception:
+        con.close()
+        raise
+    return con
+
+
+def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
+    """duckdb.connect in the mode asked, DuckDB's open errors turned into one-line DatabaseErrors."""
     read_only = not write
     try:
-        con = duckdb.connect(str(path), read_only=read_only, config=dict(_READ_ONLY_CONFIG if read_only else _BASE_CONFIG))
+        return duckdb.connect(str(path), read_only=read_only, config=dict(_READ_ONLY_CONFIG if read_only else _BASE_CONFIG))
     except duckdb.IOException as exc:
         text = str(exc)
         if _is_lock_error(text):
@@ -166,23 +194,34 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
                 "close that connection first (one process opens a file in one mode at a time)."
             ) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
+
+
+def _upgrade_in_place(path: Path, progress: Progress) -> None:
+    """Migrate a file an earlier convis-db wrote, before a read-only open reads it.
+
+    Every reader reads the current schema only (schema/current.sql), so an older file is brought up to
+    it once, by the same migrations a writable open runs; later opens find it current and write
+    nothing. This is the one write a read-only open ever makes, and it is logged. Where the file cannot
+    be written now (another process has it open, a read-only file system or file), the open fails
+    naming what to do, and the file is left as it was."""
+    log.warning("%s was written by an earlier convis-db: upgrading it to the current schema (once; "
+                "later opens read it as it is)", path)
+    try:
+        con = _open(path, write=True)
+    except DatabaseLockedError as exc:
+        raise DatabaseLockedError(
+            f"{path} was written by an earlier convis-db and must be upgraded once before it is read, "
+            f"which needs the file to itself: {exc.args[0]}") from exc
+    except DatabaseError as exc:
+        raise DatabaseError(
+            f"{path} was written by an earlier convis-db and must be upgraded once before it is read, "
+            f"but it cannot be written here ({exc.args[0]}). Copy it to a folder you can write and open "
+            "the copy.") from exc
     try:
         _no_progress_bar(con)
-        if write:
-            migrate(con, str(path), progress)
-        else:
-            check_not_newer(con, str(path))
-            define_query_macros(con)  # an older file read as it is: the macros our queries call, in memory
-            _lock_read_only(con)
-        if hasattr(con, "complete"):  # DuckDB >= 2: leave no unread result behind for the caller
-            con.complete()
-    except duckdb.Error as exc:
+        migrate(con, str(path), progress)
+    finally:
         con.close()
-        raise DatabaseError(damaged_message(path, exc)) from exc
-    except Exception:
-        con.close()
-        raise
-    return con
 
 
 def _no_progress_bar(con: duckdb.DuckDBPyConnection) -> None:

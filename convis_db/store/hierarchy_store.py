@@ -53,20 +53,12 @@ def write_hierarchy(con: duckdb.DuckDBPyConnection, h: Hierarchy, vocab: Vocabul
             insert_arrow(con, name, table)
 
 
-def _has_hierarchy_column(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether schema 006 is in: a database opened read-only is not migrated, so an older file lacks it."""
-    return con.execute(
-        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'vocabulary' AND column_name = 'hierarchy'"
-    ).fetchone()[0] > 0
-
-
 def stored_vocabulary(con: duckdb.DuckDBPyConnection) -> dict | None:
     """The vocabulary row, with `hierarchy` ('reference' or 'extended'; 'extended' for a database made
-    before the choice existed, migrated or not)."""
-    hierarchy = "coalesce(hierarchy, ?)" if _has_hierarchy_column(con) else "?"
+    before the choice existed)."""
     row = con.execute(
         "SELECT name, source, n_words, missing_words, n_synsets, wordnet_version, words_sha256, "
-        f"{hierarchy} FROM vocabulary", [LEGACY_HIERARCHY]
+        "coalesce(hierarchy, ?) FROM vocabulary", [LEGACY_HIERARCHY]
     ).fetchone()
     if row is None:
         return None

@@ -1,9 +1,8 @@
 """Write an image's explanation in one transaction, and read stored windows back for maps and queries.
 
-Databases at schema 004 or older may be opened read-only (never migrated): their images have no
-`layout` column (they all use the 'origin' lattice) and no image-level scores; every reader here
-answers for them too. Before schema 010 the working-pixel peak columns had other names
-(WORK_PEAK_COLUMNS); work_peak_select reads either.
+Every reader here reads the current schema (schema/current.sql): a file an earlier convis-db wrote is
+upgraded when it is opened (store/db.py). Shards of older runs are another matter: their rows may
+carry the column names of before schema 010 (with_work_peak_names).
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
 from convis_db.store.hierarchy_store import synset_count
-from convis_db.store.migrations import has_column, has_table
 from convis_db.store.transaction import transaction
 
 
@@ -50,16 +48,12 @@ class StoredImage:
 
 
 _IMAGE_COLUMNS = ("image_id, sha256, path, model_id, width, height, work_width, work_height, scale, "
-                  "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows, {layout}")
+                  "max_pixels, stride, small, large, top_k, grid_rows, grid_cols, n_windows, layout, precision")
 
 
 def _select_images(con: duckdb.DuckDBPyConnection, where: str, params: list):
-    """Rows of `images` (`where` is a fixed clause of the callers below), for every schema: a file not
-    yet migrated reads as the 'origin' layout (before 005) and an unrecorded precision (before 007)."""
-    layout = "layout" if has_column(con, "images", "layout") else "'origin' AS layout"
-    precision = "precision" if has_column(con, "images", "precision") else "NULL AS precision"
-    return con.execute(f"SELECT {_IMAGE_COLUMNS.format(layout=layout)}, {precision} FROM images {where}",
-                       params).fetchone()
+    """Rows of `images` (`where` is a fixed clause of the callers below)."""
+    return con.execute(f"SELECT {_IMAGE_COLUMNS} FROM images {where}", params).fetchone()
 
 
 def _row_to_image(row) -> StoredImage:
@@ -117,38 +111,20 @@ def image_file(con: duckdb.DuckDBPyConnection, ref: str | int | Path) -> str:
 
 
 def database_layout(con: duckdb.DuckDBPyConnection) -> str:
-    """The window lattice of this database's images, new ones included (schema 005's window_layout).
-
-    A database not yet migrated to 005 (opened read-only) gets what the migration will decide:
-    'origin' when it holds images, else the new default.
-    """
-    if has_table(con, "window_layout"):
-        row = con.execute("SELECT layout FROM window_layout LIMIT 1").fetchone()
-        if row:
-            return row[0]
+    """The window lattice of this database's images, new ones included (schema 005's window_layout;
+    a database whose row is missing gets what that migration decides: 'origin' when it holds images,
+    else the new default)."""
+    row = con.execute("SELECT layout FROM window_layout LIMIT 1").fetchone()
+    if row:
+        return row[0]
     has_images = con.execute("SELECT EXISTS (SELECT 1 FROM images)").fetchone()[0]
     return "origin" if has_images else DEFAULT_LAYOUT
 
 
-#: The working-pixel peak columns of image_scores and concept_index (schema 010's names) -> the names
-#: they had before 010. A database opened read-only is not migrated, so an older file still has those.
+#: The working-pixel peak columns of image_scores (schema 010's names) -> the names they had before 010,
+#: which shards of an older run still carry.
 WORK_PEAK_COLUMNS = {"work_peak_x": "peak_x", "work_peak_y": "peak_y",
                      "work_self_peak_x": "self_peak_x", "work_self_peak_y": "self_peak_y"}
-
-
-def work_peak_columns(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
-    """Schema 010 name -> the column this file holds it in (image_scores, concept_index and the
-    concept_rows macro are renamed together, so one check answers for all three)."""
-    if has_column(con, "image_scores", "work_peak_x"):
-        return {name: name for name in WORK_PEAK_COLUMNS}
-    return dict(WORK_PEAK_COLUMNS)
-
-
-def work_peak_select(con: duckdb.DuckDBPyConnection, *names: str, prefix: str = "") -> str:
-    """'work_peak_x, work_peak_y' for a SELECT list, each read under the name this file uses
-    (`prefix`, e.g. 'sc.', qualifies them); names from WORK_PEAK_COLUMNS only."""
-    present = work_peak_columns(con)
-    return ", ".join(f"{prefix}{n}" if present[n] == n else f"{prefix}{present[n]} AS {n}" for n in names)
 
 
 def with_work_peak_names(table: pa.Table) -> pa.Table:
@@ -174,8 +150,8 @@ class EmbeddingsNotStoredError(DatabaseError):
 
 
 def embedding_storage(con: duckdb.DuckDBPyConnection) -> str:
-    """float32, float16 or none. A database from before schema 009 (or opened read-only before its
-    upgrade) has no storage_settings table: it stores float32."""
+    """float32, float16 or none (float32 where the choice is not recorded: a connection to a file that
+    is not a migrated convis-db database, as the shard checks meet)."""
     try:
         row = con.execute("SELECT embeddings FROM storage_settings").fetchone()
     except duckdb.CatalogException:
@@ -380,28 +356,21 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
 
 def images_without_image_level(con: duckdb.DuckDBPyConnection) -> list[StoredImage]:
     """Stored images that have no image-level scores (ingested before schema 005), in id order."""
-    if not has_table(con, "image_embeddings"):
-        ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
-    else:
-        ids = [r[0] for r in con.execute(
-            "SELECT image_id FROM images WHERE image_id NOT IN (SELECT image_id FROM image_embeddings) "
-            "ORDER BY image_id").fetchall()]
+    ids = [r[0] for r in con.execute(
+        "SELECT image_id FROM images WHERE image_id NOT IN (SELECT image_id FROM image_embeddings) "
+        "ORDER BY image_id").fetchall()]
     return [_row_to_image(_select_images(con, "WHERE image_id = ?", [i])) for i in ids]
 
 
 def image_level_counts(con: duckdb.DuckDBPyConnection) -> tuple[int, int]:
     """(images with image-level scores, images in all)."""
     total = con.execute("SELECT count(*) FROM images").fetchone()[0]
-    if not has_table(con, "image_embeddings"):
-        return 0, int(total)
     have = con.execute("SELECT count(*) FROM image_embeddings").fetchone()[0]
     return int(have), int(total)
 
 
 def load_image_embedding(con: duckdb.DuckDBPyConnection, image_id: int) -> np.ndarray | None:
     """x = E_I(whole image), (D,) float32, or None where not stored."""
-    if not has_table(con, "image_embeddings"):
-        return None
     tbl = fetch_arrow(con, "SELECT embedding FROM image_embeddings WHERE image_id = ?", [image_id])
     if tbl.num_rows == 0:
         return None

@@ -76,25 +76,19 @@ def applied_versions(con: duckdb.DuckDBPyConnection) -> dict[int, str]:
 
 
 def has_column(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
-    """Whether `table` has `column`: a read-only connection is not migrated, so a database written by
-    an older convis-db may lack a column added since (read it as NULL)."""
+    """Whether `table` has `column` (for migration steps, which meet every earlier schema; readers
+    read the current one only)."""
     return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
                        "AND database_name = current_database() AND schema_name = current_schema()",
                        [table, column]).fetchone()[0] > 0
 
 
 def has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    """Whether this database file has the table (tables of later migrations are missing from older files)."""
+    """Whether this database file has the table (for migration steps: tables of later migrations are
+    missing from older files; readers read the current schema only)."""
     return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? "
                        "AND database_name = current_database() AND schema_name = current_schema()",
                        [table]).fetchone()[0] > 0
-
-
-def has_macro(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    """Whether this database file defines the macro (those of later migrations are missing from older files)."""
-    return con.execute("SELECT count(*) FROM duckdb_functions() WHERE function_name = ? "
-                       "AND function_type IN ('macro', 'table_macro') AND database_name = current_database()",
-                       [name]).fetchone()[0] > 0
 
 
 def check_not_newer(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
@@ -134,29 +128,13 @@ def _check_record_present(con: duckdb.DuckDBPyConnection, db_path: str) -> None:
         )
 
 
-#: SQL macros that convis-db's own queries call, with the migration that defines each. A file opened
-#: read-only is not migrated; where it predates one of them, `define_query_macros` defines it for that
-#: connection alone (a TEMP macro: in memory, the file untouched) from the migration's own statement,
-#: so each formula has one SQL text (original_px: engine/pixels.py's working-to-original point).
-QUERY_MACROS = {"original_px": 10}
-
-
-def define_query_macros(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Define, for this connection, the QUERY_MACROS the database lacks (an older file opened
-    read-only, or an empty in-memory one); returns their names."""
-    present = {r[0] for r in con.execute(
-        "SELECT function_name FROM duckdb_functions() WHERE function_type = 'macro'").fetchall()}
-    defined = []
-    for name, version in QUERY_MACROS.items():
-        if name in present:
-            continue
-        migration = next(m for m in available_migrations() if m.version == version)
-        statement = re.search(rf"CREATE OR REPLACE MACRO {name}\(.*?;", migration.sql, re.S)
-        if statement is None:
-            raise DatabaseError(f"schema file {migration.path.name} no longer defines {name}; reinstall convis-db.")
-        con.execute(statement.group(0).replace("CREATE OR REPLACE MACRO", "CREATE OR REPLACE TEMP MACRO", 1))
-        defined.append(name)
-    return defined
+def pending_versions(con: duckdb.DuckDBPyConnection) -> list[int]:
+    """The shipped migrations a convis-db file has not applied yet (empty for a current file, and for a
+    file with no schema_migrations record: an empty DuckDB file, or one whose record was lost)."""
+    done = applied_versions(con)
+    if not done:
+        return []
+    return [m.version for m in available_migrations() if m.version not in done]
 
 
 def migrate(con: duckdb.DuckDBPyConnection, db_path: str = "", progress: Progress = no_progress) -> list[int]:

@@ -10,7 +10,6 @@ from convis_db.errors import DatabaseError, did_you_mean
 from convis_db.models.clip import LoadedModel
 from convis_db.models.registry import ModelSpec
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
-from convis_db.store.migrations import has_column
 
 
 def find_model_id(con: duckdb.DuckDBPyConnection, spec: ModelSpec) -> int | None:
@@ -56,8 +55,6 @@ def write_definition_embeddings(con: duckdb.DuckDBPyConnection, model_id: int, e
 
 def definition_precision(con: duckdb.DuckDBPyConnection, model_id: int) -> str | None:
     """The precision that embedded a model's definitions; None when written before schema 007."""
-    if not has_column(con, "models", "definition_precision"):
-        return None
     row = con.execute("SELECT definition_precision FROM models WHERE model_id = ?", [model_id]).fetchone()
     return row[0] if row else None
 
