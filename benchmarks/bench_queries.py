@@ -2,23 +2,25 @@
 to 1,000,000 images' rows, cold and warm, with the row groups each query reads.
 
 No model runs: the hierarchy is built from WordNet (physical-objects), and the image rows and their
-scores are generated in SQL (no sort, no Python loop over rows), which is what the queries read.
-Targets (issues 4 and 24, 2-core CPU): search < 100 ms, explain < 50 ms; at 1M images each query
-within 2x of its 100k time, reading only its concept's (or its image's) row groups.
+scores are generated in SQL in schema 013's integers (no sort, no Python loop over rows), in the order
+ingestion and the concept index write them. Targets (issues 4 and 24, 2-core CPU): search < 100 ms,
+explain < 50 ms; at 1M images each query within 2x of its 100k time, reading only its concept's (or
+its image's) row groups.
 
 What is generated at full size and what is not (docs/benchmarks.md says why the figures transfer):
 
 * `--concepts K` (default: every synset of T) gives every image rows for K concepts only: the
   queried ones plus fillers spread evenly over the synset ids. A queried concept has all its N rows,
-  as in the full table; the images in `--full-images` (the ones explained) have all |T| rows.
-* `--row-group-size R` writes the tables in row groups of R rows (DuckDB's default: 122,880). A
-  query's fixed cost grows with the number of row groups it must prune (measured: about 5 us per
-  row group and table), so with K = |T| * R / 122,880 the subset has as many row groups as the full
-  table at DuckDB's default size, and the queries prune as many: `--emulate-full` picks K and R so.
+  as in the full table; the explained images (`full_images`) have all |T| rows.
+* `--row-group-size R` writes the score tables in row groups of R rows (DuckDB's default: 122,880).
+  A query's fixed cost grows with the number of row groups of each table it scans (DuckDB checks
+  every group's statistics before skipping it), so `--emulate-full [ROWS]` picks K = |T| x 2,048 /
+  ROWS and R = 2,048: as many row groups as the full table would have in groups of ROWS rows
+  (default DuckDB's), at a fiftieth of the rows.
 
     python benchmarks/bench_queries.py --images 10000
-    python benchmarks/bench_queries.py --images 100000 --db /tmp/bench100k.duckdb                  # full T, ~29 GB
-    python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/bench1m.duckdb   # minutes
+    python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
+    python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/emu1m.duckdb --cold --scans
 """
 
 from __future__ import annotations
