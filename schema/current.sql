@@ -252,6 +252,13 @@ CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
            image_max_rank_less
     FROM concept_peaks
     WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
+CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
+    SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
+           p.self_sum::DOUBLE / (p.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS self_score,
+           p.work_self_peak_x, p.work_self_peak_y, k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL ELSE p.image_rank_less END AS image_rank_less
+    FROM concept_keys(sid) k
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id;
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
@@ -300,15 +307,6 @@ CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.pr
 CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
 CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
 CREATE VIEW window_top_concepts AS SELECT wc.image_id, wc.window_idx, wc.k, s."name" AS synset, wc.synset_id, (wc.rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS rank_sim, CAST(greatest(floor((w.x0 * i.scale)), 0) AS INTEGER) AS x0, CAST(greatest(floor((w.y0 * i.scale)), 0) AS INTEGER) AS y0, CAST(least(ceil((w.x1 * i.scale)), i.width) AS INTEGER) AS x1, CAST(least(ceil((w.y1 * i.scale)), i.height) AS INTEGER) AS y1 FROM (((window_concepts AS wc INNER JOIN windows AS w ON (((w.image_id = wc.image_id) AND (w.window_idx = wc.window_idx)))) INNER JOIN images AS i ON ((i.image_id = wc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = wc.synset_id)));
-CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
-    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
-           image_max_rank_less, image_rank_less
-    FROM concept_index WHERE synset_id = sid
-    UNION ALL
-    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
-           image_max_rank_less, image_rank_less
-    FROM image_scores
-    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
 CREATE MACRO regions_with(concept, min_score) AS TABLE
 SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
 FROM (
