@@ -84,8 +84,10 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: i
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
 
     def peaks() -> Peaks:
-        return Peaks(rng.random(n_syn), rng.integers(0, w, n_syn).astype(np.int32),
-                     rng.integers(0, h, n_syn).astype(np.int32))
+        windows = np.full(n_syn, 64, np.int32)  # the paper's settings: 8 x 8 windows over every pixel
+        sums = rng.integers(0, 64 * n_syn, n_syn).astype(np.int64)
+        return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)), rng.integers(0, w, n_syn).astype(np.int32),
+                     rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
 
     rank = rng.integers(0, n_syn, n_syn).astype(np.int32)
     level = ImageLevel(emb[0].copy(), rank, np.maximum(rank, rng.integers(0, n_syn, n_syn).astype(np.int32)))

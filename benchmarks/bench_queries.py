@@ -1,22 +1,41 @@
-"""Query speed on a generated collection: `search` and `explain` over 10,000 (or 100,000) images' rows.
+"""Query speed on a generated collection: search, count, regions, explain and `images_with` over 10,000
+to 1,000,000 images' rows, cold and warm, with the row groups each query reads.
 
-No model runs: the hierarchy is built from WordNet (physical-objects, ~7,300 synsets), and the
-image rows and every image's score for every concept are generated in SQL (random values), which is
-what the queries read, with the image-level counts of schema 005. Targets (issue 4, 2-core CPU):
-search < 100 ms (by image and by map), explain < 50 ms.
+No model runs: the hierarchy is built from WordNet (physical-objects), and the image rows and their
+scores are generated in SQL in schema 013's integers (no sort, no Python loop over rows), in the order
+ingestion and the concept index write them. Targets (issues 4 and 24, 2-core CPU): search < 100 ms,
+explain < 50 ms; at 1M images each query within 2x of its 100k time, reading only its concept's (or
+its image's) row groups.
+
+What is generated at full size and what is not (docs/benchmarks.md says why the figures transfer):
+
+* `--concepts K` (default: every synset of T) gives every image rows for K concepts only: the
+  queried ones plus fillers spread evenly over the synset ids. A queried concept has all its N rows,
+  as in the full table; the explained images (`full_images`) have all |T| rows.
+* `--row-group-size R` writes the score tables in row groups of R rows (DuckDB's default: 122,880).
+  A query's fixed cost grows with the number of row groups of each table it scans (DuckDB checks
+  every group's statistics before skipping it), so `--emulate-full [ROWS]` picks K = |T| x 2,048 /
+  ROWS and R = 2,048: as many row groups as the full table would have in groups of ROWS rows
+  (default DuckDB's), at a fiftieth of the rows.
 
     python benchmarks/bench_queries.py --images 10000
-    python benchmarks/bench_queries.py --images 100000 --db /tmp/bench100k.duckdb   # ~15 GB, minutes
+    python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
+    python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/emu1m.duckdb --cold --scans
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import duckdb
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,18 +50,64 @@ from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
 
 #: Multipliers of the generated scores' permutations (coprime with any collection size checked below).
 _A, _B, _C, _D = 7919, 104_729, 15_485_863, 32_452_843
+#: The concepts the benchmark queries (always generated in full).
+QUERIED = ("dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01")
+#: DuckDB's default rows per row group.
+DEFAULT_ROW_GROUP = 122_880
+#: The big tables, whose row groups a query must prune.
+BIG_TABLES = ("concept_peaks", "concept_order")
 
 
-def build(db: Path, n_images: int) -> float:
+def full_images(n_images: int) -> list[int]:
+    """The images that get rows for every synset of T: the explained ones (warm: the middle one)."""
+    return sorted({max(1, n_images // 4), max(1, n_images // 2), max(1, 3 * n_images // 4)})
+
+
+def chosen_concepts(con: duckdb.DuckDBPyConnection, n_concepts: int | None) -> list[int]:
+    """Sorted synset ids: the queried concepts and fillers spread evenly over the ids, K in all."""
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    if n_concepts is None or n_concepts >= n:
+        return list(range(n))
+    queried = [r[0] for r in con.execute("SELECT synset_id FROM synsets WHERE list_contains(?, name)",
+                                         [list(QUERIED)]).fetchall()]
+    fillers = [s for s in np.linspace(0, n - 1, max(n_concepts - len(queried), 0)).round().astype(int).tolist()
+               if s not in queried]
+    return sorted(set(queried) | set(fillers))
+
+
+def _windows(s: str) -> str:
+    """How many windows cover a concept's map peak: 64-80 (the paper's grid covers an inner pixel with
+    80), one count per synset so that the concept-ordered copy is sorted by the peak exactly."""
+    return f"(64 + {s} % 17)"
+
+
+def _values(n_images: int, n_synsets: int) -> str:
+    """concept_peaks' generated columns for image i and synset s, in schema 013's integers. The map
+    peak map_sum / (map_windows * |T|) is round(t * w * |T|) / (w * |T|) for t = 0.9 + 0.1 * (1 - p / N),
+    where p = ((i - 1) * A + s * B) mod N is a permutation of the N images for each synset, so that the
+    concept-ordered copy can be written in (synset, map peak DESC) order straight from a range."""
+    N, n = n_images, n_synsets
+    return f"""round((0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE)) * {_windows('s')} * {n})::INT
+                   AS map_sum, {_windows('s')}::INT AS map_windows,
+               ((i * 31 + s * 17) % 632)::INT AS work_peak_x, ((i * 13 + s * 7) % 474)::INT AS work_peak_y,
+               round((0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE) * {_windows('(s + 5)')} * {n})::INT
+                   AS self_sum, {_windows('(s + 5)')}::INT AS self_windows,
+               ((i * 7 + s * 29) % 632)::INT AS work_self_peak_x, ((i * 11 + s * 3) % 474)::INT AS work_self_peak_y,
+               ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
+
+
+#: concept_order's columns, from the same generated values.
+_ORDER_COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less"
+
+
+def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size: int | None = None,
+          emulate_full: int | None = None) -> dict:
     """Generate the collection in DuckDB with no sort and no Python loop over rows.
 
-    Each (image, synset) gets score 0.9 + 0.1 * (1 - p / N), where p = ((image - 1) * A + synset * B)
-    mod N is a permutation of the N images for each synset: so image_scores can be written in image
-    order (as ingestion writes it) and concept_index in (synset, score DESC) order, the layout of one
-    sorted run after an ingest, both straight from one range each, with equal values in both.
+    concept_peaks is written in image order (as ingestion writes it), concept_order in (synset, map
+    peak DESC) order (one sorted run, as after an ingest), with equal values in both (schema 013). With a
+    subset of concepts, the full images' rows for the other concepts follow as a second, sorted run.
     """
-    import math
-
     if math.gcd(_A, n_images) != 1:
         raise SystemExit(f"--images {n_images} shares a factor with {_A}; pick another size")
     t0 = time.perf_counter()
@@ -51,6 +116,9 @@ def build(db: Path, n_images: int) -> float:
     wn = open_wordnet()
     write_hierarchy(con, build_hierarchy(wn, vocab), vocab, wn.get_version())
     n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    if emulate_full:  # as many row groups as the full table in row groups of `emulate_full` rows
+        n_concepts = math.ceil(n * (row_group_size or DEFAULT_ROW_GROUP) / emulate_full)
+    chosen = chosen_concepts(con, n_concepts)
     con.execute("""INSERT INTO models (name, pretrained, is_random, config_json, embed_dim, image_size, image_mean, image_std)
                    VALUES ('generated', 'none', true, '{}', 512, 224, [0.5,0.5,0.5], [0.5,0.5,0.5])""")
     con.execute("""INSERT INTO images (sha256, path, model_id, width, height, work_width, work_height, scale, stride,
@@ -58,71 +126,241 @@ def build(db: Path, n_images: int) -> float:
                     SELECT sha256(i::VARCHAR), 'generated/' || i || '.jpg', 1, 800, 600, 632, 474, 800.0 / 632, 16, 64,
                            128, 300000, 100, 30, 40, 1200
                     FROM range(1, ? + 1) t(i)""", [n_images])
-    N = n_images
-    values = f"""0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE) AS score,
-                 ((i * 31 + s * 17) % 632)::INT AS work_peak_x, ((i * 13 + s * 7) % 474)::INT AS work_peak_y,
-                 0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE AS self_score,
-                 ((i * 7 + s * 29) % 632)::INT AS work_self_peak_x, ((i * 11 + s * 3) % 474)::INT AS work_self_peak_y,
-                 ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
-    # image order, as ingestion writes it (DuckDB keeps a range's insertion order)
-    con.execute(f"""INSERT INTO image_scores BY NAME
-                    SELECT i::INT AS image_id, s::INT AS synset_id, {values}
-                    FROM (SELECT x // {n} + 1 AS i, x % {n} AS s FROM range(0, {N * n}) t(x))""")
-    print(f"  image_scores: {time.perf_counter() - t0:.0f} s", flush=True)
-    a_inv = pow(_A, -1, N)
-    # (synset, score DESC) order: the k-th best image of synset s has p = k
-    con.execute(f"""INSERT INTO concept_index BY NAME
-                    SELECT s::INT AS synset_id, i::INT AS image_id, {values}
-                    FROM (SELECT s, ((k - (s * {_B}) % {N} + {N}) % {N}) * {a_inv} % {N} + 1 AS i
-                          FROM (SELECT x // {N} AS s, x % {N} AS k FROM range(0, {N * n}) t(x)))""")
-    con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = 1", [N])
-    print(f"  concept_index: {time.perf_counter() - t0:.0f} s", flush=True)
     # Every image has image-level scores (schema 005), so search ranks by image by default as on a new database.
     con.execute("INSERT INTO image_embeddings SELECT i::INT, [0.0]::FLOAT[] FROM range(1, ? + 1) t(i)", [n_images])
     con.execute("CHECKPOINT")
     con.close()
-    return time.perf_counter() - t0
+    # The score tables through a plain DuckDB connection: row group size is an ATTACH option.
+    raw = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
+    raw.execute("SET enable_progress_bar = false")
+    rg = f" (ROW_GROUP_SIZE {int(row_group_size)})" if row_group_size else ""
+    raw.execute(f"ATTACH '{db}' AS g{rg}")  # the benchmark's own path
+    raw.execute("USE g")
+    N, K, values = n_images, len(chosen), _values(n_images, n)
+    subset = chosen if K < n else None
+    full = full_images(N) if subset is not None else []
+
+    def image_rows(lo: int, hi: int, every: bool) -> None:
+        """Rows of images lo..hi (inclusive) in image order: every synset, or the chosen ones."""
+        if hi < lo:
+            return
+        k = n if every or subset is None else K
+        synset = "x % ?" if every or subset is None else "(?::BIGINT[])[x % " + str(K) + " + 1]"
+        arg = n if every or subset is None else chosen
+        raw.execute(f"""INSERT INTO concept_peaks BY NAME
+                        SELECT i::INT AS image_id, s::INT AS synset_id, {values}
+                        FROM (SELECT x // {k} + {lo} AS i, {synset} AS s FROM range(0, {(hi - lo + 1) * k}) t(x))""",
+                    [arg])
+
+    lo = 1
+    for f in full:
+        image_rows(lo, f - 1, False)
+        image_rows(f, f, True)
+        lo = f + 1
+    image_rows(lo, N, False)
+    print(f"  concept_peaks: {time.perf_counter() - t0:.0f} s", flush=True)
+    a_inv = pow(_A, -1, N)
+    # (synset, score DESC) order: the k-th best image of synset s has p = k
+    synset = "x // ?" if subset is None else "(?::BIGINT[])[x // " + str(N) + " + 1]"
+    raw.execute(f"""INSERT INTO concept_order
+                    SELECT {_ORDER_COLUMNS} FROM (SELECT s::INT AS synset_id, i::INT AS image_id, {values}
+                    FROM (SELECT s, ((k - (s * {_B}) % {N} + {N}) % {N}) * {a_inv} % {N} + 1 AS i
+                          FROM (SELECT {synset} AS s, x % {N} AS k FROM range(0, {N * K}) t(x))))""",
+                [N if subset is None else chosen])
+    runs = 1
+    if full:  # the full images' rows for the other concepts: a second sorted run, as a later ingest appends
+        raw.execute(f"""INSERT INTO concept_order
+                        SELECT {_ORDER_COLUMNS} FROM (SELECT s::INT AS synset_id, i::INT AS image_id, {values}
+                        FROM (SELECT unnest(?::BIGINT[]) AS i) JOIN range(0, {n}) t(s) ON NOT list_contains(?, s))
+                        ORDER BY synset_id, map_sum::DOUBLE / map_windows DESC, image_id""", [full, chosen])
+        runs = 2
+    raw.execute("UPDATE concept_index_state SET indexed_through = ?, runs = ?", [N, runs])
+    print(f"  concept_order: {time.perf_counter() - t0:.0f} s", flush=True)
+    raw.execute("CHECKPOINT")
+    groups = {t: raw.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info(?)", [t]).fetchone()[0]
+              for t in BIG_TABLES}
+    rows = {t: raw.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in BIG_TABLES}
+    raw.close()
+    return {"seconds": time.perf_counter() - t0, "bytes": db.stat().st_size, "synsets": n, "concepts": K,
+            "full_images": full, "row_group_size": row_group_size or DEFAULT_ROW_GROUP, "row_groups": groups,
+            "rows": rows}
+
+
+# -- measuring -----------------------------------------------------------------------------------------
+
+class _Profiled:
+    """A read-only plain DuckDB connection that records, for every statement run through it, the row
+    groups and rows its scans of the big tables read (DuckDB's JSON profile)."""
+
+    def __init__(self, db: Path, out: Path):
+        self.con = duckdb.connect(str(db), read_only=True)
+        self.out = out
+        self.con.execute("SET enable_progress_bar = false")
+        self.con.execute("PRAGMA enable_profiling = 'json'")
+        self.con.execute(f"PRAGMA profiling_output = '{out}'")  # the benchmark's temp file
+        self.scans: list[dict] = []
+        self._pending = False
+
+    def __getattr__(self, name):
+        return getattr(self.con, name)
+
+    def execute(self, sql, params=None):
+        self._collect()
+        self.con.execute(sql, params or [])
+        self._pending = True
+        return self
+
+    def _collect(self) -> None:
+        if not self._pending:
+            return
+        self._pending = False
+        self.con.execute("SELECT 1")  # closes the pending result: DuckDB writes its profile then
+        if not self.out.exists():  # a statement DuckDB does not profile (not a SELECT)
+            return
+        tree = json.loads(self.out.read_text())
+        self.out.unlink()
+        stack = list(tree.get("operator", tree.get("children", [])))
+        while stack:
+            node = stack.pop()
+            stack.extend(node.get("children", []))
+            table = str((node.get("extra_info") or {}).get("Table", "")).rsplit(".", 1)[-1]
+            if node.get("type") == "TABLE_SCAN" and table in BIG_TABLES:
+                self.scans.append({"table": table, "row_groups": node.get("row_groups_scanned"),
+                                   "of": node.get("total_row_groups_to_scan"), "rows": node.get("rows_scanned")})
+
+    def run(self, fn) -> list[dict]:
+        self.scans = []
+        fn(self)
+        self._collect()
+        return self.scans
+
+
+def drop_cached_pages(db: Path) -> None:
+    """Drop the database file's pages from the OS page cache (clean pages only: synced first)."""
+    fd = os.open(db, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+class _StandInMaps:
+    """A map service for `regions` over a generated collection (no windows are stored): every image's
+    map is a 16 x 16 map with one block at 1.0, so a region costs little fixed work and reads nothing,
+    and the figures show what grows with the collection: finding the images and their records (a real
+    map costs the same at any collection size: docs/benchmarks.md has the map figures)."""
+
+    def __init__(self, con):
+        self.con = con
+
+    def for_stored(self, image, concept, only_self=False):
+        from convis_db.query.maps import ConceptMap
+
+        saliency = np.zeros((16, 16))
+        saliency[4:8, 4:10] = 1.0
+        return ConceptMap(concept, 0, saliency, image.grid, image.width, image.height, image.image_id,
+                          image.path, "database")
+
+
+def queries(n_images: int) -> dict:
+    """name -> fn(con): the measured queries, each through the library's public functions."""
+    from convis_db.query.explain import explain_image
+    from convis_db.query.regions import find_regions
+    from convis_db.query.search import count_images, search_images
+
+    mid = str(full_images(n_images)[1])
+    out = {}
+    for c in QUERIED:
+        for by in ("image", "map"):
+            out[f"search {c} (top 20, by {by})"] = lambda con, c=c, by=by: search_images(con, c, 0.0, 20, by=by)
+    for by in ("image", "map"):
+        out[f"search dog.n.01 --min-score 0.99 (by {by})"] = \
+            lambda con, by=by: search_images(con, "dog.n.01", 0.99, 20, by=by)
+        out[f"count dog.n.01 (by {by})"] = lambda con, by=by: count_images(con, "dog.n.01", 0.0, by=by)
+        out[f"count dog.n.01 --min-score 0.99 (by {by})"] = \
+            lambda con, by=by: count_images(con, "dog.n.01", 0.99, by=by)
+    out["regions dog.n.01 --min-score 0.95 (top 20)"] = \
+        lambda con: find_regions(con, "dog.n.01", 0.95, limit=20, service=_StandInMaps(con))
+    out["explain (depth 4, top 3)"] = lambda con: explain_image(con, mid, 4, 3)
+    out["explain (depth 8, top 5)"] = lambda con: explain_image(con, mid, 8, 5)
+    for level in ("image", "map"):
+        out[f"images_with('dog.n.01', 0.99, level := '{level}', top := 20)"] = lambda con, level=level: con.execute(
+            "SELECT * FROM images_with('dog.n.01', 0.99, level := ?, top := 20)", [level]).fetchall()
+    out["images_with('dog.n.01', 0.99, level := 'map') LIMIT 20"] = lambda con: con.execute(
+        "SELECT * FROM images_with('dog.n.01', 0.99, level := 'map') LIMIT 20").fetchall()
+    return out
+
+
+def measure(db: Path, n_images: int, cold: bool, scans: bool) -> dict:
+    """Per query: cold (a new connection after the file's pages left the OS cache), warm (median and
+    min of 7 after a warm-up) and, with `scans`, the row groups and rows its big-table scans read."""
+    results: dict = {}
+    named = queries(n_images)
+    if cold:
+        for name, fn in named.items():
+            drop_cached_pages(db)
+            t0 = time.perf_counter()
+            con = connect(db)
+            opened = time.perf_counter()
+            fn(con)
+            done = time.perf_counter()
+            con.close()
+            results.setdefault(name, {})["cold_ms"] = (done - opened) * 1000
+            results[name]["open_ms"] = (opened - t0) * 1000
+    con = connect(db)
+    for name, fn in named.items():
+        results.setdefault(name, {}).update(timeit(lambda fn=fn: fn(con)))
+    con.close()
+    if scans:
+        with tempfile.TemporaryDirectory() as tmp:
+            prof = _Profiled(db, Path(tmp) / "profile.json")
+            for name, fn in named.items():
+                results[name]["scans"] = prof.run(fn)
+            prof.con.close()
+    return results
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--concepts", type=int, help="Concepts per image (the queried ones and evenly spread "
+                    "fillers; default: every synset of T).")
+    ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default DuckDB's).")
+    ap.add_argument("--emulate-full", nargs="?", type=int, const=DEFAULT_ROW_GROUP, metavar="ROWS",
+                    help="A concept subset with as many row groups as the full table would have in row groups of "
+                    "ROWS rows (default DuckDB's 122,880); sets --concepts, and --row-group-size to 2,048.")
     ap.add_argument("--db", type=Path, help="Reuse or create the generated DB here (default: a temp dir).")
+    ap.add_argument("--cold", action="store_true", help="Also time each query once on a new connection "
+                    "after dropping the file's pages from the OS cache.")
+    ap.add_argument("--scans", action="store_true", help="Record the row groups each query's scans read.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.emulate_full:
+        args.row_group_size = args.row_group_size or 2048
     header(f"bench_queries: {args.images} generated images")
     tmp = tempfile.TemporaryDirectory()
     db = args.db or Path(tmp.name) / "bench.duckdb"
+    info: dict = {}
     if not db.exists():
-        secs = build(db, args.images)
-        print(f"built {db} in {secs:.1f} s ({db.stat().st_size / 1e6:.0f} MB)")
-    from convis_db.query.explain import explain_image
-    from convis_db.query.search import search_images
-
-    con = connect(db)
-    n_scores = con.execute("SELECT count(*) FROM image_scores").fetchone()[0]
-    concepts = ["dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01"]
-    results = {"images": args.images, "image_score_rows": n_scores}
-    for c in concepts:
-        results[f"search {c} (top 20, by image)"] = timeit(lambda c=c: search_images(con, c, 0.0, 20, by="image"))
-        results[f"search {c} (top 20, by map)"] = timeit(lambda c=c: search_images(con, c, 0.0, 20, by="map"))
-    results["search dog.n.01 --min-score 0.99 (image)"] = timeit(
-        lambda: search_images(con, "dog.n.01", 0.99, 20, by="image"))
-    results["search dog.n.01 --min-score 0.99 (map)"] = timeit(lambda: search_images(con, "dog.n.01", 0.99, 20, by="map"))
-    for level in ("image", "map"):
-        results[f"images_with('dog.n.01', 0.99, level := '{level}')"] = timeit(lambda level=level: con.execute(
-            "SELECT * FROM images_with('dog.n.01', 0.99, level := ?) LIMIT 20", [level]).fetchall())
-    mid = args.images // 2
-    results["explain (depth 4, top 3)"] = timeit(lambda: explain_image(con, str(mid), 4, 3))
-    results["explain (depth 8, top 5)"] = timeit(lambda: explain_image(con, str(mid), 8, 5))
-    con.close()
+        info = build(db, args.images, args.concepts, args.row_group_size, args.emulate_full)
+        print(f"built {db} in {info['seconds']:.1f} s ({info['bytes'] / 1e6:.0f} MB): {info}")
+    with duckdb.connect(str(db), read_only=True) as con:
+        stats = {"images": args.images,
+                 "rows": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                          for t in BIG_TABLES},
+                 "row_groups": {t: con.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info(?)",
+                                               [t]).fetchone()[0] for t in BIG_TABLES},
+                 "bytes": db.stat().st_size, "load": os.getloadavg()} | ({"build": info} if info else {})
+    results = measure(db, args.images, args.cold, args.scans)
+    print(json.dumps(stats))
     for k, v in results.items():
-        if isinstance(v, dict):
-            print(f"{k:52s} median {v['median_ms']:8.2f} ms   min {v['min_ms']:8.2f} ms")
-        else:
-            print(f"{k:52s} {v}")
+        cold = f"cold {v['cold_ms']:8.1f} ms (open {v['open_ms']:6.1f})   " if "cold_ms" in v else ""
+        scans = "  ".join(f"{s['table']} {s['row_groups']}/{s['of']} rg {s['rows']} rows" for s in v.get("scans", []))
+        print(f"{k:58s} {cold}median {v['median_ms']:8.2f} ms   min {v['min_ms']:8.2f} ms   {scans}")
+    print(f"load after: {os.getloadavg()}")
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps({"stats": stats, "results": results}))
 
 
 if __name__ == "__main__":

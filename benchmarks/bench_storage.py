@@ -9,6 +9,7 @@ choice (float16 is decoded back to float32; none re-encodes the image file with 
 
 --breakdown adds where the bytes go (docs/storage.md): the file growth split into used and free blocks,
 and each image table's bytes per image on its own (the table copied into a fresh file, see table_bytes).
+--columns adds the same per column of the concept tables (column_bytes), for the `none` choice.
 """
 
 from __future__ import annotations
@@ -74,6 +75,39 @@ def table_bytes(db: Path, images: int, copies: int = 16) -> dict[str, float]:
     return out
 
 
+#: The tables whose columns --columns measures (those present in the file).
+COLUMN_TABLES = ("concept_peaks", "concept_order", "image_scores", "concept_index", "window_top")
+
+
+def column_bytes(db: Path, images: int, copies: int = 64) -> dict[str, float]:
+    """Bytes per image of each column of COLUMN_TABLES, each on its own: the column (with image ids
+    shifted per copy where it is image_id) copied `copies` times into a fresh file in the table's own
+    order, checkpointed; the used blocks it adds / (images x copies). Resolution: one 256 KiB block."""
+    out = {}
+    src = duckdb.connect(str(db), read_only=True)
+    columns = src.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE table_name IN (SELECT unnest(?)) "
+        "AND table_name IN (SELECT table_name FROM duckdb_tables()) ORDER BY table_name, column_index",
+        [list(COLUMN_TABLES)]).fetchall()
+    src.close()
+    with tempfile.TemporaryDirectory(prefix="bench-storage-column-") as folder:
+        for table, column in columns:
+            f = Path(folder) / f"{table}.{column}.duckdb"
+            con = duckdb.connect(str(f))
+            con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
+            con.execute(f'CREATE TABLE copied AS SELECT "{column}" AS v FROM src.{table} LIMIT 0')  # catalog names
+            con.execute("CHECKPOINT")
+            used = "SELECT used_blocks * block_size FROM pragma_database_size() WHERE database_name = current_database()"
+            empty = con.execute(used).fetchone()[0]
+            shift = "image_id + {c} * 10000000" if column == "image_id" else f'"{column}"'
+            for c in range(copies):
+                con.execute(f"INSERT INTO copied SELECT {shift.format(c=c + 1)} FROM src.{table}")
+            con.execute("CHECKPOINT")
+            out[f"{table}.{column}"] = (con.execute(used).fetchone()[0] - empty) / (images * copies)
+            con.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(Path(__file__).resolve().parent / "configs" / "probe-512.json"))
@@ -81,6 +115,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=3)
     ap.add_argument("--concept", default="dog.n.01")
     ap.add_argument("--breakdown", action="store_true", help="bytes per image per table (docs/storage.md)")
+    ap.add_argument("--columns", action="store_true", help="bytes per image per column of the concept tables")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     settings = PAPER
@@ -140,6 +175,11 @@ def main() -> None:
                       f"({free_blocks} of {total_blocks} blocks in the file)")
                 for table, b in tables.items():
                     print(f"         {table:18s} {b / 1e3:7.1f} KB per image (alone in a fresh file)")
+            if args.columns and storage == "none":
+                columns = column_bytes(db, args.images)
+                results["choices"][storage]["columns"] = columns
+                for name, b in columns.items():
+                    print(f"         {name:36s} {b / 1e3:7.1f} KB per image (the column alone)")
         f32 = results["choices"]["float32"]["bytes_per_image"]
         for storage in EMBEDDING_CHOICES:
             print(f"{storage:8s} {results['choices'][storage]['bytes_per_image'] / f32:5.2f} x float32")

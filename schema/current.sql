@@ -11,37 +11,34 @@ CREATE SEQUENCE mutual_bank_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036
 CREATE SEQUENCE mutual_explanation_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
 
 -- Tables
-CREATE TABLE concept_index (
-    synset_id INTEGER NOT NULL,
-    image_id INTEGER NOT NULL,
-    score DOUBLE NOT NULL,
-    work_peak_x INTEGER NOT NULL,
-    work_peak_y INTEGER NOT NULL,
-    self_score DOUBLE NOT NULL,
-    work_self_peak_x INTEGER NOT NULL,
-    work_self_peak_y INTEGER NOT NULL,
-    image_max_rank_less INTEGER,
-    image_rank_less INTEGER
-);
 CREATE TABLE concept_index_state (
     indexed_through INTEGER NOT NULL,
     runs INTEGER NOT NULL
 );
-CREATE TABLE image_embeddings (
-    image_id INTEGER PRIMARY KEY,
-    embedding FLOAT[] NOT NULL
+CREATE TABLE concept_order (
+    synset_id INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    map_sum INTEGER NOT NULL,
+    map_windows INTEGER NOT NULL,
+    image_max_rank_less INTEGER
 );
-CREATE TABLE image_scores (
+CREATE TABLE concept_peaks (
     image_id INTEGER NOT NULL,
     synset_id INTEGER NOT NULL,
-    score DOUBLE NOT NULL,
+    map_sum INTEGER NOT NULL,
+    map_windows INTEGER NOT NULL,
     work_peak_x INTEGER NOT NULL,
     work_peak_y INTEGER NOT NULL,
-    self_score DOUBLE NOT NULL,
+    self_sum INTEGER NOT NULL,
+    self_windows INTEGER NOT NULL,
     work_self_peak_x INTEGER NOT NULL,
     work_self_peak_y INTEGER NOT NULL,
     image_max_rank_less INTEGER,
     image_rank_less INTEGER
+);
+CREATE TABLE image_embeddings (
+    image_id INTEGER PRIMARY KEY,
+    embedding FLOAT[] NOT NULL
 );
 CREATE TABLE images (
     image_id INTEGER DEFAULT(nextval('image_id_seq')) PRIMARY KEY,
@@ -244,57 +241,72 @@ CREATE MACRO children(concept) AS TABLE
     SELECT c.synset_id, c.name, c.definition, e.kind
     FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
     WHERE p.name = concept;
-CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
-    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
-           image_max_rank_less, image_rank_less
-    FROM concept_index WHERE synset_id = sid
+CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = sid
     UNION ALL
-    SELECT synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y,
-           image_max_rank_less, image_rank_less
-    FROM image_scores
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_peaks
     WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
+CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
+    SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
+           p.self_sum::DOUBLE / (p.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS self_score,
+           p.work_self_peak_x, p.work_self_peak_y, k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL ELSE p.image_rank_less END AS image_rank_less
+    FROM concept_keys(sid) k
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id;
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
     JOIN closure c ON c.ancestor_id = a.synset_id
     JOIN synsets d ON d.synset_id = c.descendant_id
     WHERE a.name = concept;
-CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
-CREATE MACRO parents(concept) AS TABLE
-    SELECT p.synset_id, p.name, p.definition, e.kind
-    FROM synsets c JOIN isa_edges e ON e.child_id = c.synset_id JOIN synsets p ON p.synset_id = e.parent_id
-    WHERE c.name = concept;
-CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
-CREATE VIEW image_concepts AS SELECT sc.image_id, i.path, s."name" AS synset, sc.synset_id, sc.score, original_px(sc.work_peak_x, i.scale) AS peak_x, original_px(sc.work_peak_y, i.scale) AS peak_y, sc.self_score, s.depth, s.definition, (sc.image_max_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_score, (sc.image_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_self_score FROM ((image_scores AS sc INNER JOIN images AS i ON ((i.image_id = sc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = sc.synset_id)));
-CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
-CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
-CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
-CREATE VIEW window_top_concepts AS SELECT wc.image_id, wc.window_idx, wc.k, s."name" AS synset, wc.synset_id, (wc.rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS rank_sim, CAST(greatest(floor((w.x0 * i.scale)), 0) AS INTEGER) AS x0, CAST(greatest(floor((w.y0 * i.scale)), 0) AS INTEGER) AS y0, CAST(least(ceil((w.x1 * i.scale)), i.width) AS INTEGER) AS x1, CAST(least(ceil((w.y1 * i.scale)), i.height) AS INTEGER) AS y1 FROM (((window_concepts AS wc INNER JOIN windows AS w ON (((w.image_id = wc.image_id) AND (w.window_idx = wc.window_idx)))) INNER JOIN images AS i ON ((i.image_id = wc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = wc.synset_id)));
-CREATE MACRO concept_scores(img) AS TABLE
-SELECT synset, score, self_score, peak_x, peak_y, depth, definition
-FROM image_concepts WHERE image_id = img
-ORDER BY score DESC, self_score DESC, synset;
-CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL) AS TABLE
+CREATE OR REPLACE MACRO exact_windows(value, max_windows, n_synsets) AS
+    list_filter(range(1, max_windows + 1),
+                lambda c: value = round(value * (c * n_synsets)::DOUBLE) / (c::DOUBLE * n_synsets::DOUBLE))[1];
+CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL, top := NULL) AS TABLE
 WITH chosen AS (
     SELECT CASE
         WHEN coalesce(level, 'auto') NOT IN ('auto', 'image', 'map')
             THEN error('images_with: level ' || level || ' is not image or map')
         WHEN level IS NOT NULL THEN level
         WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
-        ELSE 'map' END AS level
-), rows AS (
-    SELECT cr.image_id, i.path, cr.score AS map_score,
-           cr.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score,
-           original_px(cr.work_peak_x, i.scale) AS peak_x,
-           original_px(cr.work_peak_y, i.scale) AS peak_y
-    FROM concept_rows((SELECT synset_id FROM synsets WHERE name = concept)) cr
-    JOIN images i ON i.image_id = cr.image_id
+        ELSE 'map' END AS ranked_by
+), keyed AS (
+    SELECT k.image_id, k.synset_id, k.map_peak AS map_score,
+           k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by
+    FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k, chosen c
+), ranked AS (
+    SELECT image_id, synset_id, map_score, image_score,
+           CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END AS score
+    FROM keyed
+    WHERE (CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END) >= min_score
+    ORDER BY score DESC, map_score DESC, image_id
+    LIMIT coalesce(top, 9223372036854775807)
 )
-SELECT r.image_id, r.path, CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END AS score,
-       r.peak_x, r.peak_y, r.map_score, r.image_score
-FROM rows r, chosen c
-WHERE (CASE WHEN c.level = 'image' THEN r.image_score ELSE r.map_score END) >= min_score
-ORDER BY score DESC, r.map_score DESC, r.image_id;
+SELECT r.image_id, i.path, r.score,
+       original_px(p.work_peak_x, i.scale) AS peak_x, original_px(p.work_peak_y, i.scale) AS peak_y,
+       r.map_score, r.image_score
+FROM ranked r
+JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
+JOIN images i ON i.image_id = r.image_id
+ORDER BY r.score DESC, r.map_score DESC, r.image_id;
+CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
+CREATE MACRO parents(concept) AS TABLE
+    SELECT p.synset_id, p.name, p.definition, e.kind
+    FROM synsets c JOIN isa_edges e ON e.child_id = c.synset_id JOIN synsets p ON p.synset_id = e.parent_id
+    WHERE c.name = concept;
+CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
+CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
+CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_peaks;
+CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
+CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
+CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
+CREATE VIEW window_top_concepts AS SELECT wc.image_id, wc.window_idx, wc.k, s."name" AS synset, wc.synset_id, (wc.rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS rank_sim, CAST(greatest(floor((w.x0 * i.scale)), 0) AS INTEGER) AS x0, CAST(greatest(floor((w.y0 * i.scale)), 0) AS INTEGER) AS y0, CAST(least(ceil((w.x1 * i.scale)), i.width) AS INTEGER) AS x1, CAST(least(ceil((w.y1 * i.scale)), i.height) AS INTEGER) AS y1 FROM (((window_concepts AS wc INNER JOIN windows AS w ON (((w.image_id = wc.image_id) AND (w.window_idx = wc.window_idx)))) INNER JOIN images AS i ON ((i.image_id = wc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = wc.synset_id)));
 CREATE MACRO regions_with(concept, min_score) AS TABLE
 SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
 FROM (
@@ -307,3 +319,8 @@ FROM (
 )
 WHERE rn = 1
 ORDER BY rank_sim DESC, image_id, window_idx;
+CREATE VIEW image_concepts AS SELECT sc.image_id, i.path, s."name" AS synset, sc.synset_id, sc.score, original_px(sc.work_peak_x, i.scale) AS peak_x, original_px(sc.work_peak_y, i.scale) AS peak_y, sc.self_score, s.depth, s.definition, (sc.image_max_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_score, (sc.image_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_self_score, sc.map_peak, sc.self_map_peak FROM ((image_scores AS sc INNER JOIN images AS i ON ((i.image_id = sc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = sc.synset_id)));
+CREATE MACRO concept_scores(img) AS TABLE
+SELECT synset, score, self_score, peak_x, peak_y, depth, definition
+FROM image_concepts WHERE image_id = img
+ORDER BY score DESC, self_score DESC, synset;

@@ -67,6 +67,12 @@ def test_peaks_kernel_equals_segment_means(layout: str, stride: int, monkeypatch
         np.testing.assert_array_equal(peaks_.score, best.numpy())
         np.testing.assert_array_equal(peaks_.x, xs.centres[where.numpy() % len(xs.start)])
         np.testing.assert_array_equal(peaks_.y, ys.centres[where.numpy() // len(xs.start)])
+        # the exact terms schema 013 stores: the peak segment's integer sum and covering windows, whose
+        # ratio (as a reader computes it) is the peak bit for bit
+        sums = saliency.segment_sums(values, grid, torch.float64).reshape(len(values), -1)
+        np.testing.assert_array_equal(peaks_.sum, sums[torch.arange(len(values)), where].numpy().astype(np.int64))
+        np.testing.assert_array_equal(peaks_.windows, np.outer(ys.counts, xs.counts).reshape(-1)[where.numpy()])
+        np.testing.assert_array_equal(np.float64(peaks_.sum) / (np.float64(peaks_.windows) * 500.0), peaks_.score)
 
 
 def test_ranker_into_reused_buffers_equals_former_path(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -254,25 +254,57 @@ def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collectio
     assert res.exit_code == 2 and "settings" in res.stderr and "Traceback" not in res.stderr
 
 
-def test_a_shard_written_before_schema_010_merges_with_its_peaks_renamed(tiny_db, collection, plain_db, tmp_path,
-                                                                          run_cli):
-    """Shards can outlive the run that wrote them: a format 1 shard (image_scores' working-pixel peaks
-    named peak_x ... as before schema 010) merges into the same rows as a plain ingest."""
+def old_image_scores(peaks, n_synsets: int, peak_names: dict[str, str] | None = None):
+    """concept_peaks rows as a shard of format 1 or 2 held them: image_scores with DOUBLE peaks (the
+    engine's own division), the working-pixel peaks under `peak_names` (format 1: before schema 010)."""
+    import numpy as np
+    import pyarrow as pa
+
+    def ratio(total: str, windows: str):
+        return pa.array(np.float64(peaks.column(total).to_numpy()) /
+                        (np.float64(peaks.column(windows).to_numpy()) * float(n_synsets)))
+
+    names = peak_names or {}
+    return pa.table({"image_id": peaks.column("image_id"), "synset_id": peaks.column("synset_id"),
+                     "score": ratio("map_sum", "map_windows"),
+                     names.get("work_peak_x", "work_peak_x"): peaks.column("work_peak_x"),
+                     names.get("work_peak_y", "work_peak_y"): peaks.column("work_peak_y"),
+                     "self_score": ratio("self_sum", "self_windows"),
+                     names.get("work_self_peak_x", "work_self_peak_x"): peaks.column("work_self_peak_x"),
+                     names.get("work_self_peak_y", "work_self_peak_y"): peaks.column("work_self_peak_y"),
+                     "image_max_rank_less": peaks.column("image_max_rank_less"),
+                     "image_rank_less": peaks.column("image_rank_less")})
+
+
+def write_as_old_format(shards, fmt: int) -> None:
+    """Rewrite every finished shard under `shards` as a convis-db before schema 013 (format 2) or before
+    schema 010 (format 1) wrote it."""
     import pyarrow.parquet as pq
 
-    from convis_db.store.image_store import WORK_PEAK_COLUMNS
     from convis_db.distributed.shards import MANIFEST, finished_shards
+    from convis_db.store.image_store import WORK_PEAK_COLUMNS
 
+    for folder in finished_shards(shards).values():
+        manifest = json.loads((folder / MANIFEST).read_text())
+        assert manifest["format"] == 3
+        peaks = pq.read_table(folder / "concept_peaks.parquet")
+        pq.write_table(old_image_scores(peaks, manifest["n_synsets"], WORK_PEAK_COLUMNS if fmt == 1 else None),
+                       folder / "image_scores.parquet")
+        (folder / "concept_peaks.parquet").unlink()
+        rows = {("image_scores" if k == "concept_peaks" else k): v for k, v in manifest["rows"].items()}
+        (folder / MANIFEST).write_text(json.dumps(dict(manifest, format=fmt, rows=rows)))
+
+
+@pytest.mark.parametrize("fmt", [1, 2])
+def test_a_shard_written_before_schema_013_merges_into_the_same_rows(tiny_db, collection, plain_db, tmp_path,
+                                                                     run_cli, fmt):
+    """Shards can outlive the run that wrote them: a format 2 shard (image_scores with DOUBLE peaks, as
+    before schema 013) and a format 1 shard (its working-pixel peaks named peak_x ... as before schema
+    010) merge into the same rows as a plain ingest: each DOUBLE converted to exact terms that give it
+    back bit for bit."""
     shards = tmp_path / "shards"
     _write_shards(tiny_db, shards, collection)
-    for folder in finished_shards(shards).values():  # rewrite as a convis-db before schema 010 wrote it
-        scores = pq.read_table(folder / "image_scores.parquet")
-        assert "work_peak_x" in scores.column_names
-        pq.write_table(scores.rename_columns([WORK_PEAK_COLUMNS.get(c, c) for c in scores.column_names]),
-                       folder / "image_scores.parquet")
-        manifest = json.loads((folder / MANIFEST).read_text())
-        assert manifest["format"] == 2
-        (folder / MANIFEST).write_text(json.dumps(dict(manifest, format=1)))
+    write_as_old_format(shards, fmt)
     db = tmp_path / "merged.duckdb"
     shutil.copyfile(tiny_db, db)
     res = run_cli("--db", db, "merge", shards, "--json")

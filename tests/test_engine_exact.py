@@ -554,6 +554,12 @@ def test_full_map_and_peaks_match_naive_accumulation(h: int, w: int, stride: int
     expected_all = naive.saliency_maps(counts / n, corners, large, h, w)
     np.testing.assert_allclose(pk.score, expected_all.max(axis=(0, 1)), atol=1e-12, rtol=0)
     np.testing.assert_allclose(expected_all[pk.y, pk.x, np.arange(3)], pk.score, atol=1e-12, rtol=0)
+    windows_at_peak = [sum(1 for x0, y0 in corners if x0 <= x < x0 + large and y0 <= y < y0 + large)
+                       for x, y in zip(pk.x, pk.y)]
+    sums_at_peak = [sum(int(counts[i, k]) for i, (x0, y0) in enumerate(corners)
+                        if x0 <= pk.x[k] < x0 + large and y0 <= pk.y[k] < y0 + large) for k in range(3)]
+    assert pk.windows.tolist() == windows_at_peak and pk.sum.tolist() == sums_at_peak
+    np.testing.assert_array_equal(np.float64(pk.sum) / (np.float64(pk.windows) * float(n)), pk.score)
     ys, xs = grid_segments(grid)
     assert set(pk.y.tolist()) <= set(ys.centres.tolist()) and set(pk.x.tolist()) <= set(xs.centres.tolist())
 

@@ -122,17 +122,17 @@ def test_an_undamaged_copy_merges(case, run_cli):
 
 # Item 4: one case per kind of damage: (table, change, column named, row named).
 DAMAGE = {
-    "nan score": ("image_scores", set_at("score", 5, float("nan")), "score", 5),
-    "infinite self score": ("image_scores", set_at("self_score", 9, float("inf")), "self_score", 9),
-    "score above 1": ("image_scores", set_at("score", 3, 1.5), "score", 3),
-    "synset the database does not hold": ("image_scores", set_at("synset_id", 7, 10_000), "synset_id", 7),
+    "a peak sum above its windows times the synsets": ("concept_peaks", set_at("map_sum", 5, 10**8), "map_sum", 5),
+    "a peak covered by no window": ("concept_peaks", set_at("self_windows", 9, 0), "self_windows", 9),
+    "a negative peak sum": ("concept_peaks", set_at("self_sum", 3, -1), "self_sum", 3),
+    "synset the database does not hold": ("concept_peaks", set_at("synset_id", 7, 10_000), "synset_id", 7),
     "negative synset in a window's top-K": ("window_concepts", set_at("synset_id", 11, -1), "synset_id", 11),
     "rank_less past the number of synsets": ("window_concepts", set_at("rank_less", 4, 10_000), "rank_less", 4),
     "k outside top_k": ("window_concepts", set_at("k", 2, 0), "k", 2),
     "top-K of a window outside the grid": ("window_concepts", set_at("window_idx", 6, 10_000), "window_idx", 6),
     "negative image id": ("windows", set_at("image_id", 4, -3), "image_id", 4),
     "foreign image id": ("window_concepts", set_at("image_id", 0, 42), "image_id", 0),
-    "image id 0 in the scores": ("image_scores", set_at("image_id", 8, 0), "image_id", 8),
+    "image id 0 in the scores": ("concept_peaks", set_at("image_id", 8, 0), "image_id", 8),
     "two images rows for one image": ("images", set_at("image_id", 1, 1), "image_id", 1),
     "two images rows with one content": ("images", lambda c: c["sha256"].__setitem__(2, c["sha256"][0]),
                                          "sha256", 2),
@@ -151,8 +151,8 @@ DAMAGE = {
                                   "embedding", 3),
     "a window embedding of another width": ("windows", lambda c: c["embedding"].__setitem__(5, [0.5] * 3),
                                             "embedding", 5),
-    "a peak outside the working image": ("image_scores", set_at("work_peak_x", 12, 10_000), "work_peak_x", 12),
-    "image-level count below the concept's own": ("image_scores", set_at("image_max_rank_less", 1, 0),
+    "a peak outside the working image": ("concept_peaks", set_at("work_peak_x", 12, 10_000), "work_peak_x", 12),
+    "image-level count below the concept's own": ("concept_peaks", set_at("image_max_rank_less", 1, 0),
                                                   "image_max_rank_less", 1),
     "NaN in the image embedding": ("image_embeddings", lambda c: c["embedding"][2].__setitem__(1, float("nan")),
                                    "embedding", 2),
@@ -165,7 +165,7 @@ def test_a_damaged_row_is_refused_naming_file_column_and_row(case, run_cli, kind
     db, shards, folder = case
     table, change, column, row = DAMAGE[kind]
     if kind == "image-level count below the concept's own":
-        t = pq.read_table(folder / "image_scores.parquet")
+        t = pq.read_table(folder / "concept_peaks.parquet")
         assert t.column("image_rank_less")[row].as_py() > 0  # the damage is real at that row
     rewrite(folder, table, change)
     refused(run_cli, db, shards, f"{table}.parquet", f"column {column}", f"row {row}")
@@ -194,8 +194,21 @@ def test_a_second_row_for_one_window_concept_is_refused(case, run_cli):
 
 def test_scores_missing_for_a_synset_are_refused(case, run_cli):
     db, shards, folder = case
-    _drop_rows(folder, "image_scores", lambda t: np.arange(t.num_rows) != 20)
-    refused(run_cli, db, shards, "image_scores.parquet", "image 1's synset 20")
+    _drop_rows(folder, "concept_peaks", lambda t: np.arange(t.num_rows) != 20)
+    refused(run_cli, db, shards, "concept_peaks.parquet", "image 1's synset 20")
+
+
+@pytest.mark.parametrize("damage,value,what", [("a NaN", float("nan"), "NaN or infinity"),
+                                                ("no ratio of integers", 0.1234567, "not a ratio of integers")])
+def test_an_older_shards_peak_that_has_no_exact_terms_is_refused(case, run_cli, damage, value, what):
+    """A format 2 shard (DOUBLE peaks in image_scores, before schema 013) is converted to exact terms
+    before its merge; a value that has none is refused naming the old file, column and row."""
+    from test_distributed_ingest import write_as_old_format
+
+    db, shards, folder = case
+    write_as_old_format(shards, 2)
+    rewrite(folder, "image_scores", set_at("self_score", 6, value))
+    refused(run_cli, db, shards, "image_scores.parquet", "column self_score", "row 6", what)
 
 
 def test_row_counts_that_disagree_with_the_manifest_are_refused(case, run_cli):
@@ -228,11 +241,11 @@ def test_a_damaged_shard_stops_the_merge_and_keeps_earlier_shards(written, tiny_
     second = shards / "shard-00001-aaaaaaaaaaaa"
     shutil.copytree(src, second)
     edit_manifest(second, lambda b: b.__setitem__("shard", second.name))
-    rewrite(second, "image_scores", set_at("score", 0, float("nan")))
+    rewrite(second, "concept_peaks", set_at("map_sum", 0, -1))
     db = tmp_path / "db.duckdb"
     shutil.copyfile(tiny_db, db)
     res = run_cli("--db", db, "-q", "merge", shards)
-    assert res.exit_code == 2 and second.name in res.stderr and "column score, row 0" in res.stderr
+    assert res.exit_code == 2 and second.name in res.stderr and "column map_sum, row 0" in res.stderr
     assert query(db, "SELECT shard FROM merged_shards") == [(src.name,)]
     assert query(db, "SELECT count(*) FROM images")[0][0] == 3
 
@@ -275,8 +288,8 @@ def test_a_manifest_that_is_a_list(case, run_cli):
 
 def test_a_missing_table_file(case, run_cli):
     db, shards, folder = case
-    (folder / "image_scores.parquet").unlink()
-    refused(run_cli, db, shards, "image_scores.parquet", "missing")
+    (folder / "concept_peaks.parquet").unlink()
+    refused(run_cli, db, shards, "concept_peaks.parquet", "missing")
 
 
 def test_an_empty_shard_folder(tiny_db_copy, tmp_path, run_cli):
@@ -316,8 +329,8 @@ def test_an_unreadable_shards_folder(case, run_cli):
 
 def test_a_shard_of_another_format(case, run_cli):
     db, shards, folder = case
-    edit_manifest(folder, lambda b: b.__setitem__("format", 3))
-    refused(run_cli, db, shards, "shard format 3", "convis-db version that wrote it")
+    edit_manifest(folder, lambda b: b.__setitem__("format", 4))
+    refused(run_cli, db, shards, "shard format 4", "convis-db version that wrote it")
 
 
 def test_a_shards_folder_that_is_a_file(tiny_db_copy, tmp_path, run_cli):
@@ -394,7 +407,7 @@ def test_images_already_stored_are_skipped_and_the_rest_merged_whole(written, ti
     first = tmp_path / "first" / "shard-00000-111111111111"   # image 1 of the shard only
     shutil.copytree(src, first)
     rows = {}
-    for table in ("images", "windows", "image_scores", "window_concepts", "image_embeddings"):
+    for table in ("images", "windows", "concept_peaks", "window_concepts", "image_embeddings"):
         t = pq.read_table(first / f"{table}.parquet")
         t = t.filter(pa.array(t.column("image_id").to_numpy() == 1))
         pq.write_table(t, first / f"{table}.parquet")

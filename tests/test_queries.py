@@ -16,6 +16,8 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from convis_db.store.db import connect
+
 QUERY_WORDS = ["dog", "cat", "bird", "sparrow", "car", "bicycle", "apple", "pizza", "tree", "boat"]
 
 
@@ -142,7 +144,7 @@ def test_search_sees_images_not_yet_in_the_concept_index(query_db, tmp_path):
     shutil.copyfile(query_db, copy)
     con = connect(copy, write=True)
     before = search_images(con, "dog.n.01", 0.0, 100)
-    con.execute("DELETE FROM concept_index WHERE image_id > 3")
+    con.execute("DELETE FROM concept_order WHERE image_id > 3")
     con.execute("UPDATE concept_index_state SET indexed_through = 3")
     assert search_images(con, "dog.n.01", 0.0, 100) == before
     from convis_db.store.concept_index import refresh_concept_index, rebuild_concept_index
@@ -326,3 +328,60 @@ def test_search_ranks_as_the_images_with_macro(query_db, level):
         assert compared > 50
         scores = db.sql("SELECT score, count(*) AS n FROM images_with('entity.n.01', 0) GROUP BY score HAVING n > 1")
         assert scores.fetchall(), "no tied scores: the tie-breaks were not exercised"
+
+
+
+def _answers(db_path: Path) -> dict:
+    """What search, count and regions' candidates answer on a file."""
+    from convis_db.query.regions import candidate_images
+    from convis_db.query.search import count_images, search_images
+
+    con = connect(db_path)
+    out: dict = {}
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()]
+        for name in names[::4]:
+            for by in ("image", "map"):
+                for min_score in (0.0, 0.9):
+                    out[name, by, min_score] = (search_images(con, name, min_score, 4, by=by),
+                                                count_images(con, name, min_score, by=by))
+            out[name, "regions"] = list(candidate_images(con, _sid(con, name), 0.5, 2))
+    finally:
+        con.close()
+    return out
+
+
+def _images_with(con, names: list[str], top: int | None = None) -> dict:
+    sql = "SELECT * FROM images_with(?, ?, level := ?)" if top is None else \
+        f"SELECT * FROM images_with(?, ?, level := ?, top := {int(top)})"
+    return {(name, level, min_score): con.execute(sql, [name, min_score, level]).fetchall()
+            for name in names for level in ("image", "map", None) for min_score in (0.0, 0.9)}
+
+
+def test_images_with_answers_as_before_schema_014_and_top_keeps_its_first_rows(query_db, tmp_path):
+    """Schema 014: images_with ranks the concept's search keys and reads the peaks of the rows it
+    returns. A file at schema 013 answers with the macro before 014 (read by plain DuckDB, not
+    upgraded) exactly what it answers once upgraded; `top := N` gives the first N of those rows; search,
+    count and regions' candidates answer the same on both files."""
+    import duckdb
+    from schema_history import copy_into_schema_below
+
+    from convis_db.store.migrations import applied_versions
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(query_db, old, 14)
+    raw = duckdb.connect(str(old), read_only=True)
+    assert max(applied_versions(raw)) == 13
+    names = [r[0] for r in raw.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()][::3]
+    before = _images_with(raw, names)
+    raw.close()
+    assert sum(len(v) for v in before.values()) > 50
+    con = connect(old)  # upgrades the file (to 014)
+    assert max(applied_versions(con)) >= 14
+    assert _images_with(con, names) == before
+    assert _images_with(con, names, top=3) == {k: v[:3] for k, v in before.items()}
+    con.close()
+    answers = _answers(old)
+    assert answers == _answers(query_db)
+    assert any(v[1] for k, v in answers.items() if k[1] != "regions") and any(
+        v for k, v in answers.items() if k[1] == "regions")

@@ -55,7 +55,10 @@ def _answers(db) -> dict:
         out["explain"] = [api.explain(i, depth=3, top=2).tree.as_dict() for i in (1, 2)]
         con = api.con
         for name, sql in {
-            "image_concepts": "SELECT * FROM image_concepts ORDER BY image_id, synset_id",
+            # the view's columns since schema 005 (013 adds map_peak and self_map_peak beside them)
+            "image_concepts": "SELECT image_id, path, synset, synset_id, score, peak_x, peak_y, self_score, depth, "
+                              "definition, image_score, image_self_score FROM image_concepts "
+                              "ORDER BY image_id, synset_id",
             "images_with": "SELECT * FROM images_with('dog.n.01', 0.0)",
             "images_with map": "SELECT * FROM images_with('dog.n.01', 0.0, level := 'map')",
             "concept_scores": "SELECT * FROM concept_scores(2)",

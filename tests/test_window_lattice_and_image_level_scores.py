@@ -359,7 +359,7 @@ def test_backfill_adds_image_level_scores_to_an_old_database(old_db, tiny_parts,
     assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["backfilled"] == 0
     # A backfill killed before its final reindex leaves stale index rows: the next run rewrites them.
     con = connect(db, write=True)
-    con.execute("UPDATE concept_index SET image_max_rank_less = NULL WHERE image_id = 1")
+    con.execute("UPDATE concept_order SET image_max_rank_less = NULL WHERE image_id = 1")
     con.close()
     res = run_cli("--db", db, "--quiet", "ingest", "--backfill-image-level", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["summary"]["backfilled"] == 0

@@ -40,10 +40,12 @@ from convis_db.errors import ConvisError, DatabaseError
 from convis_db.progress import Progress, no_progress
 from convis_db.store import shard_checks as sc
 from convis_db.store.concept_index import refresh_concept_index
+from convis_db.store.arrow_io import fetch_arrow, insert_arrow
 from convis_db.store.image_store import (
     IMAGE_TABLES,
-    WORK_PEAK_COLUMNS,
+    concept_peaks_from_scores,
     embedding_storage,
+    most_windows,
     next_image_ids,
     record_failure,
     window_top_insert,
@@ -55,10 +57,14 @@ from convis_db.store.transaction import transaction
 
 log = logging.getLogger(__name__)
 
-#: The format written. 2: image_scores' peaks named work_* (schema 010). Format 1 shards (written before)
-#: are still merged, their peak columns renamed; a convis-db that reads only 1 refuses a format 2 shard.
-SHARD_FORMAT = 2
-SHARD_FORMATS_READ = (1, 2)
+#: The format written. 2: image_scores' peaks named work_* (schema 010). 3: concept_peaks (schema 013:
+#: each peak as its exact integer terms) in place of image_scores. Shards of formats 1 and 2 are still
+#: merged: their image_scores rows converted to concept_peaks by schema 013's rule (format 1's peak
+#: columns renamed first); a convis-db that reads only 1 and 2 refuses a format 3 shard.
+SHARD_FORMAT = 3
+SHARD_FORMATS_READ = (1, 2, 3)
+#: Tables of older shard formats -> the table of IMAGE_TABLES their rows are stored in now.
+OLD_SHARD_TABLES = {"image_scores": "concept_peaks"}
 MANIFEST = "manifest.json"
 FAILURES = "failures"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}$")
@@ -263,22 +269,25 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
     rows = manifest["rows"]
     present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
     for name in sorted(set(rows) | present):
-        if name not in IMAGE_TABLES and name != FAILURES:
+        if name not in IMAGE_TABLES and name not in OLD_SHARD_TABLES and name != FAILURES:
             raise ShardError(f"shard {folder} holds table {name!r}, which this convis-db does not know (a shard of "
                              "another schema format?); merge it with the convis-db version that wrote it.")
         if name in present and name not in rows and name != FAILURES:
             raise ShardError(f"{folder / (name + '.parquet')}: a table the manifest does not list; {FIX}")
+    old = "image_scores" in rows  # a shard of format 1 or 2
+    if old and "concept_peaks" in rows:
+        raise ShardError(f"{folder / MANIFEST}: the manifest lists both image_scores and concept_peaks; {FIX}")
     if rows.get("images", 0):
-        for name in ("windows", "image_scores", "window_concepts"):
+        for name in ("windows", "image_scores" if old else "concept_peaks", "window_concepts"):
             if name not in rows:
                 raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
     tables, stamps = {}, {}
-    for t in IMAGE_TABLES:
+    for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES):
         if t in rows:
             stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
             tables[t] = sc.read_table(folder / f"{t}.parquet")
     failures = sc.read_table(folder / f"{FAILURES}.parquet")
-    if "image_scores" in tables:  # a format 1 shard names the working-pixel peaks as before schema 010
+    if old:  # a format 1 shard names the working-pixel peaks as before schema 010
         tables["image_scores"] = with_work_peak_names(tables["image_scores"])
     for name, table in tables.items():
         if table.num_rows != rows[name]:
@@ -286,6 +295,10 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                              f"{rows[name]}; {FIX}")
     expected = sc.Expected.read(con, IMAGE_TABLES, n_synsets, model_id, embedding_storage(con))
     for name, table in tables.items():
+        if name == "image_scores":
+            sc.check_columns(folder / f"{name}.parquet", table, sc.OLD_IMAGE_SCORES,
+                             {c for c, (_, not_null) in sc.OLD_IMAGE_SCORES.items() if not_null})
+            continue
         required = {c for c, (_, not_null) in expected.columns[name].items() if not_null} - {"ingested_at"}
         if name == "images":
             required |= {"layout"}
@@ -299,7 +312,15 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         return {}, failures, {}
     shard_images = sc.check_images(folder / "images.parquet", images, manifest)
     sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
-    sc.check_image_scores(folder / "image_scores.parquet", tables["image_scores"], shard_images, expected)
+    if old:  # each DOUBLE peak as its exact terms (schema 013's rule), checked as concept_peaks rows
+        path = folder / "image_scores.parquet"
+        sc.check_old_image_scores(path, tables["image_scores"])
+        tables["concept_peaks"] = old_scores_as_peaks(con, tables.pop("image_scores"), manifest, n_synsets)
+        stamps["concept_peaks"] = stamps.pop("image_scores")
+        sc.check_concept_peaks(path, tables["concept_peaks"], shard_images, expected,
+                               {"map_sum": "score", "self_sum": "self_score"})
+    else:
+        sc.check_concept_peaks(folder / "concept_peaks.parquet", tables["concept_peaks"], shard_images, expected)
     sc.check_window_concepts(folder / "window_concepts.parquet", tables["window_concepts"], shard_images, expected,
                              int(manifest["settings"]["top_k"]))
     if "image_embeddings" in tables:
@@ -307,6 +328,23 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                                   expected)
     sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
     return tables, failures, stamps
+
+
+def old_scores_as_peaks(con: duckdb.DuckDBPyConnection, scores: pa.Table, manifest: dict, n_synsets: int) -> pa.Table:
+    """An older shard's image_scores rows (schema 010's names) as concept_peaks rows, in the same order,
+    by schema 013's rule (image_store.concept_peaks_from_scores); NULL terms where a value has none."""
+    try:
+        settings = Settings(**manifest["settings"])
+    except (TypeError, ValueError, ConvisError) as exc:
+        raise ShardError(f"the manifest's settings are not valid ({exc}); {FIX}") from exc
+    if hasattr(con, "complete"):
+        con.complete()  # DuckDB >= 2: finish an earlier statement left unread before registering (as fetch_arrow)
+    con.register("_old_scores", scores)
+    try:
+        return fetch_arrow(con, concept_peaks_from_scores("SELECT * FROM _old_scores"),
+                           {"n_synsets": n_synsets, "max_windows": most_windows(settings)})
+    finally:
+        con.unregister("_old_scores")
 
 
 def checked_name(folder: Path) -> str:
@@ -319,15 +357,24 @@ def checked_name(folder: Path) -> str:
 
 
 def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: dict[str, str],
-                         lookup: np.ndarray, model_id: int) -> None:
+                         lookup: np.ndarray, model_id: int, converted: dict[str, pa.Table] | None = None) -> None:
     """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
     written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
     local -> new by `lookup` (rows of images not added are left out). The column list is the checked
-    table's (names the database's own table has), so format 1 shards' old peak names are renamed here.
-    A file changed since it was checked is refused (the caller's transaction then rolls back)."""
-    old_to_new = {old: new for new, old in WORK_PEAK_COLUMNS.items()}
+    table's (names the database's own table has). A file changed since it was checked is refused (the caller's transaction then rolls back). A table
+    in `converted` (an older shard's image_scores as concept_peaks rows) is inserted from those checked
+    rows instead of its file."""
     for table in IMAGE_TABLES:
         if table not in checked:
+            continue
+        if converted and table in converted:
+            rows_of = converted[table]
+            keep = pa.array(lookup[rows_of.column("image_id").to_numpy().astype(np.int64)] > 0)
+            mapped = rows_of.filter(keep)
+            mapped = mapped.set_column(mapped.schema.get_field_index("image_id"), "image_id",
+                                       pa.array(lookup[mapped.column("image_id").to_numpy().astype(np.int64)],
+                                                pa.int32()))
+            insert_arrow(con, table, mapped)  # table from IMAGE_TABLES
             continue
         path = folder / f"{table}.parquet"
         if _stamp(path) != checked[table]:
@@ -335,7 +382,7 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
         names = pq.read_schema(path).names
         select = []
         for name in names:
-            target = old_to_new.get(name, name) if table == "image_scores" else name
+            target = name
             if target == "image_id":
                 select.append("list_extract($lookup, image_id)::INTEGER AS image_id")
             elif table == "images" and target == "model_id":
@@ -389,7 +436,8 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
         n_windows = images.column("n_windows").to_pylist() if images is not None else []
         result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
         if len(new_ids):
-            _insert_from_parquet(con, folder, stamps, lookup, model_id)
+            converted = {"concept_peaks": tables["concept_peaks"]} if "image_scores" in manifest["rows"] else None
+            _insert_from_parquet(con, folder, stamps, lookup, model_id, converted)
         if result.image_ids:
             con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
         for f in failures:

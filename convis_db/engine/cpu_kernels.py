@@ -233,12 +233,15 @@ def propagate_max(values, parents, children, first, last):  # pragma: no cover -
 
 
 @njit(nogil=True, cache=True)
-def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best, where, first, last):  # pragma: no cover
+def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best, where, sums, counts,
+                  first, last):  # pragma: no cover
     """For rows [first, last) of values (K, rows * cols) integer window counts: the peak of the saliency map,
     best[k] = max over segment pairs (gy, gx) of sum(values[k] over windows lo..hi on both axes) /
-    (count_y * count_x * denominator) in float64 (the same operations as saliency.segment_means), and
-    where[k] = the first such pair in row-major order. Sums are exact int64 (2-D prefix sums); where every
-    pair has the same window count, sums are compared and only the peak is divided."""
+    (count_y * count_x * denominator) in float64 (the same operations as saliency.segment_means),
+    where[k] = the first such pair in row-major order, and the peak's exact terms: sums[k] (the integer
+    sum) and counts[k] (count_y * count_x, the windows covering it), so best[k] = sums[k] / (counts[k] *
+    denominator). Sums are exact int64 (2-D prefix sums); where every pair has the same window count,
+    sums are compared and only the peak is divided."""
     ny = lo_y.shape[0]
     nx = lo_x.shape[0]
     uniform = True
@@ -257,8 +260,9 @@ def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best,
             for gx in range(nx):
                 cum[r + 1, gx] = cum[r, gx] + prefix[hi_x[gx] + 1] - prefix[lo_x[gx]]
         at = 0
+        top_sum = -1
+        top_count = 1
         if uniform:
-            top_sum = -1
             for gy in range(ny):
                 for gx in range(nx):
                     s = cum[hi_y[gy] + 1, gx] - cum[lo_y[gy], gx]
@@ -267,7 +271,8 @@ def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best,
                         at = gy * nx + gx
             cy = hi_y[0] - lo_y[0] + 1
             cx = hi_x[0] - lo_x[0] + 1
-            best[k] = np.float64(top_sum) / (np.float64(cy * cx) * denominator)
+            top_count = cy * cx
+            best[k] = np.float64(top_sum) / (np.float64(top_count) * denominator)
         else:
             top = -1.0
             for gy in range(ny):
@@ -279,5 +284,9 @@ def segment_peaks(values, rows, cols, lo_y, hi_y, lo_x, hi_x, denominator, best,
                     if mean > top:
                         top = mean
                         at = gy * nx + gx
+                        top_sum = s
+                        top_count = cy * cx
             best[k] = top
         where[k] = at
+        sums[k] = top_sum
+        counts[k] = top_count

@@ -97,9 +97,14 @@ def segment_sums(values_t: torch.Tensor, grid: WindowGrid, dtype: torch.dtype) -
 
 @dataclass
 class Peaks:
+    """Each map's peak: its value, where it is, and the value's exact terms (schema 013 stores those):
+    score == np.float64(sum) / (np.float64(windows) * float(|T|)), bit for bit."""
+
     score: np.ndarray   # (K,) float64 peak values
     x: np.ndarray       # (K,) int32 peak centre, working pixels
     y: np.ndarray
+    sum: np.ndarray     # (K,) int64: the rank_less counts summed over the windows covering the peak
+    windows: np.ndarray  # (K,) int32: how many windows cover it
 
 
 def peaks(values_t: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int = 2048) -> Peaks:
@@ -114,29 +119,40 @@ def peaks(values_t: torch.Tensor, grid: WindowGrid, denominator: int, chunk: int
         values = values_t.contiguous().numpy()
         best = np.empty(len(values), np.float64)
         where = np.empty(len(values), np.int64)
+        sums = np.empty(len(values), np.int64)
+        counts = np.empty(len(values), np.int64)
         split_rows(len(values), lambda a, b: kernels.segment_peaks(
-            values, grid.rows, grid.cols, ys.lo, ys.hi, xs.lo, xs.hi, float(denominator), best, where, a, b))
-        return Peaks(best, xs.centres[where % n_x].astype(np.int32), ys.centres[where // n_x].astype(np.int32))
+            values, grid.rows, grid.cols, ys.lo, ys.hi, xs.lo, xs.hi, float(denominator), best, where, sums,
+            counts, a, b))
+        return Peaks(best, xs.centres[where % n_x].astype(np.int32), ys.centres[where // n_x].astype(np.int32),
+                     sums, counts.astype(np.int32))
     # Where every segment is covered by as many windows (the 'equal' layout when the stride divides the
     # large side), the map is the window sums over one constant: its peak and first peak location are
     # those of the exact integer sums, so the float64 means are made for the peaks only.
     count = int(ys.counts[0]) * int(xs.counts[0])
     uniform = bool((ys.counts == ys.counts[0]).all() and (xs.counts == xs.counts[0]).all())
     small_sums = int(ys.counts.max()) * int(xs.counts.max()) * int(denominator) < 2**24
-    score, px, py = [], [], []
+    pair_counts = np.outer(ys.counts, xs.counts).reshape(-1)  # windows covering each segment pair, row-major
+    pair_divisors: torch.Tensor | None = None
+    score, px, py, top_sums, windows = [], [], [], [], []
     for start in range(0, values_t.shape[0], chunk):
+        sums = segment_sums(values_t[start:start + chunk], grid, torch.float32 if small_sums else torch.float64)
+        sums = sums.reshape(sums.shape[0], -1)
         if uniform and small_sums:
-            sums = segment_sums(values_t[start:start + chunk], grid, torch.float32)
-            best, where = sums.reshape(sums.shape[0], -1).max(dim=1)
+            best, where = sums.max(dim=1)
             best = best.to(torch.float64) / (count * denominator)
-        else:
-            means = segment_means(values_t[start:start + chunk], grid, denominator)
-            best, where = means.reshape(means.shape[0], -1).max(dim=1)
+        else:  # segment_means' operations on these sums
+            if pair_divisors is None:
+                pair_divisors = torch.from_numpy(pair_counts.astype(np.float64)).to(sums.device) * denominator
+            best, where = (sums.to(torch.float64) / pair_divisors).max(dim=1)
+        top_sums.append(sums.gather(1, where[:, None])[:, 0].to(torch.float64).cpu().numpy())
         where = where.cpu().numpy()
         score.append(best.cpu().numpy())
         py.append(ys.centres[where // n_x])
         px.append(xs.centres[where % n_x])
-    return Peaks(np.concatenate(score), np.concatenate(px).astype(np.int32), np.concatenate(py).astype(np.int32))
+        windows.append(pair_counts[where])
+    return Peaks(np.concatenate(score), np.concatenate(px).astype(np.int32), np.concatenate(py).astype(np.int32),
+                 np.concatenate(top_sums).astype(np.int64), np.concatenate(windows).astype(np.int32))
 
 
 def full_map(window_values: np.ndarray | torch.Tensor, grid: WindowGrid, denominator: int) -> np.ndarray:

@@ -8,6 +8,8 @@ collection only images with score >= min_score are mapped: the pruning is exact.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import duckdb
 import numpy as np
 from scipy import ndimage
@@ -15,7 +17,7 @@ from scipy import ndimage
 from convis_db.engine.pixels import original_box
 from convis_db.query.maps import ConceptMap, MapService
 from convis_db.store.hierarchy_store import find_synset_name
-from convis_db.store.image_store import get_image
+from convis_db.store.image_store import StoredImage, get_image
 
 DEFAULT_MIN_SCORE = 0.95
 
@@ -42,17 +44,33 @@ def regions_of_map(cmap: ConceptMap, min_score: float) -> list[dict]:
     return out
 
 
+def candidate_images(con: duckdb.DuckDBPyConnection, sid: int, min_score: float, batch: int) -> Iterator[int]:
+    """The images whose stored score for synset `sid` reaches `min_score`, best first (ties: lower
+    image id), read `batch` at a time as the caller asks for more: an image's map peaks at its stored
+    score, so each gives a region and the caller rarely needs more than its limit of images.
+
+    Read from the concept's search keys (concept_keys: the concept-ordered index and the images
+    appended since), so a collection of any size reads this concept's row groups only, not every
+    image's rows."""
+    offset = 0
+    while True:
+        ids = [int(r[0]) for r in con.execute(
+            "SELECT image_id FROM concept_keys(?) WHERE map_peak >= ? ORDER BY map_peak DESC, image_id LIMIT ? OFFSET ?",
+            [sid, float(min_score), int(batch), offset]).fetchall()]
+        yield from ids
+        if len(ids) < batch:
+            return
+        offset += len(ids)
+
+
 def find_regions(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = DEFAULT_MIN_SCORE,
                  image: str | None = None, limit: int = 100, service: MapService | None = None) -> list[dict]:
     service = service or MapService(con)
     sid = find_synset_name(con, concept)
     if image is not None:
-        images = [get_image(con, image)]
+        images: Iterable[StoredImage] = [get_image(con, image)]
     else:
-        ids = [r[0] for r in con.execute(
-            "SELECT image_id FROM image_scores WHERE synset_id = ? AND score >= ? ORDER BY score DESC, image_id",
-            [sid, float(min_score)]).fetchall()]
-        images = [get_image(con, i) for i in ids]
+        images = (get_image(con, i) for i in candidate_images(con, sid, min_score, max(limit, 1)))
     found: list[dict] = []
     for img in images:
         found.extend(regions_of_map(service.for_stored(img, concept), min_score))

@@ -48,34 +48,42 @@ def choose_level(con: duckdb.DuckDBPyConnection, by: str | None) -> tuple[str, l
 
 @dataclass(frozen=True)
 class Ranking:
-    """How `search` scores and orders the rows of `concept_rows(sid)` (aliased `sc`, joined to images
-    `i`): SQL expressions built from fixed column names only, in one place for search_images and
-    count_images. It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them
-    equal): `score` descending, then the map score, then the image id."""
+    """How `search` scores and orders the rows of `source` (aliased `sc`, joined to images `i`): SQL
+    expressions built from fixed column names only, in one place for search_images and count_images.
+    It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them equal): `score`
+    descending, then the map score, then the image id.
+
+    `source` is the table macro of the concept's rows: `concept_keys(sid)` (schema 013: the search keys
+    only, concept_order's slim rows) unless only_self needs the self peak, `concept_rows(sid)`. The
+    peaks' pixels are concept_peaks columns (`peak_x`, `peak_y`), read for the returned rows only."""
 
     sid: int
     by: str
+    source: str       # a table macro call with one parameter, the synset id
     score: str        # the `by` score
     map_score: str    # the map peak (of the synset alone with only_self)
     image_score: str  # the image-level score (NULL for images ingested without it)
-    peak_x: str       # the map peak's working pixel, a column of sc
+    peak_x: str       # the map peak's working pixel, a column of concept_peaks
     peak_y: str
 
     @property
     def order(self) -> str:
-        return f"{self.score} DESC, {self.map_score} DESC, i.image_id" if self.by == "image" \
-            else f"{self.map_score} DESC, i.image_id"
+        return self.order_by("i.image_id")
+
+    def order_by(self, image_id: str) -> str:
+        return f"{self.score} DESC, {self.map_score} DESC, {image_id}" if self.by == "image" \
+            else f"{self.map_score} DESC, {image_id}"
 
 
 def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None, only_self: bool = False) -> Ranking:
     """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    mapped, px, py = (("sc.self_score", "work_self_peak_x", "work_self_peak_y") if only_self
-                      else ("sc.score", "work_peak_x", "work_peak_y"))
+    source, mapped, px, py = (("concept_rows(?)", "sc.self_score", "work_self_peak_x", "work_self_peak_y")
+                              if only_self else ("concept_keys(?)", "sc.map_peak", "work_peak_x", "work_peak_y"))
     level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
     image_score = f"{level} / {synset_count(con)}::DOUBLE"
-    return Ranking(sid, by, image_score if by == "image" else mapped, mapped, image_score, f"sc.{px}", f"sc.{py}")
+    return Ranking(sid, by, source, image_score if by == "image" else mapped, mapped, image_score, px, py)
 
 
 def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, limit: int = 20,
@@ -87,15 +95,23 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
     r = ranking(con, concept, by, only_self)
+    # The best `limit` of the concept's rows first (its keys: concept_order's row groups only), then the
+    # peaks' pixels and the image records of those rows alone: a join with at most `limit` rows, which
+    # DuckDB turns into a filter on concept_peaks' image ids. No other image's rows are read.
     rows = con.execute(
-        f"""SELECT i.image_id, i.path, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score,
-                   {sql_original_point(r.peak_x)} AS peak_x, {sql_original_point(r.peak_y)} AS peak_y,
-                   i.width, i.height
-            FROM concept_rows(?) sc JOIN images i ON i.image_id = sc.image_id
-            WHERE {r.score} >= ?
-            ORDER BY {r.order}
-            LIMIT ?""",  # expressions from Ranking's fixed choices
-        [r.sid, float(min_score), int(limit)],
+        f"""WITH hits AS (
+                SELECT sc.image_id, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score
+                FROM {r.source} sc
+                WHERE {r.score} >= ?
+                ORDER BY {r.order_by("sc.image_id")}
+                LIMIT ?)
+            SELECT i.image_id, i.path, h.score, h.map_score, h.image_score,
+                   {sql_original_point("p." + r.peak_x)} AS peak_x,
+                   {sql_original_point("p." + r.peak_y)} AS peak_y, i.width, i.height
+            FROM hits h JOIN concept_peaks p ON p.image_id = h.image_id AND p.synset_id = ?
+            JOIN images i ON i.image_id = h.image_id
+            ORDER BY h.score DESC, h.map_score DESC, h.image_id""",  # expressions from Ranking's fixed choices
+        [r.sid, float(min_score), int(limit), r.sid],
     ).fetchall()
     keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
     return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
@@ -105,5 +121,5 @@ def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float 
                  by: str | None = None) -> int:
     """How many images search_images would list without a limit."""
     r = ranking(con, concept, by, only_self)
-    return int(con.execute(f"SELECT count(*) FROM concept_rows(?) sc WHERE {r.score} >= ?",  # Ranking's expressions
+    return int(con.execute(f"SELECT count(*) FROM {r.source} sc WHERE {r.score} >= ?",  # Ranking's expressions
                            [r.sid, float(min_score)]).fetchone()[0])

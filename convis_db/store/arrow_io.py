@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 
-def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pa.Table:
     if hasattr(con, "complete"):
         # DuckDB >= 2 refuses a relation query while an earlier execute() result is unread (a fetchone()
         # leaves it open); finish that statement first, as DuckDB 1.x did implicitly.

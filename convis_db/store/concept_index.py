@@ -1,5 +1,10 @@
-"""Maintain concept_index, the concept-sorted copy of image_scores (see schema/004_concept_index.sql;
-005 adds the image-level counts to both, 010 renames the peaks to work_*: working pixels).
+"""Maintain the concept-sorted search keys (schema 004's concept_index; since schema 013 the table
+concept_order, with concept_index a view over it and concept_peaks).
+
+concept_order holds, per (concept, image) of concept_peaks, what search ranks and filters by: the map
+peak's exact terms (map_sum, map_windows) and the image-level count, in sorted runs of (synset_id, map
+peak descending, image_id). Images past concept_index_state's watermark are read from concept_peaks by
+the concept_rows macro until a refresh appends them as one more run.
 
 Only writers call these, and a writable connection is migrated, so the current names are used."""
 
@@ -15,9 +20,11 @@ log = logging.getLogger(__name__)
 
 #: Rebuild into one sorted run when more runs than this have been appended.
 MAX_RUNS = 8
-#: The columns of concept_index, all copied from image_scores.
-COLUMNS = ("synset_id, image_id, score, work_peak_x, work_peak_y, self_score, work_self_peak_x, work_self_peak_y, "
-           "image_max_rank_less, image_rank_less")
+#: The columns of concept_order, all copied from concept_peaks.
+COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less"
+#: concept_order's sort: by concept, the map peak (map_sum / (map_windows * |T|)) descending, the image.
+#: It lays rows out for zonemaps (|T| left out: the same order); queries order their results themselves.
+ORDER = "synset_id, map_sum::DOUBLE / map_windows::DOUBLE DESC, image_id"
 
 
 def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RUNS) -> int:
@@ -32,9 +39,9 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
     if pending:
         with transaction(con):
             con.execute(
-                f"""INSERT INTO concept_index ({COLUMNS})
-                    SELECT {COLUMNS} FROM image_scores WHERE image_id > ? AND image_id <= ?
-                    ORDER BY synset_id, score DESC, image_id""", [watermark, top])  # fixed column list
+                f"""INSERT INTO concept_order ({COLUMNS})
+                    SELECT {COLUMNS} FROM concept_peaks WHERE image_id > ? AND image_id <= ?
+                    ORDER BY {ORDER}""", [watermark, top])  # fixed column list
             con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
         runs += 1
         log.info("concept index: appended %d images as run %d", pending, runs)
@@ -44,11 +51,11 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
 
 
 def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
-    """Rewrite concept_index as a single run sorted by (synset_id, score DESC)."""
+    """Rewrite concept_order as a single run sorted by (synset_id, map peak descending)."""
     with transaction(con):
-        con.execute("CREATE TEMP TABLE _ci AS SELECT * FROM concept_index ORDER BY synset_id, score DESC, image_id")
-        con.execute("DELETE FROM concept_index")
-        con.execute("INSERT INTO concept_index SELECT * FROM _ci ORDER BY synset_id, score DESC, image_id")
+        con.execute(f"CREATE TEMP TABLE _ci AS SELECT {COLUMNS} FROM concept_order ORDER BY {ORDER}")
+        con.execute("DELETE FROM concept_order")
+        con.execute(f"INSERT INTO concept_order ({COLUMNS}) SELECT {COLUMNS} FROM _ci ORDER BY {ORDER}")
         con.execute("DROP TABLE _ci")
         con.execute("UPDATE concept_index_state SET runs = 1")
     con.execute("CHECKPOINT")
@@ -56,23 +63,23 @@ def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def index_lacks_image_level(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether concept_index holds copies made before their image got image-level scores (a backfill
+    """Whether concept_order holds copies made before their image got image-level scores (a backfill
     that was killed before its final reindex)."""
     return bool(con.execute(
-        """SELECT EXISTS (SELECT 1 FROM concept_index
+        """SELECT EXISTS (SELECT 1 FROM concept_order
                           WHERE image_max_rank_less IS NULL
                             AND image_id IN (SELECT image_id FROM image_embeddings))""").fetchone()[0])
 
 
 def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
-    """Rewrite concept_index from image_scores as one sorted run (after image-level scores were added to
+    """Rewrite concept_order from concept_peaks as one sorted run (after image-level scores were added to
     stored images: their rows in the index are copies made before). One transaction."""
     with transaction(con):
         watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
-        con.execute("DELETE FROM concept_index")
-        con.execute(f"""INSERT INTO concept_index ({COLUMNS})
-                        SELECT {COLUMNS} FROM image_scores WHERE image_id <= ?
-                        ORDER BY synset_id, score DESC, image_id""", [watermark])  # fixed column list
+        con.execute("DELETE FROM concept_order")
+        con.execute(f"""INSERT INTO concept_order ({COLUMNS})
+                        SELECT {COLUMNS} FROM concept_peaks WHERE image_id <= ?
+                        ORDER BY {ORDER}""", [watermark])  # fixed column list
         con.execute("UPDATE concept_index_state SET runs = 1")
     con.execute("CHECKPOINT")
     log.info("concept index rewritten with the image-level scores")

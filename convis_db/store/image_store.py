@@ -138,7 +138,8 @@ def with_work_peak_names(table: pa.Table) -> pa.Table:
 #: The tables one image's explanation fills, in insert order (images first: the others refer to it).
 #: write_image and the shard writer (distributed/shards.py) both take their rows from image_tables, so a
 #: table added here is stored by a plain ingest, written into shards and merged, with no other change.
-IMAGE_TABLES = ("images", "windows", "image_scores", "window_concepts", "image_embeddings")
+#: concept_peaks holds what image_scores held (a view of it since schema 013), as exact integers.
+IMAGE_TABLES = ("images", "windows", "concept_peaks", "window_concepts", "image_embeddings")
 
 #: How window embeddings are stored (init --embeddings; schema/009_compact_storage.sql).
 EMBEDDING_CHOICES = ("float32", "float16", "none")
@@ -225,12 +226,12 @@ def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, s
     })
     level = exp.image_level  # the paper's image-level scores (None only for explanations made without them)
     missing = pa.nulls(n_syn, pa.int32())
-    scores = pa.table({
+    scores = pa.table({  # each peak as its exact terms (schema 013): score = sum / (windows * |T|)
         "image_id": pa.array(np.full(n_syn, image_id, np.int32)),
         "synset_id": np.arange(n_syn, dtype=np.int32),
-        "score": exp.scores.score.astype(np.float64),
+        "map_sum": exp.scores.sum.astype(np.int32), "map_windows": exp.scores.windows.astype(np.int32),
         "work_peak_x": exp.scores.x, "work_peak_y": exp.scores.y,
-        "self_score": exp.self_scores.score.astype(np.float64),
+        "self_sum": exp.self_scores.sum.astype(np.int32), "self_windows": exp.self_scores.windows.astype(np.int32),
         "work_self_peak_x": exp.self_scores.x, "work_self_peak_y": exp.self_scores.y,
         "image_max_rank_less": pa.array(level.max_rank_less.astype(np.int32)) if level else missing,
         "image_rank_less": pa.array(level.rank_less.astype(np.int32)) if level else missing,
@@ -243,7 +244,7 @@ def image_tables(exp: ImageExplanation, sha256: str, path: str, model_id: int, s
         "synset_id": exp.top_ids.reshape(-1).astype(np.int32),
         "rank_less": exp.top_rank_less.reshape(-1).astype(np.int32),
     })
-    tables = {"images": images, "windows": windows, "image_scores": scores, "window_concepts": concepts}
+    tables = {"images": images, "windows": windows, "concept_peaks": scores, "window_concepts": concepts}
     if level is not None:
         tables["image_embeddings"] = pa.table({"image_id": pa.array([image_id], pa.int32()),
                                                "embedding": matrix_to_list_array(level.embedding[None, :])})
@@ -287,6 +288,27 @@ def window_top_insert(source: str) -> str:
             f"FROM ({source}) GROUP BY image_id, window_idx ORDER BY image_id, window_idx")
 
 
+def concept_peaks_from_scores(source: str) -> str:
+    """A SELECT of concept_peaks' columns from rows in image_scores' layout before schema 013 (selected by
+    the SQL `source`: DOUBLE score and self_score, the peaks under schema 010's names, the image-level
+    counts where present): each value as its exact terms by schema 013's rule (the exact_windows macro:
+    the smallest windows count that reproduces the DOUBLE, and the sum it gives), NULL terms where the
+    value is no such ratio. Bind $n_synsets (|T|), $max_windows (most_windows) and `source`'s own
+    parameters. Used for older shards (distributed/shards.py); the 013 migration has its own statement."""
+    return ("SELECT * EXCLUDE (score, self_score, map_windows, self_windows), "
+            "CAST(round(score * (map_windows * $n_synsets)::DOUBLE) AS INTEGER) AS map_sum, map_windows, "
+            "CAST(round(self_score * (self_windows * $n_synsets)::DOUBLE) AS INTEGER) AS self_sum, self_windows "
+            "FROM (SELECT *, CAST(exact_windows(score, $max_windows, $n_synsets) AS INTEGER) AS map_windows, "
+            "CAST(exact_windows(self_score, $max_windows, $n_synsets) AS INTEGER) AS self_windows "
+            f"FROM ({source}))")
+
+
+def most_windows(settings: Settings) -> int:
+    """The most windows that can cover one pixel: ceil(large / stride) on each axis."""
+    per_axis = -(-settings.large // settings.stride)
+    return per_axis * per_axis
+
+
 def next_image_ids(con: duckdb.DuckDBPyConnection, n: int) -> list[int]:
     """n new image ids from images' own sequence (what the column default would give)."""
     if n <= 0:
@@ -322,9 +344,9 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
         con.register("_level", rows)
         try:
             con.execute(
-                """UPDATE image_scores SET image_max_rank_less = l.image_max_rank_less,
-                                           image_rank_less = l.image_rank_less
-                   FROM _level l WHERE image_scores.image_id = ? AND image_scores.synset_id = l.synset_id""",
+                """UPDATE concept_peaks SET image_max_rank_less = l.image_max_rank_less,
+                                            image_rank_less = l.image_rank_less
+                   FROM _level l WHERE concept_peaks.image_id = ? AND concept_peaks.synset_id = l.synset_id""",
                 [image_id])
         finally:
             con.unregister("_level")

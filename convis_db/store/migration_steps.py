@@ -14,8 +14,10 @@ from convis_db.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
-#: Images converted per statement by window_top_in_batches.
+#: Images converted per statement by window_top_in_batches and concept_peaks_in_batches.
 BATCH_IMAGES = 1_000
+#: Concepts converted per statement by concept_peaks_in_batches (concept_index's rows, in concept order).
+BATCH_CONCEPTS = 500
 
 
 def statement(sql: str, starts_with: str) -> str:
@@ -48,5 +50,35 @@ def window_top_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Pr
             log.info("schema 012: %d of %d images' window top-K rewritten", start + len(batch), len(ids))
 
 
+def concept_peaks_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
+    """Schema 013: image_scores' rows into concept_peaks BATCH_IMAGES images per statement, then
+    concept_index's into concept_order BATCH_CONCEPTS concepts per statement (each reads the row groups
+    of its images, resp. of its concepts' runs), each with a bar. The statements are 013's own, their
+    WHERE limited to each batch."""
+    con.execute(statement(sql, "CREATE OR REPLACE MACRO exact_windows"))
+    for table in ("concept_peaks", "concept_order"):
+        con.execute(statement(sql, f"CREATE TABLE IF NOT EXISTS {table}"))
+    jobs = [
+        ("concept_peaks", "s.image_id", "SELECT DISTINCT image_id FROM images ORDER BY image_id", BATCH_IMAGES,
+         "Upgrading: concept scores as exact integers (schema 013)", "images"),
+        ("concept_order", "ci.synset_id", "SELECT synset_id FROM synsets ORDER BY synset_id", BATCH_CONCEPTS,
+         "Upgrading: the concept-ordered search keys (schema 013)", "concepts"),
+    ]
+    for table, key, list_keys, size, desc, unit in jobs:
+        insert = statement(sql, f"INSERT INTO {table}")
+        where = f"WHERE {key} > (SELECT coalesce(max({key.split('.')[1]}), -2147483648) FROM {table})"
+        if where not in insert:
+            raise RuntimeError(f"schema 013's INSERT INTO {table} changed; update concept_peaks_in_batches")
+        keys = [r[0] for r in con.execute(list_keys).fetchall()]  # fixed statements above
+        with progress(desc, len(keys), unit) as tick:
+            done = -(2**31)  # batches cover every key up to the last one's: rows of no image move as well
+            for start in range(0, len(keys), size):
+                batch = keys[start:start + size]
+                con.execute(insert.replace(where, f"WHERE {key} > ? AND {key} <= ?"), [done, batch[-1]])
+                done = batch[-1]
+                tick(len(batch))
+                log.info("schema 013: %d of %d %s of %s rewritten", start + len(batch), len(keys), unit, table)
+
+
 #: version -> step(con, the version's SQL, progress)
-STEPS = {12: window_top_in_batches}
+STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches}

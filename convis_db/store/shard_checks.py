@@ -325,16 +325,43 @@ def _check_half_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int 
     _bad_row(path, column, ~np.isfinite(halves).all(axis=1), "NaN or infinity in the vector")
 
 
-def check_image_scores(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
+#: image_scores as shards of formats 1 and 2 hold it (DOUBLE peaks; format 1's peak names are renamed to
+#: schema 010's before the check): column -> (DuckDB type, NOT NULL). Merged as concept_peaks rows.
+OLD_IMAGE_SCORES = {
+    "image_id": ("INTEGER", True), "synset_id": ("INTEGER", True), "score": ("DOUBLE", True),
+    "work_peak_x": ("INTEGER", True), "work_peak_y": ("INTEGER", True), "self_score": ("DOUBLE", True),
+    "work_self_peak_x": ("INTEGER", True), "work_self_peak_y": ("INTEGER", True),
+    "image_max_rank_less": ("INTEGER", False), "image_rank_less": ("INTEGER", False),
+}
+
+
+def check_old_image_scores(path: Path, table: pa.Table) -> None:
+    """The peak values of an older shard's image_scores, before they are converted to exact terms."""
+    for column in ("score", "self_score"):
+        values = _np(table, column)
+        _bad_row(path, column, ~((values >= 0) & (values <= 1)), "a rank similarity outside [0, 1]")
+
+
+def check_concept_peaks(path: Path, table: pa.Table, images: ShardImages, expected: Expected,
+                        converted_from: dict[str, str] | None = None) -> None:
+    """concept_peaks rows (a shard's, or an older shard's image_scores converted: `converted_from` names
+    each sum column's source, whose value had no exact terms where the windows are NULL)."""
     img = _image_of(path, table, images)
     n_syn = expected.n_synsets
     syn = _np(table, "synset_id").astype(np.int64)
     _bad_row(path, "synset_id", (syn < 0) | (syn >= n_syn), f"not a synset of the database (0..{n_syn - 1})")
     _exactly_once(path, "synset_id", (img - 1) * n_syn + syn, images.n * n_syn, "(image, synset)",
                   lambda key: f"image {key // n_syn + 1}'s synset {key % n_syn}")
-    for column in ("score", "self_score"):
-        values = _np(table, column)
-        _bad_row(path, column, ~((values >= 0) & (values <= 1)), "a rank similarity outside [0, 1]")
+    for total, windows in (("map_sum", "map_windows"), ("self_sum", "self_windows")):
+        if converted_from:
+            missing = pc.is_null(table.column(windows)).to_numpy(zero_copy_only=False)
+            _bad_row(path, converted_from[total], missing,
+                     "not a ratio of integers (a count sum over windows x |T|), as convis-db computes every peak")
+        count = _np(table, windows).astype(np.int64)
+        _bad_row(path, windows, count < 1, "no covering window (the count must be at least 1)")
+        values = _np(table, total).astype(np.int64)
+        _bad_row(path, total, (values < 0) | (values > count * (n_syn - 1)),
+                 f"a sum outside 0..{windows} x {n_syn - 1} (a rank similarity outside [0, 1])")
     for column, size in (("work_peak_x", images.work_width), ("work_peak_y", images.work_height),
                          ("work_self_peak_x", images.work_width), ("work_self_peak_y", images.work_height)):
         values = _np(table, column)
