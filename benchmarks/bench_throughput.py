@@ -98,12 +98,16 @@ class MemorySampler:
         self._sample()
 
 
-def base_db(model: str, pretrained: str, device, cache: Path = CACHE) -> Path:
+def base_db(model: str, pretrained: str, device, cache: Path | None = None) -> Path:
     """A database with the physical-objects T and the model's definitions, built once and cached (in
-    `cache`: a baseline checkout keeps its own, made by its own code in its own schema)."""
+    `cache`, by default one folder per checkout of this script: every checkout, a baseline's too, keeps
+    its own, made by its own code in its own schema, which a newer checkout would upgrade past it)."""
+    import hashlib
+
     from convis_db.init_db import initialise
     from convis_db.models.registry import resolve_model
 
+    cache = cache or CACHE / ("checkout-" + hashlib.sha256(str(REPO.resolve()).encode()).hexdigest()[:12])
     cache.mkdir(parents=True, exist_ok=True)
     spec = resolve_model(model, pretrained)
     path = cache / f"{spec.name}-{Path(str(spec.pretrained)).name}.duckdb".replace("/", "_")

@@ -34,7 +34,8 @@ def default_precision(device: torch.device) -> str:
     fp32 on every CPU, those with native bf16 (AVX512-BF16, AMX) included: decided with figures in
     docs/benchmarks.md (issue 23). bf16 encodes ViT-B/32 2.65-2.82x faster there, but changes the stored
     ranks more than the rule set beforehand allows (at least 90% of windows with an identical top-10 set):
-    measured 89% identical sets and 57% identical lists with the tiny random model at the paper's settings.
+    measured 89% identical sets and 55-57% identical lists (random weights: the tiny model at the paper's
+    settings, ViT-B/32's shape at cpu-fast, emulated bf16).
     Such a CPU runs bf16 when asked for (`--precision bf16`, recorded with each image); resolve_precision
     logs that choice."""
     if device.type == "cuda":
