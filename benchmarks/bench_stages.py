@@ -50,8 +50,18 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also peak RssAnon per stage over an ingest")
     ap.add_argument("--images", type=int, default=4, help="--memory: images ingested")
+    ap.add_argument("--plain-stores", action="store_true", help="no streamed (non-temporal) patch rows")
+    ap.add_argument("--whole-width-pass", action="store_true", help="no ring: each side's width pass for the whole image")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.plain_stores:
+        from convis_db.engine import resize
+
+        resize.STREAM_STORES = False
+    if args.whole_width_pass:
+        from convis_db.engine import windows
+
+        windows.band_rows = lambda span, size, height: height
     import convis_db
     from convis_db.engine import explainer
     from convis_db.engine.images import read_image
@@ -112,9 +122,15 @@ def main() -> None:
                 current[0] = "between stages"
                 sampler = threading.Thread(target=sample, daemon=True)
                 sampler.start()
-                ingestor.run(paths[: args.images])
+                stage_cpu.clear()
+                c0 = cpu_seconds()
+                report = ingestor.run(paths[: args.images])
+                spent = (cpu_seconds() - c0) / report.count("ingested")
                 stop.set()
                 sampler.join()
+                encode = stage_cpu.get("encode", 0.0) / report.count("ingested")
+                print(f"INGEST of {report.count('ingested')} images: {spent:.3f} CPU-s per image, of which encode "
+                      f"{encode:.3f}: around the encoder {spent - encode:.3f} (every thread: decode, writer, index)")
                 print(f"MEMORY peak RssAnon (MB) per stage over an ingest of {args.images} images: "
                       + ", ".join(f"{k} {v}" for k, v in peaks.items()) + f"; overall {max(peaks.values())}")
     finally:

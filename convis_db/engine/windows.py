@@ -185,10 +185,15 @@ class PatchCutter:
             band = self._rows[size] = RowBand(top, top, store)
         band.first = max(band.first, top, bottom - band.ring)
         band.end = max(band.end, band.first)
+        if band.end >= bottom:
+            return band
+        # Fill the whole ring: the rows below `bottom` are the next batches' (few, large calls: each call
+        # splits its rows across threads, and many small ones cost more than their rows).
+        goal = min(self._padded.shape[1], band.first + band.ring)
         columns = np.arange(self.grid.cols) * self.grid.stride
-        while band.end < bottom:  # the new rows, in at most two pieces (where the ring wraps)
+        while band.end < goal:  # the new rows, in at most two pieces (where the ring wraps)
             at = band.end % band.ring
-            stop = min(bottom, band.end + band.ring - at)
+            stop = min(goal, band.end + band.ring - at)
             image = self._padded[:, band.end:stop]
             resizer.width_pass(image, columns, out=band.store[:, :, at:at + stop - band.end])
             band.end = stop
