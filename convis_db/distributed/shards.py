@@ -361,9 +361,9 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
     """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
     written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
     local -> new by `lookup` (rows of images not added are left out). The column list is the checked
-    table's (names the database's own table has). A file changed since it was checked is refused (the caller's transaction then rolls back). A table
-    in `converted` (an older shard's image_scores as concept_peaks rows) is inserted from those checked
-    rows instead of its file."""
+    table's (names the database's own table has). A file changed since it was checked is refused (the
+    caller's transaction then rolls back). A table in `converted` (an older shard's image_scores as
+    concept_peaks rows) is inserted from those checked rows instead of its file."""
     for table in IMAGE_TABLES:
         if table not in checked:
             continue
@@ -382,13 +382,12 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
         names = pq.read_schema(path).names
         select = []
         for name in names:
-            target = name
-            if target == "image_id":
+            if name == "image_id":
                 select.append("list_extract($lookup, image_id)::INTEGER AS image_id")
-            elif table == "images" and target == "model_id":
+            elif table == "images" and name == "model_id":
                 select.append("$model_id::INTEGER AS model_id")
             else:
-                select.append(f'"{name}" AS "{target}"')   # names checked against the database's table
+                select.append(f'"{name}"')   # names checked against the database's table
         rows = f"SELECT {', '.join(select)} FROM read_parquet($path) WHERE list_extract($lookup, image_id) > 0"
         params = {"lookup": lookup[1:].tolist(), "path": str(path)}  # DuckDB lists count from 1
         if table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window

@@ -66,11 +66,8 @@ class Ranking:
     peak_x: str       # the map peak's working pixel, a column of concept_peaks
     peak_y: str
 
-    @property
-    def order(self) -> str:
-        return self.order_by("i.image_id")
-
     def order_by(self, image_id: str) -> str:
+        """The ORDER BY of the ranking, the image id column named `image_id`."""
         return f"{self.score} DESC, {self.map_score} DESC, {image_id}" if self.by == "image" \
             else f"{self.map_score} DESC, {image_id}"
 
