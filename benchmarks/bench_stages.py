@@ -27,12 +27,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_throughput import TINY_224, base_db, make_images
+from bench_throughput import THREAD_WAITS, TINY_224, base_db, make_images  # sets thread waits before torch loads
 from common import header
+
+import torch  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -50,6 +50,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also peak RssAnon per stage over an ingest")
     ap.add_argument("--images", type=int, default=4, help="--memory: images ingested")
+    ap.add_argument("--spinning-threads", action="store_true",
+                    help="leave OpenMP/OpenBLAS idle threads spinning (default: they sleep, as under convis-db)")
     ap.add_argument("--plain-stores", action="store_true", help="no streamed (non-temporal) patch rows")
     ap.add_argument("--whole-width-pass", action="store_true", help="no ring: each side's width pass for the whole image")
     args = ap.parse_args()
@@ -70,7 +72,7 @@ def main() -> None:
     from convis_db.store.image_store import write_image
 
     header(f"bench_stages: convis_db from {Path(convis_db.__file__).parent}, torch threads {args.threads}, paper "
-           "settings, tiny 224-px model")
+           "settings, tiny 224-px model; thread waits: " + ("; ".join(THREAD_WAITS) or "the libraries' defaults"))
     stage_cpu: dict[str, float] = {}
     current = ["setup"]
     peaks: dict[str, int] = {}
