@@ -151,3 +151,23 @@ def test_ranker_into_reused_buffers_equals_former_path(monkeypatch: pytest.Monke
     assert torch.equal(got.rank_less, want.rank_less)
     assert torch.equal(got.top_ids, want.top_ids)
     assert torch.equal(got.top_rank_less, want.top_rank_less)
+
+
+def test_transpose8_moves_an_8_by_8_block() -> None:
+    """The in-register transposition of the width pass (float32) and of the ranking's counts (int32): one
+    block, from and into arrays with padded rows."""
+    from numba import njit
+
+    kernels = ranking.load_kernels()
+
+    @njit
+    def run(src, row, col, dst, dst_row, dst_col):
+        kernels.transpose8(src, row, col, dst, dst_row, dst_col)
+
+    for dtype in (np.float32, np.int32):
+        src = (np.random.default_rng(3).standard_normal((20, 40)) * 1000).astype(dtype)[:, 2:33]  # padded rows
+        dst = np.zeros((30, 50), dtype)[:, 5:]
+        want = dst.copy()
+        run(src, 3, 5, dst, 7, 9)
+        want[7:15, 9:17] = src[3:11, 5:13].T
+        np.testing.assert_array_equal(dst, want)

@@ -138,18 +138,18 @@ def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, ring, fi
 
 @intrinsic
 def transpose8(typingctx, src, row, col, dst, dst_row, dst_col):
-    """dst[dst_row + j, dst_col + i] = src[row + i, col + j] for i, j < 8 (2-D float32 arrays whose rows are
-    contiguous): an 8 x 8 block transposed in registers (eight 8-float loads, 24 shuffles, eight 8-float
-    stores) instead of 64 single-float copies. Moves values only, so results cannot change."""
+    """dst[dst_row + j, dst_col + i] = src[row + i, col + j] for i, j < 8 (2-D float32 or int32 arrays of one
+    dtype whose rows are contiguous): an 8 x 8 block transposed in registers (eight 32-byte loads, 24
+    shuffles, eight 32-byte stores) instead of 64 single copies. Moves values only: results cannot change."""
     if not (isinstance(src, types.Array) and isinstance(dst, types.Array) and src.ndim == 2 and dst.ndim == 2
-            and src.dtype == types.float32 and dst.dtype == types.float32
+            and src.dtype == dst.dtype and src.dtype in (types.float32, types.int32)
             and all(isinstance(v, types.Integer) for v in (row, col, dst_row, dst_col))):
         return None
 
     def codegen(context, builder, signature, args):
         src_v, row_v, col_v, dst_v, drow_v, dcol_v = args
         intp = context.get_value_type(types.intp)
-        vec = ir.VectorType(ir.FloatType(), 8)
+        vec = ir.VectorType(ir.FloatType() if signature.args[0].dtype == types.float32 else ir.IntType(32), 8)
         four = ir.Constant(intp, 4)
 
         def index(value, position):
@@ -316,10 +316,20 @@ def rank_rows(z, columns, block, rank_t, top_ids, top_rank, tied, first, last): 
                     top_ids[i, n - 1 - p] = j
                     top_rank[i, n - 1 - p] = run
             tied[i] = tie
-        for j in range(n):
-            dst_row = rank_t[j]
-            for i in range(start, stop):
-                dst_row[i] = block[i - start, j]
+        count = stop - start  # block -> rank_t, 8 x 8 blocks in registers, then the edges one by one
+        j = 0
+        while j + 8 <= n:
+            i = 0
+            while i + 8 <= count:
+                transpose8(block, i, j, rank_t, j, start + i)
+                i += 8
+            for ii in range(i, count):
+                for jj in range(j, j + 8):
+                    rank_t[jj, start + ii] = block[ii, jj]
+            j += 8
+        for jj in range(j, n):
+            for ii in range(count):
+                rank_t[jj, start + ii] = block[ii, jj]
 
 
 @njit(nogil=True, cache=True)
