@@ -52,6 +52,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=4, help="--memory: images ingested")
     ap.add_argument("--spinning-threads", action="store_true",
                     help="leave OpenMP/OpenBLAS idle threads spinning (default: they sleep, as under convis-db)")
+    ap.add_argument("--all-threads-height", action="store_true",
+                    help="the height pass on every thread (default in this checkout: half of them, resize.HEIGHT_PASS_SHARE)")
     ap.add_argument("--plain-stores", action="store_true", help="no streamed (non-temporal) patch rows")
     ap.add_argument("--whole-width-pass", action="store_true", help="no ring: each side's width pass for the whole image")
     args = ap.parse_args()
@@ -60,6 +62,10 @@ def main() -> None:
         from convis_db.engine import resize
 
         resize.STREAM_STORES = False
+    if args.all_threads_height:
+        from convis_db.engine import resize
+
+        resize.HEIGHT_PASS_SHARE = 1
     if args.whole_width_pass:
         from convis_db.engine import windows
 
