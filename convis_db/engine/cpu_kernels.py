@@ -246,20 +246,23 @@ def same_float(a, b):
 
 
 @njit(nogil=True, cache=True)
-def rank_rows(z, columns, block, rank_t, top_ids, top_rank, tied, first, last):  # pragma: no cover - compiled
-    """For rows i in [first, last) of z, with c = columns (each synset's column of z: synsets with equal
-    definitions share one, so the expanded (W, |T|) matrix is never built):
+def rank_rows(z, synsets, columns, block, rank_t, top_ids, top_rank, tied, first, last):  # pragma: no cover - compiled
+    """For rows i in [first, last) of z, with c(j) the column of z that holds synset j's cosine (synsets with
+    equal definitions share one, so the expanded (W, |T|) matrix is never built):
     rank_t[j, i] = |{j' : z[i, c(j')] < z[i, c(j)]}| (equal cosines share the count), written synset-major
     through `block` (row-major scratch of at least one row, copied transposed every block.shape[0] rows);
     top_ids[i] / top_rank[i]: the k synsets of highest cosine, best first, with their counts; tied[i]:
-    whether two of the k + 1 highest cosines are equal (then the top-k's order, or membership, depends on
-    the sort used, and the caller decides).
+    whether two of the k + 1 highest cosines are equal.
 
-    Each row's values (order_key << 32 | synset) are sorted by a stable least-significant-digit radix sort
-    on the key (four passes of RADIX_BITS bits, a pass skipped where every key has the same digit) from
-    synset order: equal cosines stay in synset order, the permutation np.sort of those 64-bit values gives
-    (the former code), in O(n) per row instead of O(n log n). One pass over the sorted row then gives the
-    counts (the position where each run of equal floats starts: same_float) and the top-k."""
+    The synsets come as entries e: synset synsets[e] reads column columns[e], listed by column, so that
+    each row is read in order (a gather through a permutation cost twice the sort's first pass). Each
+    row's values (order_key << 32 | e-th synset) are sorted by a stable least-significant-digit radix
+    sort on the key (four passes of RADIX_BITS bits, a pass skipped where every key has the same digit),
+    O(n) per row; one pass over the sorted row then gives the counts (where each run of equal floats
+    starts: same_float) and the top-k. Equal cosines come out in entry order; nothing above depends on
+    that order except the top-k of a row whose k + 1 highest hold equal cosines (tied[i]: the caller
+    orders those rows itself): counts depend on the values only, and without such a tie the k highest
+    cosines are distinct."""
     n = columns.shape[0]
     k = top_ids.shape[1]
     bits = z.view(np.uint32)
@@ -276,7 +279,7 @@ def rank_rows(z, columns, block, rank_t, top_ids, top_rank, tied, first, last): 
             hist[:] = 0
             for j in range(n):
                 key = order_key(bits[i, columns[j]])
-                values_a[j] = (np.uint64(key) << np.uint64(32)) | np.uint64(j)
+                values_a[j] = (np.uint64(key) << np.uint64(32)) | np.uint64(synsets[j])
                 hist[0, key & digit] += 1
                 hist[1, (key >> np.uint32(RADIX_BITS)) & digit] += 1
                 hist[2, (key >> np.uint32(2 * RADIX_BITS)) & digit] += 1
