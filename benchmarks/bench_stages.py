@@ -8,7 +8,8 @@ is charged to whoever ran, torch's OpenMP threads spin), these figures hold bett
 (`--threads`, default 1; the numba kernels follow torch's count), process CPU-seconds of each stage of
 `explain_pixels` (its own stage timer, wrapped with getrusage), then `read_image` and `write_image` of
 the same image on the ingest's connection; rep 1 compiles and warms up. Run two checkouts one after
-the other, twice, and compare.
+the other, twice, and compare. Idle OpenMP/OpenBLAS threads sleep as under `convis-db`, whichever
+checkout runs (`--spinning-threads`: the libraries' defaults).
 
 `--memory`: also a whole `ingest` of --images images after those reps, with RssAnon (the process's
 private memory) sampled every 5 ms and charged to the stage running at that moment (between stages:

@@ -20,6 +20,9 @@ Peak memory is sampled from /proc/self/status every 20 ms: `anon` is the process
 (RssAnon: tensors, buffers, the database cache), `rss` adds the file pages of the shared libraries
 mapped in (torch's CUDA libraries alone are about 0.6 GB of those, shared and reclaimable).
 With OUT set, the figures are written to $OUT/bench_throughput.json too.
+
+Idle OpenMP/OpenBLAS threads sleep, as under the `convis-db` program (cli/thread_waits.py), in this
+process and in the baseline's; `--spinning-threads` keeps the libraries' defaults in both.
 """
 
 from __future__ import annotations
