@@ -59,7 +59,8 @@ class SynsetRanker:
             self.definitions = np.array(definitions, dtype=np.float32, order="C", copy=True)
             self._expand = None
             self._columns = np.arange(self.n, dtype=np.int64)
-        self._entries = _entries_by_column(self._columns)  # the CPU kernel's order of reading each row        self._defs_t = torch.from_numpy(self.definitions).to(device)
+        self._entries = _entries_by_column(self._columns)  # the CPU kernel's order of reading each row
+        self._defs_t = torch.from_numpy(self.definitions).to(device)
         self._gpu_res = None
         if device.type == "cuda" and _faiss_gpu_available():
             import faiss
