@@ -240,7 +240,7 @@ def main() -> None:
     header(f"bench_throughput: model {args.model} / {args.pretrained}, device {device}, precision {args.precision}, "
            f"preset {args.preset}, batch {args.batch_size} windows, torch threads {torch.get_num_threads()}; "
            f"shared machine: compare figures of one run; thread waits (both checkouts): "
-           f"{'; '.join(THREAD_WAITS) or 'the libraries defaults (spinning)'}")
+           f"{'; '.join(THREAD_WAITS) or 'the libraries defaults, spinning'}")
     settings = {"paper": PAPER, "cpu-fast": CPU_FAST}[args.preset]
     ww, wh = working_size(640, 480, settings.max_pixels)
     windows = WindowGrid(wh, ww, settings.stride, settings.small, settings.large, settings.layout).n_windows

@@ -22,8 +22,9 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
 
 
 def main() -> None:
-    """The `convis-db` program. Idle worker threads of OpenMP and OpenBLAS sleep instead of spinning unless
-    the user set otherwise (cli/thread_waits.py). SIGTERM raises Terminated in the main thread, which stops the command
+    """The `convis-db` program. Idle worker threads of OpenMP and OpenBLAS sleep instead of spinning
+    unless the user set otherwise (cli/thread_waits.py). SIGTERM raises Terminated in the main thread,
+    which stops the command
     as Ctrl-C does (exit 143 instead of 130); commands that finish their work first on a signal
     (ingest, serve) put their own handlers in place while they run."""
     if hasattr(signal, "SIGTERM"):

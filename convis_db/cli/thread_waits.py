@@ -5,10 +5,11 @@ By default torch's OpenMP threads (libgomp) spin after each operator before they
 threads (numpy's matmul: the ranking's cosines) spin for about 2^28 cycles (0.1 s) after each call.
 While an ingest runs its own kernels, resize, ranking and aggregation, on its own threads, that spinning
 burns CPU time and, on a machine with few cores or other work, takes cores from the threads doing the
-work (measured on 2 cores: an encoder batch took twice the CPU time and the wall time; 0.06-0.1
-CPU-seconds spun after each ranking matmul that itself took 0.03). Sleeping threads wake up in
-microseconds, which costs nothing measurable at these operators' sizes. Results do not change: the
-same threads split the same work; only how they wait differs.
+work (measured on 2 busy cores: an encoder batch took twice the CPU time and the wall time; 0.06-0.1
+CPU-seconds spun after each ranking matmul that itself took 0.03). Waking a sleeping thread takes
+microseconds per operator; whether that shows in the wall time of an idle machine is for
+docs/benchmarks.md (issue 23, round 3). Results do not change: the same threads split the same work;
+only how they wait differs.
 
 The library itself never sets these (a program that embeds it decides for itself); a user's own
 setting of either variable wins, e.g. `OMP_WAIT_POLICY=ACTIVE convis-db ingest ...`.
