@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from convis_db.engine import propagate, ranking, saliency
+from convis_db.engine import propagate, ranking, resize, saliency
 from convis_db.engine.windows import WindowGrid
 
 pytest.importorskip("numba", reason="the CPU kernels are compiled by numba (a dependency)")
@@ -176,3 +176,30 @@ def test_transpose8_moves_an_8_by_8_block() -> None:
         run(src, 3, 5, dst, 7, 9)
         want[7:15, 9:17] = src[3:11, 5:13].T
         np.testing.assert_array_equal(dst, want)
+
+
+@pytest.mark.skipif(not resize.STREAM_STORES, reason="non-temporal stores are x86-64 only")
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_streamed_height_pass_equals_line_kernel(mode: int) -> None:
+    """vertical_stream (vector arithmetic in LLVM IR, streamed stores) gives vertical's (numba's scalar
+    combine) bits in every arithmetic form, rows read through a ring that wraps, mixed magnitudes, subnormals
+    and infinities included; the forms differ, so a wrong form would show."""
+    from convis_db.engine.cpu_kernels import vertical, vertical_stream
+
+    rng = np.random.default_rng(mode)
+    ring, side = 70, 224
+    rows = rng.standard_normal((3, 3, ring, side)).astype(np.float32)
+    rows[:, :, ::3] *= 1e3
+    rows[0, 1, 5, :40] = np.float32(1e-40)  # subnormal
+    rows[2, 0, 9, 100] = np.inf
+    iy, wy = resize._bicubic_taps(64, side)
+    cols, ys = np.array([0, 2, 1, 0, 2]), np.array([0, 6, 30, 40, 50])  # the last ones wrap around the ring
+    want = np.empty((len(ys), 3, side, side), np.float32)
+    vertical(rows, cols, ys, iy, wy, mode, want, ring, 0, len(ys))
+    got = torch.empty(len(ys), 3, side, side)  # torch's allocations are 64-byte aligned
+    assert got.data_ptr() % 32 == 0
+    vertical_stream(rows, cols, ys, iy, wy, mode, got.numpy().reshape(-1), 3, side, ring, 0, len(ys))
+    assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
+    other = np.empty_like(want)
+    vertical(rows, cols, ys, iy, wy, (mode + 1) % 3, other, ring, 0, len(ys))
+    assert not np.array_equal(other.view(np.uint32), want.view(np.uint32))

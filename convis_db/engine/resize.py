@@ -145,7 +145,7 @@ class CropResizer:
         ring = int(ring or rows.shape[2])
         threads = height_pass_threads(threads)
         src, dst = rows.numpy(), out.numpy()
-        if streams(out):
+        if streams(out) and rows.is_contiguous():  # the streaming kernel reads whole rows as vectors
             kernels = load_kernels()
             flat = dst.reshape(-1)  # a view: `out` is contiguous
             split_rows(len(ys), lambda a, b: kernels.vertical_stream(src, cols, ys, self.index, self.weight, self.mode,
