@@ -22,7 +22,6 @@ case for a partly filled row group rewritten at each checkpoint).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import shutil
 import sys
@@ -37,7 +36,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, timeit  # noqa: E402
+from common import file_settings, header, parse_file_settings, timeit  # noqa: E402
 
 from convis_db.engine.explainer import ConceptEngine  # noqa: E402
 from convis_db.engine.images import read_image  # noqa: E402
@@ -47,7 +46,6 @@ from convis_db.models.clip import load_model  # noqa: E402
 from convis_db.models.registry import resolve_model  # noqa: E402
 from convis_db.query.maps import MapService  # noqa: E402
 from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
-from convis_db.store import db as store_db  # noqa: E402
 from convis_db.store.db import connect  # noqa: E402
 from convis_db.store.hierarchy_store import load_hierarchy  # noqa: E402
 from convis_db.store.image_store import EMBEDDING_CHOICES, get_image, set_embedding_storage, write_image  # noqa: E402
@@ -126,10 +124,6 @@ def column_bytes(db: Path, images: int, copies: int = 64, block: int = 262_144,
     return out
 
 
-#: DuckDB's own block size and row group size: what convis-db wrote before issue 24.
-DUCKDB_DEFAULT = (262_144, 122_880)
-
-
 def write_copy(base: Path, db: Path, storage: str, explained: list, model_id: int, settings,
                checkpoint_each: bool) -> dict:
     """Write the explained images into a copy of `base`, one write_image transaction each, then refresh
@@ -159,32 +153,6 @@ def write_copy(base: Path, db: Path, storage: str, explained: list, model_id: in
             "free_blocks": free_blocks, "total_blocks": total_blocks, "file_block_size": block,
             "write_ms": writes, "write_ms_median": sorted(writes)[len(writes) // 2],
             "refresh_ms": (refreshed - t) * 1000, "checkpoint_ms": (checkpointed - refreshed) * 1000}
-
-
-def parse_file_settings(text: str) -> list[tuple[int, int]]:
-    """'default,shipped,65536:524288' -> [(block bytes, rows per row group), ...]."""
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if part == "default":
-            out.append(DUCKDB_DEFAULT)
-        elif part == "shipped":
-            out.append((store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE))
-        else:
-            block, rows = part.split(":")
-            out.append((int(block), int(rows)))
-    return out
-
-
-@contextlib.contextmanager
-def file_settings(block: int, rows: int):
-    """convis-db's writable connections made with this block size (new files) and row group size."""
-    saved = store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE
-    store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE = block, rows
-    try:
-        yield
-    finally:
-        store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE = saved
 
 
 def main() -> None:
