@@ -12,11 +12,13 @@ What is generated at full size and what is not (docs/benchmarks.md says why the 
 * `--concepts K` (default: every synset of T) gives every image rows for K concepts only: the
   queried ones plus fillers spread evenly over the synset ids. A queried concept has all its N rows,
   as in the full table; the explained images (`full_images`) have all |T| rows.
-* `--row-group-size R` writes the score tables in row groups of R rows (DuckDB's default: 122,880).
-  A query's fixed cost grows with the number of row groups of each table it scans (DuckDB checks
-  every group's statistics before skipping it), so `--emulate-full [ROWS]` picks K = |T| x 2,048 /
-  ROWS and R = 2,048: as many row groups as the full table would have in groups of ROWS rows
-  (default DuckDB's), at a fiftieth of the rows.
+* `--row-group-size R` writes the score tables in row groups of R rows (default: what convis-db
+  writes, store/db.py's ROW_GROUP_SIZE, 1,048,576; DuckDB's own default, which convis-db wrote before
+  issue 24, is 122,880). A query's fixed cost grows with the number of row groups of each table it
+  scans (DuckDB checks every group's statistics before skipping it), so `--emulate-full [ROWS]`
+  picks K = |T| x 2,048 / ROWS and R = 2,048: as many row groups as the full table would have in
+  groups of ROWS rows (default convis-db's), at a fiftieth of the rows (1/512 with ROWS 1,048,576).
+* The file is created by convis-db (store/db.py: 64 KiB blocks since issue 24).
 
     python benchmarks/bench_queries.py --images 10000
     python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header, timeit  # noqa: E402
 
-from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402
 from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
 from convis_db.wordnet.hierarchy import build_hierarchy  # noqa: E402
 from convis_db.wordnet.source import open_wordnet  # noqa: E402
@@ -52,8 +54,8 @@ from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
 _A, _B, _C, _D = 7919, 104_729, 15_485_863, 32_452_843
 #: The concepts the benchmark queries (always generated in full).
 QUERIED = ("dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01")
-#: DuckDB's default rows per row group.
-DEFAULT_ROW_GROUP = 122_880
+#: Rows per row group of the tables convis-db writes (DuckDB's own default is 122,880).
+DEFAULT_ROW_GROUP = ROW_GROUP_SIZE
 #: The big tables, whose row groups a query must prune.
 BIG_TABLES = ("concept_peaks", "concept_order")
 
@@ -133,8 +135,8 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
     # The score tables through a plain DuckDB connection: row group size is an ATTACH option.
     raw = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     raw.execute("SET enable_progress_bar = false")
-    rg = f" (ROW_GROUP_SIZE {int(row_group_size)})" if row_group_size else ""
-    raw.execute(f"ATTACH '{db}' AS g{rg}")  # the benchmark's own path
+    rg = int(row_group_size or DEFAULT_ROW_GROUP)
+    raw.execute(f"ATTACH '{db}' AS g (ROW_GROUP_SIZE {rg})")  # the benchmark's own path
     raw.execute("USE g")
     N, K, values = n_images, len(chosen), _values(n_images, n)
     subset = chosen if K < n else None
@@ -326,10 +328,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--concepts", type=int, help="Concepts per image (the queried ones and evenly spread "
                     "fillers; default: every synset of T).")
-    ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default DuckDB's).")
+    ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default "
+                    "convis-db's, store/db.py's ROW_GROUP_SIZE).")
     ap.add_argument("--emulate-full", nargs="?", type=int, const=DEFAULT_ROW_GROUP, metavar="ROWS",
                     help="A concept subset with as many row groups as the full table would have in row groups of "
-                    "ROWS rows (default DuckDB's 122,880); sets --concepts, and --row-group-size to 2,048.")
+                    "ROWS rows (default convis-db's ROW_GROUP_SIZE); sets --concepts, and --row-group-size to 2,048.")
     ap.add_argument("--db", type=Path, help="Reuse or create the generated DB here (default: a temp dir).")
     ap.add_argument("--cold", action="store_true", help="Also time each query once on a new connection "
                     "after dropping the file's pages from the OS cache.")
