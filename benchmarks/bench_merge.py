@@ -89,7 +89,7 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: i
 
     def peaks() -> Peaks:
         windows = np.full(n_syn, 64, np.int32)  # the paper's settings: 8 x 8 windows over every pixel
-        sums = rng.integers(0, 64 * n_syn, n_syn).astype(np.int64)
+        sums = rng.integers(0, 64 * (n_syn - 1) + 1, n_syn).astype(np.int64)  # a rank similarity in [0, 1]
         return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)), rng.integers(0, w, n_syn).astype(np.int32),
                      rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
 
