@@ -165,8 +165,9 @@ def cpu_seconds() -> float:
     return t.user + t.system   # this process, DuckDB's threads included
 
 
-def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, images added) of one merge into a fresh copy, CHECKPOINT included."""
+def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, images added, bytes in free blocks) of one merge into a fresh copy,
+    CHECKPOINT included."""
     shutil.copyfile(fresh, db)
     con = connect(db, write=True)
     try:
@@ -174,9 +175,11 @@ def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int
         added = merge(con, shards)
         con.execute("CHECKPOINT")
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        free = con.execute("SELECT free_blocks * block_size FROM pragma_database_size() "
+                           "WHERE database_name = current_database()").fetchone()[0]
     finally:
         con.close()
-    return seconds, cpu, added
+    return seconds, cpu, added, free
 
 
 def main() -> None:
@@ -230,14 +233,15 @@ def main() -> None:
         for name, (fn, block, rows) in (order if r % 2 == 0 else order[::-1]):
             db = work / f"{name.replace('/', '-')}.duckdb"
             with file_settings(block, rows):
-                seconds, cpu, added = timed(fresh[block], db, shards, fn)
+                seconds, cpu, added, free = timed(fresh[block], db, shards, fn)
             sizes[name] = db.stat().st_size - fresh[block].stat().st_size
             assert added == args.images, (name, added)
             results[name].append(seconds)
             cpus[name].append(cpu)
             print(f"  {name:16s} run {r + 1}: {seconds:6.2f} s wall ({args.images / seconds:6.1f} images/s), "
                   f"{cpu:6.2f} CPU-s ({args.images / cpu:6.1f} images per CPU-second), "
-                  f"file growth {sizes[name] / args.images / 1e3:.0f} KB per image, load {os.getloadavg()[0]:.1f}",
+                  f"file growth {sizes[name] / args.images / 1e3:.0f} KB per image (free blocks {free / args.images / 1e3:.0f} KB), "
+                  f"load {os.getloadavg()[0]:.1f}",
                   flush=True)
     best = {k: min(v) for k, v in results.items()}
     cpu = {k: min(v) for k, v in cpus.items()}
