@@ -78,19 +78,22 @@ _READ_ONLY_CONFIG = {
 #: Rows per row group of every table a writable convis-db connection writes (DuckDB's default: 122,880).
 #: A query's fixed cost grows with the row groups of each table it scans: DuckDB checks every group's
 #: statistics before skipping it, in the optimizer and again in the scan. At 7,080 concept rows per
-#: image, 1M images are 57,600 default groups per table; 1,048,576-row groups are 8.5x fewer.
-#: Measured on generated collections (docs/benchmarks.md, "Queries at 1,000,000 images"): search,
-#: count and images_with(top) 3-4x faster at 100k and 1M images, so 1M answers within 2x of 100k.
-#: DuckDB takes the size at ATTACH only and does not store it in the file, so `_open` attaches every
-#: writable connection with it. A writer that opens the file otherwise (plain DuckDB) writes default
-#: groups: the answers stay the same, only those rows' groups are smaller.
+#: image, 1M images are 57,600 default groups per table; groups of 1,048,576 rows are 8.4x fewer.
+#: Measured side by side (docs/benchmarks.md, "File settings"; 1M generated images): search, count
+#: and images_with(top) 3.1-4.7x faster, explain 2.5-2.7x, within 1.0-1.6x of the 100k figures before;
+#: 524,288 rows gave 1M queries 1.5-2.4x slower than this and nothing back. write_image costs the
+#: same (a partly filled group is not rewritten whole at each checkpoint); float32 embeddings take
+#: 17-20 % more bytes. DuckDB takes the size at ATTACH only and does not store it in the file, so
+#: `_open` attaches every writable connection with it. A writer that opens the file otherwise (plain
+#: DuckDB) writes default groups: the answers stay the same, only those rows' groups are smaller.
 ROW_GROUP_SIZE = 1_048_576
 #: Block size of the files convis-db creates (DuckDB's default: 262,144). DuckDB writes each column of
 #: each row group as segments and packs them into blocks only while they fit, so 10-13-bit segments
 #: of 150-200 KB leave 20-70 % of a 256 KiB block empty, and the free blocks a checkpoint leaves are
-#: 4x larger. Measured (docs/storage.md): 670 -> 492 KB per image (`--embeddings none`, 16 images).
-#: The size is chosen when a file is created and kept in it: files created before keep 256 KiB blocks
-#: and open, upgrade and answer as before. Files with other than 256 KiB blocks need DuckDB >= 1.2.
+#: 4x larger. Measured side by side (docs/storage.md, 16 images at paper settings): `--embeddings
+#: none` 672 -> 504 KB per image, float16 2,703 -> 2,556 KB; the queries lose nothing (above). The
+#: size is chosen when a file is created and kept in it: files created before keep 256 KiB blocks and
+#: open, upgrade and answer as before. Files with other than 256 KiB blocks need DuckDB >= 1.2.
 BLOCK_SIZE = 65_536
 #: Catalog names DuckDB gives its own databases: a file named so is attached under another name.
 _RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
