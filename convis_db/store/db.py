@@ -91,9 +91,10 @@ ROW_GROUP_SIZE = 1_048_576
 #: each row group as segments and packs them into blocks only while they fit, so 10-13-bit segments
 #: of 150-200 KB leave 20-70 % of a 256 KiB block empty, and the free blocks a checkpoint leaves are
 #: 4x larger. Measured side by side (docs/storage.md, 16 images at paper settings): `--embeddings
-#: none` 672 -> 504 KB per image, float16 2,703 -> 2,556 KB; the queries lose nothing (above). The
-#: size is chosen when a file is created and kept in it: files created before keep 256 KiB blocks and
-#: open, upgrade and answer as before. Files with other than 256 KiB blocks need DuckDB >= 1.2.
+#: none` 672 -> 504 KB per image, float16 2,703 -> 2,556 KB. The queries were measured with both
+#: settings together (above; cold ones 4-7x faster at 1M). The size is chosen when a file is created
+#: and kept in it: files created before keep 256 KiB blocks and open, upgrade and answer as before.
+#: Files with other than 256 KiB blocks need DuckDB >= 1.2.
 BLOCK_SIZE = 65_536
 #: Catalog names DuckDB gives its own databases: a file named so is attached under another name.
 _RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
