@@ -79,11 +79,12 @@ _READ_ONLY_CONFIG = {
 #: A query's fixed cost grows with the row groups of each table it scans: DuckDB checks every group's
 #: statistics before skipping it, in the optimizer and again in the scan. At 7,080 concept rows per
 #: image, 1M images are 57,600 default groups per table; groups of 1,048,576 rows are 8.4x fewer.
-#: Measured side by side (docs/benchmarks.md, "File settings"; 1M generated images): search, count
-#: and images_with(top) 3.1-4.7x faster, explain 2.5-2.7x, within 1.0-1.6x of the 100k figures before;
-#: 524,288 rows gave 1M queries 1.5-2.4x slower than this and nothing back. write_image costs the
-#: same (a partly filled group is not rewritten whole at each checkpoint); float32 embeddings take
-#: 17-20 % more bytes. DuckDB takes the size at ATTACH only and does not store it in the file, so
+#: Measured side by side (docs/benchmarks.md, "File settings"): at 1M images search, count and
+#: images_with(top) 2-4.7x faster; 524,288 rows gave 1M queries 1.5-2.4x slower than this and nothing
+#: back. The price, a constant at any size: the row groups holding a search's scattered hits are read
+#: whole (+10 ms per search, +50 ms per images_with(top), measured at 20k images full size), which
+#: small collections pay without the gain. write_image costs the same (a partly filled group is not
+#: rewritten whole at each checkpoint); float32 embeddings take 17-20 % more bytes. DuckDB takes the size at ATTACH only and does not store it in the file, so
 #: `_open` attaches every writable connection with it. A writer that opens the file otherwise (plain
 #: DuckDB) writes default groups: the answers stay the same, only those rows' groups are smaller.
 ROW_GROUP_SIZE = 1_048_576
