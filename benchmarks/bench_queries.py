@@ -23,6 +23,7 @@ What is generated at full size and what is not (docs/benchmarks.md says why the 
     python benchmarks/bench_queries.py --images 10000
     python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
     python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/emu1m.duckdb --cold --scans
+    python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --compare /tmp/full20k_old.duckdb
 """
 
 from __future__ import annotations
@@ -323,6 +324,31 @@ def measure(db: Path, n_images: int, cold: bool, scans: bool) -> dict:
     return results
 
 
+def compare(db: Path, other: Path, n_images: int, rounds: int = 11) -> dict:
+    """Per query, the median ms on `db` and on `other` (the same collection in another layout), the
+    two run in turn (A, B, B, A, ...) so that both see the same load; the LIMIT-outside form is left
+    out (it reads every row group of either)."""
+    cons = {"a": connect(db), "b": connect(other)}
+    out = {}
+    for name, fn in queries(n_images).items():
+        if name.endswith("LIMIT 20"):
+            continue
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        for con in cons.values():
+            fn(con)  # warm-up
+        for r in range(rounds):
+            for key in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                t0 = time.perf_counter()
+                fn(cons[key])
+                times[key].append((time.perf_counter() - t0) * 1000)
+        a, b = (sorted(times[k])[rounds // 2] for k in ("a", "b"))
+        out[name] = {"a_ms": a, "b_ms": b}
+        print(f"{name:58s} {db.name} {a:8.1f} ms   {other.name} {b:8.1f} ms   {b / a:5.2f} x", flush=True)
+    for con in cons.values():
+        con.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10_000)
@@ -337,6 +363,8 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true", help="Also time each query once on a new connection "
                     "after dropping the file's pages from the OS cache.")
     ap.add_argument("--scans", action="store_true", help="Record the row groups each query's scans read.")
+    ap.add_argument("--compare", type=Path, metavar="DB2", help="Instead: time every query on --db and on DB2 "
+                    "(the same collection built another way), in turn, 11 runs each.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.emulate_full:
@@ -348,6 +376,13 @@ def main() -> None:
     if not db.exists():
         info = build(db, args.images, args.concepts, args.row_group_size, args.emulate_full)
         print(f"built {db} in {info['seconds']:.1f} s ({info['bytes'] / 1e6:.0f} MB): {info}")
+    if args.compare:
+        print(f"load before: {os.getloadavg()}")
+        result = compare(db, args.compare, args.images)
+        print(f"load after: {os.getloadavg()}")
+        if args.json:
+            print(json.dumps(result))
+        return
     with duckdb.connect(str(db), read_only=True) as con:
         stats = {"images": args.images,
                  "rows": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
