@@ -82,11 +82,12 @@ _READ_ONLY_CONFIG = {
 #: Measured side by side (docs/benchmarks.md, "File settings"): at 1M images search, count and
 #: images_with(top) 2-4.7x faster; 524,288 rows gave 1M queries 1.5-2.4x slower than this and nothing
 #: back. The price, a constant at any size: the row groups holding a search's scattered hits are read
-#: whole (+10 ms per search, +50 ms per images_with(top), measured at 20k images full size), which
+#: whole (+10-25 ms per search, +45-65 ms per images_with(top), measured at 20k images full size), which
 #: small collections pay without the gain. write_image costs the same (a partly filled group is not
-#: rewritten whole at each checkpoint); float32 embeddings take 17-20 % more bytes. DuckDB takes the size at ATTACH only and does not store it in the file, so
-#: `_open` attaches every writable connection with it. A writer that opens the file otherwise (plain
-#: DuckDB) writes default groups: the answers stay the same, only those rows' groups are smaller.
+#: rewritten whole at each checkpoint); float32 embeddings take 17-20 % more bytes. DuckDB takes the
+#: size at ATTACH only and does not store it in the file, so `_open` attaches every writable connection
+#: with it. A writer that opens the file otherwise (plain DuckDB) writes default groups: the answers
+#: stay the same, only those rows' groups are smaller.
 ROW_GROUP_SIZE = 1_048_576
 #: Block size of the files convis-db creates (DuckDB's default: 262,144). DuckDB writes each column of
 #: each row group as segments and packs them into blocks only while they fit, so 10-13-bit segments
