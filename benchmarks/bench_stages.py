@@ -8,7 +8,8 @@ is charged to whoever ran, torch's OpenMP threads spin), these figures hold bett
 (`--threads`, default 1; the numba kernels follow torch's count), process CPU-seconds of each stage of
 `explain_pixels` (its own stage timer, wrapped with getrusage), then `read_image` and `write_image` of
 the same image on the ingest's connection; rep 1 compiles and warms up. Run two checkouts one after
-the other, twice, and compare.
+the other, twice, and compare. Idle OpenMP/OpenBLAS threads sleep as under `convis-db`, whichever
+checkout runs (`--spinning-threads`: the libraries' defaults).
 
 `--memory`: also a whole `ingest` of --images images after those reps, with RssAnon (the process's
 private memory) sampled every 5 ms and charged to the stage running at that moment (between stages:
@@ -27,12 +28,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_throughput import TINY_224, base_db, make_images
+from bench_throughput import THREAD_WAITS, TINY_224, base_db, make_images  # sets thread waits before torch loads
 from common import header
+
+import torch  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -50,6 +51,10 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--memory", action="store_true", help="also peak RssAnon per stage over an ingest")
     ap.add_argument("--images", type=int, default=4, help="--memory: images ingested")
+    ap.add_argument("--spinning-threads", action="store_true",
+                    help="leave OpenMP/OpenBLAS idle threads spinning (default: they sleep, as under convis-db)")
+    ap.add_argument("--all-threads-height", action="store_true",
+                    help="the height pass on every thread (default in this checkout: half of them, resize.HEIGHT_PASS_SHARE)")
     ap.add_argument("--plain-stores", action="store_true", help="no streamed (non-temporal) patch rows")
     ap.add_argument("--whole-width-pass", action="store_true", help="no ring: each side's width pass for the whole image")
     args = ap.parse_args()
@@ -58,6 +63,10 @@ def main() -> None:
         from convis_db.engine import resize
 
         resize.STREAM_STORES = False
+    if args.all_threads_height:
+        from convis_db.engine import resize
+
+        resize.HEIGHT_PASS_SHARE = 1
     if args.whole_width_pass:
         from convis_db.engine import windows
 
@@ -70,7 +79,7 @@ def main() -> None:
     from convis_db.store.image_store import write_image
 
     header(f"bench_stages: convis_db from {Path(convis_db.__file__).parent}, torch threads {args.threads}, paper "
-           "settings, tiny 224-px model")
+           "settings, tiny 224-px model; thread waits: " + ("; ".join(THREAD_WAITS) or "the libraries' defaults"))
     stage_cpu: dict[str, float] = {}
     current = ["setup"]
     peaks: dict[str, int] = {}

@@ -20,6 +20,9 @@ Peak memory is sampled from /proc/self/status every 20 ms: `anon` is the process
 (RssAnon: tensors, buffers, the database cache), `rss` adds the file pages of the shared libraries
 mapped in (torch's CUDA libraries alone are about 0.6 GB of those, shared and reclaimable).
 With OUT set, the figures are written to $OUT/bench_throughput.json too.
+
+Idle OpenMP/OpenBLAS threads sleep, as under the `convis-db` program (cli/thread_waits.py), in this
+process and in the baseline's; `--spinning-threads` keeps the libraries' defaults in both.
 """
 
 from __future__ import annotations
@@ -36,12 +39,14 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, header
+from common import REPO, header, threads_wait_as_the_cli
+
+THREAD_WAITS = threads_wait_as_the_cli()  # before numpy and torch load
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 TINY_224 = REPO / "tests" / "data" / "tiny-clip-224.json"
 CACHE = Path(tempfile.gettempdir()) / "convis-bench-throughput"
@@ -202,6 +207,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=None, help="windows per encoder batch (default: the device's)")
     ap.add_argument("--baseline", type=Path, help="another checkout (e.g. main) whose ingest runs beside this one")
+    ap.add_argument("--spinning-threads", action="store_true",
+                    help="leave OpenMP/OpenBLAS idle threads spinning (the libraries' default), in both checkouts; "
+                         "by default they sleep, as under the convis-db program")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:  # a baseline subprocess: one measured ingest with whatever convis_db PYTHONPATH gives
@@ -231,7 +239,8 @@ def main() -> None:
     args.batch_size = args.batch_size or default_batch_size(device)
     header(f"bench_throughput: model {args.model} / {args.pretrained}, device {device}, precision {args.precision}, "
            f"preset {args.preset}, batch {args.batch_size} windows, torch threads {torch.get_num_threads()}; "
-           f"shared machine: compare figures of one run")
+           f"shared machine: compare figures of one run; thread waits (both checkouts): "
+           f"{'; '.join(THREAD_WAITS) or 'the libraries defaults, spinning'}")
     settings = {"paper": PAPER, "cpu-fast": CPU_FAST}[args.preset]
     ww, wh = working_size(640, 480, settings.max_pixels)
     windows = WindowGrid(wh, ww, settings.stride, settings.small, settings.large, settings.layout).n_windows

@@ -15,6 +15,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "tests" / "data" / "tiny-clip.json"
 
 
+def threads_wait_as_the_cli() -> list[str]:
+    """How idle OpenMP/OpenBLAS threads wait, set as the `convis-db` program sets it (cli/thread_waits.py):
+    call before numpy and torch are imported. `--spinning-threads` on the command line leaves the
+    libraries' defaults (spinning); a baseline subprocess inherits the environment set here, so both
+    sides of a comparison run alike. The module is loaded from this script's checkout, whichever convis_db
+    PYTHONPATH selects (an older checkout has none)."""
+    import importlib.util
+    import sys
+
+    if "--spinning-threads" in sys.argv or "--worker" in sys.argv:
+        return []
+    spec = importlib.util.spec_from_file_location("_thread_waits", REPO / "convis_db" / "cli" / "thread_waits.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sleep_idle_threads()
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:

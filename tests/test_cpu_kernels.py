@@ -40,6 +40,62 @@ def test_ranking_kernel_equals_numpy(ties: str, monkeypatch: pytest.MonkeyPatch)
     assert got.top_ids.dtype == want.top_ids.dtype and got.rank_less.dtype == want.rank_less.dtype
 
 
+def former_sorted_keys(z: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The former ranking's order: np.sort of (an unsigned key ordered as the float32) << 32 | synset."""
+    b = z[:, columns].view(np.uint32).astype(np.uint64)
+    key = np.where(b & 0x80000000, ~b & 0xFFFFFFFF, b | 0x80000000)
+    return np.sort((key << np.uint64(32)) | np.arange(len(columns), dtype=np.uint64), axis=1)
+
+
+@pytest.mark.parametrize("ties", ["none", "quantised", "signed zeros, infinities", "constant rows", "duplicate columns"])
+@pytest.mark.parametrize("block_rows", [1, 7, 64])
+def test_rank_rows_radix_equals_former_sort_and_naive_counts(ties: str, block_rows: int) -> None:
+    """The radix-sorting kernel: counts equal a naive count of strictly smaller cosines (floats compared as
+    floats: -0 == +0; cosines of normalised vectors hold no NaN), `tied` flags rows whose k + 1 highest hold
+    equal cosines, the top-k is the former sort's where no such tie is (and holds the same cosines where one
+    is), and rows [first, last) only are written."""
+    kernels = ranking.load_kernels()
+    rng = np.random.default_rng(11)
+    rows, n_cols, k = 23, 700, 20
+    z = (rng.standard_normal((rows, n_cols)) * 0.05 + 0.2).astype(np.float32)
+    columns = np.arange(n_cols, dtype=np.int64)
+    if ties == "quantised":
+        z = np.round(z * 60) / 60
+    elif ties == "signed zeros, infinities":
+        z[:, ::3] = -0.0
+        z[:, 1::5] = 0.0
+        z[:4, 7] = np.inf
+        z[:4, 8] = -np.inf
+    elif ties == "constant rows":
+        z[::2] = 0.25
+    else:
+        columns = rng.integers(0, n_cols - 400, 900).astype(np.int64)  # synsets sharing definitions
+    z = np.ascontiguousarray(z, np.float32)
+    n = len(columns)
+    first, last = 2, rows - 1
+    rank_t = np.full((n, rows), -1, np.int32)
+    top_ids = np.full((rows, k), -1, np.int64)
+    top_rank = np.full((rows, k), -1, np.int32)
+    tied = np.zeros(rows, np.bool_)
+    synsets, by_column = ranking._entries_by_column(columns)
+    kernels.rank_rows(z, synsets, by_column, np.empty((block_rows, n), np.int32), rank_t, top_ids, top_rank, tied,
+                      first, last)
+    assert (rank_t[:, :first] == -1).all() and (rank_t[:, last:] == -1).all() and (top_ids[:first] == -1).all()
+    order = (former_sorted_keys(z, columns) & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    for i in range(first, last):
+        row = z[i, columns]
+        naive = (row[None, :] < row[:, None]).sum(axis=1)  # for each synset, how many cosines are strictly below
+        np.testing.assert_array_equal(rank_t[:, i], naive)
+        best = row[order[i, ::-1][:k + 1]]
+        assert tied[i] == bool((best[1:] == best[:-1]).any())
+        if not tied[i]:  # (tied rows take numpy's order in the caller: the kernel's order of equal cosines is its own)
+            np.testing.assert_array_equal(top_ids[i], order[i, ::-1][:k])
+        np.testing.assert_array_equal(top_rank[i], naive[top_ids[i]])
+        np.testing.assert_array_equal(np.sort(row[top_ids[i]])[::-1], row[order[i, ::-1][:k]])
+    if ties == "constant rows":
+        assert tied[first:last:2].all()
+
+
 def test_propagation_kernel_equals_scatter(monkeypatch: pytest.MonkeyPatch) -> None:
     # A DAG: 0 <- {1, 2}, 1 <- {3, 4}, 2 <- {4, 5} (4 has two parents), levels children-first.
     levels = [(np.array([1, 1, 2, 2]), np.array([3, 4, 4, 5])), (np.array([0, 0]), np.array([1, 2]))]
@@ -100,3 +156,23 @@ def test_ranker_into_reused_buffers_equals_former_path(monkeypatch: pytest.Monke
     assert torch.equal(got.rank_less, want.rank_less)
     assert torch.equal(got.top_ids, want.top_ids)
     assert torch.equal(got.top_rank_less, want.top_rank_less)
+
+
+def test_transpose8_moves_an_8_by_8_block() -> None:
+    """The in-register transposition of the width pass (float32) and of the ranking's counts (int32): one
+    block, from and into arrays with padded rows."""
+    from numba import njit
+
+    kernels = ranking.load_kernels()
+
+    @njit
+    def run(src, row, col, dst, dst_row, dst_col):
+        kernels.transpose8(src, row, col, dst, dst_row, dst_col)
+
+    for dtype in (np.float32, np.int32):
+        src = (np.random.default_rng(3).standard_normal((20, 40)) * 1000).astype(dtype)[:, 2:33]  # padded rows
+        dst = np.zeros((30, 50), dtype)[:, 5:]
+        want = dst.copy()
+        run(src, 3, 5, dst, 7, 9)
+        want[7:15, 9:17] = src[3:11, 5:13].T
+        np.testing.assert_array_equal(dst, want)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import sys
 
+from convis_db.cli.thread_waits import sleep_idle_threads
 from convis_db.errors import Terminated
 
 _ROOT_NAMES = ("cli", "ConvisGroup", "COMMAND_MODULES")
@@ -21,11 +22,13 @@ def _terminate(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
 
 
 def main() -> None:
-    """The `convis-db` program. SIGTERM raises Terminated in the main thread, which stops the command
-    as Ctrl-C does (exit 143 instead of 130); commands that finish their work first on a signal
-    (ingest, serve) put their own handlers in place while they run."""
+    """The `convis-db` program. Idle worker threads of OpenMP and OpenBLAS sleep instead of spinning
+    unless the user set otherwise (cli/thread_waits.py). SIGTERM raises Terminated in the main thread,
+    which stops the command as Ctrl-C does (exit 143 instead of 130); commands that finish their work
+    first on a signal (ingest, serve) put their own handlers in place while they run."""
     if hasattr(signal, "SIGTERM"):
         signal.signal(signal.SIGTERM, _terminate)
+    sleep_idle_threads()  # before numpy and torch load: they read it once (cli/thread_waits.py)
     try:
         from convis_db.cli.root import cli
     except Terminated:

@@ -9,6 +9,7 @@ import duckdb
 
 from convis_db import __version__
 from convis_db.cli.context import App, configure_logging
+from convis_db.cli.thread_waits import log_choices
 from convis_db.cli.output import printable
 from convis_db.errors import ConvisError, Terminated, cli_wording
 from convis_db.paths import DEFAULT_DB
@@ -73,6 +74,7 @@ def cli(ctx: click.Context, db: str, quiet: bool, verbose: int) -> None:
       convis-db --db my.duckdb search dog.n.01
     """
     configure_logging(verbose, quiet)
+    log_choices()
     ctx.obj = App(db=db, quiet=quiet, verbose=verbose)
 
 

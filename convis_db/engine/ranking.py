@@ -58,6 +58,8 @@ class SynsetRanker:
         else:
             self.definitions = np.array(definitions, dtype=np.float32, order="C", copy=True)
             self._expand = None
+            self._columns = np.arange(self.n, dtype=np.int64)
+        self._entries = _entries_by_column(self._columns)  # the CPU kernel's order of reading each row
         self._defs_t = torch.from_numpy(self.definitions).to(device)
         self._gpu_res = None
         if device.type == "cuda" and _faiss_gpu_available():
@@ -109,8 +111,7 @@ class SynsetRanker:
         definitions are read through their shared column, not expanded."""
         if self.device.type == "cpu" and load_kernels() is not None:
             z = self._distinct_similarities(emb, z_out).numpy()
-            columns = self._columns if self._expand is not None else np.arange(self.n, dtype=np.int64)
-            return _rank_cpu_kernels(load_kernels(), z, columns, top_k, out_t)
+            return _rank_cpu_kernels(load_kernels(), z, self._columns, top_k, out_t, self._entries)
         return rank_from_similarities(self.similarities(emb), top_k)
 
 
@@ -148,8 +149,8 @@ def _rank_rows_numpy(z: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray,
 
 
 def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
-    """The CPU path: with numba, each row is sorted once as 64-bit keys (cosine order, then index: numpy's
-    vectorised sort of integers) and one pass over the sorted row gives every count and the top-k. Where two
+    """The CPU path: with numba, each row is sorted once by a radix sort on the cosines' bits
+    (cpu_kernels.rank_rows) and one pass over the sorted row gives every count and the top-k. Where two
     of a row's k + 1 highest cosines are equal, that row's top-k comes from numpy's argsort, as before,
     so that ties keep their former order. Without numba: numpy's argsort and array passes (about three
     times the CPU time; the same results)."""
@@ -170,13 +171,23 @@ def _rank_cpu(z: np.ndarray, top_k: int) -> Ranking:
                    torch.from_numpy(np.ascontiguousarray(top_rank)))
 
 
-#: Rows of sort keys held at once per thread by the CPU ranking (64 rows of 7,343 synsets: 3.8 MB).
+#: Rows of counts written at once per thread by the CPU ranking, then copied synset-major (64 rows of 7,343
+#: synsets: 1.8 MB).
 KEY_ROWS = 64
 
 
-def _rank_cpu_kernels(kernels, z: np.ndarray, columns: np.ndarray, top_k: int,
-                      out_t: torch.Tensor | None = None) -> Ranking:
-    """Ranks of z[:, columns] by the rank_rows kernel (rows split across threads), counts synset-major."""
+def _entries_by_column(columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(synsets, their columns) listed by column: synset synsets[e] reads z[:, columns[e]] (rank_rows' entries)."""
+    synsets = np.argsort(columns, kind="stable")
+    return np.ascontiguousarray(synsets, dtype=np.int64), np.ascontiguousarray(columns[synsets], dtype=np.int64)
+
+
+def _rank_cpu_kernels(kernels, z: np.ndarray, columns: np.ndarray, top_k: int, out_t: torch.Tensor | None = None,
+                      entries: tuple[np.ndarray, np.ndarray] | None = None) -> Ranking:
+    """Ranks of z[:, columns] by the rank_rows kernel (rows split across threads), counts synset-major;
+    `entries`: _entries_by_column(columns), when kept by the caller. Rows whose k + 1 highest cosines tie
+    take numpy's order, as the former code."""
+    synsets, by_column = entries if entries is not None else _entries_by_column(columns)
     rows, n = z.shape[0], len(columns)
     k = min(top_k, n)
     if out_t is None:
@@ -188,14 +199,8 @@ def _rank_cpu_kernels(kernels, z: np.ndarray, columns: np.ndarray, top_k: int,
     tied = np.empty(rows, np.bool_)
 
     def run(first: int, last: int) -> None:
-        step = KEY_ROWS
-        keys = np.empty((min(step, last - first), n), np.uint64)  # a few MB per thread, not 8 bytes per score
-        block = np.empty((min(step, last - first), n), np.int32)
-        for a in range(first, last, step):
-            b = min(a + step, last)
-            kernels.sort_keys(z, columns, keys, a, b)
-            keys[:b - a].sort(axis=1)
-            kernels.ranks_from_sorted_keys(z, columns, keys, block, rank_t, top_ids, top_rank, tied, a, b)
+        block = np.empty((min(KEY_ROWS, last - first), n), np.int32)  # 1.8 MB per thread
+        kernels.rank_rows(z, synsets, by_column, block, rank_t, top_ids, top_rank, tied, first, last)
 
     split_rows(rows, run)
     for i in np.flatnonzero(tied):  # equal cosines among the top: numpy's order, as the former code
