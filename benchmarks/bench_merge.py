@@ -12,6 +12,10 @@ refreshed and a CHECKPOINT (the data on disk); the order alternates between repe
 
     python benchmarks/bench_merge.py --images 128 --shard-size 64 --embeddings float16
     python benchmarks/bench_merge.py --images 128 --embeddings none --repeat 2
+    python benchmarks/bench_merge.py --images 128 --file-settings default,shipped --repeat 2
+
+--file-settings BLOCK:ROWS,... times today's merge into files of each block size and row group size
+instead (`default`: DuckDB's 262144:122880, as before issue 24; `shipped`: store/db.py's), side by side.
 
 Target (issue 24): >= 100 images/s on the 2-core machine.
 """
@@ -32,7 +36,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header  # noqa: E402
+from common import file_settings, header, parse_file_settings  # noqa: E402
 
 from convis_db.engine.explainer import ImageExplanation  # noqa: E402
 from convis_db.engine.saliency import Peaks  # noqa: E402
@@ -85,7 +89,7 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: i
 
     def peaks() -> Peaks:
         windows = np.full(n_syn, 64, np.int32)  # the paper's settings: 8 x 8 windows over every pixel
-        sums = rng.integers(0, 64 * n_syn, n_syn).astype(np.int64)
+        sums = rng.integers(0, 64 * (n_syn - 1) + 1, n_syn).astype(np.int64)  # a rank similarity in [0, 1]
         return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)), rng.integers(0, w, n_syn).astype(np.int32),
                      rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
 
@@ -161,8 +165,9 @@ def cpu_seconds() -> float:
     return t.user + t.system   # this process, DuckDB's threads included
 
 
-def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int]:
-    """(wall seconds, CPU seconds, images added) of one merge into a fresh copy, CHECKPOINT included."""
+def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds, images added, bytes in free blocks) of one merge into a fresh copy,
+    CHECKPOINT included."""
     shutil.copyfile(fresh, db)
     con = connect(db, write=True)
     try:
@@ -170,9 +175,11 @@ def timed(fresh: Path, db: Path, shards: Path, merge) -> tuple[float, float, int
         added = merge(con, shards)
         con.execute("CHECKPOINT")
         seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
+        free = con.execute("SELECT free_blocks * block_size FROM pragma_database_size() "
+                           "WHERE database_name = current_database()").fetchone()[0]
     finally:
         con.close()
-    return seconds, cpu, added
+    return seconds, cpu, added, free
 
 
 def main() -> None:
@@ -183,19 +190,32 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="Timed merges of each kind (alternating order).")
     ap.add_argument("--work", type=Path, help="Folder for the database and shards (default: a temp dir).")
     ap.add_argument("--threads", type=int, help="DuckDB threads (default: DuckDB's, the core count).")
+    ap.add_argument("--file-settings", type=parse_file_settings, metavar="BLOCK:ROWS,...",
+                    help="today's merge into files of each block and row group size, side by side (not before/now)")
     args = ap.parse_args()
     header(f"merge {args.images} images in shards of {args.shard_size}, embeddings {args.embeddings}")
     work = args.work or Path(tempfile.mkdtemp(prefix="convis-bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
-    fresh, shards = work / "fresh.duckdb", work / "shards"
+    shards = work / "shards"
     settings = Settings()
     t0 = time.perf_counter()
-    if not fresh.exists():
-        n_syn = make_database(fresh, args.embeddings)
-    else:
-        con = connect(fresh)
-        n_syn = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
-        con.close()
+    if args.file_settings:  # label -> (merge, block, rows)
+        kinds = {f"{b // 1024}KiB/{r}": (merge_now, b, r) for b, r in args.file_settings}
+    else:  # the files as this checkout makes them
+        from convis_db.store import db as store_db
+
+        kinds = {name: (fn, store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE)
+                 for name, fn in (("before", merge_before), ("now", merge_now))}
+    fresh = {}
+    for _, block, rows in kinds.values():  # one initialised file per block size
+        fresh[block] = work / f"fresh-{block}.duckdb"
+        with file_settings(block, rows):
+            if not fresh[block].exists():
+                n_syn = make_database(fresh[block], args.embeddings)
+            else:
+                con = connect(fresh[block])
+                n_syn = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+                con.close()
     if not shards.exists():
         write_shards(shards, args.images, args.shard_size, settings, n_syn, args.embeddings)
     parquet = sum(p.stat().st_size for p in shards.rglob("*.parquet"))
@@ -205,22 +225,30 @@ def main() -> None:
         import duckdb
 
         duckdb.default_connection().execute(f"SET threads = {int(args.threads)}")
-    results: dict[str, list[float]] = {"before": [], "now": []}
-    cpus: dict[str, list[float]] = {"before": [], "now": []}
-    order = [("before", merge_before), ("now", merge_now)]
+    results: dict[str, list[float]] = {k: [] for k in kinds}
+    cpus: dict[str, list[float]] = {k: [] for k in kinds}
+    sizes: dict[str, int] = {}
+    order = list(kinds.items())
     for r in range(args.repeat):
-        for name, fn in (order if r % 2 == 0 else order[::-1]):
-            seconds, cpu, added = timed(fresh, work / f"{name}.duckdb", shards, fn)
+        for name, (fn, block, rows) in (order if r % 2 == 0 else order[::-1]):
+            db = work / f"{name.replace('/', '-')}.duckdb"
+            with file_settings(block, rows):
+                seconds, cpu, added, free = timed(fresh[block], db, shards, fn)
+            sizes[name] = db.stat().st_size - fresh[block].stat().st_size
             assert added == args.images, (name, added)
             results[name].append(seconds)
             cpus[name].append(cpu)
-            print(f"  {name:6s} run {r + 1}: {seconds:6.2f} s wall ({args.images / seconds:6.1f} images/s), "
-                  f"{cpu:6.2f} CPU-s ({args.images / cpu:6.1f} images per CPU-second)", flush=True)
+            print(f"  {name:16s} run {r + 1}: {seconds:6.2f} s wall ({args.images / seconds:6.1f} images/s), "
+                  f"{cpu:6.2f} CPU-s ({args.images / cpu:6.1f} images per CPU-second), "
+                  f"file growth {sizes[name] / args.images / 1e3:.0f} KB per image (free blocks {free / args.images / 1e3:.0f} KB), "
+                  f"load {os.getloadavg()[0]:.1f}",
+                  flush=True)
     best = {k: min(v) for k, v in results.items()}
     cpu = {k: min(v) for k, v in cpus.items()}
-    print(f"before: {args.images / best['before']:.1f} images/s, {args.images / cpu['before']:.1f} images/CPU-s; "
-          f"now: {args.images / best['now']:.1f} images/s, {args.images / cpu['now']:.1f} images/CPU-s; "
-          f"now / before: {best['before'] / best['now']:.2f} x wall, {cpu['before'] / cpu['now']:.2f} x CPU")
+    print("; ".join(f"{k}: {args.images / best[k]:.1f} images/s, {args.images / cpu[k]:.1f} images/CPU-s"
+                    for k in kinds))
+    first = next(iter(kinds))
+    print(f"{' '.join(f'{k} / {first}: {best[first] / best[k]:.2f} x wall, {cpu[first] / cpu[k]:.2f} x CPU;' for k in kinds)}")
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

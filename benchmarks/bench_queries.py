@@ -12,15 +12,18 @@ What is generated at full size and what is not (docs/benchmarks.md says why the 
 * `--concepts K` (default: every synset of T) gives every image rows for K concepts only: the
   queried ones plus fillers spread evenly over the synset ids. A queried concept has all its N rows,
   as in the full table; the explained images (`full_images`) have all |T| rows.
-* `--row-group-size R` writes the score tables in row groups of R rows (DuckDB's default: 122,880).
-  A query's fixed cost grows with the number of row groups of each table it scans (DuckDB checks
-  every group's statistics before skipping it), so `--emulate-full [ROWS]` picks K = |T| x 2,048 /
-  ROWS and R = 2,048: as many row groups as the full table would have in groups of ROWS rows
-  (default DuckDB's), at a fiftieth of the rows.
+* `--row-group-size R` writes the score tables in row groups of R rows (default: what convis-db
+  writes, store/db.py's ROW_GROUP_SIZE, 1,048,576; DuckDB's own default, which convis-db wrote before
+  issue 24, is 122,880). A query's fixed cost grows with the number of row groups of each table it
+  scans (DuckDB checks every group's statistics before skipping it), so `--emulate-full [ROWS]`
+  picks K = |T| x 2,048 / ROWS and R = 2,048: as many row groups as the full table would have in
+  groups of ROWS rows (default convis-db's), at a fiftieth of the rows (1/512 with ROWS 1,048,576).
+* The file is created by convis-db (store/db.py: 64 KiB blocks since issue 24).
 
     python benchmarks/bench_queries.py --images 10000
     python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
     python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/emu1m.duckdb --cold --scans
+    python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --compare /tmp/full20k_old.duckdb
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header, timeit  # noqa: E402
 
-from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402
 from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
 from convis_db.wordnet.hierarchy import build_hierarchy  # noqa: E402
 from convis_db.wordnet.source import open_wordnet  # noqa: E402
@@ -52,8 +55,8 @@ from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
 _A, _B, _C, _D = 7919, 104_729, 15_485_863, 32_452_843
 #: The concepts the benchmark queries (always generated in full).
 QUERIED = ("dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01")
-#: DuckDB's default rows per row group.
-DEFAULT_ROW_GROUP = 122_880
+#: Rows per row group of the tables convis-db writes (DuckDB's own default is 122,880).
+DEFAULT_ROW_GROUP = ROW_GROUP_SIZE
 #: The big tables, whose row groups a query must prune.
 BIG_TABLES = ("concept_peaks", "concept_order")
 
@@ -133,8 +136,8 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
     # The score tables through a plain DuckDB connection: row group size is an ATTACH option.
     raw = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     raw.execute("SET enable_progress_bar = false")
-    rg = f" (ROW_GROUP_SIZE {int(row_group_size)})" if row_group_size else ""
-    raw.execute(f"ATTACH '{db}' AS g{rg}")  # the benchmark's own path
+    rg = int(row_group_size or DEFAULT_ROW_GROUP)
+    raw.execute(f"ATTACH '{db}' AS g (ROW_GROUP_SIZE {rg})")  # the benchmark's own path
     raw.execute("USE g")
     N, K, values = n_images, len(chosen), _values(n_images, n)
     subset = chosen if K < n else None
@@ -321,19 +324,47 @@ def measure(db: Path, n_images: int, cold: bool, scans: bool) -> dict:
     return results
 
 
+def compare(db: Path, other: Path, n_images: int, rounds: int = 11) -> dict:
+    """Per query, the median ms on `db` and on `other` (the same collection in another layout), the
+    two run in turn (A, B, B, A, ...) so that both see the same load; the LIMIT-outside form is left
+    out (it reads every row group of either)."""
+    cons = {"a": connect(db), "b": connect(other)}
+    out = {}
+    for name, fn in queries(n_images).items():
+        if name.endswith("LIMIT 20"):
+            continue
+        times: dict[str, list[float]] = {"a": [], "b": []}
+        for con in cons.values():
+            fn(con)  # warm-up
+        for r in range(rounds):
+            for key in ("a", "b") if r % 2 == 0 else ("b", "a"):
+                t0 = time.perf_counter()
+                fn(cons[key])
+                times[key].append((time.perf_counter() - t0) * 1000)
+        a, b = (sorted(times[k])[rounds // 2] for k in ("a", "b"))
+        out[name] = {"a_ms": a, "b_ms": b}
+        print(f"{name:58s} {db.name} {a:8.1f} ms   {other.name} {b:8.1f} ms   {b / a:5.2f} x", flush=True)
+    for con in cons.values():
+        con.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--concepts", type=int, help="Concepts per image (the queried ones and evenly spread "
                     "fillers; default: every synset of T).")
-    ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default DuckDB's).")
+    ap.add_argument("--row-group-size", type=int, help="Rows per row group of the score tables (default "
+                    "convis-db's, store/db.py's ROW_GROUP_SIZE).")
     ap.add_argument("--emulate-full", nargs="?", type=int, const=DEFAULT_ROW_GROUP, metavar="ROWS",
                     help="A concept subset with as many row groups as the full table would have in row groups of "
-                    "ROWS rows (default DuckDB's 122,880); sets --concepts, and --row-group-size to 2,048.")
+                    "ROWS rows (default convis-db's ROW_GROUP_SIZE); sets --concepts, and --row-group-size to 2,048.")
     ap.add_argument("--db", type=Path, help="Reuse or create the generated DB here (default: a temp dir).")
     ap.add_argument("--cold", action="store_true", help="Also time each query once on a new connection "
                     "after dropping the file's pages from the OS cache.")
     ap.add_argument("--scans", action="store_true", help="Record the row groups each query's scans read.")
+    ap.add_argument("--compare", type=Path, metavar="DB2", help="Instead: time every query on --db and on DB2 "
+                    "(the same collection built another way), in turn, 11 runs each.")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.emulate_full:
@@ -345,6 +376,13 @@ def main() -> None:
     if not db.exists():
         info = build(db, args.images, args.concepts, args.row_group_size, args.emulate_full)
         print(f"built {db} in {info['seconds']:.1f} s ({info['bytes'] / 1e6:.0f} MB): {info}")
+    if args.compare:
+        print(f"load before: {os.getloadavg()}")
+        result = compare(db, args.compare, args.images)
+        print(f"load after: {os.getloadavg()}")
+        if args.json:
+            print(json.dumps(result))
+        return
     with duckdb.connect(str(db), read_only=True) as con:
         stats = {"images": args.images,
                  "rows": {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]

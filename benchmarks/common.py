@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import statistics
@@ -73,3 +74,37 @@ def timeit(fn: Callable[[], object], repeat: int = 7, warmup: int = 1) -> dict:
 def header(title: str) -> None:
     print(f"# {title}")
     print(f"# machine: {machine()}; commit {git_rev()}; date {time.strftime('%Y-%m-%d')}")
+
+
+#: DuckDB's own block size and row group size: what convis-db wrote before issue 24.
+DUCKDB_DEFAULT = (262_144, 122_880)
+
+
+def parse_file_settings(text: str) -> list[tuple[int, int]]:
+    """'default,shipped,65536:524288' -> [(block bytes, rows per row group), ...]."""
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if part == "default":
+            out.append(DUCKDB_DEFAULT)
+        elif part == "shipped":
+            from convis_db.store import db as store_db
+
+            out.append((store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE))
+        else:
+            block, rows = part.split(":")
+            out.append((int(block), int(rows)))
+    return out
+
+
+@contextlib.contextmanager
+def file_settings(block: int, rows: int):
+    """convis-db's writable connections made with this block size (new files) and row group size."""
+    from convis_db.store import db as store_db
+
+    saved = store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE
+    store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE = block, rows
+    try:
+        yield
+    finally:
+        store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE = saved

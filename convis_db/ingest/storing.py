@@ -12,6 +12,7 @@ import duckdb
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError, DatabaseError
 from convis_db.ingest.report import IngestOutcome, IngestReport
+from convis_db.store.db import cursor
 from convis_db.store.image_store import record_failure, write_image
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ class PipelinedWriter:
         self._pending: tuple | None = None
 
     def __enter__(self) -> PipelinedWriter:
-        self._cursor = self._con.cursor()
+        self._cursor = cursor(self._con)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-write")
         return self
 

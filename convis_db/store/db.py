@@ -75,6 +75,33 @@ _READ_ONLY_CONFIG = {
 }
 
 
+#: Rows per row group of every table a writable convis-db connection writes (DuckDB's default: 122,880).
+#: A query's fixed cost grows with the row groups of each table it scans: DuckDB checks every group's
+#: statistics before skipping it, in the optimizer and again in the scan. At 7,080 concept rows per
+#: image, 1M images are 57,600 default groups per table; groups of 1,048,576 rows are 8.4x fewer.
+#: Measured side by side (docs/benchmarks.md, "File settings"): at 1M images search, count and
+#: images_with(top) 2-4.7x faster; 524,288 rows gave 1M queries 1.5-2.4x slower than this and nothing
+#: back. The price, a constant at any size: the row groups holding a search's scattered hits are read
+#: whole (+10-25 ms per search, +45-65 ms per images_with(top), measured at 20k images full size), which
+#: small collections pay without the gain. write_image costs the same (a partly filled group is not
+#: rewritten whole at each checkpoint); float32 embeddings take 17-20 % more bytes. DuckDB takes the
+#: size at ATTACH only and does not store it in the file, so `_open` attaches every writable connection
+#: with it. A writer that opens the file otherwise (plain DuckDB) writes default groups: the answers
+#: stay the same, only those rows' groups are smaller.
+ROW_GROUP_SIZE = 1_048_576
+#: Block size of the files convis-db creates (DuckDB's default: 262,144). DuckDB writes each column of
+#: each row group as segments and packs them into blocks only while they fit, so 10-13-bit segments
+#: of 150-200 KB leave 20-70 % of a 256 KiB block empty, and the free blocks a checkpoint leaves are
+#: 4x larger. Measured side by side (docs/storage.md, 16 images at paper settings): `--embeddings
+#: none` 672 -> 504 KB per image, float16 2,703 -> 2,556 KB. The queries were measured with both
+#: settings together (above; cold ones 4-7x faster at 1M). The size is chosen when a file is created
+#: and kept in it: files created before keep 256 KiB blocks and open, upgrade and answer as before.
+#: Files with other than 256 KiB blocks need DuckDB >= 1.2.
+BLOCK_SIZE = 65_536
+#: Catalog names DuckDB gives its own databases: a file named so is attached under another name.
+_RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
+
+
 def _lock_read_only(con: duckdb.DuckDBPyConnection) -> None:
     """Close what external access leaves open, then lock the configuration.
 
@@ -177,10 +204,17 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
 
 
 def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
-    """duckdb.connect in the mode asked, DuckDB's open errors turned into one-line DatabaseErrors."""
+    """A DuckDB connection in the mode asked, DuckDB's open errors turned into one-line DatabaseErrors."""
     read_only = not write
     try:
-        return duckdb.connect(str(path), read_only=read_only, config=dict(_READ_ONLY_CONFIG if read_only else _BASE_CONFIG))
+        if read_only:
+            return duckdb.connect(str(path), read_only=True, config=dict(_READ_ONLY_CONFIG))
+        return _attach_for_writing(path)
+    except duckdb.ResourceInUseException as exc:  # attached (so open) already in this process
+        raise DatabaseLockedError(
+            f"{path} is already open in this process; close that connection first (one process opens "
+            "a file for writing once, and not at the same time read-only)."
+        ) from exc
     except duckdb.IOException as exc:
         text = str(exc)
         if _is_lock_error(text):
@@ -194,6 +228,45 @@ def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
                 "close that connection first (one process opens a file in one mode at a time)."
             ) from exc
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
+
+
+def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
+    """A writable connection to `path` that writes row groups of ROW_GROUP_SIZE rows and, when it
+    creates the file, blocks of BLOCK_SIZE bytes.
+
+    DuckDB takes the row group size as an ATTACH option only, so the file is attached to an in-memory
+    DuckDB and made its default catalog (named after the file, as duckdb.connect would name it);
+    unqualified SQL reads and writes the file as before. Closing the connection checkpoints and
+    releases the file. The block size is DuckDB's `default_block_size`, which applies to a file being
+    created only: an existing file keeps its own."""
+    con = duckdb.connect(config={**_BASE_CONFIG, "default_block_size": BLOCK_SIZE})
+    try:
+        name = path.name.split(".")[0] or "convis"
+        if name.lower() in _RESERVED_CATALOGS:
+            name = f"convis_{name}"
+        literal = str(path).replace("'", "''")  # ATTACH takes no bound parameter; the path is ours
+        identifier = '"' + name.replace('"', '""') + '"'
+        con.execute(f"ATTACH '{literal}' AS {identifier} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
+        con.execute(f"USE {identifier}")
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A second connection to `con`'s database (for another thread), reading and writing the same file.
+
+    A DuckDB cursor starts in its instance's default catalog, which for a writable connection is the
+    in-memory one the file is attached to (`_attach_for_writing`), so it is pointed at `con`'s."""
+    name = con.execute("SELECT current_database()").fetchone()[0]
+    cur = con.cursor()
+    try:
+        cur.execute("USE " + '"' + name.replace('"', '""') + '"')
+    except BaseException:
+        cur.close()
+        raise
+    return cur
 
 
 def _upgrade_in_place(path: Path, progress: Progress) -> None:
