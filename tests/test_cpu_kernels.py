@@ -198,7 +198,9 @@ def test_streamed_height_pass_equals_line_kernel(mode: int) -> None:
     vertical(rows, cols, ys, iy, wy, mode, want, ring, 0, len(ys))
     got = torch.empty(len(ys), 3, side, side)  # torch's allocations are 64-byte aligned
     assert got.data_ptr() % 32 == 0
-    vertical_stream(rows, cols, ys, iy, wy, mode, got.numpy().reshape(-1), 3, side, ring, 0, len(ys))
+    order = np.array([3, 0, 4, 2, 1])  # any order of the crops: each is written at its own place
+    vertical_stream(rows, cols, ys, order, iy, wy, mode, got.numpy().reshape(-1), 3, side, ring, 0, 2)
+    vertical_stream(rows, cols, ys, order, iy, wy, mode, got.numpy().reshape(-1), 3, side, ring, 2, len(ys))
     assert np.array_equal(got.numpy().view(np.uint32), want.view(np.uint32))
     other = np.empty_like(want)
     vertical(rows, cols, ys, iy, wy, (mode + 1) % 3, other, ring, 0, len(ys))

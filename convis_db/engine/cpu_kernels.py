@@ -155,12 +155,16 @@ def store_fence(typingctx):
 
 
 @njit(nogil=True, cache=True)
-def vertical_stream(rows, cols, ys, iy, wy, mode, flat, channels, side, ring, first, last):  # pragma: no cover
+def vertical_stream(rows, cols, ys, order, iy, wy, mode, flat, channels, side, ring, first, last):  # pragma: no cover
     """`vertical` for an output of (len(ys), channels, side, side) float32 given flat (1-D, 32-byte aligned,
     side % 8 == 0) and C-contiguous rows: each output row is computed in registers and streamed to memory
     (stream_combine). The same samples as `vertical`; about 40% less time where the output is far larger
-    than the cache, as the patch batch is."""
-    for p in range(first, last):
+    than the cache, as the patch batch is. Crops are done in the order order[first:last] (a permutation of
+    the crops): sorted by lattice column, then down it, the rows a crop reads are mostly still in the cache
+    from the crop above (those of side 128: 0.051-0.055 -> 0.041 CPU-s per 850 crops, in batches of 128
+    windows, against crops in window order, which read a different column each time)."""
+    for q in range(first, last):
+        p = order[q]
         y0 = ys[p]
         for ch in range(channels):
             plane = rows[cols[p], ch]

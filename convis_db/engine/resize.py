@@ -148,8 +148,10 @@ class CropResizer:
         if streams(out) and rows.is_contiguous():  # the streaming kernel reads whole rows as vectors
             kernels = load_kernels()
             flat = dst.reshape(-1)  # a view: `out` is contiguous
-            split_rows(len(ys), lambda a, b: kernels.vertical_stream(src, cols, ys, self.index, self.weight, self.mode,
-                                                                     flat, out.shape[1], self.out, ring, a, b), threads)
+            order = np.lexsort((ys, cols))  # by lattice column, then down it: the rows stay in the cache
+            split_rows(len(ys), lambda a, b: kernels.vertical_stream(src, cols, ys, order, self.index, self.weight,
+                                                                     self.mode, flat, out.shape[1], self.out, ring,
+                                                                     a, b), threads)
             return
         vertical = _line_kernel()
         split_rows(len(ys), lambda a, b: vertical(src, cols, ys, self.index, self.weight, self.mode, dst, ring, a, b),
