@@ -112,3 +112,19 @@ def test_a_second_writable_open_in_this_process_names_the_open_one(tiny_db_copy)
             connect(tiny_db_copy, write=True)
     finally:
         con.close()
+
+
+def test_a_writable_connection_spills_beside_its_file_not_in_the_working_directory(tiny_db_copy, tmp_path,
+                                                                                     monkeypatch):
+    """The file is attached to an in-memory DuckDB, whose own default would be `.tmp` in the working
+    directory: a large sort or join would leave files wherever the user ran the command."""
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    con = connect(tiny_db_copy, write=True)
+    try:
+        spill = con.execute("SELECT current_setting('temp_directory')").fetchone()[0]
+    finally:
+        con.close()
+    assert spill == f"{tiny_db_copy}.tmp"
+    assert not any(elsewhere.iterdir())

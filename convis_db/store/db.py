@@ -238,8 +238,11 @@ def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
     DuckDB and made its default catalog (named after the file, as duckdb.connect would name it);
     unqualified SQL reads and writes the file as before. Closing the connection checkpoints and
     releases the file. The block size is DuckDB's `default_block_size`, which applies to a file being
-    created only: an existing file keeps its own."""
-    con = duckdb.connect(config={**_BASE_CONFIG, "default_block_size": BLOCK_SIZE})
+    created only: an existing file keeps its own. DuckDB would spill to `.tmp` in the working
+    directory for an in-memory database; the spill goes beside the file, where duckdb.connect(path)
+    puts it (`<file>.tmp`)."""
+    con = duckdb.connect(config={**_BASE_CONFIG, "default_block_size": BLOCK_SIZE,
+                                 "temp_directory": f"{path}.tmp"})
     try:
         name = path.name.split(".")[0] or "convis"
         if name.lower() in _RESERVED_CATALOGS:
