@@ -45,6 +45,7 @@ from convis_db.engine.whole_image import ImageLevel  # noqa: E402
 from convis_db.engine.windows import WindowGrid, working_size  # noqa: E402
 from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
 from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.arrow_io import insert_arrow  # noqa: E402
 from convis_db.store.image_store import (IMAGE_TABLES, image_tables, insert_tables, next_image_ids,  # noqa: E402
                                          record_failure, set_embedding_storage)
 from convis_db.distributed.shards import (FAILURES, ShardContent, finished_shards, merge_folder,  # noqa: E402
@@ -121,7 +122,7 @@ def merge_before(con, shards: Path) -> int:
     transaction per shard, pyarrow reads, numpy remap, Arrow inserts, no checks."""
     added = 0
     for folder in finished_shards(shards).values():
-        tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES
+        tables = {t: pq.read_table(folder / f"{t}.parquet") for t in IMAGE_TABLES + ("window_top",)
                   if (folder / f"{t}.parquet").is_file()}
         failures = pq.read_table(folder / f"{FAILURES}.parquet").to_pylist()
         with transaction(con):
@@ -145,7 +146,10 @@ def merge_before(con, shards: Path) -> int:
                     table = table.set_column(table.schema.get_field_index("model_id"), "model_id",
                                              pa.array(np.full(table.num_rows, 1, np.int32)))
                 remapped[t] = table
+            top = remapped.pop("window_top", None)  # format 4 holds window_top (the loop knew window_concepts)
             insert_tables(con, remapped)
+            if top is not None:
+                insert_arrow(con, "window_top", top)
             for f in failures:
                 record_failure(con, f["path"], f["sha256"], f["error"])
             con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",

@@ -276,9 +276,27 @@ def old_image_scores(peaks, n_synsets: int, peak_names: dict[str, str] | None = 
                      "image_rank_less": peaks.column("image_rank_less")})
 
 
+def window_concepts_of(top, n_synsets: int):
+    """window_top rows (format 4) as a shard of format 1-3 held them: K window_concepts rows per window,
+    rank_less |T| - k where the list is NULL (no ties)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    n = top.num_rows
+    ids = pc.list_flatten(top.column("synset_ids")).to_numpy().astype(np.int32)
+    k = len(ids) // n if n else 1
+    ks = np.tile(np.arange(1, k + 1, dtype=np.int16), n)
+    plain = np.repeat(pc.is_null(top.column("rank_less")).to_numpy(zero_copy_only=False), k)
+    ties = pc.fill_null(top.column("rank_less"), pa.scalar([0] * k, pa.list_(pa.int32())))
+    rank_less = np.where(plain, n_synsets - ks.astype(np.int32), pc.list_flatten(ties).to_numpy())
+    return pa.table({"image_id": pa.array(np.repeat(top.column("image_id").to_numpy(), k).astype(np.int32)),
+                     "window_idx": pa.array(np.repeat(top.column("window_idx").to_numpy(), k).astype(np.int32)),
+                     "k": pa.array(ks), "synset_id": pa.array(ids), "rank_less": pa.array(rank_less.astype(np.int32))})
+
+
 def write_as_old_format(shards, fmt: int) -> None:
-    """Rewrite every finished shard under `shards` as a convis-db before schema 013 (format 2) or before
-    schema 010 (format 1) wrote it."""
+    """Rewrite every finished shard under `shards` as a convis-db before format 4 (format 3: window_concepts'
+    K rows per window), before schema 013 (format 2) or before schema 010 (format 1) wrote it."""
     import pyarrow.parquet as pq
 
     from convis_db.distributed.shards import MANIFEST, finished_shards
@@ -286,19 +304,27 @@ def write_as_old_format(shards, fmt: int) -> None:
 
     for folder in finished_shards(shards).values():
         manifest = json.loads((folder / MANIFEST).read_text())
-        assert manifest["format"] == 3
-        peaks = pq.read_table(folder / "concept_peaks.parquet")
-        pq.write_table(old_image_scores(peaks, manifest["n_synsets"], WORK_PEAK_COLUMNS if fmt == 1 else None),
-                       folder / "image_scores.parquet")
-        (folder / "concept_peaks.parquet").unlink()
-        rows = {("image_scores" if k == "concept_peaks" else k): v for k, v in manifest["rows"].items()}
+        assert manifest["format"] == 4
+        rows = dict(manifest["rows"])
+        concepts = window_concepts_of(pq.read_table(folder / "window_top.parquet"), manifest["n_synsets"])
+        pq.write_table(concepts, folder / "window_concepts.parquet")
+        (folder / "window_top.parquet").unlink()
+        rows["window_concepts"] = concepts.num_rows
+        del rows["window_top"]
+        if fmt < 3:
+            peaks = pq.read_table(folder / "concept_peaks.parquet")
+            pq.write_table(old_image_scores(peaks, manifest["n_synsets"], WORK_PEAK_COLUMNS if fmt == 1 else None),
+                           folder / "image_scores.parquet")
+            (folder / "concept_peaks.parquet").unlink()
+            rows = {("image_scores" if k == "concept_peaks" else k): v for k, v in rows.items()}
         (folder / MANIFEST).write_text(json.dumps(dict(manifest, format=fmt, rows=rows)))
 
 
-@pytest.mark.parametrize("fmt", [1, 2])
-def test_a_shard_written_before_schema_013_merges_into_the_same_rows(tiny_db, collection, plain_db, tmp_path,
+@pytest.mark.parametrize("fmt", [1, 2, 3])
+def test_a_shard_written_before_format_4_merges_into_the_same_rows(tiny_db, collection, plain_db, tmp_path,
                                                                      run_cli, fmt):
-    """Shards can outlive the run that wrote them: a format 2 shard (image_scores with DOUBLE peaks, as
+    """Shards can outlive the run that wrote them: a format 3 shard (window_concepts' K rows per window in
+    place of window_top), a format 2 shard (image_scores with DOUBLE peaks, as
     before schema 013) and a format 1 shard (its working-pixel peaks named peak_x ... as before schema
     010) merge into the same rows as a plain ingest: each DOUBLE converted to exact terms that give it
     back bit for bit."""

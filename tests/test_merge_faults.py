@@ -24,6 +24,7 @@ from convis_db.errors import ConvisError
 from convis_db.distributed.shards import MANIFEST, finished_shards, plan_shards
 from faults.checks import query
 from noise_images import write_noise_pngs
+from test_distributed_ingest import write_as_old_format
 
 pytestmark = pytest.mark.fault
 
@@ -132,6 +133,20 @@ DAMAGE = {
     "top-K of a window outside the grid": ("window_concepts", set_at("window_idx", 6, 10_000), "window_idx", 6),
     "negative image id": ("windows", set_at("image_id", 4, -3), "image_id", 4),
     "foreign image id": ("window_concepts", set_at("image_id", 0, 42), "image_id", 0),
+    "foreign image id in window_top": ("window_top", set_at("image_id", 0, 42), "image_id", 0),
+    "negative synset in a window's top-K list": ("window_top", lambda c: c["synset_ids"][11].__setitem__(2, -1),
+                                                 "synset_ids", 11),
+    "synset past the database's in a top-K list": ("window_top", lambda c: c["synset_ids"][7].__setitem__(0, 10_000),
+                                                   "synset_ids", 7),
+    "a top-K list one id short": ("window_top", lambda c: c["synset_ids"][2].pop(), "synset_ids", 2),
+    "a top-K list one id long": ("window_top", lambda c: c["synset_ids"][9].append(0), "synset_ids", 9),
+    "a NULL top-K list": ("window_top", set_at("synset_ids", 5, None), "synset_ids", 5),
+    "a NULL inside a top-K list": ("window_top", lambda c: c["synset_ids"][3].__setitem__(1, None), "synset_ids", 3),
+    "rank_less past the number of synsets in window_top": ("window_top", set_at("rank_less", 4, [10_000] * 5),
+                                                           "rank_less", 4),
+    "a negative rank_less in window_top": ("window_top", set_at("rank_less", 8, [3, 2, 1, 0, -1]), "rank_less", 8),
+    "a rank_less list of the wrong length": ("window_top", set_at("rank_less", 6, [9, 8]), "rank_less", 6),
+    "a window_top row outside the grid": ("window_top", set_at("window_idx", 6, 10_000), "window_idx", 6),
     "image id 0 in the scores": ("concept_peaks", set_at("image_id", 8, 0), "image_id", 8),
     "two images rows for one image": ("images", set_at("image_id", 1, 1), "image_id", 1),
     "two images rows with one content": ("images", lambda c: c["sha256"].__setitem__(2, c["sha256"][0]),
@@ -167,6 +182,8 @@ def test_a_damaged_row_is_refused_naming_file_column_and_row(case, run_cli, kind
     if kind == "image-level count below the concept's own":
         t = pq.read_table(folder / "concept_peaks.parquet")
         assert t.column("image_rank_less")[row].as_py() > 0  # the damage is real at that row
+    if table == "window_concepts":  # format 3's long top-K rows: still checked row by row
+        write_as_old_format(shards, 3)
     rewrite(folder, table, change)
     refused(run_cli, db, shards, f"{table}.parquet", f"column {column}", f"row {row}")
 
@@ -188,8 +205,29 @@ def test_windows_missing_for_stored_concepts_are_refused(case, run_cli):
 
 def test_a_second_row_for_one_window_concept_is_refused(case, run_cli):
     db, shards, folder = case
+    write_as_old_format(shards, 3)
     rewrite(folder, "window_concepts", set_at("k", 1, 1))  # rows 0 and 1 both (image 1, window 0, k 1)
     refused(run_cli, db, shards, "window_concepts.parquet", "column k", "row 1", "second row")
+
+
+def test_a_second_window_top_row_for_one_window_is_refused(case, run_cli):
+    """Format 4: rows 0 and 1 both image 1's window 0 (each window's top-K exactly once)."""
+    db, shards, folder = case
+    rewrite(folder, "window_top", set_at("window_idx", 1, 0))
+    refused(run_cli, db, shards, "window_top.parquet", "column window_idx", "row 1", "second row")
+
+
+def test_a_missing_window_top_row_is_refused(case, run_cli):
+    db, shards, folder = case
+    _drop_rows(folder, "window_top", lambda t: ~((t.column("image_id").to_numpy() == 2)
+                                                 & (t.column("window_idx").to_numpy() == 5)))
+    refused(run_cli, db, shards, "window_top.parquet", "no row for image 2's window 5")
+
+
+def test_a_format_4_shard_listing_window_concepts_too_is_refused(case, run_cli):
+    db, shards, folder = case
+    edit_manifest(folder, lambda b: b["rows"].__setitem__("window_concepts", 0))
+    refused(run_cli, db, shards, "manifest.json", "both window_concepts and window_top")
 
 
 def test_scores_missing_for_a_synset_are_refused(case, run_cli):
@@ -203,8 +241,6 @@ def test_scores_missing_for_a_synset_are_refused(case, run_cli):
 def test_an_older_shards_peak_that_has_no_exact_terms_is_refused(case, run_cli, damage, value, what):
     """A format 2 shard (DOUBLE peaks in image_scores, before schema 013) is converted to exact terms
     before its merge; a value that has none is refused naming the old file, column and row."""
-    from test_distributed_ingest import write_as_old_format
-
     db, shards, folder = case
     write_as_old_format(shards, 2)
     rewrite(folder, "image_scores", set_at("self_score", 6, value))
@@ -219,6 +255,7 @@ def test_row_counts_that_disagree_with_the_manifest_are_refused(case, run_cli):
 
 def test_a_column_of_another_type_is_refused(case, run_cli):
     db, shards, folder = case
+    write_as_old_format(shards, 3)
     t = pq.read_table(folder / "window_concepts.parquet")
     i = t.schema.get_field_index("rank_less")
     pq.write_table(t.set_column(i, "rank_less", t.column("rank_less").cast(pa.string())),
@@ -254,9 +291,9 @@ def test_a_damaged_shard_stops_the_merge_and_keeps_earlier_shards(written, tiny_
 
 def test_a_truncated_parquet_file(case, run_cli):
     db, shards, folder = case
-    data = (folder / "window_concepts.parquet").read_bytes()
-    (folder / "window_concepts.parquet").write_bytes(data[:len(data) // 2])
-    refused(run_cli, db, shards, "window_concepts.parquet", "not a readable Parquet file")
+    data = (folder / "window_top.parquet").read_bytes()
+    (folder / "window_top.parquet").write_bytes(data[:len(data) // 2])
+    refused(run_cli, db, shards, "window_top.parquet", "not a readable Parquet file")
 
 
 def test_a_manifest_that_is_not_json(case, run_cli):
@@ -329,8 +366,8 @@ def test_an_unreadable_shards_folder(case, run_cli):
 
 def test_a_shard_of_another_format(case, run_cli):
     db, shards, folder = case
-    edit_manifest(folder, lambda b: b.__setitem__("format", 4))
-    refused(run_cli, db, shards, "shard format 4", "convis-db version that wrote it")
+    edit_manifest(folder, lambda b: b.__setitem__("format", 5))
+    refused(run_cli, db, shards, "shard format 5", "convis-db version that wrote it")
 
 
 def test_a_shards_folder_that_is_a_file(tiny_db_copy, tmp_path, run_cli):
@@ -392,7 +429,7 @@ def test_reliability_doc_lists_every_kind_of_damage():
     text = (Path(__file__).parents[1] / "docs" / "reliability.md").read_text(encoding="utf-8")
     for kind in DAMAGE:
         assert f"| {kind} |" in text, kind
-    assert f"**{len(DAMAGE) + 6}** kinds of shard damage" in text
+    assert f"**{len(DAMAGE) + 9}** kinds of shard damage" in text
 
 
 def test_images_already_stored_are_skipped_and_the_rest_merged_whole(written, tiny_db, tmp_path, run_cli):
@@ -407,7 +444,7 @@ def test_images_already_stored_are_skipped_and_the_rest_merged_whole(written, ti
     first = tmp_path / "first" / "shard-00000-111111111111"   # image 1 of the shard only
     shutil.copytree(src, first)
     rows = {}
-    for table in ("images", "windows", "concept_peaks", "window_concepts", "image_embeddings"):
+    for table in ("images", "windows", "concept_peaks", "window_top", "image_embeddings"):
         t = pq.read_table(first / f"{table}.parquet")
         t = t.filter(pa.array(t.column("image_id").to_numpy() == 1))
         pq.write_table(t, first / f"{table}.parquet")

@@ -49,6 +49,7 @@ from convis_db.store.image_store import (
     next_image_ids,
     record_failure,
     window_top_insert,
+    window_top_rows,
     with_work_peak_names,
 )
 from convis_db.store.hierarchy_store import synset_count
@@ -60,11 +61,16 @@ log = logging.getLogger(__name__)
 #: The format written. 2: image_scores' peaks named work_* (schema 010). 3: concept_peaks (schema 013:
 #: each peak as its exact integer terms) in place of image_scores. Shards of formats 1 and 2 are still
 #: merged: their image_scores rows converted to concept_peaks by schema 013's rule (format 1's peak
-#: columns renamed first); a convis-db that reads only 1 and 2 refuses a format 3 shard.
-SHARD_FORMAT = 3
-SHARD_FORMATS_READ = (1, 2, 3)
+#: columns renamed first); a convis-db that reads only 1 and 2 refuses a format 3 shard. 4: window_top
+#: (one row per window, as schema 012 stores it: image_store.window_top_rows) in place of window_concepts'
+#: K rows per window, so the merge inserts it from Parquet without regrouping; formats 1-3 hold
+#: window_concepts, regrouped as they are merged.
+SHARD_FORMAT = 4
+SHARD_FORMATS_READ = (1, 2, 3, 4)
 #: Tables of older shard formats -> the table of IMAGE_TABLES their rows are stored in now.
 OLD_SHARD_TABLES = {"image_scores": "concept_peaks"}
+#: Tables a shard holds in place of one of IMAGE_TABLES (format 4) -> that table.
+COMPACT_SHARD_TABLES = {"window_top": "window_concepts"}
 MANIFEST = "manifest.json"
 FAILURES = "failures"
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}$")
@@ -140,6 +146,8 @@ def write_shard(shards_dir: str | Path, content: ShardContent, manifest: dict) -
         rows = {}
         for name, parts in content.tables.items():
             table = pa.concat_tables(parts)
+            if name == "window_concepts":  # format 4: one window_top row per window, as the database keeps it
+                name, table = "window_top", window_top_rows(table, int(manifest["n_synsets"]))
             pq.write_table(table, tmp / f"{name}.parquet")
             rows[name] = table.num_rows
         failures = pa.table({
@@ -269,7 +277,8 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
     rows = manifest["rows"]
     present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
     for name in sorted(set(rows) | present):
-        if name not in IMAGE_TABLES and name not in OLD_SHARD_TABLES and name != FAILURES:
+        if name not in IMAGE_TABLES and name not in OLD_SHARD_TABLES and name not in COMPACT_SHARD_TABLES \
+                and name != FAILURES:
             raise ShardError(f"shard {folder} holds table {name!r}, which this convis-db does not know (a shard of "
                              "another schema format?); merge it with the convis-db version that wrote it.")
         if name in present and name not in rows and name != FAILURES:
@@ -277,12 +286,16 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
     old = "image_scores" in rows  # a shard of format 1 or 2
     if old and "concept_peaks" in rows:
         raise ShardError(f"{folder / MANIFEST}: the manifest lists both image_scores and concept_peaks; {FIX}")
+    compact = "window_top" in rows  # a shard of format 4
+    if compact and "window_concepts" in rows:
+        raise ShardError(f"{folder / MANIFEST}: the manifest lists both window_concepts and window_top; {FIX}")
     if rows.get("images", 0):
-        for name in ("windows", "image_scores" if old else "concept_peaks", "window_concepts"):
+        for name in ("windows", "image_scores" if old else "concept_peaks",
+                     "window_top" if compact else "window_concepts"):
             if name not in rows:
                 raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
     tables, stamps = {}, {}
-    for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES):
+    for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES) + tuple(COMPACT_SHARD_TABLES):
         if t in rows:
             stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
             tables[t] = sc.read_table(folder / f"{t}.parquet")
@@ -293,7 +306,8 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         if table.num_rows != rows[name]:
             raise ShardError(f"{folder / (name + '.parquet')}: {table.num_rows} rows where the manifest counts "
                              f"{rows[name]}; {FIX}")
-    expected = sc.Expected.read(con, IMAGE_TABLES, n_synsets, model_id, embedding_storage(con))
+    expected = sc.Expected.read(con, IMAGE_TABLES + tuple(COMPACT_SHARD_TABLES), n_synsets, model_id,
+                                embedding_storage(con))
     for name, table in tables.items():
         if name == "image_scores":
             sc.check_columns(folder / f"{name}.parquet", table, sc.OLD_IMAGE_SCORES,
@@ -321,8 +335,12 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                                {"map_sum": "score", "self_sum": "self_score"})
     else:
         sc.check_concept_peaks(folder / "concept_peaks.parquet", tables["concept_peaks"], shard_images, expected)
-    sc.check_window_concepts(folder / "window_concepts.parquet", tables["window_concepts"], shard_images, expected,
-                             int(manifest["settings"]["top_k"]))
+    if compact:
+        sc.check_window_top(folder / "window_top.parquet", tables["window_top"], shard_images, expected,
+                            int(manifest["settings"]["top_k"]))
+    else:
+        sc.check_window_concepts(folder / "window_concepts.parquet", tables["window_concepts"], shard_images,
+                                 expected, int(manifest["settings"]["top_k"]))
     if "image_embeddings" in tables:
         sc.check_image_embeddings(folder / "image_embeddings.parquet", tables["image_embeddings"], shard_images,
                                   expected)
@@ -364,7 +382,7 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
     table's (names the database's own table has). A file changed since it was checked is refused (the
     caller's transaction then rolls back). A table in `converted` (an older shard's image_scores as
     concept_peaks rows) is inserted from those checked rows instead of its file."""
-    for table in IMAGE_TABLES:
+    for table in IMAGE_TABLES + tuple(COMPACT_SHARD_TABLES):
         if table not in checked:
             continue
         if converted and table in converted:
@@ -393,7 +411,7 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
         if table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
             con.execute(window_top_insert(rows), {**params, "n_synsets": synset_count(con)})
             continue
-        con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES
+        con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
                     {**params, **({"model_id": model_id} if table == "images" else {})})
 
 

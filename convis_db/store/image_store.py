@@ -278,6 +278,27 @@ def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> Non
         con.unregister("_window_concepts")
 
 
+def window_top_rows(concepts: pa.Table, n_synsets: int) -> pa.Table:
+    """window_concepts rows as image_tables builds them (each window's K rows together, k = 1..K in
+    order, one K for all windows) as the window_top rows schema 012 stores (window_top_insert's rule:
+    synset ids best first, rank_less only where some entry is not |T| - k). Shards of format 4 hold
+    these, so the merge inserts them without regrouping."""
+    k_col = concepts.column("k").to_numpy()
+    k = int(k_col.max()) if len(k_col) else 1
+    n = concepts.num_rows // k
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    rank_less = concepts.column("rank_less").to_numpy().astype(np.int32).reshape(n, k)
+    plain = (rank_less == (n_synsets - np.arange(1, k + 1, dtype=np.int32))).all(axis=1)
+    ties = pa.ListArray.from_arrays(offsets, pa.array(rank_less.reshape(-1)), mask=pa.array(plain))
+    return pa.table({
+        "image_id": concepts.column("image_id").take(pa.array(np.arange(0, n * k, k))),
+        "window_idx": pa.array(concepts.column("window_idx").to_numpy()[::k].astype(np.int32)),
+        "synset_ids": pa.ListArray.from_arrays(offsets, pa.array(
+            concepts.column("synset_id").to_numpy().astype(np.int32))),
+        "rank_less": ties,
+    })
+
+
 def window_top_insert(source: str) -> str:
     """The one statement that stores window_concepts rows (image_id, window_idx, k, synset_id, rank_less,
     selected by the SQL `source`) as window_top rows; bind $n_synsets (|T|) and `source`'s own

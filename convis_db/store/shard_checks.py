@@ -5,7 +5,8 @@ trusts none of it. Before a shard's transaction opens, each table is read whole 
 vectorised Arrow/numpy operations (no loop over rows): column names and types against the
 database's own table, NULLs, integer bounds, NaN and infinity, score ranges, image ids local to the
 shard (1..n, one images row per image), synset ids the database holds, window indexes inside their
-image's grid, one row per (image, window, k) / (image, synset) / (image, window) with counts that
+image's grid, one row per (image, window, k) / (image, synset) / (image, window), top-K lists of
+min(top_k, |T|) ids (format 4's window_top), with counts that
 agree with the images rows and the manifest, embeddings of the database's width and storage.
 
 A shard that fails is refused with a ShardError naming the file, the column and the first bad row
@@ -126,6 +127,8 @@ def _type_fits(dtype: str, arrow: pa.DataType) -> bool:
         return pa.types.is_string(arrow) or pa.types.is_large_string(arrow)
     if dtype == "BLOB":
         return pa.types.is_binary(arrow) or pa.types.is_large_binary(arrow) or pa.types.is_fixed_size_binary(arrow)
+    if dtype == "INTEGER[]":
+        return (pa.types.is_list(arrow) or pa.types.is_large_list(arrow)) and pa.types.is_integer(arrow.value_type)
     if dtype == "FLOAT[]":
         return (pa.types.is_list(arrow) or pa.types.is_large_list(arrow)) and pa.types.is_floating(arrow.value_type)
     if dtype == "TIMESTAMP":
@@ -394,6 +397,40 @@ def check_window_concepts(path: Path, table: pa.Table, images: ShardImages, expe
     describe = _window_of(images, starts)
     _exactly_once(path, "k", (starts[img - 1] + idx) * k_max + k - 1, int(images.n_windows.sum()) * k_max,
                   "(image, window, k)", lambda key: f"{describe(key // k_max)}, k = {key % k_max + 1}")
+
+
+def _check_id_lists(path: Path, table: pa.Table, column: str, length: int, n_syn: int) -> None:
+    """Each non-NULL list of `column` holds exactly `length` values, none NULL, each in 0..n_syn-1."""
+    lists = table.column(column).combine_chunks()
+    present = ~pc.is_null(lists).to_numpy(zero_copy_only=False)
+    sizes = pc.fill_null(pc.list_value_length(lists), length).to_numpy()
+    _bad_row(path, column, present & (sizes != length), f"not a list of {length} ids (min(top_k, |T|))")
+    values = pc.list_flatten(lists)
+    rows = pc.list_parent_indices(lists).to_numpy()
+    if values.null_count:
+        _bad_row(path, column, np.isin(np.arange(table.num_rows), rows[pc.is_null(values).to_numpy(
+            zero_copy_only=False)]), "a NULL inside the list")
+    ids = values.to_numpy().astype(np.int64)
+    bad = (ids < 0) | (ids >= n_syn)
+    if bad.any():
+        _bad_row(path, column, np.isin(np.arange(table.num_rows), rows[bad]),
+                 f"a value outside 0..{n_syn - 1} (the database's synsets)")
+
+
+def check_window_top(path: Path, table: pa.Table, images: ShardImages, expected: Expected, top_k: int) -> None:
+    """A format 4 shard's window_top rows: one per (image, window), its synset ids best first (exactly
+    min(top_k, |T|) of them), its rank_less NULL (no ties) or a list of as many counts."""
+    img = _image_of(path, table, images)
+    n_syn = expected.n_synsets
+    k_max = min(top_k, n_syn)
+    idx = _np(table, "window_idx").astype(np.int64)
+    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]),
+             "a window its image does not have (no windows row for it)")
+    _check_id_lists(path, table, "synset_ids", k_max, n_syn)
+    _check_id_lists(path, table, "rank_less", k_max, n_syn)
+    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
+    _exactly_once(path, "window_idx", starts[img - 1] + idx, int(images.n_windows.sum()), "(image, window)",
+                  _window_of(images, starts))
 
 
 def check_image_embeddings(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
