@@ -159,3 +159,33 @@ def test_none_re_encodes_a_big_photo_as_ingest_decoded_it(tiny_db, tmp_path, tin
     dbs = {s: _db(tiny_db, tmp_path, folder, s, tiny_spec, small_vocab_file) for s in ("float32", "none")}
     [re_encoded], [stored] = _maps(dbs["none"], images=(1,)), _maps(dbs["float32"], images=(1,))
     np.testing.assert_array_equal(re_encoded, stored)
+
+
+def test_a_shards_window_top_rows_are_what_the_database_would_store():
+    """Shard format 4: image_store.window_top_rows (numpy, in the worker) gives the rows window_top_insert
+    (SQL, the one statement the database stores window_concepts rows with) gives, ties included."""
+    import pyarrow as pa
+
+    from convis_db.store.image_store import window_top_insert, window_top_rows
+
+    n_syn, k, n_windows = 50, 4, 30
+    rng = np.random.default_rng(3)
+    rank_less = np.tile(np.arange(n_syn - 1, n_syn - 1 - k, -1), (n_windows, 1))
+    rank_less[[2, 7, 19]] = [[49, 47, 47, 46], [48, 48, 47, 46], [49, 48, 47, 45]]  # ties in three windows
+    concepts = pa.table({
+        "image_id": pa.array(np.repeat([1, 2], n_windows * k // 2).astype(np.int32)),
+        "window_idx": pa.array(np.repeat(np.r_[np.arange(15), np.arange(15)], k).astype(np.int32)),
+        "k": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n_windows)),
+        "synset_id": pa.array(rng.integers(0, n_syn, n_windows * k).astype(np.int32)),
+        "rank_less": pa.array(rank_less.reshape(-1).astype(np.int32)),
+    })
+    con = duckdb.connect()
+    con.execute("CREATE TABLE window_top (image_id INTEGER NOT NULL, window_idx INTEGER NOT NULL, "
+                "synset_ids INTEGER[] NOT NULL, rank_less INTEGER[])")
+    con.register("_concepts", concepts)
+    con.execute(window_top_insert("SELECT * FROM _concepts"), {"n_synsets": n_syn})
+    expected = con.execute("SELECT * FROM window_top ORDER BY ALL").fetchall()
+    got = window_top_rows(concepts, n_syn)
+    con.register("_got", got)
+    assert con.execute("SELECT * FROM _got ORDER BY ALL").fetchall() == expected
+    assert got.column("rank_less").null_count == n_windows - 3
