@@ -6,8 +6,10 @@ image_store.image_tables builds out of generated explanations at the paper's set
 photos, 1,739 windows, top-100, |T| synsets), so they hold exactly the tables and types an
 `ingest --engine ray` writes, with random values. Then, in one run, into fresh copies of the
 database: `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
-pyarrow reads, numpy remaps, Arrow inserts, no checks) and `now` is `convis_db`'s merge_folder
-(every table checked, then inserted). Each is timed from the first shard to the concept index
+pyarrow reads, numpy remaps, Arrow inserts, no checks; the shards being format 4 now, it inserts
+their window_top rows as they are, where it regrouped window_concepts then) and `now` is `convis_db`'s
+merge_folder (every table checked, then inserted). For format 3 against format 4, run this script on
+a checkout before format 4 and on this one. Each is timed from the first shard to the concept index
 refreshed and a CHECKPOINT (the data on disk); the order alternates between repeats.
 
     python benchmarks/bench_merge.py --images 128 --shard-size 64 --embeddings float16
