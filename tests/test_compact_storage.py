@@ -189,3 +189,6 @@ def test_a_shards_window_top_rows_are_what_the_database_would_store():
     con.register("_got", got)
     assert con.execute("SELECT * FROM _got ORDER BY ALL").fetchall() == expected
     assert got.column("rank_less").null_count == n_windows - 3
+    shuffled = concepts.take(pa.array(np.r_[1, 0, np.arange(2, n_windows * k)]))  # window 0's k = 2 before k = 1
+    with pytest.raises(ValueError, match="k = 1..K rows together"):
+        window_top_rows(shuffled, n_syn)

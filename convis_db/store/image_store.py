@@ -286,6 +286,13 @@ def window_top_rows(concepts: pa.Table, n_synsets: int) -> pa.Table:
     k_col = concepts.column("k").to_numpy()
     k = int(k_col.max()) if len(k_col) else 1
     n = concepts.num_rows // k
+    windows = concepts.column("window_idx").to_numpy()
+    images = concepts.column("image_id").to_numpy()
+    if (n * k != len(k_col) or not np.array_equal(k_col.reshape(n, k), np.broadcast_to(np.arange(1, k + 1), (n, k)))
+            or not (windows.reshape(n, k) == windows[::k, None]).all()
+            or not (images.reshape(n, k) == images[::k, None]).all()):
+        raise ValueError("window_concepts rows are not each window's k = 1..K rows together: "
+                         "window_top_rows needs them as image_tables builds them")
     offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
     rank_less = concepts.column("rank_less").to_numpy().astype(np.int32).reshape(n, k)
     plain = (rank_less == (n_synsets - np.arange(1, k + 1, dtype=np.int32))).all(axis=1)
