@@ -274,10 +274,7 @@ def check_images(path: Path, table: pa.Table, manifest: dict) -> ShardImages:
 
 
 def check_windows(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
-    img = _image_of(path, table, images)
-    idx = _np(table, "window_idx").astype(np.int64)
-    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]), "outside its image's window grid")
-    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
+    img, idx, starts = _window_positions(path, table, images, "outside its image's window grid")
     _exactly_once(path, "window_idx", starts[img - 1] + idx, int(images.n_windows.sum()), "(image, window)",
                   _window_of(images, starts))
     cols = images.grid_cols[img]
@@ -380,20 +377,27 @@ def check_concept_peaks(path: Path, table: pa.Table, images: ShardImages, expect
                  "below image_rank_less (the maximum over a concept and its descendants includes the concept)")
 
 
+def _window_positions(path: Path, table: pa.Table, images: ShardImages,
+                      outside: str = "a window its image does not have (no windows row for it)",
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's image (1..n) and window index, checked to be a window its image has, and where each
+    image's windows start in the shard's run of all windows (a window's key: starts[img - 1] + idx)."""
+    img = _image_of(path, table, images)
+    idx = _np(table, "window_idx").astype(np.int64)
+    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]), outside)
+    return img, idx, np.concatenate([[0], np.cumsum(images.n_windows[1:])])
+
+
 def check_window_concepts(path: Path, table: pa.Table, images: ShardImages, expected: Expected,
                           top_k: int) -> None:
-    img = _image_of(path, table, images)
+    img, idx, starts = _window_positions(path, table, images)
     n_syn = expected.n_synsets
     k_max = min(top_k, n_syn)
-    idx = _np(table, "window_idx").astype(np.int64)
-    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]),
-             "a window its image does not have (no windows row for it)")
     k = _np(table, "k").astype(np.int64)
     _bad_row(path, "k", (k < 1) | (k > k_max), f"outside 1..{k_max} (top_k)")
     for column in ("synset_id", "rank_less"):
         values = _np(table, column)
         _bad_row(path, column, (values < 0) | (values >= n_syn), f"outside 0..{n_syn - 1} (the database's synsets)")
-    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
     describe = _window_of(images, starts)
     _exactly_once(path, "k", (starts[img - 1] + idx) * k_max + k - 1, int(images.n_windows.sum()) * k_max,
                   "(image, window, k)", lambda key: f"{describe(key // k_max)}, k = {key % k_max + 1}")
@@ -420,15 +424,11 @@ def _check_id_lists(path: Path, table: pa.Table, column: str, length: int, n_syn
 def check_window_top(path: Path, table: pa.Table, images: ShardImages, expected: Expected, top_k: int) -> None:
     """A format 4 shard's window_top rows: one per (image, window), its synset ids best first (exactly
     min(top_k, |T|) of them), its rank_less NULL (no ties) or a list of as many counts."""
-    img = _image_of(path, table, images)
+    img, idx, starts = _window_positions(path, table, images)
     n_syn = expected.n_synsets
     k_max = min(top_k, n_syn)
-    idx = _np(table, "window_idx").astype(np.int64)
-    _bad_row(path, "window_idx", (idx < 0) | (idx >= images.n_windows[img]),
-             "a window its image does not have (no windows row for it)")
     _check_id_lists(path, table, "synset_ids", k_max, n_syn)
     _check_id_lists(path, table, "rank_less", k_max, n_syn)
-    starts = np.concatenate([[0], np.cumsum(images.n_windows[1:])])
     _exactly_once(path, "window_idx", starts[img - 1] + idx, int(images.n_windows.sum()), "(image, window)",
                   _window_of(images, starts))
 
