@@ -230,6 +230,24 @@ def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
 
 
+#: The compression a writable connection does not try (DuckDB's `disabled_compression_methods`). DuckDB
+#: >= 1.3 tries DICT_FSST on every string and BLOB column it writes, when a big insert writes its row
+#: groups and again at each checkpoint; on windows' float16 embeddings (1 KB of random bytes each, which
+#: no dictionary or symbol table shrinks) that analysis took 6-8 s per 64 images, for a file 0 % smaller
+#: (measured, docs/benchmarks.md "Merge": 111,296 windows, insert 8.4 -> 1.1 s, checkpoint 6.9 -> 0.5 s,
+#: 122 MB either way). The other string columns (paths, hashes, names) keep DuckDB's dictionary and FSST.
+SKIPPED_COMPRESSION = "dict_fsst"
+
+
+def _skip_dict_fsst(con: duckdb.DuckDBPyConnection) -> None:
+    """SET disabled_compression_methods to SKIPPED_COMPRESSION; a DuckDB that lacks the method has
+    nothing to skip."""
+    try:
+        con.execute(f"SET disabled_compression_methods = '{SKIPPED_COMPRESSION}'")  # a constant of this module
+    except duckdb.Error as exc:
+        log.debug("compression %s not skipped: %s", SKIPPED_COMPRESSION, _first_line(str(exc)))
+
+
 def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
     """A writable connection to `path` that writes row groups of ROW_GROUP_SIZE rows and, when it
     creates the file, blocks of BLOCK_SIZE bytes.
@@ -251,6 +269,7 @@ def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
         identifier = '"' + name.replace('"', '""') + '"'
         con.execute(f"ATTACH '{literal}' AS {identifier} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         con.execute(f"USE {identifier}")
+        _skip_dict_fsst(con)
     except BaseException:
         con.close()
         raise
