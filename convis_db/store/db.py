@@ -184,6 +184,8 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
         _no_progress_bar(con)
         if write:
             migrate(con, str(path), progress)
+            if con.execute("SELECT embeddings FROM storage_settings").fetchone() == ("float16",):
+                skip_dict_fsst(con)
         else:
             check_not_newer(con, str(path))
             if pending_versions(con):  # written by an earlier convis-db: upgraded once, then read as current
@@ -235,13 +237,15 @@ def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
 #: groups and again at each checkpoint; on windows' float16 embeddings (1 KB of random bytes each, which
 #: no dictionary or symbol table shrinks) that analysis took 6-8 s per 64 images, for a file 0 % smaller
 #: (measured, docs/benchmarks.md "Merge": 111,296 windows, insert 8.4 -> 1.1 s, checkpoint 6.9 -> 0.5 s,
-#: 122 MB either way). The other string columns (paths, hashes, names) keep DuckDB's dictionary and FSST.
+#: 122 MB either way). Only for databases that store float16 embeddings: with `none` or `float32` the
+#: all-NULL embedding_f16 column written uncompressed made the file 1.8 % larger (613 -> 624 KB per image).
 SKIPPED_COMPRESSION = "dict_fsst"
 
 
-def _skip_dict_fsst(con: duckdb.DuckDBPyConnection) -> None:
-    """SET disabled_compression_methods to SKIPPED_COMPRESSION; a DuckDB that lacks the method has
-    nothing to skip."""
+def skip_dict_fsst(con: duckdb.DuckDBPyConnection) -> None:
+    """SET disabled_compression_methods to SKIPPED_COMPRESSION on a writable connection to a database
+    storing float16 embeddings (connect, image_store.set_embedding_storage); a DuckDB that lacks the
+    method has nothing to skip."""
     try:
         con.execute(f"SET disabled_compression_methods = '{SKIPPED_COMPRESSION}'")  # a constant of this module
     except duckdb.Error as exc:
@@ -269,7 +273,6 @@ def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:
         identifier = '"' + name.replace('"', '""') + '"'
         con.execute(f"ATTACH '{literal}' AS {identifier} (ROW_GROUP_SIZE {ROW_GROUP_SIZE})")
         con.execute(f"USE {identifier}")
-        _skip_dict_fsst(con)
     except BaseException:
         con.close()
         raise

@@ -19,6 +19,7 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
+from convis_db.store.db import skip_dict_fsst
 from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.transaction import transaction
 
@@ -172,6 +173,8 @@ def set_embedding_storage(con: duckdb.DuckDBPyConnection, storage: str, db_path:
             f"{db_path or 'the database'} stores window embeddings as {current} and already holds {n} images; "
             f"one database keeps one choice. Drop --embeddings {storage}, or use another --db for it.")
     con.execute("UPDATE storage_settings SET embeddings = ?", [storage])
+    if storage == "float16":  # this connection writes float16 BLOBs from now on
+        skip_dict_fsst(con)
     return True
 
 
