@@ -391,10 +391,11 @@ def test_search_and_count_answer_alike_with_and_without_pending_images(query_db,
     """search_images and count_images read concept_order alone when no image is past the index's
     watermark (concept_index.all_indexed, issue 24): the same answers as through the concept_keys and
     concept_rows macros, and as with images pending (the macros' second branch), for both levels,
-    only_self, thresholds and ties."""
+    only_self, thresholds and ties; and regions' candidates likewise."""
     import shutil
 
     import convis_db.query.search as search
+    from convis_db.query.regions import candidate_images
     from convis_db.store.concept_index import all_indexed, refresh_concept_index
 
     copy = tmp_path / "copy.duckdb"
@@ -404,10 +405,11 @@ def test_search_and_count_answer_alike_with_and_without_pending_images(query_db,
     names += [] if "entity.n.01" in names else ["entity.n.01"]  # its map peaks tie (checked below)
 
     def answers():
-        return {(name, by, only_self, min_score): (search.search_images(con, name, min_score, 4, only_self, by),
-                                                   search.count_images(con, name, min_score, only_self, by))
-                for name in names for by in ("image", "map") for only_self in (False, True)
-                for min_score in (0.0, 0.9)}
+        found = {(name, by, only_self, min_score): (search.search_images(con, name, min_score, 4, only_self, by),
+                                                    search.count_images(con, name, min_score, only_self, by))
+                 for name in names for by in ("image", "map") for only_self in (False, True)
+                 for min_score in (0.0, 0.9)}
+        return found | {(name, "regions"): list(candidate_images(con, _sid(con, name), 0.5, 2)) for name in names}
 
     assert all_indexed(con)
     assert search.keys_source(con) == search.INDEXED_KEYS
@@ -427,5 +429,6 @@ def test_search_and_count_answer_alike_with_and_without_pending_images(query_db,
     ties = con.execute("SELECT count(*) FROM (SELECT map_sum, map_windows FROM concept_order WHERE synset_id = "
                        "(SELECT synset_id FROM synsets WHERE name = 'entity.n.01') GROUP BY ALL HAVING count(*) > 1)")
     assert ties.fetchone()[0], "no tied map peaks: the tie-breaks were not exercised"
-    assert sum(c for _, c in fast.values()) > 0 and any(len(s) == 4 for s, _ in fast.values())
+    searched = [v for k, v in fast.items() if k[1] != "regions"]
+    assert sum(c for _, c in searched) > 0 and any(len(s) == 4 for s, _ in searched)
     con.close()
