@@ -312,7 +312,12 @@ def _check_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int | Non
 
 
 def _check_half_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int | None) -> None:
-    """float16 BLOBs, each 2 x `dim` bytes and finite."""
+    """float16 BLOBs, each 2 x `dim` bytes and finite.
+
+    Finite is tested on the bits: a half is NaN or infinite exactly when its exponent bits are all ones,
+    i.e. when its bits without the sign are >= 0x7C00, so each vector's largest such value decides. An
+    integer mask and max run 4-5x faster than np.isfinite on float16 (which numpy widens per value):
+    0.07 s against 0.32 s for a 64-image shard's 111,296 vectors (docs/benchmarks.md, "Merge")."""
     arr = col.combine_chunks().cast(pa.large_binary())
     lengths = pc.binary_length(arr).to_numpy(zero_copy_only=False)
     if not len(lengths):
@@ -321,8 +326,8 @@ def _check_half_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int 
     _bad_row(path, column, lengths != width, f"not a float16 vector of the model's {width // 2} dimensions")
     offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
     data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    halves = data.view("<f2").reshape(len(arr), -1)
-    _bad_row(path, column, ~np.isfinite(halves).all(axis=1), "NaN or infinity in the vector")
+    magnitudes = data.view("<u2").reshape(len(arr), -1) & np.uint16(0x7FFF)   # the bits without the sign
+    _bad_row(path, column, magnitudes.max(axis=1, initial=0) >= 0x7C00, "NaN or infinity in the vector")
 
 
 #: image_scores as shards of formats 1 and 2 hold it (DOUBLE peaks; format 1's peak names are renamed to
@@ -410,10 +415,18 @@ def _check_id_lists(path: Path, table: pa.Table, column: str, length: int, n_syn
     sizes = pc.fill_null(pc.list_value_length(lists), length).to_numpy()
     _bad_row(path, column, present & (sizes != length), f"not a list of {length} ids (min(top_k, |T|))")
     values = pc.list_flatten(lists)
-    rows = pc.list_parent_indices(lists).to_numpy()
     if values.null_count:
+        rows = pc.list_parent_indices(lists).to_numpy()
         _bad_row(path, column, np.isin(np.arange(table.num_rows), rows[pc.is_null(values).to_numpy(
             zero_copy_only=False)]), "a NULL inside the list")
+    if not len(values):
+        return
+    # One Arrow pass for the bounds; each value's row (list_parent_indices) and an int64 copy of the ids
+    # (11M of them per 64-image shard) only for a shard that fails, to name its first bad row.
+    bounds = pc.min_max(values)
+    if bounds["min"].as_py() >= 0 and bounds["max"].as_py() < n_syn:
+        return
+    rows = pc.list_parent_indices(lists).to_numpy()
     ids = values.to_numpy().astype(np.int64)
     bad = (ids < 0) | (ids >= n_syn)
     if bad.any():
