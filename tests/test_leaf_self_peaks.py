@@ -76,10 +76,10 @@ def test_a_leafs_self_peak_is_its_map_peak(tiny_db, tmp_path, monkeypatch, no_ke
             SELECT count(*), count(*) FILTER (WHERE self_sum IS NOT DISTINCT FROM map_sum
                 AND self_windows IS NOT DISTINCT FROM map_windows AND work_self_peak_x = work_peak_x
                 AND work_self_peak_y = work_peak_y AND image_rank_less IS NOT DISTINCT FROM image_max_rank_less)
-            FROM concept_peaks WHERE synset_id IN (SELECT unnest(?::INTEGER[]))""", [leaves.tolist()]).fetchone()
+            FROM concept_full_peaks WHERE synset_id IN (SELECT unnest(?::INTEGER[]))""", [leaves.tolist()]).fetchone()
         assert stored[0] == 4 * len(leaves) and stored[1] == stored[0]
         # inner concepts do differ somewhere (else the test would prove nothing about the split)
-        inner = con.execute("""SELECT count(*) FROM concept_peaks WHERE synset_id NOT IN
+        inner = con.execute("""SELECT count(*) FROM concept_full_peaks WHERE synset_id NOT IN
                                (SELECT unnest(?::INTEGER[])) AND (self_sum <> map_sum OR work_self_peak_x <> work_peak_x
                                OR work_self_peak_y <> work_peak_y OR self_windows <> map_windows)""",
                             [leaves.tolist()]).fetchone()[0]
