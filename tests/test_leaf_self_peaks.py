@@ -86,3 +86,110 @@ def test_a_leafs_self_peak_is_its_map_peak(tiny_db, tmp_path, monkeypatch, no_ke
         assert inner > 0
     finally:
         con.close()
+
+
+#: Every view and table macro a reader asks for rows with self terms, and how to list them all.
+VIEW_QUERIES = {
+    "image_scores": "SELECT * FROM image_scores ORDER BY image_id, synset_id",
+    "concept_index": "SELECT * FROM concept_index ORDER BY synset_id, image_id",
+    "image_concepts": "SELECT * FROM image_concepts ORDER BY image_id, synset_id",
+    "concept_rows": "SELECT r.* FROM synsets s, concept_rows(s.synset_id) r ORDER BY r.synset_id, r.image_id",
+    "concept_keys": "SELECT r.* FROM synsets s, concept_keys(s.synset_id) r ORDER BY r.synset_id, r.image_id",
+    "concept_scores": "SELECT i.image_id, c.* FROM images i, concept_scores(i.image_id) c ORDER BY ALL",
+    "images_with": "SELECT * FROM images_with('entity.n.01', 0.0)",
+    "images_with map": "SELECT * FROM images_with('entity.n.01', 0.0, level := 'map', top := 2)",
+}
+
+
+def _bits_of(rows: list) -> list:
+    """Rows with every float as its IEEE bits (a bit-for-bit comparison: -0.0 and 0.0 differ, NaN equals)."""
+    return [tuple(np.float64(v).view(np.int64).item() if isinstance(v, float) else v for v in row) for row in rows]
+
+
+def _views(con) -> dict:
+    return {name: _bits_of(con.execute(sql).fetchall()) for name, sql in VIEW_QUERIES.items()}
+
+
+@pytest.fixture(scope="module")
+def filled(tiny_db, tmp_path_factory):
+    import torch
+
+    folder = tmp_path_factory.mktemp("images016")
+    write_noise_pngs(folder, [(70, 90), (90, 64), (64, 64)], seed=16)
+    db = tmp_path_factory.mktemp("filled016") / "filled.duckdb"
+    shutil.copyfile(tiny_db, db)
+    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+        assert ing.run([folder]).count("ingested") == 3
+    return db
+
+
+def test_a_database_from_before_016_upgrades_and_every_view_gives_the_same_rows(filled, tmp_path):
+    """A file at the schema before 016 (self terms in every concept_peaks row, as the earlier writer
+    stored them) answers every view and macro bit for bit as before its upgrade, and as a database
+    written in the new layout; the upgrade leaves the self terms of inner concepts only."""
+    import duckdb
+    from schema_history import copy_into_schema_below
+    from test_compact_concepts import _everything
+
+    from convis_db.store.migrations import applied_versions, has_column
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(filled, old, 16)
+    raw = duckdb.connect(str(old), read_only=True)  # as the earlier convis-db left it
+    try:
+        assert 16 not in applied_versions(raw) and has_column(raw, "concept_peaks", "self_sum")
+        before = _views(raw)
+    finally:
+        raw.close()
+    assert all(before.values())
+    fresh = connect(filled)
+    try:
+        assert _views(fresh) == before  # the new layout, written by ingest, answers as the old one did
+        new_everything = _everything(filled)
+    finally:
+        fresh.close()
+    con = connect(old, write=True)
+    try:
+        assert 16 in applied_versions(con)
+        assert not has_column(con, "concept_peaks", "self_sum")
+        assert _views(con) == before
+        n_inner, n_images = con.execute("SELECT (SELECT count(*) FROM inner_concepts()), "
+                                        "(SELECT count(*) FROM images)").fetchone()
+        assert con.execute("SELECT count(*) FROM concept_self_peaks").fetchone()[0] == n_inner * n_images
+        assert con.execute("SELECT * FROM concept_self_peaks ORDER BY ALL").fetchall() == \
+            _rows_of(filled, "SELECT * FROM concept_self_peaks ORDER BY ALL")
+    finally:
+        con.close()
+    assert _everything(old) == new_everything
+
+
+def _rows_of(db, sql: str) -> list:
+    con = connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_leaf_whose_self_terms_differ_stops_the_upgrade_and_keeps_the_file(filled, tmp_path):
+    import duckdb
+    from schema_history import copy_into_schema_below
+
+    from convis_db.errors import ConvisError
+    from convis_db.store.migrations import applied_versions
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(filled, old, 16)
+    raw = duckdb.connect(str(old))
+    leaf = int(_leaves(raw)[0])
+    raw.execute("UPDATE concept_peaks SET self_sum = self_sum + 1 WHERE synset_id = ?", [leaf])
+    raw.close()
+    with pytest.raises((ConvisError, duckdb.Error), match="is a leaf of T"):
+        connect(old, write=True).close()
+    raw = duckdb.connect(str(old), read_only=True)
+    try:
+        assert 16 not in applied_versions(raw)
+        assert raw.execute("SELECT count(*) FROM concept_peaks WHERE synset_id = ? AND self_sum <> map_sum",
+                           [leaf]).fetchone()[0] == 3
+    finally:
+        raw.close()
