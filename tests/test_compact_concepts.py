@@ -204,4 +204,5 @@ def test_opening_an_older_file_for_writing_shows_the_upgrade(filled012, tmp_path
         db.close()
     assert bars[0] == ("Upgrading: each window's top concepts as one row (schema 012)", 3, "images")
     assert [bar[0] for bar in bars[1:]] == ["Upgrading: concept scores as exact integers (schema 013)",
-                                            "Upgrading: the concept-ordered search keys (schema 013)"]
+                                            "Upgrading: the concept-ordered search keys (schema 013)",
+                                            "Upgrading: self peaks of concepts with descendants only (schema 016)"]
