@@ -385,3 +385,50 @@ def test_images_with_answers_as_before_schema_014_and_top_keeps_its_first_rows(q
     assert answers == _answers(query_db)
     assert any(v[1] for k, v in answers.items() if k[1] != "regions") and any(
         v for k, v in answers.items() if k[1] == "regions")
+
+
+def test_search_and_count_answer_alike_with_and_without_pending_images(query_db, tmp_path, monkeypatch):
+    """search_images and count_images read concept_order alone when no image is past the index's
+    watermark (concept_index.all_indexed, issue 24): the same answers as through the concept_keys and
+    concept_rows macros, and as with images pending (the macros' second branch), for both levels,
+    only_self, thresholds and ties; and regions' candidates likewise."""
+    import shutil
+
+    import convis_db.query.search as search
+    from convis_db.query.regions import candidate_images
+    from convis_db.store.concept_index import all_indexed, refresh_concept_index
+
+    copy = tmp_path / "copy.duckdb"
+    shutil.copyfile(query_db, copy)
+    con = connect(copy, write=True)
+    names = [r[0] for r in con.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()][::5]
+    names += [] if "entity.n.01" in names else ["entity.n.01"]  # its map peaks tie (checked below)
+
+    def answers():
+        found = {(name, by, only_self, min_score): (search.search_images(con, name, min_score, 4, only_self, by),
+                                                    search.count_images(con, name, min_score, only_self, by))
+                 for name in names for by in ("image", "map") for only_self in (False, True)
+                 for min_score in (0.0, 0.9)}
+        return found | {(name, "regions"): list(candidate_images(con, _sid(con, name), 0.5, 2)) for name in names}
+
+    assert all_indexed(con)
+    assert search.keys_source(con) == search.INDEXED_KEYS
+    fast = answers()
+    with monkeypatch.context() as m:  # the same file through the macros (their second branch empty)
+        m.setattr(search, "all_indexed", lambda con: False)
+        assert search.keys_source(con, only_self=True) == "concept_rows(?)"
+        assert answers() == fast
+    con.execute("DELETE FROM concept_order WHERE image_id > 3")
+    con.execute("UPDATE concept_index_state SET indexed_through = 3")
+    assert not all_indexed(con)
+    assert search.keys_source(con) == "concept_keys(?)"
+    assert answers() == fast
+    assert refresh_concept_index(con) == 3
+    assert all_indexed(con)
+    assert answers() == fast
+    ties = con.execute("SELECT count(*) FROM (SELECT map_sum, map_windows FROM concept_order WHERE synset_id = "
+                       "(SELECT synset_id FROM synsets WHERE name = 'entity.n.01') GROUP BY ALL HAVING count(*) > 1)")
+    assert ties.fetchone()[0], "no tied map peaks: the tie-breaks were not exercised"
+    searched = [v for k, v in fast.items() if k[1] != "regions"]
+    assert sum(c for _, c in searched) > 0 and any(len(s) == 4 for s, _ in searched)
+    con.close()

@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from convis_db.engine.pixels import original_box
 from convis_db.query.maps import ConceptMap, MapService
+from convis_db.query.search import keys_source
 from convis_db.store.hierarchy_store import find_synset_name
 from convis_db.store.image_store import StoredImage, get_image
 
@@ -51,11 +52,12 @@ def candidate_images(con: duckdb.DuckDBPyConnection, sid: int, min_score: float,
 
     Read from the concept's search keys (concept_keys: the concept-ordered index and the images
     appended since), so a collection of any size reads this concept's row groups only, not every
-    image's rows."""
+    image's rows; concept_order alone when none was appended since (search.keys_source)."""
+    source = keys_source(con)
     offset = 0
     while True:
         ids = [int(r[0]) for r in con.execute(
-            "SELECT image_id FROM concept_keys(?) WHERE map_peak >= ? ORDER BY map_peak DESC, image_id LIMIT ? OFFSET ?",
+            f"SELECT image_id FROM {source} sc WHERE map_peak >= ? ORDER BY map_peak DESC, image_id LIMIT ? OFFSET ?",
             [sid, float(min_score), int(batch), offset]).fetchall()]
         yield from ids
         if len(ids) < batch:

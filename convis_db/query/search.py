@@ -21,10 +21,45 @@ import duckdb
 
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
+from convis_db.store.concept_index import all_indexed
 from convis_db.store.hierarchy_store import find_synset_name, synset_count
 from convis_db.store.image_store import image_level_counts
 
 LEVELS = ("image", "map")
+
+#: concept_keys(sid)'s first branch alone (schema 013's macro: the same columns, the same expressions,
+#: so the same DOUBLEs): what the macro answers when no image is past the index's watermark, without
+#: its scan of concept_peaks' rows past it, which checks every concept_peaks row group's statistics
+#: (issue 24: 6,848 of them at 1M images). One parameter, the synset id.
+INDEXED_KEYS = """(SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = ?)"""
+#: concept_rows(sid) over INDEXED_KEYS (schema 016's macro, the same columns and expressions: a leaf's
+#: self terms are its map terms, an inner concept's come from concept_self_peaks, which DuckDB filters
+#: by the keys' synset id).
+INDEXED_ROWS = f"""(SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
+           CASE WHEN s.synset_id IS NULL
+                THEN p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+                ELSE s.self_sum::DOUBLE / (s.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+           END AS self_score,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_x ELSE s.work_self_peak_x END AS work_self_peak_x,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_y ELSE s.work_self_peak_y END AS work_self_peak_y,
+           k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL
+                WHEN s.synset_id IS NULL THEN p.image_max_rank_less ELSE s.image_rank_less END AS image_rank_less
+    FROM {INDEXED_KEYS} k
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
+    LEFT JOIN concept_self_peaks s ON s.image_id = k.image_id AND s.synset_id = k.synset_id)"""
+
+
+def keys_source(con: duckdb.DuckDBPyConnection, only_self: bool = False) -> str:
+    """The concept's rows as a FROM item with one parameter, the synset id: the macro concept_keys (or
+    concept_rows with only_self, which needs the self peak) while images wait past the index's
+    watermark, else the same rows read from concept_order alone (INDEXED_KEYS, INDEXED_ROWS)."""
+    if all_indexed(con):
+        return INDEXED_ROWS if only_self else INDEXED_KEYS
+    return "concept_rows(?)" if only_self else "concept_keys(?)"
 BACKFILL_HINT = "convis-db ingest --backfill-image-level"
 
 
@@ -53,13 +88,14 @@ class Ranking:
     It ranks as schema 010's `images_with` macro does (tests/test_queries.py holds them equal): `score`
     descending, then the map score, then the image id.
 
-    `source` is the table macro of the concept's rows: `concept_keys(sid)` (schema 013: the search keys
-    only, concept_order's slim rows) unless only_self needs the self peak, `concept_rows(sid)`. The
-    peaks' pixels are read for the returned rows only (`peak_x`, `peak_y`)."""
+    `source` holds the concept's rows (keys_source): `concept_keys(sid)` (schema 013: the search keys
+    only, concept_order's slim rows) unless only_self needs the self peak, `concept_rows(sid)`, or their
+    concept_order-only forms when no image waits past the index's watermark. The peaks' pixels are
+    read for the returned rows only (`peak_x`, `peak_y`)."""
 
     sid: int
     by: str
-    source: str       # a table macro call with one parameter, the synset id
+    source: str       # a FROM item with one parameter, the synset id (keys_source)
     score: str        # the `by` score
     map_score: str    # the map peak (of the synset alone with only_self)
     image_score: str  # the image-level score (NULL for images ingested without it)
@@ -82,8 +118,9 @@ def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None,
     """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    source, mapped, px, py = (("concept_rows(?)", "sc.self_score", "h.work_self_peak_x", "h.work_self_peak_y")
-                              if only_self else ("concept_keys(?)", "sc.map_peak", "p.work_peak_x", "p.work_peak_y"))
+    mapped, px, py = (("sc.self_score", "h.work_self_peak_x", "h.work_self_peak_y") if only_self
+                      else ("sc.map_peak", "p.work_peak_x", "p.work_peak_y"))
+    source = keys_source(con, only_self)
     level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
     image_score = f"{level} / {synset_count(con)}::DOUBLE"
     return Ranking(sid, by, source, image_score if by == "image" else mapped, mapped, image_score, px, py)

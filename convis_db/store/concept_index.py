@@ -6,7 +6,8 @@ peak's exact terms (map_sum, map_windows) and the image-level count, in sorted r
 peak descending, image_id). Images past concept_index_state's watermark are read from concept_peaks by
 the concept_rows macro until a refresh appends them as one more run.
 
-Only writers call these, and a writable connection is migrated, so the current names are used."""
+Only writers call these (readers: `all_indexed`), and a writable connection is migrated, so the
+current names are used."""
 
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
     if runs > max_runs:
         rebuild_concept_index(con)
     return pending
+
+
+def all_indexed(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether concept_order holds every stored image's keys: no image is past the watermark (the usual
+    state after ingest, whose refresh follows each batch). Then concept_keys' second branch (concept_peaks'
+    rows past the watermark) is empty, and a query may read concept_order alone: that branch's scan checks
+    the statistics of every concept_peaks row group, a cost that grows with the collection (issue 24).
+    One look at images' image ids (concept_peaks rows are written with their image's row, in one
+    transaction), which skips images' row groups by their statistics."""
+    watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
+    return not con.execute("SELECT EXISTS (SELECT 1 FROM images WHERE image_id > ?)", [watermark]).fetchone()[0]
 
 
 def rebuild_concept_index(con: duckdb.DuckDBPyConnection) -> None:
