@@ -46,6 +46,7 @@ from common import header, timeit  # noqa: E402
 
 from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402
 from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
+from convis_db.store.image_store import concept_peaks_inserts  # noqa: E402
 from convis_db.wordnet.hierarchy import build_hierarchy  # noqa: E402
 from convis_db.wordnet.source import open_wordnet  # noqa: E402
 from convis_db.wordnet.vocab import load_vocabulary  # noqa: E402
@@ -150,10 +151,10 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
         k = n if every or subset is None else K
         synset = "x % ?" if every or subset is None else "(?::BIGINT[])[x % " + str(K) + " + 1]"
         arg = n if every or subset is None else chosen
-        raw.execute(f"""INSERT INTO concept_peaks BY NAME
-                        SELECT i::INT AS image_id, s::INT AS synset_id, {values}
-                        FROM (SELECT x // {k} + {lo} AS i, {synset} AS s FROM range(0, {(hi - lo + 1) * k}) t(x))""",
-                    [arg])
+        rows = f"""SELECT i::INT AS image_id, s::INT AS synset_id, {values}
+                   FROM (SELECT x // {k} + {lo} AS i, {synset} AS s FROM range(0, {(hi - lo + 1) * k}) t(x))"""
+        for statement in concept_peaks_inserts(rows):  # schema 016: inner concepts' self terms apart
+            raw.execute(statement, [arg])
 
     lo = 1
     for f in full:

@@ -91,7 +91,7 @@ def table_bytes(db: Path, images: int, copies: int = 16, block: int = 262_144, r
 
 
 #: The tables whose columns --columns measures (those present in the file).
-COLUMN_TABLES = ("concept_peaks", "concept_order", "image_scores", "concept_index", "window_top")
+COLUMN_TABLES = ("concept_peaks", "concept_self_peaks", "concept_order", "image_scores", "concept_index", "window_top")
 
 
 def column_bytes(db: Path, images: int, copies: int = 64, block: int = 262_144,

@@ -29,11 +29,15 @@ CREATE TABLE concept_peaks (
     map_windows INTEGER NOT NULL,
     work_peak_x INTEGER NOT NULL,
     work_peak_y INTEGER NOT NULL,
+    image_max_rank_less INTEGER
+);
+CREATE TABLE concept_self_peaks (
+    image_id INTEGER NOT NULL,
+    synset_id INTEGER NOT NULL,
     self_sum INTEGER NOT NULL,
     self_windows INTEGER NOT NULL,
     work_self_peak_x INTEGER NOT NULL,
     work_self_peak_y INTEGER NOT NULL,
-    image_max_rank_less INTEGER,
     image_rank_less INTEGER
 );
 CREATE TABLE image_embeddings (
@@ -254,11 +258,19 @@ CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
     WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
 CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
-           p.self_sum::DOUBLE / (p.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS self_score,
-           p.work_self_peak_x, p.work_self_peak_y, k.image_max_rank_less,
-           CASE WHEN k.image_max_rank_less IS NULL THEN NULL ELSE p.image_rank_less END AS image_rank_less
+           CASE WHEN s.synset_id IS NULL
+                THEN p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+                ELSE s.self_sum::DOUBLE / (s.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+           END AS self_score,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_x ELSE s.work_self_peak_x END AS work_self_peak_x,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_y ELSE s.work_self_peak_y END AS work_self_peak_y,
+           k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL
+                WHEN s.synset_id IS NULL THEN p.image_max_rank_less ELSE s.image_rank_less END AS image_rank_less
     FROM concept_keys(sid) k
-    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id;
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
+    LEFT JOIN (SELECT * FROM concept_self_peaks WHERE synset_id = sid) s
+        ON s.image_id = k.image_id AND s.synset_id = k.synset_id;
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
@@ -295,14 +307,17 @@ FROM ranked r
 JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
 JOIN images i ON i.image_id = r.image_id
 ORDER BY r.score DESC, r.map_score DESC, r.image_id;
+CREATE OR REPLACE MACRO inner_concepts() AS TABLE
+    SELECT DISTINCT ancestor_id AS synset_id FROM closure WHERE descendant_id <> ancestor_id;
 CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
 CREATE MACRO parents(concept) AS TABLE
     SELECT p.synset_id, p.name, p.definition, e.kind
     FROM synsets c JOIN isa_edges e ON e.child_id = c.synset_id JOIN synsets p ON p.synset_id = e.parent_id
     WHERE c.name = concept;
-CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
+CREATE VIEW concept_full_peaks AS SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows, p.work_peak_x, p.work_peak_y, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_sum) ELSE s.self_sum END AS self_sum, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_windows) ELSE s.self_windows END AS self_windows, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_x) ELSE s.work_self_peak_x END AS work_self_peak_x, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_y) ELSE s.work_self_peak_y END AS work_self_peak_y, p.image_max_rank_less, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.image_max_rank_less) ELSE s.image_rank_less END AS image_rank_less FROM (concept_peaks AS p LEFT JOIN concept_self_peaks AS s ON (((s.image_id = p.image_id) AND (s.synset_id = p.synset_id))));
+CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_full_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
 CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
-CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_peaks;
+CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_full_peaks;
 CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
 CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
 CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);

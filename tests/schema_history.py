@@ -23,6 +23,16 @@ _SEQUENCES = {"image_id_seq": ("images", "image_id"), "model_id_seq": ("models",
               "mutual_explanation_id_seq": ("mutual_explanations", "explanation_id")}
 
 
+def _source(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """What an older schema's `table` reads from the attached current file `src`: the table itself, or
+    for concept_peaks with the self terms before schema 016, its rows with them (concept_full_peaks)."""
+    if table == "concept_peaks" and con.execute(
+            "SELECT count(*) FROM duckdb_views() WHERE database_name = 'src' AND view_name = 'concept_full_peaks'"
+    ).fetchone()[0]:
+        return "src.concept_full_peaks"
+    return f"src.{table}"
+
+
 def apply_migrations_below(con: duckdb.DuckDBPyConnection, version: int) -> None:
     """Create schema_migrations and apply (and record) every shipped migration numbered below `version`."""
     con.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, "
@@ -52,7 +62,7 @@ def copy_into_schema_below(source: Path, target: Path, version: int) -> None:
                 "AND table_name = ? ORDER BY column_index", [table]).fetchall()]
             reads = ", ".join(f"{RENAMED_COLUMNS.get((table, c), c)} AS {c}" for c in cols)
             con.execute(f"DELETE FROM {table}")  # rows a migration seeded (concept_index_state, window_layout)
-            con.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {reads} FROM src.{table}")
+            con.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {reads} FROM {_source(con, table)}")
         sequences = {r[0] for r in con.execute(
             "SELECT sequence_name FROM duckdb_sequences() WHERE database_name = current_database()").fetchall()}
         for seq in sequences & set(_SEQUENCES):

@@ -44,6 +44,7 @@ from convis_db.store.arrow_io import fetch_arrow, insert_arrow
 from convis_db.store.image_store import (
     IMAGE_TABLES,
     concept_peaks_from_scores,
+    concept_peaks_inserts,
     embedding_storage,
     most_windows,
     next_image_ids,
@@ -392,7 +393,15 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
             mapped = mapped.set_column(mapped.schema.get_field_index("image_id"), "image_id",
                                        pa.array(lookup[mapped.column("image_id").to_numpy().astype(np.int64)],
                                                 pa.int32()))
-            insert_arrow(con, table, mapped)  # table from IMAGE_TABLES
+            if table == "concept_peaks":  # schema 016: the inner concepts' self terms in their own table
+                con.register("_converted_peaks", mapped)
+                try:
+                    for statement in concept_peaks_inserts("SELECT * FROM _converted_peaks"):
+                        con.execute(statement)
+                finally:
+                    con.unregister("_converted_peaks")
+            else:
+                insert_arrow(con, table, mapped)  # table from IMAGE_TABLES
             continue
         path = folder / f"{table}.parquet"
         if _stamp(path) != checked[table]:
@@ -408,6 +417,10 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
                 select.append(f'"{name}"')   # names checked against the database's table
         rows = f"SELECT {', '.join(select)} FROM read_parquet($path) WHERE list_extract($lookup, image_id) > 0"
         params = {"lookup": lookup[1:].tolist(), "path": str(path)}  # DuckDB lists count from 1
+        if table == "concept_peaks":  # split as schema 016 stores them (the hierarchy's inner concepts)
+            for statement in concept_peaks_inserts(rows):
+                con.execute(statement, params)
+            continue
         if table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
             con.execute(window_top_insert(rows), {**params, "n_synsets": synset_count(con)})
             continue

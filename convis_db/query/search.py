@@ -35,13 +35,22 @@ INDEXED_KEYS = """(SELECT synset_id, image_id,
            map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
            image_max_rank_less
     FROM concept_order WHERE synset_id = ?)"""
-#: concept_rows(sid) over INDEXED_KEYS (schema 013's macro, the same columns and expressions).
+#: concept_rows(sid) over INDEXED_KEYS (schema 016's macro, the same columns and expressions: a leaf's
+#: self terms are its map terms, an inner concept's come from concept_self_peaks, which DuckDB filters
+#: by the keys' synset id).
 INDEXED_ROWS = f"""(SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
-           p.self_sum::DOUBLE / (p.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS self_score,
-           p.work_self_peak_x, p.work_self_peak_y, k.image_max_rank_less,
-           CASE WHEN k.image_max_rank_less IS NULL THEN NULL ELSE p.image_rank_less END AS image_rank_less
+           CASE WHEN s.synset_id IS NULL
+                THEN p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+                ELSE s.self_sum::DOUBLE / (s.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+           END AS self_score,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_x ELSE s.work_self_peak_x END AS work_self_peak_x,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_y ELSE s.work_self_peak_y END AS work_self_peak_y,
+           k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL
+                WHEN s.synset_id IS NULL THEN p.image_max_rank_less ELSE s.image_rank_less END AS image_rank_less
     FROM {INDEXED_KEYS} k
-    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id)"""
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
+    LEFT JOIN concept_self_peaks s ON s.image_id = k.image_id AND s.synset_id = k.synset_id)"""
 
 
 def keys_source(con: duckdb.DuckDBPyConnection, only_self: bool = False) -> str:
@@ -82,7 +91,7 @@ class Ranking:
     `source` holds the concept's rows (keys_source): `concept_keys(sid)` (schema 013: the search keys
     only, concept_order's slim rows) unless only_self needs the self peak, `concept_rows(sid)`, or their
     concept_order-only forms when no image waits past the index's watermark. The peaks' pixels are
-    concept_peaks columns (`peak_x`, `peak_y`), read for the returned rows only."""
+    read for the returned rows only (`peak_x`, `peak_y`)."""
 
     sid: int
     by: str
@@ -90,8 +99,14 @@ class Ranking:
     score: str        # the `by` score
     map_score: str    # the map peak (of the synset alone with only_self)
     image_score: str  # the image-level score (NULL for images ingested without it)
-    peak_x: str       # the map peak's working pixel, a column of concept_peaks
-    peak_y: str
+    peak_x: str       # the map peak's working pixel: p.work_peak_x of concept_peaks, or with only_self
+    peak_y: str       # h.work_self_peak_x of the hits (concept_rows' self terms; schema 016 keeps a leaf's
+                      # in concept_peaks' map columns, an inner concept's in concept_self_peaks)
+
+    @property
+    def hit_columns(self) -> str:
+        """The source's columns a search keeps beside its keys: the self peak's pixels with only_self."""
+        return ", sc.work_self_peak_x, sc.work_self_peak_y" if self.peak_x.startswith("h.") else ""
 
     def order_by(self, image_id: str) -> str:
         """The ORDER BY of the ranking, the image id column named `image_id`."""
@@ -103,8 +118,8 @@ def ranking(con: duckdb.DuckDBPyConnection, concept: str, by: str | None = None,
     """The Ranking of `concept` by `by` (see choose_level); only_self: the synset alone."""
     by, _ = choose_level(con, by)
     sid = find_synset_name(con, concept)
-    mapped, px, py = (("sc.self_score", "work_self_peak_x", "work_self_peak_y") if only_self
-                      else ("sc.map_peak", "work_peak_x", "work_peak_y"))
+    mapped, px, py = (("sc.self_score", "h.work_self_peak_x", "h.work_self_peak_y") if only_self
+                      else ("sc.map_peak", "p.work_peak_x", "p.work_peak_y"))
     source = keys_source(con, only_self)
     level = "sc.image_rank_less" if only_self else "sc.image_max_rank_less"
     image_score = f"{level} / {synset_count(con)}::DOUBLE"
@@ -126,13 +141,14 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     rows = con.execute(
         f"""WITH hits AS (
                 SELECT sc.image_id, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score
+                       {r.hit_columns}
                 FROM {r.source} sc
                 WHERE {r.score} >= ?
                 ORDER BY {r.order_by("sc.image_id")}
                 LIMIT ?)
             SELECT i.image_id, i.path, h.score, h.map_score, h.image_score,
-                   {sql_original_point("p." + r.peak_x)} AS peak_x,
-                   {sql_original_point("p." + r.peak_y)} AS peak_y, i.width, i.height
+                   {sql_original_point(r.peak_x)} AS peak_x,
+                   {sql_original_point(r.peak_y)} AS peak_y, i.width, i.height
             FROM hits h JOIN concept_peaks p ON p.image_id = h.image_id AND p.synset_id = ?
             JOIN images i ON i.image_id = h.image_id
             ORDER BY h.score DESC, h.map_score DESC, h.image_id""",  # expressions from Ranking's fixed choices

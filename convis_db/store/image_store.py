@@ -265,8 +265,32 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
             continue
         if name == "window_concepts":
             insert_window_top(con, tables[name])
+        elif name == "concept_peaks":
+            con.register("_concept_peaks", tables[name])
+            try:
+                for statement in concept_peaks_inserts("SELECT * FROM _concept_peaks"):
+                    con.execute(statement)
+            finally:
+                con.unregister("_concept_peaks")
         else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
+
+
+#: The self terms of concept_peaks rows (as image_tables and shards hold them), which schema 016 stores in
+#: concept_self_peaks for the concepts with descendants only (a leaf's equal its map terms).
+SELF_COLUMNS = ("self_sum", "self_windows", "work_self_peak_x", "work_self_peak_y", "image_rank_less")
+
+
+def concept_peaks_inserts(source: str) -> tuple[str, str]:
+    """The statements that store concept_peaks rows with their self terms (selected by the SQL `source`,
+    run by each; bind its parameters to both): the map terms of every row into concept_peaks, the self
+    terms of the inner concepts' rows (macro inner_concepts, schema 016) into concept_self_peaks. Columns
+    go by name, so rows without the image-level counts leave them NULL. Used by write_image and the
+    shard merge."""
+    own = ", ".join(f"'{c}'" for c in SELF_COLUMNS)  # fixed names above
+    return (f"INSERT INTO concept_peaks BY NAME SELECT COLUMNS(lambda c: c NOT IN ({own})) FROM ({source})",
+            f"INSERT INTO concept_self_peaks BY NAME SELECT COLUMNS(lambda c: c IN ('image_id', 'synset_id', {own})) "
+            f"FROM ({source}) WHERE synset_id IN (SELECT synset_id FROM inner_concepts())")
 
 
 def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> None:
@@ -375,9 +399,12 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
         con.register("_level", rows)
         try:
             con.execute(
-                """UPDATE concept_peaks SET image_max_rank_less = l.image_max_rank_less,
-                                            image_rank_less = l.image_rank_less
+                """UPDATE concept_peaks SET image_max_rank_less = l.image_max_rank_less
                    FROM _level l WHERE concept_peaks.image_id = ? AND concept_peaks.synset_id = l.synset_id""",
+                [image_id])
+            con.execute(  # schema 016: the inner concepts' own counts (a leaf's is its map count)
+                """UPDATE concept_self_peaks SET image_rank_less = l.image_rank_less
+                   FROM _level l WHERE concept_self_peaks.image_id = ? AND concept_self_peaks.synset_id = l.synset_id""",
                 [image_id])
         finally:
             con.unregister("_level")

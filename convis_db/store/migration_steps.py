@@ -80,5 +80,27 @@ def concept_peaks_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress:
                 log.info("schema 013: %d of %d %s of %s rewritten", start + len(batch), len(keys), unit, table)
 
 
+def self_peaks_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
+    """Schema 016: the inner concepts' self terms from concept_peaks into concept_self_peaks,
+    BATCH_IMAGES images per statement (in image order), with a bar counting images. The statements are
+    016's own (its leaf check first, then its INSERT limited to each batch)."""
+    con.execute(statement(sql, "CREATE OR REPLACE MACRO inner_concepts"))
+    con.execute(statement(sql, "CREATE TABLE IF NOT EXISTS concept_self_peaks"))
+    con.execute(statement(sql, "SELECT error("))
+    insert = statement(sql, "INSERT INTO concept_self_peaks")
+    where = "AND image_id > (SELECT coalesce(max(image_id), -2147483648) FROM concept_self_peaks)"
+    if where not in insert:
+        raise RuntimeError("schema 016's INSERT INTO concept_self_peaks changed; update self_peaks_in_batches")
+    ids = [r[0] for r in con.execute("SELECT DISTINCT image_id FROM images ORDER BY image_id").fetchall()]
+    with progress("Upgrading: self peaks of concepts with descendants only (schema 016)", len(ids), "images") as tick:
+        done = -(2**31)  # batches cover every id up to the last image's: rows of no image move as well
+        for start in range(0, len(ids), BATCH_IMAGES):
+            batch = ids[start:start + BATCH_IMAGES]
+            con.execute(insert.replace(where, "AND image_id > ? AND image_id <= ?"), [done, batch[-1]])
+            done = batch[-1]
+            tick(len(batch))
+            log.info("schema 016: %d of %d images' self peaks moved", start + len(batch), len(ids))
+
+
 #: version -> step(con, the version's SQL, progress)
-STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches}
+STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches, 16: self_peaks_in_batches}

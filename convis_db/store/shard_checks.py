@@ -114,6 +114,11 @@ class Expected:
             "AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()}
         for table, column, dtype, nullable in rows:
             columns[table][column] = (dtype, nullable == "NO" or table in views)
+        if "concept_peaks" in tables:  # schema 016 keeps the rows' self terms in concept_self_peaks
+            for column, dtype, nullable in con.execute(
+                    "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+                    "WHERE table_schema = 'main' AND table_name = 'concept_self_peaks'").fetchall():
+                columns["concept_peaks"].setdefault(column, (dtype, nullable == "NO"))
         dim = con.execute("SELECT embed_dim FROM models WHERE model_id = ?", [model_id]).fetchone()
         return cls(columns, n_synsets, int(dim[0]) if dim and dim[0] else None, storage)
 
