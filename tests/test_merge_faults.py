@@ -463,3 +463,16 @@ def test_images_already_stored_are_skipped_and_the_rest_merged_whole(written, ti
                              "ORDER BY ALL") for t in ("windows", "image_scores", "window_concepts", "image_embeddings")}
     assert by_path(alone) == by_path(both)
     assert query(both, "SELECT count(*) FROM concept_index")[0][0] == query(alone, "SELECT count(*) FROM concept_index")[0][0]
+
+
+def test_a_leaf_whose_self_terms_differ_from_its_map_terms_is_refused(case, run_cli):
+    """Schema 016 stores a leaf's map terms only (the engine gives it equal self terms); a shard row that
+    says otherwise would lose its self terms, so the merge refuses it, naming the file, and stores nothing."""
+    db, shards, folder = case
+    leaves = {r[0] for r in query(db, "SELECT synset_id FROM synsets WHERE synset_id NOT IN "
+                                      "(SELECT synset_id FROM inner_concepts())")}
+    t = pq.read_table(folder / "concept_peaks.parquet")
+    synsets, sums = t.column("synset_id").to_numpy(), t.column("self_sum").to_numpy()
+    row = next(i for i in range(t.num_rows) if synsets[i] in leaves and sums[i] > 0)
+    rewrite(folder, "concept_peaks", set_at("self_sum", row, int(sums[row]) - 1))
+    refused(run_cli, db, shards, "concept_peaks.parquet", "no descendants", "self terms")

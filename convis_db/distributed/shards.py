@@ -396,6 +396,7 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
             if table == "concept_peaks":  # schema 016: the inner concepts' self terms in their own table
                 con.register("_converted_peaks", mapped)
                 try:
+                    _refuse_leaf_self_terms(con, "SELECT * FROM _converted_peaks", {}, folder / "image_scores.parquet")
                     for statement in concept_peaks_inserts("SELECT * FROM _converted_peaks"):
                         con.execute(statement)
                 finally:
@@ -418,6 +419,7 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
         rows = f"SELECT {', '.join(select)} FROM read_parquet($path) WHERE list_extract($lookup, image_id) > 0"
         params = {"lookup": lookup[1:].tolist(), "path": str(path)}  # DuckDB lists count from 1
         if table == "concept_peaks":  # split as schema 016 stores them (the hierarchy's inner concepts)
+            _refuse_leaf_self_terms(con, rows, params, path)
             for statement in concept_peaks_inserts(rows):
                 con.execute(statement, params)
             continue
@@ -426,6 +428,30 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
             continue
         con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
                     {**params, **({"model_id": model_id} if table == "images" else {})})
+
+
+#: A leaf's self terms against its map terms: schema 016 keeps only the map terms of a leaf (the same
+#: array gives both), so a shard row where they differ would lose its self terms in the merge.
+_LEAF_PAIRS = (("self_sum", "map_sum"), ("self_windows", "map_windows"), ("work_self_peak_x", "work_peak_x"),
+               ("work_self_peak_y", "work_peak_y"), ("image_rank_less", "image_max_rank_less"))
+
+
+def _refuse_leaf_self_terms(con: duckdb.DuckDBPyConnection, rows: str, params: dict, path: Path) -> None:
+    """Refuse a shard whose concept_peaks rows give a leaf of T self terms other than its map terms (the
+    engine cannot write such a row: tests/test_leaf_self_peaks.py): storing it as schema 016 does would
+    silently drop them. Columns the shard lacks (older formats' image-level counts) are not compared."""
+    names = {d[0] for d in con.execute(f"SELECT * FROM ({rows}) LIMIT 0", params).description}
+    pairs = [(a, b) for a, b in _LEAF_PAIRS if a in names and b in names]
+    if not pairs:
+        return
+    differs = " OR ".join(f'"{a}" IS DISTINCT FROM "{b}"' for a, b in pairs)  # fixed names above
+    bad = con.execute(f"""SELECT image_id, synset_id FROM ({rows})
+                          WHERE synset_id NOT IN (SELECT synset_id FROM inner_concepts()) AND ({differs})
+                          LIMIT 1""", params).fetchone()
+    if bad is not None:
+        raise ShardError(f"{path}: concept {bad[1]} of image {bad[0]} has no descendants in T, yet its self terms "
+                         "differ from its map terms (a writer other than convis-db's engine?); re-run the "
+                         "shard's ingest with `convis-db ingest --engine ray`.")
 
 
 def _stamp(path: Path) -> str:
