@@ -21,7 +21,7 @@ import duckdb
 from convis_db.errors import DatabaseError, DatabaseLockedError, flags_as_arguments
 from convis_db.progress import Progress, no_progress
 from convis_db.store.hierarchy_store import synset_count
-from convis_db.store.migrations import check_not_newer, migrate, pending_versions
+from convis_db.store.migrations import check_not_newer, has_table, migrate, pending_versions
 
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
         _no_progress_bar(con)
         if write:
             migrate(con, str(path), progress)
-            if con.execute("SELECT embeddings FROM storage_settings").fetchone() == ("float16",):
+            if _stores_float16(con):
                 skip_dict_fsst(con)
         else:
             check_not_newer(con, str(path))
@@ -240,6 +240,13 @@ def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
 #: 122 MB either way). Only for databases that store float16 embeddings: with `none` or `float32` the
 #: all-NULL embedding_f16 column written uncompressed made the file 1.8 % larger (613 -> 624 KB per image).
 SKIPPED_COMPRESSION = "dict_fsst"
+
+
+def _stores_float16(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the database stores float16 window embeddings: False for a file held at a schema before
+    storage_settings (migration 009), as a test of an older schema's upgrade builds one."""
+    return (has_table(con, "storage_settings")
+            and con.execute("SELECT embeddings FROM storage_settings").fetchone() == ("float16",))
 
 
 def skip_dict_fsst(con: duckdb.DuckDBPyConnection) -> None:
