@@ -5,7 +5,8 @@ No model runs. A database is made with the WordNet hierarchy (physical-objects) 
 image_store.image_tables builds out of generated explanations at the paper's settings (640 x 480
 photos, 1,739 windows, top-100, |T| synsets), so they hold exactly the tables and types an
 `ingest --engine ray` writes, with random values. Then, in one run, into fresh copies of the
-database: `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
+database: `per-shard` is today's merge committing each shard on its own (as before the merge's groups
+of GROUP_WINDOWS windows), `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
 pyarrow reads, numpy remaps, Arrow inserts, no checks; the shards being format 4 now, it inserts
 their window_top rows as they are, where it regrouped window_concepts then) and `now` is `convis_db`'s
 merge_folder (every table checked, then inserted). For format 3 against format 4, run this script on
@@ -82,8 +83,25 @@ def make_database(path: Path, storage: str) -> int:
     return int(n)
 
 
-def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: int = 512) -> ImageExplanation:
-    """Random values in the shapes and ranges of a 640 x 480 photo's explanation."""
+def leaf_mask(path: Path) -> np.ndarray:
+    """(|T|,) bool: the synsets of T with no descendant but themselves, by synset id (0-based, as the
+    engine's rows). The engine's self terms of a leaf equal its map terms, and the merge refuses a
+    shard where they differ (schema 016 stores a leaf's map terms only)."""
+    con = connect(path)
+    try:
+        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        inner = [r[0] for r in con.execute("SELECT synset_id FROM inner_concepts()").fetchall()]
+    finally:
+        con.close()
+    mask = np.ones(n, dtype=bool)
+    mask[np.asarray(inner, dtype=np.int64)] = False
+    return mask
+
+
+def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, leaves: np.ndarray,
+                dim: int = 512) -> ImageExplanation:
+    """Random values in the shapes and ranges of a 640 x 480 photo's explanation; a leaf's self terms
+    are its map terms, as the engine writes them."""
     w, h = working_size(640, 480, settings.max_pixels)
     grid = WindowGrid(h, w, settings.stride, settings.small, settings.large, settings.layout)
     nw, k = grid.n_windows, min(settings.top_k, n_syn)
@@ -97,16 +115,23 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: i
                      rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
 
     rank = rng.integers(0, n_syn, n_syn).astype(np.int32)
-    level = ImageLevel(emb[0].copy(), rank, np.maximum(rank, rng.integers(0, n_syn, n_syn).astype(np.int32)))
+    level = ImageLevel(emb[0].copy(), rank,
+                       np.where(leaves, rank, np.maximum(rank, rng.integers(0, n_syn, n_syn).astype(np.int32))))
+    scores, inner = peaks(), peaks()
+    self_scores = Peaks(*(np.where(leaves, a, b) for a, b in
+                          ((scores.score, inner.score), (scores.x, inner.x), (scores.y, inner.y),
+                           (scores.sum, inner.sum), (scores.windows, inner.windows))))
     return ImageExplanation(
-        grid=grid, width=640, height=480, embeddings=emb, boxes=grid.boxes(), scores=peaks(), self_scores=peaks(),
+        grid=grid, width=640, height=480, embeddings=emb, boxes=grid.boxes(), scores=scores, self_scores=self_scores,
         top_ids=rng.integers(0, n_syn, (nw, k)).astype(np.int32),
         top_rank_less=np.broadcast_to(np.arange(n_syn - 1, n_syn - 1 - k, -1, dtype=np.int32), (nw, k)).copy(),
         n_synsets=n_syn, image_level=level)
 
 
-def write_shards(shards: Path, n_images: int, shard_size: int, settings: Settings, n_syn: int, storage: str) -> None:
+def write_shards(shards: Path, n_images: int, shard_size: int, settings: Settings, leaves: np.ndarray,
+                 storage: str) -> None:
     rng = np.random.default_rng(0)
+    n_syn = len(leaves)
     files = [f"/generated/photo_{i:07d}.jpg" for i in range(n_images)]
     manifest = {"model": {"name": "generated", "pretrained": "/generated/weights.pt", "weights_sha256": WEIGHTS},
                 "settings": settings.as_dict(), "embeddings": storage, "n_synsets": n_syn, "batch_size": 128}
@@ -114,7 +139,7 @@ def write_shards(shards: Path, n_images: int, shard_size: int, settings: Setting
         content = ShardContent(name, chunk)
         for i, path in enumerate(chunk):
             sha = f"{rng.integers(0, 2**63):016x}".rjust(64, "0")
-            content.add_image(path, image_tables(explanation(rng, settings, n_syn), sha, path, 0, settings, i + 1,
+            content.add_image(path, image_tables(explanation(rng, settings, n_syn, leaves), sha, path, 0, settings, i + 1,
                                                  storage, "fp32"))
         write_shard(shards, content, manifest)
 
@@ -166,6 +191,18 @@ def merge_now(con, shards: Path) -> int:
     return sum(r.images for r in merge_folder(con, shards))
 
 
+def merge_per_shard(con, shards: Path) -> int:
+    """Today's merge with one transaction per shard (as before issue 24's groups): GROUP_WINDOWS = 1."""
+    from convis_db.distributed import shards as shards_module
+
+    grouped = shards_module.GROUP_WINDOWS
+    shards_module.GROUP_WINDOWS = 1
+    try:
+        return merge_now(con, shards)
+    finally:
+        shards_module.GROUP_WINDOWS = grouped
+
+
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system   # this process, DuckDB's threads included
@@ -198,7 +235,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="DuckDB threads (default: DuckDB's, the core count).")
     ap.add_argument("--file-settings", type=parse_file_settings, metavar="BLOCK:ROWS,...",
                     help="today's merge into files of each block and row group size, side by side (not before/now)")
+    ap.add_argument("--group-windows", type=int, help="windows per merge transaction for `now` "
+                    "(default: shards.GROUP_WINDOWS, one row group)")
     args = ap.parse_args()
+    if args.group_windows:
+        from convis_db.distributed import shards as shards_module
+
+        shards_module.GROUP_WINDOWS = args.group_windows
     header(f"merge {args.images} images in shards of {args.shard_size}, embeddings {args.embeddings}")
     work = args.work or Path(tempfile.mkdtemp(prefix="convis-bench-merge-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -211,7 +254,7 @@ def main() -> None:
         from convis_db.store import db as store_db
 
         kinds = {name: (fn, store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE)
-                 for name, fn in (("before", merge_before), ("now", merge_now))}
+                 for name, fn in (("before", merge_before), ("per-shard", merge_per_shard), ("now", merge_now))}
     fresh = {}
     for _, block, rows in kinds.values():  # one initialised file per block size
         fresh[block] = work / f"fresh-{block}.duckdb"
@@ -223,7 +266,8 @@ def main() -> None:
                 n_syn = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
                 con.close()
     if not shards.exists():
-        write_shards(shards, args.images, args.shard_size, settings, n_syn, args.embeddings)
+        write_shards(shards, args.images, args.shard_size, settings, leaf_mask(next(iter(fresh.values()))),
+                     args.embeddings)
     parquet = sum(p.stat().st_size for p in shards.rglob("*.parquet"))
     print(f"setup {time.perf_counter() - t0:.1f} s: |T| = {n_syn}, {parquet / args.images / 1e6:.2f} MB of Parquet "
           f"per image", flush=True)

@@ -607,8 +607,8 @@ class Database:
 
     def merge(self, shards_dir: str | Path, *, progress: ProgressArg = False) -> list:
         """Merge the Parquet shards an `ingest_distributed` (or `ingest --engine ray`) wrote into this
-        database, one transaction per shard; shards merged before are skipped. Returns one ShardMerge
-        per shard.
+        database, each shard checked whole, in groups of shards written in one transaction each
+        (shards.merge_shards); shards merged before are skipped. Returns one ShardMerge per shard.
 
         Example:
             >>> [m.status for m in db.merge("/shared/convis-shards")]   # doctest: +SKIP

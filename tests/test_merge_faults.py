@@ -271,7 +271,8 @@ def test_a_column_the_table_does_not_have_is_refused(case, run_cli):
 
 
 def test_a_damaged_shard_stops_the_merge_and_keeps_earlier_shards(written, tiny_db, tmp_path, run_cli):
-    """Shards before the damaged one stay merged (one transaction each); the damaged one adds nothing."""
+    """Shards before the damaged one stay merged (their group is committed first); the damaged one adds
+    nothing."""
     shards = tmp_path / "shards"
     (src,) = finished_shards(written).values()
     shutil.copytree(src, shards / src.name)

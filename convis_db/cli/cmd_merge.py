@@ -15,8 +15,9 @@ from convis_db.cli.output import Result, emit
 def command(app: App, shards_dir: str, as_json: bool) -> None:
     """Merge the Parquet shards an `ingest --engine ray` wrote (here or on a cluster) into the database.
 
-    One transaction per shard; shards merged before and images already stored (same content) are
-    skipped, so running it again changes nothing. Unfinished shards are left alone.
+    Each shard is checked whole before it is stored; shards are written in groups of about a million
+    windows, one transaction per group. Shards merged before and images already stored (same content)
+    are skipped, so running it again changes nothing. Unfinished shards are left alone.
 
     \b
     Example:

@@ -35,8 +35,9 @@ from convis_db.profile import SettingsRequest
 from convis_db.progress import Progress, no_progress
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.image_store import failed_paths
-from convis_db.distributed.shards import (ShardMerge, finished_shards, merge_shard, merged_shard_names, plan_shards,
-                                    read_manifest, remove_unfinished)
+from convis_db.distributed.shards import (GROUP_WINDOWS, ShardMerge, finished_shards, merge_shards,
+                                          merged_shard_names, plan_shards, read_manifest, remove_unfinished,
+                                          shard_windows)
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,16 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
         pending = [n for n, _ in plan if n not in merged_before]
         merges: list[ShardMerge] = []
 
-        def merge_ready() -> None:
-            while merge and pending and pending[0] in done:
-                merges.append(merge_shard(con, shards_dir / pending.pop(0)))
+        def merge_ready(last: bool = False) -> None:
+            """Merge the finished shards at the head of the plan once they hold a merge group's windows
+            (shards.GROUP_WINDOWS: each group is written once, straight into the file), and the rest
+            when the job ends (`last`)."""
+            ready: list[str] = []
+            while merge and len(ready) < len(pending) and pending[len(ready)] in done:
+                ready.append(pending[len(ready)])
+            if ready and (last or sum(shard_windows(shards_dir / n) for n in ready) >= GROUP_WINDOWS):
+                del pending[:len(ready)]
+                merges.extend(merge_shards(con, [shards_dir / n for n in ready]))
 
         with progress("Ingesting shards", len(todo) + report.shards_reused, "shard") as tick:
             tick(report.shards_reused)  # finished before this run: merged (below) without explaining
@@ -216,7 +224,7 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
                         tick(1)
                         if on_shard is not None:
                             on_shard(dict(row))
-                merge_ready()
+                merge_ready(last=True)
             except KeyboardInterrupt:
                 report.interrupted = True
             except ConvisError:
@@ -224,6 +232,7 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
             except Exception as exc:  # a worker failed (Ray wraps its error): say so in one line, keep the work
                 if not type(exc).__module__.startswith("ray"):
                     raise
+                merge_ready(last=True)  # what finished is kept, and merged as promised below
                 raise RayIngestError(
                     f"a Ray worker failed: {_root_message(exc)}. Shards finished so far are kept"
                     f"{' and merged' if merge else ''}; fix the cause and run the same command again.") from exc

@@ -12,9 +12,12 @@ where it is not (an object store mounted as a filesystem), the manifest written 
 completion.
 
 DuckDB has one writer, so shards are merged by one process (`convis-db merge`, or the ingest that
-wrote them), one transaction per shard: images already stored (by content hash) are skipped, new
-ones get the database's next image ids, and the shard's name is recorded in merged_shards, so merging
-again changes nothing.
+wrote them): each shard is checked whole, then stored; images already stored (by content hash) are
+skipped, new ones get the database's next image ids, and the shard's name is recorded in merged_shards
+with its rows, so merging again changes nothing. Shards are stored in groups, one transaction per group
+of about a row group of windows (merge_shards): a transaction that writes a full row group of a table
+has DuckDB write it straight into the file, where smaller ones go through the WAL and are written
+again at the checkpoint, leaving free blocks behind (docs/scale.md, "Merge in groups").
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +42,7 @@ from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError, DatabaseError
 from convis_db.progress import Progress, no_progress
 from convis_db.store import shard_checks as sc
+from convis_db.store.db import ROW_GROUP_SIZE
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow
 from convis_db.store.image_store import (
@@ -55,7 +59,7 @@ from convis_db.store.image_store import (
 )
 from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.shard_checks import FIX, ShardError, check_manifest
-from convis_db.store.transaction import transaction
+from convis_db.store.transaction import rollback_quietly, transaction
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,15 @@ OLD_SHARD_TABLES = {"image_scores": "concept_peaks"}
 COMPACT_SHARD_TABLES = {"window_top": "window_concepts"}
 MANIFEST = "manifest.json"
 FAILURES = "failures"
+#: Windows stored per merge transaction (merge_shards) before it commits: four row groups of the windows
+#: and window_top tables (every other image table has at least as many rows per image; about 2,400
+#: images at the paper's settings), so a group's rows reach DuckDB's optimistic writes, written once
+#: into the file rather than into the WAL and again at the checkpoint, and the part of a group that
+#: fills no row group (its last rows) is small. Measured (docs/benchmarks.md, "Merge in groups", 1,280
+#: images in shards of 64): 1.8-2.0 x less CPU than one transaction per shard, and no free blocks left
+#: (one row group per transaction left 161 KB per image of them). The price: a shard that fails while
+#: being written rolls back the shards of its group (they stay on disk; the next merge writes them).
+GROUP_WINDOWS = 4 * ROW_GROUP_SIZE
 _SHARD_NAME = re.compile(r"^shard-\d{5,}-[0-9a-f]{12}$")
 
 
@@ -459,10 +472,21 @@ def _stamp(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
-def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
-    """Merge one finished shard in one transaction, after checking all of it; a shard merged before is
-    left alone. A damaged shard is refused with a ShardError and nothing of it is stored."""
-    folder = Path(folder)
+@dataclass
+class _CheckedShard:
+    """A shard read and checked whole (read_shard), ready to be stored."""
+    name: str
+    folder: Path
+    manifest: dict
+    model_id: int
+    tables: dict[str, pa.Table]
+    failures: list[dict]
+    stamps: dict[str, str]
+
+
+def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> _CheckedShard | ShardMerge:
+    """The shard checked whole, or its ShardMerge("already-merged"); writes nothing. Raises a ShardError
+    naming the file and the fix."""
     name = checked_name(folder)
     if name in merged_shard_names(con):
         return ShardMerge(name, "already-merged")
@@ -472,38 +496,128 @@ def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerg
                          "folder name its job gave it. Rename the folder back, or write the shard again.")
     model_id, profile = _check_compatible(con, folder, manifest)
     tables, failures_table, stamps = read_shard(con, folder, manifest, model_id, profile.n_synsets)
-    failures = failures_table.to_pylist()
-    result = ShardMerge(name, "merged", failed=len(failures))
-    with transaction(con):  # a Ctrl-C too: never left open
-        images = tables.get("images")
-        local_ids = images.column("image_id").to_numpy() if images is not None else np.zeros(0, np.int64)
-        shas = images.column("sha256").to_pylist() if images is not None else []
-        paths = images.column("path").to_pylist() if images is not None else []
-        stored = dict(con.execute("SELECT sha256, image_id FROM images WHERE sha256 IN (SELECT unnest(?))",
-                                  [shas]).fetchall()) if shas else {}
-        keep = np.array([sha not in stored for sha in shas], dtype=bool)
-        new_ids = next_image_ids(con, int(keep.sum()))
-        lookup = np.zeros(len(local_ids) + 1, np.int64)   # local id (1..n, checked) -> new id; 0: not added
-        lookup[local_ids[keep]] = new_ids
-        for path, sha, kept in zip(paths, shas, keep):
-            if not kept:
-                result.duplicates[path] = int(stored[sha])
-        result.image_ids = {p: int(i) for p, i in zip(np.array(paths, dtype=object)[keep], new_ids)}
-        n_windows = images.column("n_windows").to_pylist() if images is not None else []
-        result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
-        if len(new_ids):
-            converted = {"concept_peaks": tables["concept_peaks"]} if "image_scores" in manifest["rows"] else None
-            _insert_from_parquet(con, folder, stamps, lookup, model_id, converted)
-        if result.image_ids:
-            con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
-        for f in failures:
-            record_failure(con, f["path"], f["sha256"], f["error"])
-        result.images, result.skipped = len(new_ids), int((~keep).sum())
-        con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
-                    [name, result.images, result.skipped])
-    log.info("merged %s: %d images added, %d already stored, %d failures recorded", name, result.images,
-             result.skipped, result.failed)
+    return _CheckedShard(name, folder, manifest, model_id, tables, failures_table.to_pylist(), stamps)
+
+
+def _store_shard(con: duckdb.DuckDBPyConnection, shard: _CheckedShard) -> ShardMerge:
+    """Store a checked shard inside the caller's transaction: its new images under the database's next
+    ids, its failures, and its name in merged_shards."""
+    result = ShardMerge(shard.name, "merged", failed=len(shard.failures))
+    images = shard.tables.get("images")
+    local_ids = images.column("image_id").to_numpy() if images is not None else np.zeros(0, np.int64)
+    shas = images.column("sha256").to_pylist() if images is not None else []
+    paths = images.column("path").to_pylist() if images is not None else []
+    stored = dict(con.execute("SELECT sha256, image_id FROM images WHERE sha256 IN (SELECT unnest(?))",
+                              [shas]).fetchall()) if shas else {}
+    keep = np.array([sha not in stored for sha in shas], dtype=bool)
+    new_ids = next_image_ids(con, int(keep.sum()))
+    lookup = np.zeros(len(local_ids) + 1, np.int64)   # local id (1..n, checked) -> new id; 0: not added
+    lookup[local_ids[keep]] = new_ids
+    for path, sha, kept in zip(paths, shas, keep):
+        if not kept:
+            result.duplicates[path] = int(stored[sha])
+    result.image_ids = {p: int(i) for p, i in zip(np.array(paths, dtype=object)[keep], new_ids)}
+    n_windows = images.column("n_windows").to_pylist() if images is not None else []
+    result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
+    if len(new_ids):
+        converted = ({"concept_peaks": shard.tables["concept_peaks"]} if "image_scores" in shard.manifest["rows"]
+                     else None)
+        _insert_from_parquet(con, shard.folder, shard.stamps, lookup, shard.model_id, converted)
+    if result.image_ids:
+        con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
+    for f in shard.failures:
+        record_failure(con, f["path"], f["sha256"], f["error"])
+    result.images, result.skipped = len(new_ids), int((~keep).sum())
+    con.execute("INSERT INTO merged_shards (shard, images, skipped) VALUES (?, ?, ?)",
+                [shard.name, result.images, result.skipped])
     return result
+
+
+def _log_merged(result: ShardMerge) -> None:
+    log.info("merged %s: %d images added, %d already stored, %d failures recorded", result.shard, result.images,
+             result.skipped, result.failed)
+
+
+def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
+    """Merge one finished shard in its own transaction, after checking all of it; a shard merged before
+    is left alone. A damaged shard is refused with a ShardError and nothing of it is stored."""
+    checked = _check_shard(con, Path(folder))
+    if isinstance(checked, ShardMerge):
+        return checked
+    with transaction(con):  # a Ctrl-C too: never left open
+        result = _store_shard(con, checked)
+    _log_merged(result)
+    return result
+
+
+def shard_windows(folder: str | Path) -> int:
+    """The windows a finished shard holds, from its manifest (0 if it cannot be read: the merge's own
+    checks then name the problem)."""
+    try:
+        return int(read_manifest(folder)["rows"].get("windows", 0))
+    except (ConvisError, KeyError, TypeError, ValueError):
+        return 0
+
+
+def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
+                 tick: Callable[[int], object] = lambda n: None) -> list[ShardMerge]:
+    """Merge finished shards in order, each checked whole before it is stored, in groups: one
+    transaction holds shards until they have stored GROUP_WINDOWS windows (then it commits), so
+    DuckDB writes the rows into the file once (see GROUP_WINDOWS). Shards merged before are left alone.
+
+    A shard that fails its checks stores nothing: the shards before it in its group are committed,
+    then the ShardError is raised (as one transaction per shard would leave them). One that fails
+    while being stored (changed on disk since its check, the disk full, Ctrl-C) rolls back its whole
+    group: those shards stay on disk, unrecorded, and the next merge stores them. Only one shard's
+    tables are held in memory at a time. `tick(1)` is called as each shard is stored or skipped."""
+    results: list[ShardMerge] = []
+    group: list[ShardMerge] = []
+    windows = 0
+
+    def commit() -> None:
+        nonlocal windows
+        if group:
+            con.execute("COMMIT")
+            for r in group:
+                _log_merged(r)
+            results.extend(group)
+            group.clear()
+        windows = 0
+
+    for folder in folders:
+        try:
+            checked = _check_shard(con, Path(folder))
+        except BaseException:
+            if group:  # the group so far is whole: keep it
+                try:
+                    commit()
+                except duckdb.Error:
+                    rollback_quietly(con)
+                    group.clear()
+            raise
+        if isinstance(checked, ShardMerge):
+            results.append(checked)
+            tick(1)
+            continue
+        if not group:
+            con.execute("BEGIN TRANSACTION")
+        try:
+            group.append(_store_shard(con, checked))
+        except BaseException:
+            rollback_quietly(con)
+            rolled_back = [r.shard for r in group]
+            group.clear()
+            if rolled_back:
+                log.warning("rolled back with %s: %s (stored again by the next merge)", checked.name,
+                            ", ".join(rolled_back))
+            raise
+        del checked  # one shard's tables in memory at a time
+        tick(1)
+        windows += sum(group[-1].windows.values())
+        if windows >= GROUP_WINDOWS:
+            commit()
+    commit()
+    return results
 
 
 def merge_folder(con: duckdb.DuckDBPyConnection, shards_dir: str | Path,
@@ -532,11 +646,8 @@ def merge_folder(con: duckdb.DuckDBPyConnection, shards_dir: str | Path,
                 f"{', ...' if len(unfinished) > 3 else ''}: no manifest.json)" if unfinished else "no shards")
         raise ShardError(f"{root} holds {what}; pass the folder an `ingest --engine ray --shards DIR` wrote its "
                          "finished shard-NNNNN-HASH folders into, or run that ingest again to finish them.")
-    results = []
     with progress("Merging shards", len(finished), "shard") as tick:
-        for folder in finished:
-            results.append(merge_shard(con, folder))
-            tick(1)
+        results = merge_shards(con, finished, tick)
     for p in unfinished:
         log.warning("%s has no manifest: unfinished, left for its job to finish", p)
         results.append(ShardMerge(p.name, "unfinished"))
