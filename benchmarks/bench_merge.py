@@ -96,10 +96,13 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, dim: i
         return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)), rng.integers(0, w, n_syn).astype(np.int32),
                      rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
 
+    # A leaf's self terms are its map terms, as the engine writes them (the merge refuses others since
+    # schema 016): the self peaks and the two image-level counts are given the map ones.
     rank = rng.integers(0, n_syn, n_syn).astype(np.int32)
-    level = ImageLevel(emb[0].copy(), rank, np.maximum(rank, rng.integers(0, n_syn, n_syn).astype(np.int32)))
+    level = ImageLevel(emb[0].copy(), rank, rank.copy())
+    scores = peaks()
     return ImageExplanation(
-        grid=grid, width=640, height=480, embeddings=emb, boxes=grid.boxes(), scores=peaks(), self_scores=peaks(),
+        grid=grid, width=640, height=480, embeddings=emb, boxes=grid.boxes(), scores=scores, self_scores=scores,
         top_ids=rng.integers(0, n_syn, (nw, k)).astype(np.int32),
         top_rank_less=np.broadcast_to(np.arange(n_syn - 1, n_syn - 1 - k, -1, dtype=np.int32), (nw, k)).copy(),
         n_synsets=n_syn, image_level=level)

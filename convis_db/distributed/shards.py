@@ -442,21 +442,28 @@ def _insert_split_windows(con: duckdb.DuckDBPyConnection, path: Path, lookup: np
     """A shard's windows rows that hold float16 embeddings (one BLOB of whole halves: shards keep that
     format, shard_checks checks it) stored with the halves split into high and low bytes as schema 017
     keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images not
-    added left out, in Arrow batches of SPLIT_BATCH_ROWS. numpy splits a batch's bytes in two strided
-    copies; DuckDB's SQL (hex, regexp_replace, unhex, as schema 017 does run alone) took 8x longer
-    (docs/benchmarks.md "Split halves")."""
+    added left out. numpy splits each Arrow batch of SPLIT_BATCH_ROWS in two strided copies while DuckDB
+    reads the batches in one INSERT (memory: one batch, not the shard). DuckDB's SQL for the split (hex,
+    regexp_replace, unhex, as schema 017 does run alone) took 8x longer, and numpy called from SQL as an
+    Arrow function in the INSERT from read_parquet was slower and wrote the same file (docs/benchmarks.md
+    "Split halves")."""
     parquet = pq.ParquetFile(path)
-    try:
+
+    def batches():
         for batch in parquet.iter_batches(batch_size=SPLIT_BATCH_ROWS):
             rows = pa.Table.from_batches([batch])
             new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
             keep = new_ids > 0
-            if not keep.any():
-                continue
-            rows = rows.filter(pa.array(keep))
-            rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
-                                   pa.array(new_ids[keep], pa.int32()))
-            insert_arrow(con, "windows", split_windows(rows))
+            if keep.any():
+                rows = rows.filter(pa.array(keep))
+                rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
+                                       pa.array(new_ids[keep], pa.int32()))
+                yield from split_windows(rows).cast(schema).to_batches()
+
+    split = split_windows(parquet.schema_arrow.empty_table()).schema.remove_metadata()
+    schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
+    try:
+        insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
     finally:
         parquet.close()
 
