@@ -138,7 +138,7 @@ def test_merged_halves_read_back_bit_for_bit(tiny_db, tmp_path, monkeypatch):
     windows = pq.read_table(folder / "windows.parquet")
     assert "embedding_f16" in windows.column_names   # shards keep one BLOB of whole halves
     assert "embedding_f16_hi" not in windows.column_names
-    dim = windows.column("embedding_f16")[0].as_py().__len__() // 2
+    dim = len(windows.column("embedding_f16")[0].as_py()) // 2
     bits = _halves(windows.num_rows, dim, 3)
     whole = pa.array([row.tobytes() for row in bits.astype("<u2")], pa.binary())
     pq.write_table(windows.set_column(windows.schema.get_field_index("embedding_f16"), "embedding_f16", whole),

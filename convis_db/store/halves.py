@@ -5,11 +5,12 @@ table: `embedding_f16_hi` holds the high byte of every half (sign, the 5 exponen
 mantissa bits) and `embedding_f16_lo` its low byte (the other 8 mantissa bits), each in vector order.
 For unit-norm CLIP vectors the high bytes take few values (the exponents of values near 1/sqrt(dim)),
 so DuckDB's zstd shrinks them by a third, while the low bytes are close to random and shrink by nothing;
-one BLOB of whole halves interleaves the two and no method shrinks it (docs/storage.md).
+one BLOB of whole halves interleaves the two and no method shrinks it (docs/storage.md, schema 017).
 
 Shards on disk, image_tables' rows and schema 016's files keep one BLOB of whole little-endian halves
-(`embedding_f16`); the split is made when rows are stored (image_store.stored_windows) and undone when
-they are read (split_bytes_to_matrix). Both directions are exact: every bit of every half comes back.
+(`embedding_f16`); the split is made when rows are stored (split_windows, from image_store.insert_tables,
+the shard merge and migration 017's step) and undone when they are read (split_bytes_to_matrix). Both
+directions are exact: every bit of every half comes back.
 """
 
 from __future__ import annotations
