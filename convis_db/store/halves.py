@@ -45,13 +45,14 @@ def blob_rows(column: pa.ChunkedArray | pa.Array, what: str) -> np.ndarray:
 
 
 def matrix_to_blobs(matrix: np.ndarray) -> pa.Array:
-    """Each row of a (rows, bytes) uint8 matrix as one BLOB (Arrow binary), in one copy."""
+    """Each row of a (rows, bytes) uint8 matrix as one BLOB (Arrow binary): the matrix's memory (made
+    contiguous: one copy for a strided view) becomes the values' buffer, with computed offsets."""
     rows = np.ascontiguousarray(matrix, dtype=np.uint8)
     n, width = rows.shape
-    if not n or not width:  # Arrow has no fixed-size binary of 0 bytes
-        return pa.array([b""] * n, pa.binary())
-    fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, pa.py_buffer(rows.tobytes())])
-    return fixed.cast(pa.binary())
+    big = n * width >= 2**31   # past binary's 32-bit offsets
+    offsets = np.arange(n + 1, dtype=np.int64 if big else np.int32) * width
+    kind = pa.large_binary() if big else pa.binary()
+    return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(rows)])
 
 
 def halves_to_split_bytes(half_bytes: np.ndarray) -> tuple[pa.Array, pa.Array]:
