@@ -448,21 +448,21 @@ def _insert_split_windows(con: duckdb.DuckDBPyConnection, path: Path, lookup: np
     Arrow function in the INSERT from read_parquet was slower and wrote the same file (docs/benchmarks.md
     "Split halves")."""
     parquet = pq.ParquetFile(path)
-
-    def batches():
-        for batch in parquet.iter_batches(batch_size=SPLIT_BATCH_ROWS):
-            rows = pa.Table.from_batches([batch])
-            new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
-            keep = new_ids > 0
-            if keep.any():
-                rows = rows.filter(pa.array(keep))
-                rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
-                                       pa.array(new_ids[keep], pa.int32()))
-                yield from split_windows(rows).cast(schema).to_batches()
-
-    split = split_windows(parquet.schema_arrow.empty_table()).schema.remove_metadata()
-    schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
     try:
+        split = split_windows(parquet.schema_arrow.empty_table()).schema.remove_metadata()
+        schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
+
+        def batches():
+            for batch in parquet.iter_batches(batch_size=SPLIT_BATCH_ROWS):
+                rows = pa.Table.from_batches([batch])
+                new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
+                keep = new_ids > 0
+                if keep.any():
+                    rows = rows.filter(pa.array(keep))
+                    rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
+                                           pa.array(new_ids[keep], pa.int32()))
+                    yield from split_windows(rows).cast(schema).to_batches()
+
         insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
     finally:
         parquet.close()
