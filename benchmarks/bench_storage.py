@@ -46,7 +46,7 @@ from convis_db.models.clip import load_model  # noqa: E402
 from convis_db.models.registry import resolve_model  # noqa: E402
 from convis_db.query.maps import MapService  # noqa: E402
 from convis_db.store.concept_index import refresh_concept_index  # noqa: E402
-from convis_db.store.db import connect  # noqa: E402
+from convis_db.store.db import compress_float16, connect  # noqa: E402
 from convis_db.store.hierarchy_store import load_hierarchy  # noqa: E402
 from convis_db.store.image_store import EMBEDDING_CHOICES, get_image, set_embedding_storage, write_image  # noqa: E402
 from convis_db.store.model_store import find_model_id, load_definition_embeddings  # noqa: E402
@@ -71,11 +71,14 @@ def table_bytes(db: Path, images: int, copies: int = 16, block: int = 262_144, r
         "SELECT DISTINCT table_name FROM duckdb_columns() WHERE column_name = 'image_id' AND NOT internal "
         "AND table_name IN (SELECT table_name FROM duckdb_tables() WHERE estimated_size > 0) "
         "ORDER BY table_name").fetchall()]
+    float16 = src.execute("SELECT embeddings FROM storage_settings").fetchone() == ("float16",)
     src.close()
     with tempfile.TemporaryDirectory(prefix="bench-storage-table-") as folder:
         for table in tables:
             f = Path(folder) / f"{table}.duckdb"
             con = _fresh_file(f, block, rows)
+            if float16:  # the compression convis-db's writable connections use on such a file
+                compress_float16(con)
             con.execute(f"ATTACH '{db}' AS src (READ_ONLY)")
             con.execute(f"CREATE TABLE copied AS SELECT * FROM src.{table} LIMIT 0")  # names from duckdb_tables
             con.execute("CHECKPOINT")

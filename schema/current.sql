@@ -206,7 +206,8 @@ CREATE TABLE windows (
     x1 INTEGER NOT NULL,
     y1 INTEGER NOT NULL,
     embedding FLOAT[],
-    embedding_f16 BLOB
+    embedding_f16_hi BLOB,
+    embedding_f16_lo BLOB
 );
 CREATE TABLE closure (
     ancestor_id INTEGER,
@@ -280,6 +281,11 @@ CREATE MACRO descendants(concept) AS TABLE
 CREATE OR REPLACE MACRO exact_windows(value, max_windows, n_synsets) AS
     list_filter(range(1, max_windows + 1),
                 lambda c: value = round(value * (c * n_synsets)::DOUBLE) / (c::DOUBLE * n_synsets::DOUBLE))[1];
+CREATE OR REPLACE MACRO f16_embedding(hi, lo) AS
+    CASE WHEN hi IS NOT NULL AND lo IS NOT NULL
+         THEN unhex(array_to_string(list_transform(list_zip(regexp_extract_all(hex(lo), '..'),
+                                                            regexp_extract_all(hex(hi), '..')),
+                                                   lambda pair: pair[1] || pair[2]), '')) END;
 CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL, top := NULL) AS TABLE
 WITH chosen AS (
     SELECT CASE

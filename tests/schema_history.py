@@ -9,13 +9,14 @@ import duckdb
 
 from convis_db.store.migrations import available_migrations
 
-#: (table, column as an older schema named it) -> its name now, for columns a migration renamed.
+#: (table, column as an older schema named it) -> its name now, for columns a migration renamed, or the
+#: expression over the current file's columns that gives it back, for one a migration split.
 RENAMED_COLUMNS = {
     (table, old): new
     for table in ("image_scores", "concept_index")
     for old, new in (("peak_x", "work_peak_x"), ("peak_y", "work_peak_y"),
                      ("self_peak_x", "work_self_peak_x"), ("self_peak_y", "work_self_peak_y"))  # schema 010
-}
+} | {("windows", "embedding_f16"): "src.main.f16_embedding(embedding_f16_hi, embedding_f16_lo)"}  # schema 017
 
 #: Sequences and the id column whose values they handed out.
 _SEQUENCES = {"image_id_seq": ("images", "image_id"), "model_id_seq": ("models", "model_id"),

@@ -71,9 +71,11 @@ def test_float16_and_none_keep_scores_and_top_k_exact(tiny_db, tmp_path, images,
 
     con = connect(dbs["float16"])
     assert embedding_storage(con) == "float16"
-    row = con.execute("SELECT count(embedding), min(octet_length(embedding_f16)), count(*) FROM windows").fetchone()
+    row = con.execute("SELECT count(embedding), min(octet_length(embedding_f16_hi)), max(octet_length(embedding_f16_hi)), "
+                      "min(octet_length(embedding_f16_lo)), max(octet_length(embedding_f16_lo)), count(*) "
+                      "FROM windows").fetchone()
     dim = con.execute("SELECT embed_dim FROM models").fetchone()[0]
-    assert row == (0, 2 * dim, row[2])  # no FLOAT[]; two bytes per dimension
+    assert row == (0, dim, dim, dim, dim, row[-1])  # no FLOAT[]; a high and a low byte per dimension
     half = load_window_embeddings(con, 1)
     con.close()
     con = connect(dbs["float32"])
@@ -83,7 +85,8 @@ def test_float16_and_none_keep_scores_and_top_k_exact(tiny_db, tmp_path, images,
     np.testing.assert_array_equal(half, full.astype(np.float16).astype(np.float32))  # round to nearest half
 
     con = connect(dbs["none"])
-    assert con.execute("SELECT count(embedding), count(embedding_f16) FROM windows").fetchone() == (0, 0)
+    assert con.execute("SELECT count(embedding), count(embedding_f16_hi), count(embedding_f16_lo) "
+                       "FROM windows").fetchone() == (0, 0, 0)
     with pytest.raises(EmbeddingsNotStoredError, match="init --embeddings none"):
         load_window_embeddings(con, 1)
     con.close()

@@ -1,41 +1,44 @@
-"""Writable connections to a float16 database skip DuckDB's DICT_FSST analysis (store/db.SKIPPED_COMPRESSION): on random
-float16 embedding BLOBs it cost seconds per shard at insert and at checkpoint and shrank nothing."""
+"""Writable connections to a float16 database apply store/db.FLOAT16_COMPRESSION: DuckDB's DICT_FSST analysis
+skipped (on float16 bytes it cost seconds per shard at insert and at checkpoint and shrank nothing) and zstd
+considered for the high- and low-byte columns of schema 017 (which the 4 KB default threshold rules out)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from convis_db.store.db import SKIPPED_COMPRESSION, connect
+from convis_db.store.db import FLOAT16_COMPRESSION, connect
 from convis_db.store.image_store import set_embedding_storage
 
 
-def _skipped(con) -> bool:
-    return SKIPPED_COMPRESSION in str(con.execute("SELECT current_setting('disabled_compression_methods')")
-                                      .fetchone()[0]).lower()
+def _applied(con) -> bool:
+    return all(value in str(con.execute("SELECT current_setting(?)", [name]).fetchone()[0]).lower()
+               for name, value in FLOAT16_COMPRESSION.items())
 
 
-def test_float16_database_skips_dict_fsst(tmp_path):
+def test_float16_database_compresses_its_halves(tmp_path):
     path = tmp_path / "x.duckdb"
     con = connect(path, write=True, create=True)
-    assert not _skipped(con)          # float32 (the default): the all-NULL BLOB column keeps DICT_FSST
+    assert not _applied(con)          # float32 (the default): the all-NULL BLOB columns keep DICT_FSST
     set_embedding_storage(con, "float16")
-    assert _skipped(con)              # from now on on this connection
+    assert _applied(con)              # from now on on this connection
     con.close()
     con = connect(path, write=True)   # and on every writable connection to the file
     try:
-        assert _skipped(con)
+        assert _applied(con)
         rng = np.random.default_rng(0)
-        blobs = [rng.integers(0, 256, 1024, dtype=np.uint8).tobytes() for _ in range(3000)]
-        con.execute("INSERT INTO windows (image_id, window_idx, grid_row, grid_col, x0, y0, x1, y1, embedding_f16) "
-                    "SELECT 1, i::INTEGER, 0, 0, 0, 0, 1, 1, b FROM (SELECT unnest(range(3000)) AS i, "
-                    "unnest(?::BLOB[]) AS b)", [blobs])
+        # high bytes of a few values (as unit-norm vectors' halves have), low bytes random
+        hi = [rng.choice([0x1C, 0x20, 0x9C, 0xA0], 512).astype(np.uint8).tobytes() for _ in range(3000)]
+        lo = [rng.integers(0, 256, 512, dtype=np.uint8).tobytes() for _ in range(3000)]
+        con.execute("INSERT INTO windows (image_id, window_idx, grid_row, grid_col, x0, y0, x1, y1, embedding_f16_hi, "
+                    "embedding_f16_lo) SELECT 1, i::INTEGER, 0, 0, 0, 0, 1, 1, h, l FROM (SELECT unnest(range(3000)) "
+                    "AS i, unnest(?::BLOB[]) AS h, unnest(?::BLOB[]) AS l)", [hi, lo])
         con.execute("CHECKPOINT")
         methods = {r[0] for r in con.execute(
-            "SELECT DISTINCT compression FROM pragma_storage_info('windows') WHERE column_name = 'embedding_f16'"
-        ).fetchall()}
-        assert "DICT_FSST" not in methods
-        back = con.execute("SELECT embedding_f16 FROM windows ORDER BY window_idx").fetchall()
-        assert [r[0] for r in back] == blobs   # stored as given
+            "SELECT DISTINCT compression FROM pragma_storage_info('windows') "
+            "WHERE column_name = 'embedding_f16_hi' AND segment_type <> 'VALIDITY'").fetchall()}
+        assert methods == {"ZSTD"}
+        back = con.execute("SELECT embedding_f16_hi, embedding_f16_lo FROM windows ORDER BY window_idx").fetchall()
+        assert [r[0] for r in back] == hi and [r[1] for r in back] == lo   # stored as given
     finally:
         con.close()
 

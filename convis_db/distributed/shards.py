@@ -57,6 +57,7 @@ from convis_db.store.image_store import (
     window_top_rows,
     with_work_peak_names,
 )
+from convis_db.store.halves import WHOLE_COLUMN, split_windows
 from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.shard_checks import FIX, ShardError, check_manifest
 from convis_db.store.transaction import rollback_quietly, transaction
@@ -421,6 +422,9 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
         if _stamp(path) != checked[table]:
             raise ShardError(f"{path} changed while it was being merged; run merge again.")
         names = pq.read_schema(path).names
+        if table == "windows" and WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
+            _insert_split_windows(con, path, lookup)
+            continue
         select = []
         for name in names:
             if name == "image_id":
@@ -441,6 +445,40 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
             continue
         con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
                     {**params, **({"model_id": model_id} if table == "images" else {})})
+
+
+#: Rows per Arrow batch when a shard's float16 windows are split at merge (64 MB of halves at 512-d).
+SPLIT_BATCH_ROWS = 65_536
+
+
+def _insert_split_windows(con: duckdb.DuckDBPyConnection, path: Path, lookup: np.ndarray) -> None:
+    """A shard's windows rows that hold float16 embeddings (one BLOB of whole halves: shards keep that
+    format, shard_checks checks it) stored with the halves split into high and low bytes as schema 017
+    keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images not
+    added left out. numpy splits each Arrow batch of SPLIT_BATCH_ROWS in two strided copies while DuckDB
+    reads the batches in one INSERT (memory: one batch, not the shard). DuckDB's SQL for the split (hex,
+    regexp_replace, unhex, as schema 017 does run alone) took 8x longer, and numpy called from SQL as an
+    Arrow function in the INSERT from read_parquet was slower and wrote the same file (docs/benchmarks.md
+    "Split halves")."""
+    parquet = pq.ParquetFile(path)
+    try:
+        split = split_windows(parquet.schema_arrow.empty_table()).schema.remove_metadata()
+        schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
+
+        def batches():
+            for batch in parquet.iter_batches(batch_size=SPLIT_BATCH_ROWS):
+                rows = pa.Table.from_batches([batch])
+                new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
+                keep = new_ids > 0
+                if keep.any():
+                    rows = rows.filter(pa.array(keep))
+                    rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
+                                           pa.array(new_ids[keep], pa.int32()))
+                    yield from split_windows(rows).cast(schema).to_batches()
+
+        insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
+    finally:
+        parquet.close()
 
 
 #: A leaf's self terms against its map terms: schema 016 keeps only the map terms of a leaf (the same

@@ -35,11 +35,11 @@ def matrix_to_list_array(matrix: np.ndarray) -> pa.Array:
     return fixed.cast(pa.list_(pa.float32()))
 
 
-def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+def insert_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table | pa.RecordBatchReader) -> None:
     """INSERT the Arrow rows into `table` by column name (columns left out take their defaults).
 
     `table` comes from the caller's own code, never from user input. The rows are registered under a
-    private name only for the statement."""
+    private name only for the statement; a RecordBatchReader is read once, as DuckDB scans it."""
     con.register("_arrow_rows", rows)
     try:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _arrow_rows")  # table name from our code

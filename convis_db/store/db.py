@@ -185,7 +185,7 @@ def connect(path: str | Path, *, write: bool = False, create: bool = False,
         if write:
             migrate(con, str(path), progress)
             if _stores_float16(con):
-                skip_dict_fsst(con)
+                compress_float16(con)
         else:
             check_not_newer(con, str(path))
             if pending_versions(con):  # written by an earlier convis-db: upgraded once, then read as current
@@ -232,14 +232,20 @@ def _open(path: Path, write: bool) -> duckdb.DuckDBPyConnection:
         raise DatabaseError(f"cannot open {path}: {_first_line(text)}. Is it a convis-db DuckDB file?") from exc
 
 
-#: The compression a writable connection does not try (DuckDB's `disabled_compression_methods`). DuckDB
-#: >= 1.3 tries DICT_FSST on every string and BLOB column it writes, when a big insert writes its row
-#: groups and again at each checkpoint; on windows' float16 embeddings (1 KB of random bytes each, which
-#: no dictionary or symbol table shrinks) that analysis took 6-8 s per 64 images, for a file 0 % smaller
-#: (measured, docs/benchmarks.md "Merge": 111,296 windows, insert 8.4 -> 1.1 s, checkpoint 6.9 -> 0.5 s,
-#: 122 MB either way). Only for databases that store float16 embeddings: with `none` or `float32` the
-#: all-NULL embedding_f16 column written uncompressed made the file 1.8 % larger (613 -> 624 KB per image).
-SKIPPED_COMPRESSION = "dict_fsst"
+#: The compression settings of a writable connection to a database storing float16 embeddings (DuckDB
+#: settings; compress_float16). `disabled_compression_methods`: DuckDB >= 1.3 tries DICT_FSST on every
+#: string and BLOB column it writes, when a big insert writes its row groups and again at each checkpoint;
+#: on float16 embeddings (schema 009's one BLOB of 1 KB per window) that analysis took 6-8 s per 64 images
+#: for a file 0 % smaller (docs/benchmarks.md "Merge": 111,296 windows, insert 8.4 -> 1.1 s, checkpoint
+#: 6.9 -> 0.5 s, 122 MB either way). Still needed with schema 017's high- and low-byte columns: allowed
+#: DICT_FSST, DuckDB picks it for both (1,651 KB per image of embeddings, 78 ms per image to insert and
+#: checkpoint); without it, zstd (1,536 KB, 16 ms; 16 images of 1,739 unit-norm 512-d vectors, measured
+#: with DuckDB 2.0.1, docs/benchmarks.md "Split halves"). `zstd_min_string_length`: DuckDB considers
+#: zstd for a string column only where its values average this many bytes (4,096 by default), so the
+#: 512-byte columns of a 512-d model would stay uncompressed (1,815 KB); at 128 every model's halves
+#: qualify. Only for float16 databases: with `none` or `float32` the all-NULL columns keep DICT_FSST,
+#: which writes them in no bytes (forced uncompressed or zstd, each costs 4-8 KB per image).
+FLOAT16_COMPRESSION = {"disabled_compression_methods": "dict_fsst", "zstd_min_string_length": "128"}
 
 
 def _stores_float16(con: duckdb.DuckDBPyConnection) -> bool:
@@ -249,14 +255,15 @@ def _stores_float16(con: duckdb.DuckDBPyConnection) -> bool:
             and con.execute("SELECT embeddings FROM storage_settings").fetchone() == ("float16",))
 
 
-def skip_dict_fsst(con: duckdb.DuckDBPyConnection) -> None:
-    """SET disabled_compression_methods to SKIPPED_COMPRESSION on a writable connection to a database
-    storing float16 embeddings (connect, image_store.set_embedding_storage); a DuckDB that lacks the
-    method has nothing to skip."""
-    try:
-        con.execute(f"SET disabled_compression_methods = '{SKIPPED_COMPRESSION}'")  # a constant of this module
-    except duckdb.Error as exc:
-        log.debug("compression %s not skipped: %s", SKIPPED_COMPRESSION, _first_line(str(exc)))
+def compress_float16(con: duckdb.DuckDBPyConnection) -> None:
+    """Apply FLOAT16_COMPRESSION to a writable connection to a database storing float16 embeddings
+    (connect, image_store.set_embedding_storage); a setting this DuckDB lacks is left as it is (the
+    file is then larger or slower to write, never different in what it holds)."""
+    for name, value in FLOAT16_COMPRESSION.items():
+        try:
+            con.execute(f"SET {name} = '{value}'")  # constants of this module
+        except duckdb.Error as exc:
+            log.debug("compression setting %s not applied: %s", name, _first_line(str(exc)))
 
 
 def _attach_for_writing(path: Path) -> duckdb.DuckDBPyConnection:

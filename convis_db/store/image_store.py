@@ -19,7 +19,9 @@ from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
 from convis_db.store.arrow_io import fetch_arrow, insert_arrow, list_column_to_matrix, matrix_to_list_array
-from convis_db.store.db import skip_dict_fsst
+from convis_db.store.db import compress_float16
+from convis_db.store.halves import (HI_COLUMN, LO_COLUMN, WHOLE_COLUMN, matrix_to_blobs, split_bytes_to_matrix,
+                                   split_windows)
 from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.transaction import transaction
 
@@ -174,20 +176,19 @@ def set_embedding_storage(con: duckdb.DuckDBPyConnection, storage: str, db_path:
             f"one database keeps one choice. Drop --embeddings {storage}, or use another --db for it.")
     con.execute("UPDATE storage_settings SET embeddings = ?", [storage])
     if storage == "float16":  # this connection writes float16 BLOBs from now on
-        skip_dict_fsst(con)
+        compress_float16(con)
     return True
 
 
 def embedding_columns(matrix: np.ndarray, storage: str) -> dict[str, pa.Array]:
-    """The windows table's embedding column(s) for one storage choice: float32 as FLOAT[] (exact),
-    float16 as little-endian IEEE half bytes in a BLOB (DuckDB has no half type), none: nothing."""
+    """The embedding column of windows rows as image_tables and shards hold them, for one storage
+    choice: float32 as FLOAT[] (exact), float16 as one BLOB of little-endian IEEE halves (DuckDB has no
+    half type; insert_tables stores it split into high and low bytes, store/halves.py), none: nothing."""
     if storage == "float32":
         return {"embedding": matrix_to_list_array(matrix)}
     if storage == "float16":
         half = np.ascontiguousarray(matrix, dtype="<f2")
-        n, d = half.shape
-        fixed = pa.FixedSizeBinaryArray.from_buffers(pa.binary(2 * d), n, [None, pa.py_buffer(half.tobytes())])
-        return {"embedding_f16": fixed.cast(pa.binary())}
+        return {WHOLE_COLUMN: matrix_to_blobs(half.view(np.uint8))}
     if storage == "none":
         return {}
     raise DatabaseError(f"unknown embedding storage {storage!r}; valid: {', '.join(EMBEDDING_CHOICES)}.")
@@ -272,6 +273,8 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
                     con.execute(statement)
             finally:
                 con.unregister("_concept_peaks")
+        elif name == "windows":  # schema 017: float16 halves as their high and low bytes
+            insert_arrow(con, name, split_windows(tables[name]))
         else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
 
@@ -445,22 +448,14 @@ def load_window_embeddings(con: duckdb.DuckDBPyConnection, image_id: int) -> np.
         raise EmbeddingsNotStoredError(
             f"image {image_id}'s window embeddings are not stored (this database was made with "
             "init --embeddings none): its maps need the model and the image file.")
-    column = "embedding" if storage == "float32" else "embedding_f16"  # from EMBEDDING_CHOICES only
-    tbl = fetch_arrow(con, f"SELECT {column} FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id])
-    if tbl.num_rows == 0 or tbl.column(column).null_count:
+    columns = ["embedding"] if storage == "float32" else [HI_COLUMN, LO_COLUMN]  # fixed names
+    tbl = fetch_arrow(con, f"SELECT {', '.join(columns)} FROM windows WHERE image_id = ? ORDER BY window_idx",
+                      [image_id])
+    if tbl.num_rows == 0 or any(tbl.column(c).null_count for c in columns):
         raise DatabaseError(f"image {image_id} has no stored windows; the database may be damaged. Re-ingest it.")
     if storage == "float32":
-        return list_column_to_matrix(tbl.column(column))
-    return half_blobs_to_matrix(tbl.column(column))
-
-
-def half_blobs_to_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """A column of equal-length float16 BLOBs -> (rows, dim) float32, without per-row Python work."""
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    arr = arr.cast(pa.large_binary())
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    return data.view("<f2").reshape(len(arr), -1).astype(np.float32)
+        return list_column_to_matrix(tbl.column("embedding"))
+    return split_bytes_to_matrix(tbl.column(HI_COLUMN), tbl.column(LO_COLUMN))
 
 
 def record_failure(con: duckdb.DuckDBPyConnection, path: str, sha256: str | None, error: str) -> None:

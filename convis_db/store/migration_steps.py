@@ -11,6 +11,8 @@ import logging
 import duckdb
 
 from convis_db.progress import Progress, no_progress
+from convis_db.store.arrow_io import fetch_arrow
+from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN, split_windows
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,9 @@ log = logging.getLogger(__name__)
 BATCH_IMAGES = 1_000
 #: Concepts converted per statement by concept_peaks_in_batches (concept_index's rows, in concept order).
 BATCH_CONCEPTS = 500
+#: Images whose float16 embeddings split_halves_in_batches splits per statement: their rows are held in
+#: memory twice (about 110 MB at 1,739 windows of 512 halves per image).
+BATCH_HALVES_IMAGES = 32
 
 
 def statement(sql: str, starts_with: str) -> str:
@@ -102,5 +107,38 @@ def self_peaks_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Pr
             log.info("schema 016: %d of %d images' self peaks moved", start + len(batch), len(ids))
 
 
+def split_halves_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
+    """Schema 017: each stored float16 embedding split into its high and low bytes, BATCH_HALVES_IMAGES
+    images per statement, with a bar counting images. 017's own ALTERs add the columns; the split is
+    made by numpy (store/halves.py, 8x faster than the SQL's hex and regexp_replace: 40 against 322 ms
+    per image, docs/benchmarks.md) and written by row id, so it gives the SQL's bytes. 017's UPDATE then
+    finds nothing left but rows of no image, and a database storing float32 or none skips the batches."""
+    for column in (HI_COLUMN, LO_COLUMN):
+        con.execute(statement(sql, f"ALTER TABLE windows ADD COLUMN IF NOT EXISTS {column}"))
+    update = statement(sql, "UPDATE windows")
+    if f"WHERE {WHOLE_COLUMN} IS NOT NULL AND {HI_COLUMN} IS NULL" not in update:
+        raise RuntimeError("schema 017's UPDATE windows changed; update split_halves_in_batches")
+    if con.execute("SELECT embeddings FROM storage_settings").fetchone() != ("float16",):
+        return
+    ids = [r[0] for r in con.execute("SELECT DISTINCT image_id FROM images ORDER BY image_id").fetchall()]
+    with progress("Upgrading: float16 embeddings as high and low bytes (schema 017)", len(ids), "images") as tick:
+        done = -(2**31)
+        for start in range(0, len(ids), BATCH_HALVES_IMAGES):
+            batch = ids[start:start + BATCH_HALVES_IMAGES]
+            rows = fetch_arrow(con, f"SELECT rowid AS row_id, {WHOLE_COLUMN} FROM windows WHERE image_id > ? "
+                                    f"AND image_id <= ? AND {WHOLE_COLUMN} IS NOT NULL", [done, batch[-1]])
+            if rows.num_rows:
+                con.register("_split_halves", split_windows(rows))
+                try:
+                    con.execute(f"UPDATE windows SET {HI_COLUMN} = s.{HI_COLUMN}, {LO_COLUMN} = s.{LO_COLUMN} "
+                                "FROM _split_halves s WHERE windows.rowid = s.row_id")  # fixed names
+                finally:
+                    con.unregister("_split_halves")
+            done = batch[-1]
+            tick(len(batch))
+            log.info("schema 017: %d of %d images' float16 embeddings split", start + len(batch), len(ids))
+
+
 #: version -> step(con, the version's SQL, progress)
-STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches, 16: self_peaks_in_batches}
+STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches, 16: self_peaks_in_batches,
+         17: split_halves_in_batches}

@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from convis_db.errors import DatabaseError
+from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN
 
 #: How a damaged shard is put right (every refusal ends with it).
 FIX = "nothing of this shard was stored; delete its folder and run the ingest again to write it anew."
@@ -119,6 +120,9 @@ class Expected:
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = 'main' AND table_name = 'concept_self_peaks'").fetchall():
                 columns["concept_peaks"].setdefault(column, (dtype, nullable == "NO"))
+        if "windows" in tables and HI_COLUMN in columns["windows"]:  # schema 017: shards keep whole halves
+            del columns["windows"][HI_COLUMN], columns["windows"][LO_COLUMN]
+            columns["windows"][WHOLE_COLUMN] = ("BLOB", False)
         dim = con.execute("SELECT embed_dim FROM models WHERE model_id = ?", [model_id]).fetchone()
         return cls(columns, n_synsets, int(dim[0]) if dim and dim[0] else None, storage)
 
@@ -287,8 +291,8 @@ def check_windows(path: Path, table: pa.Table, images: ShardImages, expected: Ex
     _bad_row(path, "grid_col", _np(table, "grid_col") != idx % cols, "is not window_idx % grid_cols")
     _bad_row(path, "x1", _np(table, "x1") <= _np(table, "x0"), "the box ends before it starts (x1 <= x0)")
     _bad_row(path, "y1", _np(table, "y1") <= _np(table, "y0"), "the box ends before it starts (y1 <= y0)")
-    stored = {"float32": "embedding", "float16": "embedding_f16", "none": None}[expected.storage]
-    for column in ("embedding", "embedding_f16"):
+    stored = {"float32": "embedding", "float16": WHOLE_COLUMN, "none": None}[expected.storage]
+    for column in ("embedding", WHOLE_COLUMN):
         if column != stored and column in table.column_names and table.column(column).null_count < table.num_rows:
             raise _fail(path, f"column {column} holds embeddings, but the database stores them as {expected.storage}"
                               " (a shard written for another database)")
