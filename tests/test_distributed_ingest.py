@@ -146,7 +146,19 @@ def test_a_killed_ray_ingest_resumes(ray_cluster, tiny_db, collection, plain_db,
     finally:
         driver.kill()
         driver.wait()
-    done = {p.name for p in shards.iterdir() if (p / "manifest.json").is_file()}
+
+    def finished() -> set[str]:
+        return {p.name for p in shards.iterdir() if (p / "manifest.json").is_file()}
+
+    # The killed driver's actors are stopped by Ray a moment later and may finish a shard meanwhile:
+    # wait until the finished set holds still, so no shard changes under the test's own edits below.
+    done, settle = finished(), time.monotonic() + 30
+    while time.monotonic() < settle:
+        time.sleep(1.0)
+        now = finished()
+        if now == done:
+            break
+        done = now
     assert 1 <= len(done) < 7  # killed part-way (7 files, one per shard)
     stale = shards / ".shard-00006-0123456789ab.tmp-deadbeef"
     stale.mkdir(exist_ok=True)
