@@ -13,6 +13,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -108,14 +111,14 @@ def test_a_shard_failing_while_stored_rolls_back_its_group_and_the_next_merge_st
     monkeypatch.setattr(shards_module, "GROUP_WINDOWS", 10**9)
     db, shards = _copy(tiny_db, four_shards, tmp_path)
     third = list(finished_shards(shards))[2]
-    insert = shards_module._insert_from_parquet
+    insert = shards_module._insert_checked
 
-    def fail_on_third(con, folder, *args, **kwargs):
-        insert(con, folder, *args, **kwargs)
-        if folder.name == third:
+    def fail_on_third(con, shard, lookup):
+        insert(con, shard, lookup)
+        if shard.name == third:
             raise KeyboardInterrupt  # as a Ctrl-C in the middle of a group
 
-    monkeypatch.setattr(shards_module, "_insert_from_parquet", fail_on_third)
+    monkeypatch.setattr(shards_module, "_insert_checked", fail_on_third)
     con = connect(db, write=True)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -124,8 +127,30 @@ def test_a_shard_failing_while_stored_rolls_back_its_group_and_the_next_merge_st
                            "(SELECT count(*) FROM window_top)").fetchone() == (0, 0, 0)
     finally:
         con.close()
-    monkeypatch.setattr(shards_module, "_insert_from_parquet", insert)
+    monkeypatch.setattr(shards_module, "_insert_checked", insert)
     res = run_cli("--db", db, "merge", shards, "--json")
     assert res.exit_code == 0, res.stderr
     assert json.loads(res.stdout)["images_added"] == 5
+    assert_same(plain_db, db)
+
+
+def test_what_is_stored_is_what_was_checked(tiny_db, four_shards, plain_db, tmp_path, run_cli,  # noqa: F811
+                                            monkeypatch):
+    """The merge inserts the Arrow tables it checked, never the files read again: a shard's file damaged
+    after its check (a second writer, a bad disk) changes nothing that is stored."""
+    db, shards = _copy(tiny_db, four_shards, tmp_path)
+    check = shards_module._check_shard
+
+    def check_then_damage(con, folder):
+        checked = check(con, folder)
+        path = folder / "concept_peaks.parquet"
+        table = pq.read_table(path)
+        sums = pa.array(np.full(table.num_rows, -1, np.int32))  # would fail every check
+        pq.write_table(table.set_column(table.schema.get_field_index("map_sum"), "map_sum", sums), path)
+        return checked
+
+    monkeypatch.setattr(shards_module, "_check_shard", check_then_damage)
+    res = run_cli("--db", db, "merge", shards, "--json")
+    assert res.exit_code == 0, res.stderr
+    assert query(db, "SELECT min(map_sum) FROM concept_peaks")[0][0] >= 0
     assert_same(plain_db, db)

@@ -285,10 +285,10 @@ def _list(folder: Path) -> list[str]:
 
 
 def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int) \
-        -> tuple[dict[str, pa.Table], pa.Table, dict[str, str]]:
-    """Every table of a shard, each checked whole (shard_checks): (image tables, failures, each table
-    file's size/mtime/inode stamp when it was read). Raises a
-    ShardError naming the file, the column and the first bad row; the database is not touched."""
+        -> tuple[dict[str, pa.Table], pa.Table]:
+    """Every table of a shard, each checked whole (shard_checks): (image tables, failures); the merge
+    inserts these very tables (_insert_checked). Raises a ShardError naming the file, the column and the
+    first bad row; the database is not touched."""
     rows = manifest["rows"]
     present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
     for name in sorted(set(rows) | present):
@@ -309,10 +309,9 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                      "window_top" if compact else "window_concepts"):
             if name not in rows:
                 raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
-    tables, stamps = {}, {}
+    tables = {}
     for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES) + tuple(COMPACT_SHARD_TABLES):
         if t in rows:
-            stamps[t] = _stamp(folder / f"{t}.parquet") if (folder / f"{t}.parquet").is_file() else ""
             tables[t] = sc.read_table(folder / f"{t}.parquet")
     failures = sc.read_table(folder / f"{FAILURES}.parquet")
     if old:  # a format 1 shard names the working-pixel peaks as before schema 010
@@ -338,14 +337,13 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         if extra:
             raise ShardError(f"{folder / (extra[0] + '.parquet')}: rows for images the shard does not hold; {FIX}")
         sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
-        return {}, failures, {}
+        return {}, failures
     shard_images = sc.check_images(folder / "images.parquet", images, manifest)
     sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
     if old:  # each DOUBLE peak as its exact terms (schema 013's rule), checked as concept_peaks rows
         path = folder / "image_scores.parquet"
         sc.check_old_image_scores(path, tables["image_scores"])
         tables["concept_peaks"] = old_scores_as_peaks(con, tables.pop("image_scores"), manifest, n_synsets)
-        stamps["concept_peaks"] = stamps.pop("image_scores")
         sc.check_concept_peaks(path, tables["concept_peaks"], shard_images, expected,
                                {"map_sum": "score", "self_sum": "self_score"})
     else:
@@ -360,7 +358,7 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         sc.check_image_embeddings(folder / "image_embeddings.parquet", tables["image_embeddings"], shard_images,
                                   expected)
     sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
-    return tables, failures, stamps
+    return tables, failures
 
 
 def old_scores_as_peaks(con: duckdb.DuckDBPyConnection, scores: pa.Table, manifest: dict, n_synsets: int) -> pa.Table:
@@ -389,41 +387,28 @@ def checked_name(folder: Path) -> str:
     return folder.name
 
 
-def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: dict[str, str],
-                         lookup: np.ndarray, model_id: int, converted: dict[str, pa.Table] | None = None) -> None:
-    """INSERT each checked table's rows straight from its Parquet file with DuckDB's own reader (parallel,
-    written to the database file as it goes: no Python, Arrow or WAL copy of the rows), image ids mapped
-    local -> new by `lookup` (rows of images not added are left out). The column list is the checked
-    table's (names the database's own table has). A file changed since it was checked is refused (the
-    caller's transaction then rolls back). A table in `converted` (an older shard's image_scores as
-    concept_peaks rows) is inserted from those checked rows instead of its file."""
+#: The name a checked Arrow table is registered under while its rows are inserted (_insert_checked).
+_ROWS = "_checked_shard_rows"
+
+
+def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup: np.ndarray) -> None:
+    """INSERT the rows of each table of the shard exactly as read_shard read and checked them (the Arrow
+    tables in memory, registered with DuckDB: no second read of the Parquet files, so what is stored is
+    what was checked even if a file changes meanwhile; 0.72 against 1.3 s per 320 images for window_top
+    and concept_peaks, docs/benchmarks.md "Merge in groups"), image ids mapped local -> new by `lookup`
+    (rows of images not added are left out). The column list is the checked table's (names the
+    database's own table has). An older shard's image_scores arrive as concept_peaks rows (read_shard
+    converted them)."""
+    params_base = {"lookup": lookup[1:].tolist()}  # DuckDB lists count from 1
     for table in IMAGE_TABLES + tuple(COMPACT_SHARD_TABLES):
-        if table not in checked:
+        if table not in shard.tables:
             continue
-        if converted and table in converted:
-            rows_of = converted[table]
-            keep = pa.array(lookup[rows_of.column("image_id").to_numpy().astype(np.int64)] > 0)
-            mapped = rows_of.filter(keep)
-            mapped = mapped.set_column(mapped.schema.get_field_index("image_id"), "image_id",
-                                       pa.array(lookup[mapped.column("image_id").to_numpy().astype(np.int64)],
-                                                pa.int32()))
-            if table == "concept_peaks":  # schema 016: the inner concepts' self terms in their own table
-                con.register("_converted_peaks", mapped)
-                try:
-                    _refuse_leaf_self_terms(con, "SELECT * FROM _converted_peaks", {}, folder / "image_scores.parquet")
-                    for statement in concept_peaks_inserts("SELECT * FROM _converted_peaks"):
-                        con.execute(statement)
-                finally:
-                    con.unregister("_converted_peaks")
-            else:
-                insert_arrow(con, table, mapped)  # table from IMAGE_TABLES
-            continue
-        path = folder / f"{table}.parquet"
-        if _stamp(path) != checked[table]:
-            raise ShardError(f"{path} changed while it was being merged; run merge again.")
-        names = pq.read_schema(path).names
+        rows_of = shard.tables[table]
+        source = shard.folder / ("image_scores.parquet" if table == "concept_peaks" and "image_scores"
+                                 in shard.manifest["rows"] else f"{table}.parquet")
+        names = rows_of.schema.names
         if table == "windows" and WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
-            _insert_split_windows(con, path, lookup)
+            _insert_split_windows(con, rows_of, lookup)
             continue
         select = []
         for name in names:
@@ -433,52 +418,53 @@ def _insert_from_parquet(con: duckdb.DuckDBPyConnection, folder: Path, checked: 
                 select.append("$model_id::INTEGER AS model_id")
             else:
                 select.append(f'"{name}"')   # names checked against the database's table
-        rows = f"SELECT {', '.join(select)} FROM read_parquet($path) WHERE list_extract($lookup, image_id) > 0"
-        params = {"lookup": lookup[1:].tolist(), "path": str(path)}  # DuckDB lists count from 1
-        if table == "concept_peaks":  # split as schema 016 stores them (the hierarchy's inner concepts)
-            _refuse_leaf_self_terms(con, rows, params, path)
-            for statement in concept_peaks_inserts(rows):
-                con.execute(statement, params)
-            continue
-        if table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
-            con.execute(window_top_insert(rows), {**params, "n_synsets": synset_count(con)})
-            continue
-        con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
-                    {**params, **({"model_id": model_id} if table == "images" else {})})
+        rows = f"SELECT {', '.join(select)} FROM {_ROWS} WHERE list_extract($lookup, image_id) > 0"
+        con.register(_ROWS, rows_of)
+        try:
+            if table == "concept_peaks":  # split as schema 016 stores them (the hierarchy's inner concepts)
+                _refuse_leaf_self_terms(con, rows, params_base, source)
+                for statement in concept_peaks_inserts(rows):
+                    con.execute(statement, params_base)
+            elif table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
+                con.execute(window_top_insert(rows), {**params_base, "n_synsets": synset_count(con)})
+            else:
+                con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
+                            {**params_base, **({"model_id": shard.model_id} if table == "images" else {})})
+        finally:
+            try:
+                con.unregister(_ROWS)
+            except duckdb.Error as exc:  # never hide the error that ended the insert
+                log.debug("unregister %s: %s", _ROWS, str(exc).splitlines()[0] if str(exc) else exc)
 
 
 #: Rows per Arrow batch when a shard's float16 windows are split at merge (64 MB of halves at 512-d).
 SPLIT_BATCH_ROWS = 65_536
 
 
-def _insert_split_windows(con: duckdb.DuckDBPyConnection, path: Path, lookup: np.ndarray) -> None:
-    """A shard's windows rows that hold float16 embeddings (one BLOB of whole halves: shards keep that
-    format, shard_checks checks it) stored with the halves split into high and low bytes as schema 017
-    keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images not
-    added left out. numpy splits each Arrow batch of SPLIT_BATCH_ROWS in two strided copies while DuckDB
-    reads the batches in one INSERT (memory: one batch, not the shard). DuckDB's SQL for the split (hex,
-    regexp_replace, unhex, as schema 017 does run alone) took 8x longer, and numpy called from SQL as an
-    Arrow function in the INSERT from read_parquet was slower and wrote the same file (docs/benchmarks.md
-    "Split halves")."""
-    parquet = pq.ParquetFile(path)
-    try:
-        split = split_windows(parquet.schema_arrow.empty_table()).schema.remove_metadata()
-        schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
+def _insert_split_windows(con: duckdb.DuckDBPyConnection, windows: pa.Table, lookup: np.ndarray) -> None:
+    """A shard's checked windows rows that hold float16 embeddings (one BLOB of whole halves: shards keep
+    that format, shard_checks checks it) stored with the halves split into high and low bytes as schema
+    017 keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images
+    not added left out. numpy splits each Arrow batch of SPLIT_BATCH_ROWS in two strided copies while
+    DuckDB reads the batches in one INSERT (memory: one batch's split copy). DuckDB's SQL for the split
+    (hex, regexp_replace, unhex, as schema 017 does run alone) took 8x longer, and numpy called from SQL
+    as an Arrow function in an INSERT from read_parquet was slower and wrote the same file
+    (docs/benchmarks.md "Split halves")."""
+    split = split_windows(windows.schema.empty_table()).schema.remove_metadata()
+    schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
 
-        def batches():
-            for batch in parquet.iter_batches(batch_size=SPLIT_BATCH_ROWS):
-                rows = pa.Table.from_batches([batch])
-                new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
-                keep = new_ids > 0
-                if keep.any():
-                    rows = rows.filter(pa.array(keep))
-                    rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
-                                           pa.array(new_ids[keep], pa.int32()))
-                    yield from split_windows(rows).cast(schema).to_batches()
+    def batches():
+        for batch in windows.to_batches(max_chunksize=SPLIT_BATCH_ROWS):
+            rows = pa.Table.from_batches([batch])
+            new_ids = lookup[rows.column("image_id").to_numpy().astype(np.int64)]   # local ids checked: 1..n
+            keep = new_ids > 0
+            if keep.any():
+                rows = rows.filter(pa.array(keep))
+                rows = rows.set_column(rows.schema.get_field_index("image_id"), "image_id",
+                                       pa.array(new_ids[keep], pa.int32()))
+                yield from split_windows(rows).cast(schema).to_batches()
 
-        insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
-    finally:
-        parquet.close()
+    insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
 
 
 #: A leaf's self terms against its map terms: schema 016 keeps only the map terms of a leaf (the same
@@ -491,23 +477,21 @@ def _refuse_leaf_self_terms(con: duckdb.DuckDBPyConnection, rows: str, params: d
     """Refuse a shard whose concept_peaks rows give a leaf of T self terms other than its map terms (the
     engine cannot write such a row: tests/test_leaf_self_peaks.py): storing it as schema 016 does would
     silently drop them. Columns the shard lacks (older formats' image-level counts) are not compared."""
-    names = {d[0] for d in con.execute(f"SELECT * FROM ({rows}) LIMIT 0", params).description}
+    probe = con.execute(f"SELECT * FROM ({rows}) LIMIT 0", params)
+    names = {d[0] for d in probe.description}
+    probe.fetchall()  # DuckDB 2 refuses other work (unregister) while a result is unread
     pairs = [(a, b) for a, b in _LEAF_PAIRS if a in names and b in names]
     if not pairs:
         return
     differs = " OR ".join(f'"{a}" IS DISTINCT FROM "{b}"' for a, b in pairs)  # fixed names above
-    bad = con.execute(f"""SELECT image_id, synset_id FROM ({rows})
-                          WHERE synset_id NOT IN (SELECT synset_id FROM inner_concepts()) AND ({differs})
-                          LIMIT 1""", params).fetchone()
-    if bad is not None:
+    found = con.execute(f"""SELECT image_id, synset_id FROM ({rows})
+                            WHERE synset_id NOT IN (SELECT synset_id FROM inner_concepts()) AND ({differs})
+                            LIMIT 1""", params).fetchall()
+    if found:
+        bad = found[0]
         raise ShardError(f"{path}: concept {bad[1]} of image {bad[0]} has no descendants in T, yet its self terms "
                          "differ from its map terms (a writer other than convis-db's engine?); re-run the "
                          "shard's ingest with `convis-db ingest --engine ray`.")
-
-
-def _stamp(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 @dataclass
@@ -519,7 +503,6 @@ class _CheckedShard:
     model_id: int
     tables: dict[str, pa.Table]
     failures: list[dict]
-    stamps: dict[str, str]
 
 
 def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> _CheckedShard | ShardMerge:
@@ -533,8 +516,8 @@ def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> _CheckedShard 
         raise ShardError(f"{folder}: the manifest names shard {str(manifest['shard'])[:80]!r}; a shard keeps the "
                          "folder name its job gave it. Rename the folder back, or write the shard again.")
     model_id, profile = _check_compatible(con, folder, manifest)
-    tables, failures_table, stamps = read_shard(con, folder, manifest, model_id, profile.n_synsets)
-    return _CheckedShard(name, folder, manifest, model_id, tables, failures_table.to_pylist(), stamps)
+    tables, failures_table = read_shard(con, folder, manifest, model_id, profile.n_synsets)
+    return _CheckedShard(name, folder, manifest, model_id, tables, failures_table.to_pylist())
 
 
 def _store_shard(con: duckdb.DuckDBPyConnection, shard: _CheckedShard) -> ShardMerge:
@@ -558,9 +541,7 @@ def _store_shard(con: duckdb.DuckDBPyConnection, shard: _CheckedShard) -> ShardM
     n_windows = images.column("n_windows").to_pylist() if images is not None else []
     result.windows = {p: int(n) for p, n, kept in zip(paths, n_windows, keep) if kept}
     if len(new_ids):
-        converted = ({"concept_peaks": shard.tables["concept_peaks"]} if "image_scores" in shard.manifest["rows"]
-                     else None)
-        _insert_from_parquet(con, shard.folder, shard.stamps, lookup, shard.model_id, converted)
+        _insert_checked(con, shard, lookup)
     if result.image_ids:
         con.execute("DELETE FROM ingest_failures WHERE path IN (SELECT unnest(?))", [list(result.image_ids)])
     for f in shard.failures:
