@@ -23,6 +23,7 @@ from convis_db.ingest import Ingestor, collect_image_paths
 from convis_db.store.db import connect
 from convis_db.distributed.shards import plan_shards
 from noise_images import write_noise_pngs
+from shard_writer import write_shards
 
 SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   # 42 windows per image
 #: The same settings as CLI options (the window layout is the database's, not an option).
@@ -227,21 +228,8 @@ def test_only_the_ray_engine_imports_ray():
 def _write_shards(db, shards, collection) -> None:
     """Explain `collection` into shards of 4 files with the shard worker in this process (no Ray), from
     a job read as the Ray driver reads it (the database's profile)."""
-    from convis_db.distributed.shard_worker import ShardJob, build_engine, explain_shard
-    from convis_db.profile import read_profile
-
-    con = connect(db)
-    try:
-        profile = read_profile(con, str(db))
-        definitions, levels = profile.engine_inputs(con)
-        job = ShardJob(spec=profile.spec, definitions=definitions, levels=levels, settings=SETTINGS,
-                       storage=profile.embeddings, shards_dir=str(shards), batch_size=16)
-    finally:
-        con.close()
-    engine = build_engine(job, torch.device("cpu"))
     files, _ = collect_image_paths([collection], recursive=False)
-    for name, chunk in plan_shards([str(f.absolute()) for f in files], 4):
-        explain_shard(engine, job, name, chunk)
+    write_shards(db, [str(f.absolute()) for f in files], shards, SETTINGS, 4)
 
 
 def test_shards_written_without_ray_merge_like_a_plain_ingest(tiny_db, collection, plain_db, tmp_path, run_cli):

@@ -16,14 +16,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 import convis_db
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError
-from convis_db.distributed.shards import MANIFEST, finished_shards, plan_shards
+from convis_db.distributed.shards import MANIFEST, finished_shards
 from faults.checks import query
 from noise_images import write_noise_pngs
+from shard_writer import write_shards
 from test_distributed_ingest import write_as_old_format
 
 pytestmark = pytest.mark.fault
@@ -34,27 +34,11 @@ SETTINGS = Settings(max_pixels=9_000, stride=16, small=32, large=64, top_k=5)   
 @pytest.fixture(scope="module")
 def written(tiny_db, tmp_path_factory) -> Path:
     """A shards folder holding one finished shard: three images and one failed (empty) file."""
-    from convis_db.distributed.shard_worker import ShardJob, build_engine, explain_shard
-    from convis_db.profile import read_profile
-    from convis_db.store.db import connect
-
     folder = tmp_path_factory.mktemp("faulty-collection")
     files = [str(p.absolute()) for p in write_noise_pngs(folder, [(70, 90), (90, 70), (80, 80)], seed=21)]
     (folder / "empty.png").write_bytes(b"")
     files.append(str((folder / "empty.png").absolute()))
-    shards = tmp_path_factory.mktemp("faulty-shards") / "shards"
-    con = connect(tiny_db)
-    try:
-        profile = read_profile(con, str(tiny_db))
-        definitions, levels = profile.engine_inputs(con)
-    finally:
-        con.close()
-    job = ShardJob(spec=profile.spec, definitions=definitions, levels=levels, settings=SETTINGS,
-                   storage=profile.embeddings, shards_dir=str(shards), batch_size=16)
-    engine = build_engine(job, torch.device("cpu"))
-    for name, chunk in plan_shards(files, 8):
-        explain_shard(engine, job, name, chunk)
-    return shards
+    return write_shards(tiny_db, files, tmp_path_factory.mktemp("faulty-shards") / "shards", SETTINGS, 8)
 
 
 @pytest.fixture

@@ -17,35 +17,22 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from convis_db.distributed import shards as shards_module
-from convis_db.distributed.shards import finished_shards, merge_shards, plan_shards
+from convis_db.distributed.shards import finished_shards, merge_shards
 from convis_db.ingest import collect_image_paths
 from convis_db.store.concept_index import refresh_concept_index
 from convis_db.store.db import connect
 from faults.checks import query
+from shard_writer import write_shards
 from test_distributed_ingest import SETTINGS, assert_same, collection, plain_db  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
 def four_shards(tiny_db, collection, tmp_path_factory) -> Path:  # noqa: F811 (fixture)
-    from convis_db.distributed.shard_worker import ShardJob, build_engine, explain_shard
-    from convis_db.profile import read_profile
-
-    shards = tmp_path_factory.mktemp("grouped") / "shards"
-    con = connect(tiny_db)
-    try:
-        profile = read_profile(con, str(tiny_db))
-        definitions, levels = profile.engine_inputs(con)
-    finally:
-        con.close()
-    job = ShardJob(spec=profile.spec, definitions=definitions, levels=levels, settings=SETTINGS,
-                   storage=profile.embeddings, shards_dir=str(shards), batch_size=16)
-    engine = build_engine(job, torch.device("cpu"))
     files, _ = collect_image_paths([collection], recursive=False)
-    for name, chunk in plan_shards([str(f.absolute()) for f in files], 2):
-        explain_shard(engine, job, name, chunk)
+    shards = write_shards(tiny_db, [str(f.absolute()) for f in files], tmp_path_factory.mktemp("grouped") / "shards",
+                          SETTINGS, 2)
     assert len(finished_shards(shards)) == 4
     return shards
 

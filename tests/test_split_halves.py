@@ -25,6 +25,7 @@ from convis_db.store.image_store import (embedding_columns, get_image, insert_ta
 from convis_db.store.migrations import applied_versions, available_migrations, has_column
 from convis_db.store.transaction import transaction
 from noise_images import write_noise_pngs
+from shard_writer import write_shards
 
 #: Halves at the edges of float16: +-0, the smallest and largest subnormals, the smallest normal, the
 #: largest finite (65504), 1 and values just below and above it; every pattern but inf and NaN is stored.
@@ -103,26 +104,10 @@ def test_written_halves_read_back_bit_for_bit(tiny_db, tmp_path):
 
 def _shard(db, tmp_path):
     """A shards folder with one shard of two images written by the shard worker for `db`."""
-    from convis_db.distributed.shard_worker import ShardJob, build_engine, explain_shard
-    from convis_db.distributed.shards import plan_shards
-    from convis_db.profile import read_profile
-
     folder = tmp_path / "collection"
     folder.mkdir()
     files = [str(p.absolute()) for p in write_noise_pngs(folder, [(70, 90), (64, 64)], seed=17)]
-    shards = tmp_path / "shards"
-    con = connect(db)
-    try:
-        profile = read_profile(con, str(db))
-        definitions, levels = profile.engine_inputs(con)
-    finally:
-        con.close()
-    job = ShardJob(spec=profile.spec, definitions=definitions, levels=levels, settings=SETTINGS,
-                   storage=profile.embeddings, shards_dir=str(shards), batch_size=16)
-    engine = build_engine(job, torch.device("cpu"))
-    for name, chunk in plan_shards(files, 8):
-        explain_shard(engine, job, name, chunk)
-    return shards
+    return write_shards(db, files, tmp_path / "shards", SETTINGS, 8)
 
 
 def test_merged_halves_read_back_bit_for_bit(tiny_db, tmp_path, monkeypatch):
