@@ -200,6 +200,7 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
         done = set(on_disk)
         pending = [n for n, _ in plan if n not in merged_before]
         merges: list[ShardMerge] = []
+        windows_of: dict[str, int] = {}  # shard -> its windows, read once from its manifest
 
         def merge_ready(last: bool = False) -> None:
             """Merge the finished shards at the head of the plan once they hold a merge group's windows
@@ -208,7 +209,10 @@ def ray_ingest(db_path: str | Path, inputs: Iterable[str | Path], *, recursive: 
             ready: list[str] = []
             while merge and len(ready) < len(pending) and pending[len(ready)] in done:
                 ready.append(pending[len(ready)])
-            if ready and (last or sum(shard_windows(shards_dir / n) for n in ready) >= GROUP_WINDOWS):
+            for n in ready:
+                if n not in windows_of:
+                    windows_of[n] = shard_windows(shards_dir / n)
+            if ready and (last or sum(windows_of[n] for n in ready) >= GROUP_WINDOWS):
                 del pending[:len(ready)]
                 merges.extend(merge_shards(con, [shards_dir / n for n in ready]))
 

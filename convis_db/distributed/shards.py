@@ -60,7 +60,7 @@ from convis_db.store.image_store import (
 from convis_db.store.halves import WHOLE_COLUMN, split_windows
 from convis_db.store.hierarchy_store import synset_count
 from convis_db.store.shard_checks import FIX, ShardError, check_manifest
-from convis_db.store.transaction import rollback_quietly, transaction
+from convis_db.store.transaction import rollback_quietly
 
 log = logging.getLogger(__name__)
 
@@ -396,8 +396,7 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
     tables in memory, registered with DuckDB: no second read of the Parquet files, so what is stored is
     what was checked even if a file changes meanwhile; the INSERTs of window_top and concept_peaks took
     0.72 instead of 1.3 s per 320 images, the whole merge 1.0-1.03 x less time: docs/benchmarks.md
-    "Merge in groups"), image ids mapped local -> new by `lookup`
-    (rows of images not added are left out). The column list is the checked table's (names the
+    "Merge in groups"), image ids mapped local -> new by `lookup` (rows of images not added are left out). The column list is the checked table's (names the
     database's own table has). An older shard's image_scores arrive as concept_peaks rows (read_shard
     converted them)."""
     params_base = {"lookup": lookup[1:].tolist()}  # DuckDB lists count from 1
@@ -405,8 +404,6 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
         if table not in shard.tables:
             continue
         rows_of = shard.tables[table]
-        source = shard.folder / ("image_scores.parquet" if table == "concept_peaks" and "image_scores"
-                                 in shard.manifest["rows"] else f"{table}.parquet")
         names = rows_of.schema.names
         if table == "windows" and WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
             _insert_split_windows(con, rows_of, lookup)
@@ -423,7 +420,9 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
         con.register(_ROWS, rows_of)
         try:
             if table == "concept_peaks":  # split as schema 016 stores them (the hierarchy's inner concepts)
-                _refuse_leaf_self_terms(con, rows, params_base, source)
+                old = "image_scores" in shard.manifest["rows"]  # its rows came from that file
+                _refuse_leaf_self_terms(con, rows, params_base,
+                                        shard.folder / ("image_scores.parquet" if old else "concept_peaks.parquet"))
                 for statement in concept_peaks_inserts(rows):
                     con.execute(statement, params_base)
             elif table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
@@ -553,21 +552,10 @@ def _store_shard(con: duckdb.DuckDBPyConnection, shard: _CheckedShard) -> ShardM
     return result
 
 
-def _log_merged(result: ShardMerge) -> None:
-    log.info("merged %s: %d images added, %d already stored, %d failures recorded", result.shard, result.images,
-             result.skipped, result.failed)
-
-
 def merge_shard(con: duckdb.DuckDBPyConnection, folder: str | Path) -> ShardMerge:
     """Merge one finished shard in its own transaction, after checking all of it; a shard merged before
     is left alone. A damaged shard is refused with a ShardError and nothing of it is stored."""
-    checked = _check_shard(con, Path(folder))
-    if isinstance(checked, ShardMerge):
-        return checked
-    with transaction(con):  # a Ctrl-C too: never left open
-        result = _store_shard(con, checked)
-    _log_merged(result)
-    return result
+    return merge_shards(con, [folder])[0]
 
 
 def shard_windows(folder: str | Path) -> int:
@@ -599,7 +587,8 @@ def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
         if group:
             con.execute("COMMIT")
             for r in group:
-                _log_merged(r)
+                log.info("merged %s: %d images added, %d already stored, %d failures recorded", r.shard, r.images,
+                         r.skipped, r.failed)
             results.extend(group)
             group.clear()
         windows = 0

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from convis_db.errors import DatabaseError
-from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN
+from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN, blob_rows
 
 #: How a damaged shard is put right (every refusal ends with it).
 FIX = "nothing of this shard was stored; delete its folder and run the ingest again to write it anew."
@@ -333,9 +333,8 @@ def _check_half_vectors(path: Path, column: str, col: pa.ChunkedArray, dim: int 
         return
     width = 2 * dim if dim else int(lengths[0])
     _bad_row(path, column, lengths != width, f"not a float16 vector of the model's {width // 2} dimensions")
-    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
-    magnitudes = data.view("<u2").reshape(len(arr), -1) & np.uint16(0x7FFF)   # the bits without the sign
+    # every BLOB is `width` bytes and none is NULL (a NULL's length fails the test above)
+    magnitudes = blob_rows(arr, column).view("<u2") & np.uint16(0x7FFF)   # the bits without the sign
     _bad_row(path, column, magnitudes.max(axis=1, initial=0) >= 0x7C00, "NaN or infinity in the vector")
 
 
