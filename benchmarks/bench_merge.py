@@ -6,7 +6,8 @@ image_store.image_tables builds out of generated explanations at the paper's set
 photos, 1,739 windows, top-100, |T| synsets), so they hold exactly the tables and types an
 `ingest --engine ray` writes, with random values. Then, in one run, into fresh copies of the
 database: `per-shard` is today's merge committing each shard on its own (as before the merge's groups
-of GROUP_WINDOWS windows), `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
+of GROUP_WINDOWS windows), `no-read-ahead` today's merge reading each shard's files when it reaches
+it (as before distributed/read_ahead.py), `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
 pyarrow reads, numpy remaps, Arrow inserts, no checks; the shards being format 4 now, it inserts
 their window_top rows as they are, where it regrouped window_concepts then) and `now` is `convis_db`'s
 merge_folder (every table checked, then inserted). For format 3 against format 4, run this script on
@@ -203,6 +204,35 @@ def merge_per_shard(con, shards: Path) -> int:
         shards_module.GROUP_WINDOWS = grouped
 
 
+class _NoReadAhead:
+    """ReadAhead reading nothing: each shard's files are read when the merge reaches it (as before)."""
+
+    def __init__(self, folders, tables):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+    def files(self, i):
+        return {}
+
+
+def merge_no_read_ahead(con, shards: Path) -> int:
+    """Today's merge without reading the next shard ahead (distributed/read_ahead.py): side by side, what
+    reading ahead gains."""
+    from convis_db.distributed import shards as shards_module
+
+    ahead = shards_module.ReadAhead
+    shards_module.ReadAhead = _NoReadAhead
+    try:
+        return merge_now(con, shards)
+    finally:
+        shards_module.ReadAhead = ahead
+
+
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system   # this process, DuckDB's threads included
@@ -235,6 +265,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, help="DuckDB threads (default: DuckDB's, the core count).")
     ap.add_argument("--file-settings", type=parse_file_settings, metavar="BLOCK:ROWS,...",
                     help="today's merge into files of each block and row group size, side by side (not before/now)")
+    ap.add_argument("--kinds", help="comma-separated kinds to time (default: all of before, per-shard, "
+                    "no-read-ahead, now)")
     ap.add_argument("--group-windows", type=int, help="windows per merge transaction for `now` "
                     "(default: shards.GROUP_WINDOWS, one row group)")
     args = ap.parse_args()
@@ -254,7 +286,14 @@ def main() -> None:
         from convis_db.store import db as store_db
 
         kinds = {name: (fn, store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE)
-                 for name, fn in (("before", merge_before), ("per-shard", merge_per_shard), ("now", merge_now))}
+                 for name, fn in (("before", merge_before), ("per-shard", merge_per_shard),
+                                  ("no-read-ahead", merge_no_read_ahead), ("now", merge_now))}
+        if args.kinds:
+            wanted = args.kinds.split(",")
+            unknown = sorted(set(wanted) - set(kinds))
+            if unknown:
+                ap.error(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(kinds)}")
+            kinds = {k: kinds[k] for k in wanted}
     fresh = {}
     for _, block, rows in kinds.values():  # one initialised file per block size
         fresh[block] = work / f"fresh-{block}.duckdb"

@@ -128,8 +128,8 @@ def test_what_is_stored_is_what_was_checked(tiny_db, four_shards, plain_db, tmp_
     db, shards = _copy(tiny_db, four_shards, tmp_path)
     check = shards_module._check_shard
 
-    def check_then_damage(con, folder):
-        checked = check(con, folder)
+    def check_then_damage(con, folder, files=None):
+        checked = check(con, folder, files)
         path = folder / "concept_peaks.parquet"
         table = pq.read_table(path)
         sums = pa.array(np.full(table.num_rows, -1, np.int32))  # would fail every check

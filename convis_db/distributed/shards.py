@@ -41,6 +41,7 @@ import pyarrow.parquet as pq
 from convis_db.engine.settings import Settings
 from convis_db.errors import ConvisError, DatabaseError
 from convis_db.progress import Progress, no_progress
+from convis_db.distributed.read_ahead import ReadAhead, ShardFiles
 from convis_db.store import shard_checks as sc
 from convis_db.store.db import ROW_GROUP_SIZE
 from convis_db.store.concept_index import refresh_concept_index
@@ -284,11 +285,12 @@ def _list(folder: Path) -> list[str]:
                          "must be able to read every shard).") from exc
 
 
-def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int) \
-        -> tuple[dict[str, pa.Table], pa.Table]:
+def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, model_id: int, n_synsets: int,
+               files: ShardFiles | None = None) -> tuple[dict[str, pa.Table], pa.Table]:
     """Every table of a shard, each checked whole (shard_checks): (image tables, failures); the merge
-    inserts these very tables (_insert_checked). Raises a ShardError naming the file, the column and the
-    first bad row; the database is not touched."""
+    inserts these very tables (_insert_checked). `files`: tables ReadAhead read already (the others are
+    read here). Raises a ShardError naming the file, the column and the first bad row; the database is
+    not touched."""
     rows = manifest["rows"]
     present = {n[:-len(".parquet")] for n in _list(folder) if n.endswith(".parquet")}
     for name in sorted(set(rows) | present):
@@ -309,11 +311,8 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                      "window_top" if compact else "window_concepts"):
             if name not in rows:
                 raise ShardError(f"{folder / MANIFEST}: the manifest lists images but no {name} table; {FIX}")
-    tables = {}
-    for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES) + tuple(COMPACT_SHARD_TABLES):
-        if t in rows:
-            tables[t] = sc.read_table(folder / f"{t}.parquet")
-    failures = sc.read_table(folder / f"{FAILURES}.parquet")
+    tables = {t: _read(folder, t, files) for t in shard_tables(manifest)}
+    failures = tables.pop(FAILURES)
     if old:  # a format 1 shard names the working-pixel peaks as before schema 010
         tables["image_scores"] = with_work_peak_names(tables["image_scores"])
     for name, table in tables.items():
@@ -359,6 +358,23 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
                                   expected)
     sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
     return tables, failures
+
+
+def shard_tables(manifest: dict) -> list[str]:
+    """The table files a shard's manifest says it holds, in the order read_shard reads them (failures
+    last)."""
+    rows = manifest["rows"]
+    return [t for t in IMAGE_TABLES + tuple(OLD_SHARD_TABLES) + tuple(COMPACT_SHARD_TABLES) if t in rows] + [FAILURES]
+
+
+def _read(folder: Path, name: str, files: ShardFiles | None) -> pa.Table:
+    """Table `name` of the shard: as read ahead (its read's error raised now, at its turn), or read now."""
+    got = files.get(name) if files else None
+    if got is None:
+        return sc.read_table(folder / f"{name}.parquet")
+    if isinstance(got, ShardError):
+        raise got
+    return got
 
 
 def old_scores_as_peaks(con: duckdb.DuckDBPyConnection, scores: pa.Table, manifest: dict, n_synsets: int) -> pa.Table:
@@ -505,9 +521,10 @@ class _CheckedShard:
     failures: list[dict]
 
 
-def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> _CheckedShard | ShardMerge:
-    """The shard checked whole, or its ShardMerge("already-merged"); writes nothing. Raises a ShardError
-    naming the file and the fix."""
+def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path, files: ShardFiles | None = None) \
+        -> _CheckedShard | ShardMerge:
+    """The shard checked whole, or its ShardMerge("already-merged"); writes nothing. `files`: its tables
+    as ReadAhead read them. Raises a ShardError naming the file and the fix."""
     name = checked_name(folder)
     if name in merged_shard_names(con):
         return ShardMerge(name, "already-merged")
@@ -516,7 +533,7 @@ def _check_shard(con: duckdb.DuckDBPyConnection, folder: Path) -> _CheckedShard 
         raise ShardError(f"{folder}: the manifest names shard {str(manifest['shard'])[:80]!r}; a shard keeps the "
                          "folder name its job gave it. Rename the folder back, or write the shard again.")
     model_id, profile = _check_compatible(con, folder, manifest)
-    tables, failures_table = read_shard(con, folder, manifest, model_id, profile.n_synsets)
+    tables, failures_table = read_shard(con, folder, manifest, model_id, profile.n_synsets, files)
     return _CheckedShard(name, folder, manifest, model_id, tables, failures_table.to_pylist())
 
 
@@ -576,8 +593,9 @@ def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
     A shard that fails its checks stores nothing: the shards before it in its group are committed,
     then the ShardError is raised (as one transaction per shard would leave them). One that fails
     while being stored (changed on disk since its check, the disk full, Ctrl-C) rolls back its whole
-    group: those shards stay on disk, unrecorded, and the next merge stores them. Only one shard's
-    tables are held in memory at a time. `tick(1)` is called as each shard is stored or skipped."""
+    group: those shards stay on disk, unrecorded, and the next merge stores them. The next shard's files
+    are read in the background meanwhile (ReadAhead), so two shards' tables are held in memory at most.
+    `tick(1)` is called as each shard is stored or skipped."""
     results: list[ShardMerge] = []
     group: list[ShardMerge] = []
     windows = 0
@@ -593,38 +611,50 @@ def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
             group.clear()
         windows = 0
 
-    for folder in folders:
+    folders = [Path(f) for f in folders]
+    merged_before = merged_shard_names(con)
+
+    def to_read(folder: Path) -> list[str] | None:  # what ReadAhead reads of a shard, if anything
+        if folder.name in merged_before:
+            return None
         try:
-            checked = _check_shard(con, Path(folder))
-        except BaseException:
-            if group:  # the group so far is whole: keep it
-                try:
-                    commit()
-                except duckdb.Error:
-                    rollback_quietly(con)
-                    group.clear()
-            raise
-        if isinstance(checked, ShardMerge):
-            results.append(checked)
+            return shard_tables(read_manifest(folder))
+        except (ShardError, KeyError, TypeError):  # _check_shard says why at the shard's turn
+            return None
+
+    with ReadAhead(folders, to_read) as ahead:
+        for i, folder in enumerate(folders):
+            try:
+                checked = _check_shard(con, folder, ahead.files(i))
+            except BaseException:
+                if group:  # the group so far is whole: keep it
+                    try:
+                        commit()
+                    except duckdb.Error:
+                        rollback_quietly(con)
+                        group.clear()
+                raise
+            if isinstance(checked, ShardMerge):
+                results.append(checked)
+                tick(1)
+                continue
+            if not group:
+                con.execute("BEGIN TRANSACTION")
+            try:
+                group.append(_store_shard(con, checked))
+            except BaseException:
+                rollback_quietly(con)
+                rolled_back = [r.shard for r in group]
+                group.clear()
+                if rolled_back:
+                    log.warning("rolled back with %s: %s (stored again by the next merge)", checked.name,
+                                ", ".join(rolled_back))
+                raise
+            del checked  # this shard's tables: memory for the next one's
             tick(1)
-            continue
-        if not group:
-            con.execute("BEGIN TRANSACTION")
-        try:
-            group.append(_store_shard(con, checked))
-        except BaseException:
-            rollback_quietly(con)
-            rolled_back = [r.shard for r in group]
-            group.clear()
-            if rolled_back:
-                log.warning("rolled back with %s: %s (stored again by the next merge)", checked.name,
-                            ", ".join(rolled_back))
-            raise
-        del checked  # one shard's tables in memory at a time
-        tick(1)
-        windows += sum(group[-1].windows.values())
-        if windows >= GROUP_WINDOWS:
-            commit()
+            windows += sum(group[-1].windows.values())
+            if windows >= GROUP_WINDOWS:
+                commit()
     commit()
     return results
 
