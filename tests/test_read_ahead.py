@@ -8,6 +8,9 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from convis_db.distributed import read_ahead, shards as shards_module
@@ -87,6 +90,23 @@ def test_an_unreadable_file_fails_at_its_shards_turn(tiny_db, four_shards, tmp_p
     res = run_cli("--db", db, "-q", "merge", shards)
     assert res.exit_code == 2 and "Traceback" not in res.stderr
     assert f"{names[2]}/concept_peaks.parquet" in res.stderr and "not a readable Parquet file" in res.stderr
+    assert query(db, "SELECT shard FROM merged_shards ORDER BY shard") == [(n,) for n in names[:2]]
+
+
+def test_rows_failing_their_checks_fail_at_their_shards_turn(tiny_db, four_shards, tmp_path, run_cli,  # noqa: F811
+                                                            monkeypatch):
+    """A shard read ahead is still checked at its own turn: a bad value in the third shard is reported
+    in the same words, after the first two were stored."""
+    monkeypatch.setattr(shards_module, "GROUP_WINDOWS", 10**9)  # one group: the first two committed all the same
+    db, shards = _copy(tiny_db, four_shards, tmp_path)
+    names = list(finished_shards(shards))
+    path = shards / names[2] / "concept_peaks.parquet"
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("map_sum"), "map_sum",
+                                    pa.array(np.full(table.num_rows, -1, np.int32))), path)
+    res = run_cli("--db", db, "-q", "merge", shards)
+    assert res.exit_code == 2 and "Traceback" not in res.stderr
+    assert f"{names[2]}/concept_peaks.parquet" in res.stderr and "map_sum" in res.stderr
     assert query(db, "SELECT shard FROM merged_shards ORDER BY shard") == [(n,) for n in names[:2]]
 
 
