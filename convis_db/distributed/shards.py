@@ -611,7 +611,7 @@ def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
             group.clear()
         windows = 0
 
-    folders = [Path(f) for f in folders]
+    paths = [Path(f) for f in folders]
     merged_before = merged_shard_names(con)
 
     def to_read(folder: Path) -> list[str] | None:  # what ReadAhead reads of a shard, if anything
@@ -622,8 +622,8 @@ def merge_shards(con: duckdb.DuckDBPyConnection, folders: Iterable[str | Path],
         except (ShardError, KeyError, TypeError):  # _check_shard says why at the shard's turn
             return None
 
-    with ReadAhead(folders, to_read) as ahead:
-        for i, folder in enumerate(folders):
+    with ReadAhead(paths, to_read) as ahead:
+        for i, folder in enumerate(paths):
             try:
                 checked = _check_shard(con, folder, ahead.files(i))
             except BaseException:
