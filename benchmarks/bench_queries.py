@@ -24,6 +24,8 @@ What is generated at full size and what is not (docs/benchmarks.md says why the 
     python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --scans          # full T, 3 GB
     python benchmarks/bench_queries.py --images 1000000 --emulate-full --db /tmp/emu1m.duckdb --cold --scans
     python benchmarks/bench_queries.py --images 20000 --db /tmp/full20k.duckdb --compare /tmp/full20k_old.duckdb
+    python benchmarks/bench_queries.py --images 100000 --emulate-full --db /tmp/emu100k.duckdb \
+        --compare /tmp/emu1m.duckdb --compare-images 1000000      # 1M against 100k, side by side
 """
 
 from __future__ import annotations
@@ -325,22 +327,24 @@ def measure(db: Path, n_images: int, cold: bool, scans: bool) -> dict:
     return results
 
 
-def compare(db: Path, other: Path, n_images: int, rounds: int = 11) -> dict:
-    """Per query, the median ms on `db` and on `other` (the same collection in another layout), the
-    two run in turn (A, B, B, A, ...) so that both see the same load; the LIMIT-outside form is left
-    out (it reads every row group of either)."""
+def compare(db: Path, other: Path, n_images: int, rounds: int = 11, other_images: int | None = None) -> dict:
+    """Per query, the median ms on `db` and on `other` (the same collection in another layout, or, with
+    `other_images`, a generated collection of that many images: 1M against 100k), the two run in turn
+    (A, B, B, A, ...) so that both see the same load; the LIMIT-outside form is left out (it reads every
+    row group of either)."""
     cons = {"a": connect(db), "b": connect(other)}
+    fns = {"a": queries(n_images), "b": queries(other_images or n_images)}
     out = {}
-    for name, fn in queries(n_images).items():
+    for name in fns["a"]:
         if name.endswith("LIMIT 20"):
             continue
         times: dict[str, list[float]] = {"a": [], "b": []}
-        for con in cons.values():
-            fn(con)  # warm-up
+        for key, con in cons.items():
+            fns[key][name](con)  # warm-up
         for r in range(rounds):
             for key in ("a", "b") if r % 2 == 0 else ("b", "a"):
                 t0 = time.perf_counter()
-                fn(cons[key])
+                fns[key][name](cons[key])
                 times[key].append((time.perf_counter() - t0) * 1000)
         a, b = (sorted(times[k])[rounds // 2] for k in ("a", "b"))
         out[name] = {"a_ms": a, "b_ms": b}
@@ -366,6 +370,9 @@ def main() -> None:
     ap.add_argument("--scans", action="store_true", help="Record the row groups each query's scans read.")
     ap.add_argument("--compare", type=Path, metavar="DB2", help="Instead: time every query on --db and on DB2 "
                     "(the same collection built another way), in turn, 11 runs each.")
+    ap.add_argument("--compare-images", type=int, metavar="N", help="With --compare: DB2 is a generated "
+                    "collection of N images (e.g. --images 100000 --db emu100k --compare emu1m --compare-images "
+                    "1000000), each queried as its own size's run queries it")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.emulate_full:
@@ -379,7 +386,7 @@ def main() -> None:
         print(f"built {db} in {info['seconds']:.1f} s ({info['bytes'] / 1e6:.0f} MB): {info}")
     if args.compare:
         print(f"load before: {os.getloadavg()}")
-        result = compare(db, args.compare, args.images)
+        result = compare(db, args.compare, args.images, other_images=args.compare_images)
         print(f"load after: {os.getloadavg()}")
         if args.json:
             print(json.dumps(result))
