@@ -252,11 +252,11 @@ CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
            image_max_rank_less
     FROM concept_order WHERE synset_id = sid
     UNION ALL
-    SELECT synset_id, image_id,
-           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
-           image_max_rank_less
-    FROM concept_peaks
-    WHERE synset_id = sid AND image_id > (SELECT indexed_through FROM concept_index_state);
+    SELECT p.synset_id, p.image_id,
+           p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           p.image_max_rank_less
+    FROM concept_peaks p JOIN concept_index_state st ON p.image_id > st.indexed_through
+    WHERE p.synset_id = sid;
 CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
            CASE WHEN s.synset_id IS NULL

@@ -432,3 +432,53 @@ def test_search_and_count_answer_alike_with_and_without_pending_images(query_db,
     searched = [v for k, v in fast.items() if k[1] != "regions"]
     assert sum(c for _, c in searched) > 0 and any(len(s) == 4 for s, _ in searched)
     con.close()
+
+
+def _keys_and_rows(con, sids: list[int], names: list[str]) -> dict:
+    """concept_keys, concept_rows and images_with as a file answers them (rows in the macros' order,
+    then sorted where a macro leaves the order open)."""
+    out = {}
+    for sid in sids:
+        out["keys", sid] = sorted(con.execute("SELECT * FROM concept_keys(?)", [sid]).fetchall(), key=repr)
+        out["rows", sid] = sorted(con.execute("SELECT * FROM concept_rows(?)", [sid]).fetchall(), key=repr)
+    return out | _images_with(con, names)
+
+
+def test_concept_keys_answer_as_before_schema_018_with_images_pending(query_db, tmp_path):
+    """Schema 018 reads the images past the index's watermark through a join with concept_index_state
+    instead of a scalar subquery. A file at schema 017, with its newest images past the watermark (their
+    keys not yet in concept_order, as between an ingest and its refresh), answers concept_keys,
+    concept_rows and images_with alike before and after the upgrade, and as the same file with every
+    image indexed; with nothing pending too."""
+    import duckdb
+    from schema_history import copy_into_schema_below
+
+    from convis_db.store.migrations import applied_versions
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(query_db, old, 18)
+    raw = duckdb.connect(str(old))
+    assert max(applied_versions(raw)) == 17
+    images = [r[0] for r in raw.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
+    assert len(images) >= 3
+    names = [r[0] for r in raw.execute("SELECT name FROM synsets ORDER BY synset_id").fetchall()][::4]
+    sids = [r[0] for r in raw.execute("SELECT synset_id FROM synsets WHERE name IN (SELECT unnest(?))",
+                                      [names]).fetchall()]
+    indexed = _keys_and_rows(raw, sids, names)
+    watermark = images[len(images) // 2 - 1]
+    raw.execute("DELETE FROM concept_order WHERE image_id > ?", [watermark])
+    raw.execute("UPDATE concept_index_state SET indexed_through = ?", [watermark])
+    pending = _keys_and_rows(raw, sids, names)
+    raw.close()
+    assert pending == indexed
+    assert sum(len(v) for k, v in indexed.items() if k[0] == "keys") > 50
+    con = connect(old)  # upgrades the file (to 018)
+    assert max(applied_versions(con)) >= 18
+    assert _keys_and_rows(con, sids, names) == pending
+    assert con.execute("SELECT count(*) FROM concept_order WHERE image_id > ?", [watermark]).fetchone()[0] == 0
+    con.close()
+    indexed_now = connect(query_db)
+    try:
+        assert _keys_and_rows(indexed_now, sids, names) == indexed
+    finally:
+        indexed_now.close()
