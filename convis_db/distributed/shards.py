@@ -412,9 +412,9 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
     tables in memory, registered with DuckDB: no second read of the Parquet files, so what is stored is
     what was checked even if a file changes meanwhile; the INSERTs of window_top and concept_peaks took
     0.72 instead of 1.3 s per 320 images, the whole merge 1.0-1.03 x less time: docs/benchmarks.md
-    "Merge in groups"), image ids mapped local -> new by `lookup` (rows of images not added are left out). The column list is the checked table's (names the
-    database's own table has). An older shard's image_scores arrive as concept_peaks rows (read_shard
-    converted them)."""
+    "Merge in groups"), image ids mapped local -> new by `lookup` (rows of images not added are left
+    out). The column list is the checked table's (names the database's own table has). An older shard's
+    image_scores arrive as concept_peaks rows (read_shard converted them)."""
     params_base = {"lookup": lookup[1:].tolist()}  # DuckDB lists count from 1
     for table in IMAGE_TABLES + tuple(COMPACT_SHARD_TABLES):
         if table not in shard.tables:
