@@ -10,7 +10,9 @@ of GROUP_WINDOWS windows), `no-read-ahead` today's merge reading each shard's fi
 it (as before distributed/read_ahead.py), `before` is the merge loop of commit 4fa1226 (kept below as `merge_before`: per shard,
 pyarrow reads, numpy remaps, Arrow inserts, no checks; the shards being format 4 now, it inserts
 their window_top rows as they are, where it regrouped window_concepts then) and `now` is `convis_db`'s
-merge_folder (every table checked, then inserted). For format 3 against format 4, run this script on
+merge_folder (every table checked, then inserted), and `duckdb-alone` is DuckDB storing the same rows
+with nothing else to do (merge_duckdb_alone: one INSERT per table over every shard's Parquet file, no
+checks): the floor of any merge in this layout on the same machine. For format 3 against format 4, run this script on
 a checkout before format 4 and on this one. Each is timed from the first shard to the concept index
 refreshed and a CHECKPOINT (the data on disk); the order alternates between repeats.
 
@@ -18,8 +20,12 @@ refreshed and a CHECKPOINT (the data on disk); the order alternates between repe
     python benchmarks/bench_merge.py --images 128 --embeddings none --repeat 2
     python benchmarks/bench_merge.py --images 128 --file-settings default,shipped --repeat 2
 
---file-settings BLOCK:ROWS,... times today's merge into files of each block size and row group size
-instead (`default`: DuckDB's 262144:122880, as before issue 24; `shipped`: store/db.py's), side by side.
+--file-settings BLOCK:ROWS,... times today's merge (or each of --kinds) into files of each block size and
+row group size instead (`default`: DuckDB's 262144:122880, as before issue 24; `shipped`: store/db.py's),
+side by side:
+
+    python benchmarks/bench_merge.py --images 1280 --embeddings none --kinds duckdb-alone \
+        --file-settings 65536:122880,shipped --repeat 2
 
 Target (issue 24): >= 100 images/s on the 2-core machine.
 """
@@ -233,6 +239,56 @@ def merge_no_read_ahead(con, shards: Path) -> int:
         shards_module.ReadAhead = ahead
 
 
+def merge_duckdb_alone(con, shards: Path) -> int:
+    """DuckDB's floor for storing the same rows: no checks, no Python per shard, one INSERT ... SELECT
+    per table over every shard's Parquet file (DuckDB's own parallel reader; image ids offset per shard
+    in SQL), the concept peaks split as the merge splits them, one transaction, then the concept index
+    refreshed as the merge does. What no merge that stores these tables in this layout can beat on the
+    same machine (float16 windows: split by the merge's own numpy step, per shard)."""
+    import json
+
+    from convis_db.distributed.shards import MANIFEST, _insert_split_windows
+    from convis_db.store.halves import WHOLE_COLUMN
+    from convis_db.store.image_store import concept_peaks_inserts
+
+    folders = list(finished_shards(shards).values())
+    offsets, total = [], 0
+    for folder in folders:
+        offsets.append(total)
+        total += int(json.loads((folder / MANIFEST).read_text())["rows"]["images"])
+    con.execute("CREATE TEMP TABLE _offsets (filename VARCHAR, image_offset INTEGER)")
+    tables = [t for t in IMAGE_TABLES + ("window_top",) if (folders[0] / f"{t}.parquet").exists()]
+    con.execute("INSERT INTO _offsets SELECT unnest(?), unnest(?)",
+                [[str(f / f"{t}.parquet") for t in tables for f in folders], [o for _ in tables for o in offsets]])
+    model_id = con.execute("SELECT min(model_id) FROM models").fetchone()[0]
+    con.execute("BEGIN TRANSACTION")
+    for table in tables:
+        files = [str(f / f"{table}.parquet") for f in folders]
+        names = pq.read_schema(files[0]).names
+        if table == "windows" and WHOLE_COLUMN in names:
+            for folder, offset in zip(folders, offsets):
+                rows = pq.read_table(folder / "windows.parquet")
+                _insert_split_windows(con, rows, np.arange(offset, offset + 1 + most_id(rows), dtype=np.int64))
+            continue
+        cols = ", ".join("(r.image_id + o.image_offset)::INTEGER AS image_id" if n == "image_id"
+                         else (f"{int(model_id)}::INTEGER AS model_id" if table == "images" and n == "model_id"
+                               else f'r."{n}"') for n in names)
+        rows = f"SELECT {cols} FROM read_parquet($files, filename = true) r JOIN _offsets o USING (filename)"
+        if table == "concept_peaks":
+            for statement in concept_peaks_inserts(rows):
+                con.execute(statement, {"files": files})
+        else:
+            con.execute(f"INSERT INTO {table} BY NAME {rows}", {"files": files})   # table from IMAGE_TABLES
+    con.execute("COMMIT")
+    con.execute("DROP TABLE _offsets")
+    refresh_concept_index(con)
+    return total
+
+
+def most_id(rows: pa.Table) -> int:
+    return int(rows.column("image_id").to_numpy().max()) if rows.num_rows else 0
+
+
 def cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system   # this process, DuckDB's threads included
@@ -266,7 +322,7 @@ def main() -> None:
     ap.add_argument("--file-settings", type=parse_file_settings, metavar="BLOCK:ROWS,...",
                     help="today's merge into files of each block and row group size, side by side (not before/now)")
     ap.add_argument("--kinds", help="comma-separated kinds to time (default: all of before, per-shard, "
-                    "no-read-ahead, now)")
+                    "no-read-ahead, now, duckdb-alone)")
     ap.add_argument("--group-windows", type=int, help="windows per merge transaction for `now` "
                     "(default: shards.GROUP_WINDOWS, one row group)")
     args = ap.parse_args()
@@ -280,20 +336,18 @@ def main() -> None:
     shards = work / "shards"
     settings = Settings()
     t0 = time.perf_counter()
-    if args.file_settings:  # label -> (merge, block, rows)
-        kinds = {f"{b // 1024}KiB/{r}": (merge_now, b, r) for b, r in args.file_settings}
+    merges = {"before": merge_before, "per-shard": merge_per_shard, "no-read-ahead": merge_no_read_ahead,
+              "now": merge_now, "duckdb-alone": merge_duckdb_alone}
+    wanted = args.kinds.split(",") if args.kinds else (["now"] if args.file_settings else list(merges))
+    unknown = sorted(set(wanted) - set(merges))
+    if unknown:
+        ap.error(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(merges)}")
+    if args.file_settings:  # label -> (merge, block, rows): each kind into files of each setting
+        kinds = {f"{k} {b // 1024}KiB/{r}": (merges[k], b, r) for k in wanted for b, r in args.file_settings}
     else:  # the files as this checkout makes them
         from convis_db.store import db as store_db
 
-        kinds = {name: (fn, store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE)
-                 for name, fn in (("before", merge_before), ("per-shard", merge_per_shard),
-                                  ("no-read-ahead", merge_no_read_ahead), ("now", merge_now))}
-        if args.kinds:
-            wanted = args.kinds.split(",")
-            unknown = sorted(set(wanted) - set(kinds))
-            if unknown:
-                ap.error(f"--kinds: unknown {', '.join(unknown)}; choose from {', '.join(kinds)}")
-            kinds = {k: kinds[k] for k in wanted}
+        kinds = {k: (merges[k], store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE) for k in wanted}
     fresh = {}
     for _, block, rows in kinds.values():  # one initialised file per block size
         fresh[block] = work / f"fresh-{block}.duckdb"
@@ -320,7 +374,7 @@ def main() -> None:
     order = list(kinds.items())
     for r in range(args.repeat):
         for name, (fn, block, rows) in (order if r % 2 == 0 else order[::-1]):
-            db = work / f"{name.replace('/', '-')}.duckdb"
+            db = work / f"{name.replace('/', '-').replace(' ', '-')}.duckdb"
             with file_settings(block, rows):
                 seconds, cpu, added, free = timed(fresh[block], db, shards, fn)
             sizes[name] = db.stat().st_size - fresh[block].stat().st_size
