@@ -774,3 +774,18 @@ def test_cli_eval_ood(run_cli, eval_db, tmp_path, wn):
     bad = run_cli("-q", "--db", eval_db, "eval", "ood", "--train", tmp_path / "train", "--test", tmp_path / "test",
                   "--positive", "cat.n.01", "--negative", "bird.n.01")
     assert bad.exit_code == 2 and "no training image is in-distribution" in bad.stderr
+
+
+def test_row_dots_give_equal_rows_equal_scores_wherever_they_stand():
+    """The OOD scores' products (ood.row_dots): a copy of a row scores exactly as the row does at any
+    place in the matrix (a BLAS product need not), and the values are a @ b.T's."""
+    from convis_db.evaluation.ood import row_dots
+
+    rng = np.random.default_rng(3)
+    b = rng.standard_normal((7, 96)).astype(np.float32)
+    a = rng.standard_normal((45, 96)).astype(np.float32)
+    a[[5, 17, 33, 44]] = a[2]
+    got = row_dots(a, b, rows=8)
+    for i in (5, 17, 33, 44):
+        assert np.array_equal(got[i], got[2])
+    np.testing.assert_allclose(got, a @ b.T, rtol=1e-5, atol=1e-5)

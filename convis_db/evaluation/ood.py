@@ -230,6 +230,18 @@ def isolation_forest_scores(reference: np.ndarray, test: np.ndarray, *, n_estima
     return forest.score_samples(test)
 
 
+def row_dots(a: np.ndarray, b: np.ndarray, rows: int = 32) -> np.ndarray:
+    """a @ b.T, each entry summed by numpy's pairwise sum over its own row, so that two equal rows of `a`
+    give equal entries wherever they stand. A BLAS matrix product sums rows in different orders by their
+    place in the block (OpenBLAS's AVX-512 kernels did), which put two copies of one image a rounding
+    apart and broke a tie the AUROC must see (identical groups score 0.5). `rows` rows of `a` at a
+    time bound the products held (rows x len(b) x dim floats)."""
+    out = np.empty((len(a), len(b)), np.result_type(a, b))
+    for i in range(0, len(a), rows):
+        out[i:i + rows] = (a[i:i + rows, None, :] * b[None, :, :]).sum(axis=-1)
+    return out
+
+
 def linear_probe_mls(reference: np.ndarray, labels: list[str], test: np.ndarray, seed: int = 0) -> np.ndarray | None:
     """The maximum logit of a multinomial logistic regression (scikit-learn, L2, C=1) trained on the
     reference embeddings with their class labels; None with fewer than two classes. With two classes
@@ -323,9 +335,9 @@ def evaluate_ood(explainer: ConVisExplainer, positive: str, train: dict[str, lis
     max_rank, alone_rank = image_rank_scores(explainer, emb, ids, sid)
     columns = {
         "max_rank_sim": max_rank, "rank_sim": alone_rank,
-        "mls": scale * (emb @ classifier.T).max(axis=1),
+        "mls": scale * row_dots(emb, classifier).max(axis=1),
         "isolation_forest": isolation_forest_scores(ref, emb, n_estimators=n_estimators, seed=seed),
-        "clip_image_baseline": (emb @ ref.T).max(axis=1),
+        "clip_image_baseline": row_dots(emb, ref).max(axis=1),
     }
     probe = linear_probe_mls(ref, ref_labels, emb, seed)
     if probe is not None:
