@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import header, timeit  # noqa: E402
 
+from convis_db.store.concept_index import rebuild_concept_top  # noqa: E402
 from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402
 from convis_db.store.hierarchy_store import write_hierarchy  # noqa: E402
 from convis_db.store.image_store import concept_peaks_inserts  # noqa: E402
@@ -182,6 +183,8 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
         runs = 2
     raw.execute("UPDATE concept_index_state SET indexed_through = ?, runs = ?", [N, runs])
     print(f"  concept_order: {time.perf_counter() - t0:.0f} s", flush=True)
+    rebuild_concept_top(raw)  # schema 019: each concept's best images, as the refresh keeps them
+    print(f"  concept_top: {time.perf_counter() - t0:.0f} s", flush=True)
     raw.execute("CHECKPOINT")
     groups = {t: raw.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info(?)", [t]).fetchone()[0]
               for t in BIG_TABLES}

@@ -13,7 +13,8 @@ CREATE SEQUENCE mutual_explanation_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 922
 -- Tables
 CREATE TABLE concept_index_state (
     indexed_through INTEGER NOT NULL,
-    runs INTEGER NOT NULL
+    runs INTEGER NOT NULL,
+    top_through INTEGER
 );
 CREATE TABLE concept_order (
     synset_id INTEGER NOT NULL,
@@ -39,6 +40,16 @@ CREATE TABLE concept_self_peaks (
     work_self_peak_x INTEGER NOT NULL,
     work_self_peak_y INTEGER NOT NULL,
     image_rank_less INTEGER
+);
+CREATE TABLE concept_top (
+    "level" VARCHAR NOT NULL,
+    synset_id INTEGER NOT NULL,
+    image_id INTEGER NOT NULL,
+    map_sum INTEGER NOT NULL,
+    map_windows INTEGER NOT NULL,
+    image_max_rank_less INTEGER,
+    work_peak_x INTEGER NOT NULL,
+    work_peak_y INTEGER NOT NULL
 );
 CREATE TABLE image_embeddings (
     image_id INTEGER PRIMARY KEY,
@@ -272,6 +283,27 @@ CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
     LEFT JOIN (SELECT * FROM concept_self_peaks WHERE synset_id = sid) s
         ON s.image_id = k.image_id AND s.synset_id = k.synset_id;
+CREATE OR REPLACE MACRO concept_top_rows(after_image, through_image, keep) AS TABLE
+WITH candidates AS (
+    SELECT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
+    FROM concept_peaks WHERE image_id > after_image AND image_id <= through_image
+    UNION ALL
+    SELECT DISTINCT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
+    FROM concept_top
+), scored AS (
+    SELECT *, map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak
+    FROM candidates
+)
+SELECT level, synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
+FROM (
+    SELECT 'image' AS level, *,
+           row_number() OVER (PARTITION BY synset_id ORDER BY image_max_rank_less DESC, map_peak DESC, image_id) AS pos
+    FROM scored WHERE image_max_rank_less IS NOT NULL
+    UNION ALL
+    SELECT 'map' AS level, *, row_number() OVER (PARTITION BY synset_id ORDER BY map_peak DESC, image_id) AS pos
+    FROM scored
+)
+WHERE pos <= keep;
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
@@ -294,23 +326,49 @@ WITH chosen AS (
         WHEN level IS NOT NULL THEN level
         WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
         ELSE 'map' END AS ranked_by
+), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 50
+    SELECT indexed_through FROM concept_index_state
+    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 50
+), scanned AS (  -- one row when it does not: every key is ranked
+    SELECT 1 AS one WHERE NOT EXISTS (SELECT 1 FROM kept)
 ), keyed AS (
     SELECT k.image_id, k.synset_id, k.map_peak AS map_score,
-           k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by
-    FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k, chosen c
+           k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           NULL::INTEGER AS work_peak_x, NULL::INTEGER AS work_peak_y
+    FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k JOIN scanned ON true, chosen c
+    UNION ALL
+    SELECT t.image_id, t.synset_id,
+           t.map_sum::DOUBLE / (t.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_score,
+           t.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           t.work_peak_x, t.work_peak_y
+    FROM concept_top t JOIN kept ON true JOIN chosen c ON t.level = c.ranked_by
+    WHERE t.synset_id = (SELECT synset_id FROM synsets WHERE name = concept)
+    UNION ALL  -- with concept_top: the images past the watermark too (not yet in any list)
+    SELECT p.image_id, p.synset_id,
+           p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_score,
+           p.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           p.work_peak_x, p.work_peak_y
+    FROM concept_peaks p JOIN kept ON p.image_id > kept.indexed_through, chosen c
+    WHERE p.synset_id = (SELECT synset_id FROM synsets WHERE name = concept)
 ), ranked AS (
-    SELECT image_id, synset_id, map_score, image_score,
+    SELECT image_id, synset_id, map_score, image_score, work_peak_x, work_peak_y,
            CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END AS score
     FROM keyed
     WHERE (CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END) >= min_score
     ORDER BY score DESC, map_score DESC, image_id
     LIMIT coalesce(top, 9223372036854775807)
+), placed AS (
+    SELECT r.image_id, r.score, r.map_score, r.image_score, r.work_peak_x, r.work_peak_y
+    FROM ranked r WHERE r.work_peak_x IS NOT NULL
+    UNION ALL
+    SELECT r.image_id, r.score, r.map_score, r.image_score, p.work_peak_x, p.work_peak_y
+    FROM (SELECT * FROM ranked WHERE work_peak_x IS NULL) r
+    JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
 )
 SELECT r.image_id, i.path, r.score,
-       original_px(p.work_peak_x, i.scale) AS peak_x, original_px(p.work_peak_y, i.scale) AS peak_y,
+       original_px(r.work_peak_x, i.scale) AS peak_x, original_px(r.work_peak_y, i.scale) AS peak_y,
        r.map_score, r.image_score
-FROM ranked r
-JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
+FROM placed r
 JOIN images i ON i.image_id = r.image_id
 ORDER BY r.score DESC, r.map_score DESC, r.image_id;
 CREATE OR REPLACE MACRO inner_concepts() AS TABLE

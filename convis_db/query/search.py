@@ -21,7 +21,7 @@ import duckdb
 
 from convis_db.engine.pixels import sql_original_point
 from convis_db.errors import UsageError
-from convis_db.store.concept_index import all_indexed
+from convis_db.store.concept_index import TOP_KEEP, all_indexed, top_kept
 from convis_db.store.hierarchy_store import find_synset_name, synset_count
 from convis_db.store.image_store import image_level_counts
 
@@ -135,10 +135,47 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
     r = ranking(con, concept, by, only_self)
+    if not only_self and 0 <= limit <= TOP_KEEP and top_kept(con) and all_indexed(con):
+        rows = _search_kept(con, r, float(min_score), int(limit))
+    else:
+        rows = _search_keys(con, r, float(min_score), int(limit))
+    keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
+    return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
+
+
+#: concept_top's rows of one concept and ranking (parameters: the level, the synset id) as the columns
+#: Ranking's expressions read (`sc.map_peak`, `sc.image_max_rank_less`), with their peaks.
+KEPT_ROWS = """(SELECT image_id, work_peak_x, work_peak_y, image_max_rank_less,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak
+    FROM concept_top WHERE level = ? AND synset_id = ?)"""
+
+
+def _search_kept(con: duckdb.DuckDBPyConnection, r: Ranking, min_score: float, limit: int) -> list[tuple]:
+    """search_images' rows from concept_top (schema 019): the concept's best TOP_KEEP images of the
+    ranking, with their peaks, hold its best `limit` when every image is indexed (the caller checks),
+    so neither the concept's keys nor concept_peaks are read (issue 24: constant at any size)."""
+    return con.execute(
+        f"""WITH hits AS (
+                SELECT sc.image_id, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score,
+                       sc.work_peak_x, sc.work_peak_y
+                FROM {KEPT_ROWS} sc
+                WHERE {r.score} >= ?
+                ORDER BY {r.order_by("sc.image_id")}
+                LIMIT ?)
+            SELECT i.image_id, i.path, h.score, h.map_score, h.image_score,
+                   {sql_original_point("h.work_peak_x")} AS peak_x,
+                   {sql_original_point("h.work_peak_y")} AS peak_y, i.width, i.height
+            FROM hits h JOIN images i ON i.image_id = h.image_id
+            ORDER BY h.score DESC, h.map_score DESC, h.image_id""",  # expressions from Ranking's fixed choices
+        [r.by, r.sid, min_score, limit]).fetchall()
+
+
+def _search_keys(con: duckdb.DuckDBPyConnection, r: Ranking, min_score: float, limit: int) -> list[tuple]:
+    """search_images' rows from the concept's keys (every image's), the peaks read for the hits."""
     # The best `limit` of the concept's rows first (its keys: concept_order's row groups only), then the
     # peaks' pixels and the image records of those rows alone: a join with at most `limit` rows, which
     # DuckDB turns into a filter on concept_peaks' image ids. No other image's rows are read.
-    rows = con.execute(
+    return con.execute(
         f"""WITH hits AS (
                 SELECT sc.image_id, {r.score} AS score, {r.map_score} AS map_score, {r.image_score} AS image_score
                        {r.hit_columns}
@@ -152,10 +189,8 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
             FROM hits h JOIN concept_peaks p ON p.image_id = h.image_id AND p.synset_id = ?
             JOIN images i ON i.image_id = h.image_id
             ORDER BY h.score DESC, h.map_score DESC, h.image_id""",  # expressions from Ranking's fixed choices
-        [r.sid, float(min_score), int(limit), r.sid],
+        [r.sid, min_score, limit, r.sid],
     ).fetchall()
-    keys = ("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width", "height")
-    return [dict(zip(keys, row)) | {"synset": concept, "by": r.by} for row in rows]
 
 
 def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,

@@ -6,8 +6,14 @@ peak's exact terms (map_sum, map_windows) and the image-level count, in sorted r
 peak descending, image_id). Images past concept_index_state's watermark are read from concept_peaks by
 the concept_rows macro until a refresh appends them as one more run.
 
-Only writers call these (readers: `all_indexed`), and a writable connection is migrated, so the
-current names are used."""
+Since schema 019 the refresh also keeps concept_top: each concept's best TOP_KEEP indexed images per
+ranking (image level, map), with their peaks, so that a search for at most TOP_KEEP images reads those
+rows instead of one key per image of the collection (issue 24, queries at 1M images). Its rows are a
+fixed cost (at most 2 x TOP_KEEP per concept), so it is kept from TOP_FROM indexed images on;
+concept_index_state.top_through says through which image it is complete (NULL: not kept).
+
+Only writers call these (readers: `all_indexed`, `top_kept`), and a writable connection is migrated,
+so the current names are used."""
 
 from __future__ import annotations
 
@@ -26,6 +32,13 @@ COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less"
 #: concept_order's sort: by concept, the map peak (map_sum / (map_windows * |T|)) descending, the image.
 #: It lays rows out for zonemaps (|T| left out: the same order); queries order their results themselves.
 ORDER = "synset_id, map_sum::DOUBLE / map_windows::DOUBLE DESC, image_id"
+#: Images kept per concept and ranking in concept_top: searches for at most this many read it. The same
+#: number is written in schema 019's images_with macro (tests/test_concept_top.py holds them equal).
+TOP_KEEP = 50
+#: Indexed images from which concept_top is kept: below it a concept's keys are few enough to rank, and
+#: the lists (up to 2 x TOP_KEEP x |T| rows, 5.4 MB at |T| = 7,080) would cost more bytes per image than
+#: they save time.
+TOP_FROM = 1000
 
 
 def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RUNS) -> int:
@@ -44,6 +57,7 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
                     SELECT {COLUMNS} FROM concept_peaks WHERE image_id > ? AND image_id <= ?
                     ORDER BY {ORDER}""", [watermark, top])  # fixed column list
             con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
+            _keep_top(con, watermark, top)
         runs += 1
         log.info("concept index: appended %d images as run %d", pending, runs)
     if runs > max_runs:
@@ -93,5 +107,45 @@ def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
                         SELECT {COLUMNS} FROM concept_peaks WHERE image_id <= ?
                         ORDER BY {ORDER}""", [watermark])  # fixed column list
         con.execute("UPDATE concept_index_state SET runs = 1")
+        _keep_top(con, watermark, watermark, rebuild=True)
     con.execute("CHECKPOINT")
     log.info("concept index rewritten with the image-level scores")
+
+
+def rebuild_concept_top(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild concept_top from every indexed image (once there are TOP_FROM of them), in one transaction:
+    for a file whose concept_order was written by other means (benchmarks/bench_queries.py)."""
+    with transaction(con):
+        watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
+        _keep_top(con, watermark, watermark, rebuild=True)
+
+
+def top_kept(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether concept_top holds every indexed image's place (kept, and complete through the index's
+    watermark): then the best TOP_KEEP images of a concept are among its rows and the images past the
+    watermark."""
+    row = con.execute("SELECT top_through = indexed_through FROM concept_index_state").fetchone()
+    return bool(row and row[0])
+
+
+def _keep_top(con: duckdb.DuckDBPyConnection, before: int, through: int, rebuild: bool = False) -> None:
+    """Bring concept_top up to date with the images indexed through `through` (the caller's transaction):
+    merge in the images after `before` when it was complete through `before`, else rebuild it from every
+    indexed image once there are TOP_FROM of them (schema 019's concept_top_rows, the one rule)."""
+    kept = con.execute("SELECT top_through FROM concept_index_state").fetchone()[0]
+    if kept is not None and kept == before and not rebuild:
+        after = before
+    elif con.execute("SELECT count(*) FROM images WHERE image_id <= ?", [through]).fetchone()[0] >= TOP_FROM:
+        con.execute("DELETE FROM concept_top")
+        after = 0
+    else:
+        if kept is not None:  # not enough images (or the lists fell behind): drop them
+            con.execute("DELETE FROM concept_top")
+            con.execute("UPDATE concept_index_state SET top_through = NULL")
+        return
+    con.execute("CREATE TEMP TABLE _top AS SELECT * FROM concept_top_rows(?, ?, ?)", [after, through, TOP_KEEP])
+    con.execute("DELETE FROM concept_top")
+    con.execute("INSERT INTO concept_top SELECT * FROM _top ORDER BY level, synset_id")
+    con.execute("DROP TABLE _top")
+    con.execute("UPDATE concept_index_state SET top_through = ?", [through])
+    log.info("concept top lists: %s through image %d", "merged" if after else "built", through)

@@ -1,0 +1,201 @@
+"""concept_top (schema 019): each concept's best TOP_KEEP images per ranking, kept by the concept index's
+refresh, answer search and images_with(..., top := N <= TOP_KEEP) exactly as ranking every key does.
+
+The collections are generated in SQL (no model): scores drawn from a few values, so that ties of the
+image-level count, of the map peak (sums over different window counts) and of both are common, and the
+image id decides, as the queries rank."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from convis_db.query import search
+from convis_db.store import concept_index
+from convis_db.store.concept_index import TOP_KEEP, refresh_concept_index, reindex_from_scores
+from convis_db.store.db import connect
+from convis_db.store.image_store import concept_peaks_inserts
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schema"
+
+
+def add_images(con, first: int, last: int, seed: int) -> None:
+    """Images first..last with rows for every synset: map_sum in 0..11 over 1-3 windows, the image-level
+    count in 0..4 (NULL for every seventh image: no image-level scores)."""
+    con.execute("""INSERT INTO images (image_id, sha256, path, model_id, width, height, work_width, work_height,
+                        scale, stride, small, large, max_pixels, top_k, grid_rows, grid_cols, n_windows)
+                   SELECT i, sha256(i::VARCHAR), 'generated/' || i || '.jpg', (SELECT min(model_id) FROM models),
+                          160, 120, 160, 120, 1.0, 16, 32, 48, 20000, 8, 6, 8, 48
+                   FROM range(?, ? + 1) t(i)""", [first, last])
+    h = f"hash(i * 7919 + s * 104729 + {seed})"
+    rows = f"""SELECT i::INT AS image_id, s::INT AS synset_id,
+                      ({h} % 12)::INT AS map_sum, (1 + ({h} // 12) % 3)::INT AS map_windows,
+                      (({h} // 36) % 160)::INT AS work_peak_x, (({h} // 5760) % 120)::INT AS work_peak_y,
+                      CASE WHEN i % 7 = 0 THEN NULL ELSE (({h} // 99) % 5)::INT END AS image_max_rank_less,
+                      ({h} % 12)::INT AS self_sum, (1 + ({h} // 12) % 3)::INT AS self_windows,
+                      (({h} // 36) % 160)::INT AS work_self_peak_x, (({h} // 5760) % 120)::INT AS work_self_peak_y,
+                      CASE WHEN i % 7 = 0 THEN NULL ELSE (({h} // 99) % 5)::INT END AS image_rank_less
+               FROM range({first}, {last} + 1) a(i), (SELECT synset_id AS s FROM synsets)"""
+    for statement in concept_peaks_inserts(rows):
+        con.execute(statement)
+    con.execute("INSERT INTO image_embeddings SELECT i::INT, [0.0]::FLOAT[] FROM range(?, ? + 1) t(i) "
+                "WHERE i % 7 <> 0", [first, last])
+
+
+@pytest.fixture
+def collection(tiny_db: Path, tmp_path: Path, monkeypatch) -> Path:
+    """tiny_db's hierarchy with 140 generated images, indexed, concept_top kept (TOP_FROM lowered)."""
+    monkeypatch.setattr(concept_index, "TOP_FROM", 100)
+    db = tmp_path / "top.duckdb"
+    shutil.copyfile(tiny_db, db)
+    con = connect(db, write=True)
+    add_images(con, 1, 140, seed=1)
+    refresh_concept_index(con)
+    con.close()
+    return db
+
+
+def concepts(con) -> list[tuple[int, str]]:
+    """Eight concepts spread over the synset ids (leaves and inner ones)."""
+    rows = con.execute("SELECT synset_id, name FROM synsets ORDER BY synset_id").fetchall()
+    return rows[::max(1, len(rows) // 8)][:8]
+
+
+def searched(con, name: str, path) -> list:
+    """Every search this test asks, through `path` (search._search_kept or search._search_keys)."""
+    out = []
+    for by in ("image", "map"):
+        r = search.ranking(con, name, by)
+        for limit in (1, 7, 20, TOP_KEEP):
+            for min_score in (0.0, 0.0004, 0.5):
+                out.append(path(con, r, min_score, limit))
+    return out
+
+
+def images_with(con, name: str) -> list:
+    return [con.execute("SELECT * FROM images_with(?, ?, level := ?, top := ?)", [name, m, lvl, top]).fetchall()
+            for lvl in ("image", "map", None) for top in (1, 7, 20, TOP_KEEP) for m in (0.0, 0.0004, 0.5)]
+
+
+def slow_images_with(con, name: str) -> list:
+    """images_with ranking every key: the same file with concept_top marked as not kept."""
+    kept = con.execute("SELECT top_through FROM concept_index_state").fetchone()[0]
+    con.execute("UPDATE concept_index_state SET top_through = NULL")
+    try:
+        return images_with(con, name)
+    finally:
+        con.execute("UPDATE concept_index_state SET top_through = ?", [kept])
+
+
+def test_the_macro_keeps_as_many_as_the_library():
+    macro = (SCHEMA / "019_concept_top.sql").read_text()
+    assert re.findall(r"coalesce\(top, 9223372036854775807\) <= (\d+)", macro) == [str(TOP_KEEP)]
+
+
+def test_kept_lists_answer_as_every_key_does(collection):
+    con = connect(collection, write=True)
+    try:
+        assert concept_index.top_kept(con)
+        kept = con.execute("SELECT level, count(*), count(DISTINCT synset_id) FROM concept_top GROUP BY level "
+                           "ORDER BY level").fetchall()
+        n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        assert kept == [("image", TOP_KEEP * n, n), ("map", TOP_KEEP * n, n)]
+        ties = con.execute("""SELECT count(*) FROM (SELECT synset_id, image_max_rank_less FROM concept_peaks
+                              GROUP BY ALL HAVING count(*) > 1)""").fetchone()[0]
+        assert ties > 0
+        for _, name in concepts(con):
+            assert searched(con, name, search._search_kept) == searched(con, name, search._search_keys)
+            assert images_with(con, name) == slow_images_with(con, name)
+            # search_images itself takes the kept lists here, and its answer is the keys' answer
+            assert search.search_images(con, name, limit=20) == \
+                [dict(zip(("image_id", "path", "score", "map_score", "image_score", "peak_x", "peak_y", "width",
+                           "height"), row)) | {"synset": name, "by": "image"}
+                 for row in search._search_keys(con, search.ranking(con, name, None), 0.0, 20)]
+        # a top of more than TOP_KEEP ranks every key, and answers whole
+        name = concepts(con)[0][1]
+        many = con.execute("SELECT count(*) FROM images_with(?, 0.0, level := 'map', top := ?)",
+                           [name, TOP_KEEP + 1]).fetchone()[0]
+        assert many == TOP_KEEP + 1
+    finally:
+        con.close()
+
+
+def test_images_past_the_watermark_are_ranked_with_the_kept_lists(collection):
+    """Between an ingest and its refresh the newest images are in no list: images_with ranks them with
+    the kept rows; search ranks every key then."""
+    con = connect(collection, write=True)
+    try:
+        add_images(con, 141, 170, seed=2)  # stored, not indexed
+        assert not concept_index.all_indexed(con) and concept_index.top_kept(con)
+        for _, name in concepts(con):
+            assert images_with(con, name) == slow_images_with(con, name)
+        got = {row[0] for _, name in concepts(con)
+               for row in con.execute("SELECT * FROM images_with(?, 0.0, level := 'map', top := 20)", [name]).fetchall()}
+        assert got & set(range(141, 171))
+    finally:
+        con.close()
+
+
+def test_a_refresh_merges_the_new_images_as_a_rebuild_would(collection):
+    con = connect(collection, write=True)
+    try:
+        add_images(con, 141, 230, seed=3)
+        refresh_concept_index(con)
+        assert concept_index.top_kept(con)
+        merged = con.execute("SELECT * FROM concept_top ORDER BY ALL").fetchall()
+        rebuilt = con.execute("SELECT * FROM concept_top_rows(0, 230, ?) ORDER BY ALL", [TOP_KEEP]).fetchall()
+        con.execute("DELETE FROM concept_top")  # what concept_top_rows reads besides concept_peaks
+        rebuilt = con.execute("SELECT * FROM concept_top_rows(0, 230, ?) ORDER BY ALL", [TOP_KEEP]).fetchall()
+        assert merged == rebuilt
+        # new image-level scores (a backfill) rebuild the lists from the stored rows
+        con.execute("UPDATE concept_peaks SET image_max_rank_less = 4 WHERE image_id = 7")
+        reindex_from_scores(con)
+        assert concept_index.top_kept(con)
+        assert con.execute("SELECT count(*) FROM concept_top WHERE image_id = 7 AND level = 'image'").fetchone()[0]
+        for _, name in concepts(con)[:4]:
+            assert images_with(con, name) == slow_images_with(con, name)
+    finally:
+        con.close()
+
+
+def test_small_collections_keep_no_lists(tiny_db: Path, tmp_path: Path):
+    """Below TOP_FROM indexed images the lists would cost more bytes than they save time."""
+    db = tmp_path / "small.duckdb"
+    shutil.copyfile(tiny_db, db)
+    con = connect(db, write=True)
+    try:
+        add_images(con, 1, 60, seed=4)
+        refresh_concept_index(con)
+        assert con.execute("SELECT top_through FROM concept_index_state").fetchone()[0] is None
+        assert con.execute("SELECT count(*) FROM concept_top").fetchone()[0] == 0
+        assert not concept_index.top_kept(con)
+        name = concepts(con)[1][1]
+        assert len(con.execute("SELECT * FROM images_with(?, 0.0, top := 20)", [name]).fetchall()) == 20
+    finally:
+        con.close()
+
+
+def test_a_schema_018_file_upgrades_and_answers_as_before(collection, tmp_path):
+    import duckdb
+    from schema_history import copy_into_schema_below
+
+    from convis_db.store.migrations import applied_versions
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(collection, old, 19)
+    raw = duckdb.connect(str(old))
+    assert max(applied_versions(raw)) == 18
+    names = [n for _, n in concepts(raw)]
+    before = [raw.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall() for n in names]
+    raw.close()
+    con = connect(old, write=True)
+    try:
+        assert max(applied_versions(con)) == 19
+        assert con.execute("SELECT top_through FROM concept_index_state").fetchone()[0] is None
+        assert [con.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall()
+                for n in names] == before
+    finally:
+        con.close()
