@@ -284,9 +284,20 @@ CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     LEFT JOIN (SELECT * FROM concept_self_peaks WHERE synset_id = sid) s
         ON s.image_id = k.image_id AND s.synset_id = k.synset_id;
 CREATE OR REPLACE MACRO concept_top_rows(after_image, through_image, keep) AS TABLE
-WITH candidates AS (
-    SELECT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
-    FROM concept_peaks WHERE image_id > after_image AND image_id <= through_image
+WITH bar AS (  -- per concept: its lists' lengths, their worst kept image-level count and map peak
+    SELECT synset_id,
+           count(*) FILTER (WHERE level = 'image') AS n_image, count(*) FILTER (WHERE level = 'map') AS n_map,
+           min(image_max_rank_less) FILTER (WHERE level = 'image') AS worst_image,
+           min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
+               FILTER (WHERE level = 'map') AS worst_map
+    FROM concept_top GROUP BY synset_id
+), candidates AS (
+    -- the new images' rows that could enter a list (none can that ranks below a full list's last)
+    SELECT p.synset_id, p.image_id, p.map_sum, p.map_windows, p.image_max_rank_less, p.work_peak_x, p.work_peak_y
+    FROM concept_peaks p LEFT JOIN bar b ON b.synset_id = p.synset_id
+    WHERE p.image_id > after_image AND p.image_id <= through_image
+      AND (b.synset_id IS NULL OR b.n_image < keep OR b.n_map < keep OR p.image_max_rank_less >= b.worst_image
+           OR p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) >= b.worst_map)
     UNION ALL
     SELECT DISTINCT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
     FROM concept_top
