@@ -21,7 +21,7 @@ import torch
 from convis_db.engine.settings import Settings
 from convis_db.ingest import Ingestor, collect_image_paths
 from convis_db.store.db import connect
-from convis_db.distributed.shards import plan_shards
+from convis_db.distributed.shards import finished_shards, plan_shards
 from noise_images import write_noise_pngs
 from shard_writer import write_shards
 
@@ -141,7 +141,7 @@ def test_a_killed_ray_ingest_resumes(ray_cluster, tiny_db, collection, plain_db,
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and driver.poll() is None:
-            if shards.is_dir() and any((p / "manifest.json").is_file() for p in shards.iterdir()):
+            if finished_shards(shards):
                 break
             time.sleep(0.05)
     finally:
@@ -149,7 +149,9 @@ def test_a_killed_ray_ingest_resumes(ray_cluster, tiny_db, collection, plain_db,
         driver.wait()
 
     def finished() -> set[str]:
-        return {p.name for p in shards.iterdir() if (p / "manifest.json").is_file()}
+        # shards under their final names only: a temporary folder holds its manifest a moment before its
+        # rename, and a driver killed in that moment leaves it behind, unfinished (the re-run removes it)
+        return set(finished_shards(shards))
 
     # The killed driver's actors are stopped by Ray a moment later and may finish a shard meanwhile:
     # wait until the finished set holds still, so no shard changes under the test's own edits below.
