@@ -1,12 +1,12 @@
--- Each concept's best images kept apart, so that a search or images_with(..., top := N) for N <= 50 reads
--- 50 rows instead of one key per image of the collection (issue 24, queries at 1M images).
+-- Each concept's best images kept apart, so that a search or images_with(..., top := N) for N <= 100 reads
+-- 100 rows instead of one key per image of the collection (issue 24, queries at 1M images).
 --
 -- concept_order holds one key per (concept, image), so ranking a concept's images reads as many keys as
 -- the collection has images: 10 ms at 1M generated images against 2 ms at 100k, and the hits' peaks then
 -- come from concept_peaks, whose row groups DuckDB checks one by one (17 ms at 1M, 6 at 100k).
 -- concept_top holds, per concept and per ranking (level 'image': the image-level count, then the map
 -- peak, then the image id; level 'map': the map peak, then the image id, as search and images_with rank),
--- the best 50 indexed images with their peaks. It is kept by the concept index's refresh (store/
+-- the best 100 indexed images with their peaks. It is kept by the concept index's refresh (store/
 -- concept_index.py) once the collection has enough images to pay for it (its rows are a fixed cost);
 -- concept_index_state.top_through says through which image it is complete (NULL: not kept).
 --
@@ -70,9 +70,9 @@ WITH chosen AS (
         WHEN level IS NOT NULL THEN level
         WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
         ELSE 'map' END AS ranked_by
-), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 50
+), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 100
     SELECT indexed_through FROM concept_index_state
-    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 50
+    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 100
 ), scanned AS (  -- one row when it does not: every key is ranked
     SELECT 1 AS one WHERE NOT EXISTS (SELECT 1 FROM kept)
 ), keyed AS (

@@ -337,9 +337,9 @@ WITH chosen AS (
         WHEN level IS NOT NULL THEN level
         WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
         ELSE 'map' END AS ranked_by
-), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 50
+), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 100
     SELECT indexed_through FROM concept_index_state
-    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 50
+    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 100
 ), scanned AS (  -- one row when it does not: every key is ranked
     SELECT 1 AS one WHERE NOT EXISTS (SELECT 1 FROM kept)
 ), keyed AS (

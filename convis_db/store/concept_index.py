@@ -32,13 +32,14 @@ COLUMNS = "synset_id, image_id, map_sum, map_windows, image_max_rank_less"
 #: concept_order's sort: by concept, the map peak (map_sum / (map_windows * |T|)) descending, the image.
 #: It lays rows out for zonemaps (|T| left out: the same order); queries order their results themselves.
 ORDER = "synset_id, map_sum::DOUBLE / map_windows::DOUBLE DESC, image_id"
-#: Images kept per concept and ranking in concept_top: searches for at most this many read it. The same
-#: number is written in schema 019's images_with macro (tests/test_concept_top.py holds them equal).
-TOP_KEEP = 50
-#: Indexed images from which concept_top is kept: below it a concept's keys are few enough to rank, and
-#: the lists (up to 2 x TOP_KEEP x |T| rows, 5.4 MB at |T| = 7,080) would cost more bytes per image than
-#: they save time.
-TOP_FROM = 1000
+#: Images kept per concept and ranking in concept_top: searches for at most this many read it (`search`'s
+#: default 20, the explorer's first four pages of 24). The same number is written in schema 019's
+#: images_with macro (tests/test_concept_top.py holds them equal).
+TOP_KEEP = 100
+#: Indexed images from which concept_top is kept: below it a concept's keys are few enough to rank (about
+#: 2 ms for 10,000), and the lists (up to 2 x TOP_KEEP x |T| rows, about 10 MB at |T| = 7,080: 1 KB per
+#: image at 10,000 images) would cost more bytes per image than they save time.
+TOP_FROM = 10_000
 
 
 def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RUNS) -> int:
