@@ -230,16 +230,14 @@ def isolation_forest_scores(reference: np.ndarray, test: np.ndarray, *, n_estima
     return forest.score_samples(test)
 
 
-def row_dots(a: np.ndarray, b: np.ndarray, rows: int = 32) -> np.ndarray:
-    """a @ b.T, each entry summed by numpy's pairwise sum over its own row, so that two equal rows of `a`
-    give equal entries wherever they stand. A BLAS matrix product sums rows in different orders by their
-    place in the block (OpenBLAS's AVX-512 kernels did), which put two copies of one image a rounding
-    apart and broke a tie the AUROC must see (identical groups score 0.5). `rows` rows of `a` at a
-    time bound the products held (rows x len(b) x dim floats)."""
-    out = np.empty((len(a), len(b)), np.result_type(a, b))
-    for i in range(0, len(a), rows):
-        out[i:i + rows] = (a[i:i + rows, None, :] * b[None, :, :]).sum(axis=-1)
-    return out
+def row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b.T, computed once per distinct row of `a`, so that equal rows (two copies of one image) get
+    equal entries wherever they stand. A BLAS matrix product sums a row in an order that depends on its
+    place in the block (OpenBLAS's AVX-512 kernels do), which put two copies of one image a rounding
+    apart and broke a tie the AUROC must see (identical groups score 0.5); the product itself stays
+    BLAS's."""
+    unique, inverse = np.unique(a, axis=0, return_inverse=True)
+    return (unique @ b.T)[inverse.reshape(-1)]
 
 
 def linear_probe_mls(reference: np.ndarray, labels: list[str], test: np.ndarray, seed: int = 0) -> np.ndarray | None:
