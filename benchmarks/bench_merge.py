@@ -245,9 +245,7 @@ def merge_duckdb_alone(con, shards: Path) -> int:
     in SQL), the concept peaks split as the merge splits them, one transaction, then the concept index
     refreshed as the merge does. What no merge that stores these tables in this layout can beat on the
     same machine (float16 windows: split by the merge's own numpy step, per shard)."""
-    import json
-
-    from convis_db.distributed.shards import MANIFEST, _insert_split_windows
+    from convis_db.distributed.shards import _insert_split_windows, read_manifest
     from convis_db.store.halves import WHOLE_COLUMN
     from convis_db.store.image_store import concept_peaks_inserts
 
@@ -255,7 +253,7 @@ def merge_duckdb_alone(con, shards: Path) -> int:
     offsets, total = [], 0
     for folder in folders:
         offsets.append(total)
-        total += int(json.loads((folder / MANIFEST).read_text())["rows"]["images"])
+        total += int(read_manifest(folder)["rows"]["images"])
     con.execute("CREATE TEMP TABLE _offsets (filename VARCHAR, image_offset INTEGER)")
     tables = [t for t in IMAGE_TABLES + ("window_top",) if (folders[0] / f"{t}.parquet").exists()]
     con.execute("INSERT INTO _offsets SELECT unnest(?), unnest(?)",

@@ -146,7 +146,6 @@ def test_a_refresh_merges_the_new_images_as_a_rebuild_would(collection):
         refresh_concept_index(con)
         assert concept_index.top_kept(con)
         merged = con.execute("SELECT * FROM concept_top ORDER BY ALL").fetchall()
-        rebuilt = con.execute("SELECT * FROM concept_top_rows(0, 230, ?) ORDER BY ALL", [TOP_KEEP]).fetchall()
         con.execute("DELETE FROM concept_top")  # what concept_top_rows reads besides concept_peaks
         rebuilt = con.execute("SELECT * FROM concept_top_rows(0, 230, ?) ORDER BY ALL", [TOP_KEEP]).fetchall()
         assert merged == rebuilt
