@@ -11,6 +11,13 @@ CREATE SEQUENCE mutual_bank_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036
 CREATE SEQUENCE mutual_explanation_id_seq INCREMENT BY 1 MINVALUE 1 MAXVALUE 9223372036854775807 START 1 NO CYCLE;
 
 -- Tables
+CREATE TABLE concept_counts (
+    synset_id INTEGER NOT NULL,
+    map_images BIGINT NOT NULL,
+    image_images BIGINT NOT NULL,
+    image_last INTEGER,
+    map_last DOUBLE
+);
 CREATE TABLE concept_index_state (
     indexed_through INTEGER NOT NULL,
     runs INTEGER NOT NULL,
@@ -257,6 +264,25 @@ CREATE MACRO children(concept) AS TABLE
     SELECT c.synset_id, c.name, c.definition, e.kind
     FROM synsets p JOIN isa_edges e ON e.parent_id = p.synset_id JOIN synsets c ON c.synset_id = e.child_id
     WHERE p.name = concept;
+CREATE OR REPLACE MACRO concept_counts_rows(after_image, through_image) AS TABLE
+WITH counted AS (
+    SELECT synset_id, sum(map_images)::BIGINT AS map_images, sum(image_images)::BIGINT AS image_images
+    FROM (
+        SELECT synset_id, map_images, image_images FROM concept_counts
+        UNION ALL
+        SELECT synset_id, count(*) AS map_images, count(image_max_rank_less) AS image_images
+        FROM concept_peaks WHERE image_id > after_image AND image_id <= through_image
+        GROUP BY synset_id
+    )
+    GROUP BY synset_id
+), ends AS (
+    SELECT synset_id, min(image_max_rank_less) FILTER (WHERE level = 'image') AS image_last,
+           min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
+               FILTER (WHERE level = 'map') AS map_last
+    FROM concept_top GROUP BY synset_id
+)
+SELECT c.synset_id, c.map_images, c.image_images, e.image_last, e.map_last
+FROM counted c LEFT JOIN ends e ON e.synset_id = c.synset_id;
 CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
     SELECT synset_id, image_id,
            map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,

@@ -1,5 +1,6 @@
 """concept_top (schema 019): each concept's best TOP_KEEP images per ranking, kept by the concept index's
-refresh, answer search and images_with(..., top := N <= TOP_KEEP) exactly as ranking every key does.
+refresh, answer search and images_with(..., top := N <= TOP_KEEP) exactly as ranking every key does;
+with concept_counts (schema 020), count too.
 
 The collections are generated in SQL (no model): scores drawn from a few values, so that ties of the
 image-level count, of the map peak (sums over different window counts) and of both are common, and the
@@ -192,9 +193,154 @@ def test_a_schema_018_file_upgrades_and_answers_as_before(collection, tmp_path):
     raw.close()
     con = connect(old, write=True)
     try:
-        assert max(applied_versions(con)) == 19
+        assert 19 in applied_versions(con)
         assert con.execute("SELECT top_through FROM concept_index_state").fetchone()[0] is None
+        assert con.execute("SELECT count(*) FROM concept_counts").fetchone()[0] == 0  # 020: nothing kept
         assert [con.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall()
                 for n in names] == before
+    finally:
+        con.close()
+
+
+# -- schema 020: concept_counts, and count from the kept rows -------------------------------------------
+
+def recounted(con) -> list[tuple]:
+    """concept_counts as counting concept_order's keys and reading concept_top's lists give it."""
+    return con.execute("""
+        SELECT o.synset_id, count(*), count(o.image_max_rank_less),
+               (SELECT min(image_max_rank_less) FROM concept_top t WHERE t.synset_id = o.synset_id AND level = 'image'),
+               (SELECT min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
+                FROM concept_top t WHERE t.synset_id = o.synset_id AND level = 'map')
+        FROM concept_order o GROUP BY o.synset_id ORDER BY o.synset_id""").fetchall()
+
+
+def kept_counts(con) -> list[tuple]:
+    return con.execute("SELECT * FROM concept_counts ORDER BY synset_id").fetchall()
+
+
+def thresholds(con, sid: int) -> list[float]:
+    """Thresholds that reach every branch of _count_kept for concept `sid`: none, 0, each kept list's
+    worst score and the scores about it (ties included), the best, above the best."""
+    n = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+    worst = con.execute("""SELECT min(image_max_rank_less) FILTER (WHERE level = 'image') / ?::DOUBLE,
+                                  min(map_sum::DOUBLE / (map_windows::DOUBLE * ?::DOUBLE)) FILTER (WHERE level = 'map'),
+                                  max(map_sum::DOUBLE / (map_windows::DOUBLE * ?::DOUBLE))
+                           FROM concept_top WHERE synset_id = ?""", [n, n, n, sid]).fetchone()
+    out = [-1.0, 0.0, 1e-9, 0.0004, 0.5, 1.0]
+    for w in (w for w in worst if w is not None):  # None: no lists kept
+        out += [w, w * (1 - 1e-12), w * (1 + 1e-12), w + 1 / n]
+    return out
+
+
+def counted(con, name: str, sid: int, keys: bool) -> list[int]:
+    """count_images for every ranking and threshold: as shipped, or (keys) counting every key."""
+    out = []
+    for by in ("image", "map"):
+        for t in thresholds(con, sid):
+            if keys:
+                r = search.ranking(con, name, by)
+                out.append(int(con.execute(f"SELECT count(*) FROM {r.source} sc WHERE {r.score} >= ?",
+                                           [r.sid, t]).fetchone()[0]))
+            else:
+                out.append(search.count_images(con, name, t, by=by))
+    return out
+
+
+def test_count_from_the_kept_rows_is_the_count_of_every_key(collection, monkeypatch):
+    con = connect(collection, write=True)
+    try:
+        assert kept_counts(con) == recounted(con)
+        used = []
+        real = search._count_kept
+        monkeypatch.setattr(search, "_count_kept", lambda *a: used.append(real(*a)) or used[-1])
+        for sid, name in concepts(con):
+            assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+        decided = [u for u in used if u is not None]
+        # both the counts and the lists decided some, and the keys were counted for the rest
+        assert 0 < len(decided) < len(used)
+        assert any(u == 0 for u in decided) and any(u > 100 for u in decided)
+        # an image past the watermark: every key is counted (the kept rows do not hold it)
+        add_images(con, 141, 150, seed=5)
+        used.clear()
+        sid, name = concepts(con)[2]
+        assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+        assert used == []
+    finally:
+        con.close()
+
+
+def test_counts_follow_the_refresh_and_new_image_level_scores(collection):
+    con = connect(collection, write=True)
+    try:
+        add_images(con, 141, 230, seed=3)
+        refresh_concept_index(con)
+        assert kept_counts(con) == recounted(con)
+        con.execute("UPDATE concept_peaks SET image_max_rank_less = 4 WHERE image_id % 7 = 0 AND image_id < 50")
+        before = kept_counts(con)
+        reindex_from_scores(con)
+        assert kept_counts(con) == recounted(con) != before
+        for sid, name in concepts(con)[:3]:
+            assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+    finally:
+        con.close()
+
+
+def test_small_collections_keep_no_counts(tiny_db: Path, tmp_path: Path):
+    db = tmp_path / "small.duckdb"
+    shutil.copyfile(tiny_db, db)
+    con = connect(db, write=True)
+    try:
+        add_images(con, 1, 60, seed=4)
+        refresh_concept_index(con)
+        assert kept_counts(con) == []
+        sid, name = concepts(con)[1]
+        assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+    finally:
+        con.close()
+
+
+def test_a_schema_019_file_upgrades_with_its_counts(collection, tmp_path):
+    import duckdb
+    from schema_history import copy_into_schema_below
+
+    from convis_db.store.migrations import applied_versions
+
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(collection, old, 20)
+    raw = duckdb.connect(str(old))
+    assert max(applied_versions(raw)) == 19
+    assert raw.execute("SELECT top_through FROM concept_index_state").fetchone()[0] == 140
+    picked = concepts(raw)
+    before = [raw.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall() for _, n in picked]
+    raw.close()
+    con = connect(old, write=True)
+    try:
+        assert 20 in applied_versions(con)
+        assert kept_counts(con) == recounted(con) != []
+        assert concept_index.top_kept(con)
+        for sid, name in picked:
+            assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+        assert [con.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall()
+                for _, n in picked] == before
+    finally:
+        con.close()
+
+
+def test_a_list_that_holds_every_image_counts_them(collection, monkeypatch):
+    """Fewer images with image-level scores than a list holds: the image list holds them all and answers
+    every threshold, its last too (at least 1 here, so that thresholds in (0, last] need the list)."""
+    con = connect(collection, write=True)
+    try:
+        con.execute("UPDATE concept_peaks SET image_max_rank_less = CASE WHEN image_id > 60 THEN NULL "
+                    "ELSE image_max_rank_less + 1 END")
+        reindex_from_scores(con)
+        assert all(0 < row[2] < TOP_KEEP and row[3] >= 1 for row in kept_counts(con))
+        used = []
+        real = search._count_kept
+        monkeypatch.setattr(search, "_count_kept", lambda *a: used.append(real(*a)) or used[-1])
+        for sid, name in concepts(con):
+            assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
+        image_level = used[:len(used) // len(concepts(con)) // 2]  # the first concept's image-level counts
+        assert None not in image_level
     finally:
         con.close()

@@ -195,7 +195,35 @@ def _search_keys(con: duckdb.DuckDBPyConnection, r: Ranking, min_score: float, l
 
 def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float = 0.0, only_self: bool = False,
                  by: str | None = None) -> int:
-    """How many images search_images would list without a limit."""
+    """How many images search_images would list without a limit.
+
+    From the concept's kept rows where they decide it (_count_kept: every indexed image counted, at no
+    threshold or one that fewer images pass than its list holds), else by counting its keys."""
     r = ranking(con, concept, by, only_self)
+    if not only_self and top_kept(con) and all_indexed(con):
+        kept = _count_kept(con, r, float(min_score))
+        if kept is not None:
+            return kept
     return int(con.execute(f"SELECT count(*) FROM {r.source} sc WHERE {r.score} >= ?",  # Ranking's expressions
                            [r.sid, float(min_score)]).fetchone()[0])
+
+
+def _count_kept(con: duckdb.DuckDBPyConnection, r: Ranking, min_score: float) -> int | None:
+    """count_images from schema 020's concept_counts and 019's concept_top when they decide it, else None
+    (the caller counts the keys). The caller checks that they are kept and that every image is indexed.
+
+    Every stored score is >= 0 (sums of rank counts over positive window counts), so at min_score <= 0 the
+    count is the concept's images with a score of this ranking. Above it, the concept's list holds its
+    best images in the ranking's order: when it holds all of them, or its last is below min_score (an
+    image left out ranks at or below the last), the images passing are in the list. One row decides."""
+    row = con.execute("SELECT map_images, image_images, image_last / (SELECT count(*) FROM synsets)::DOUBLE, "
+                      "map_last FROM concept_counts WHERE synset_id = ?", [r.sid]).fetchone()
+    if row is None:  # not counted (not expected once kept): count the keys
+        return None
+    scored, last = (row[1], row[2]) if r.by == "image" else (row[0], row[3])
+    if min_score <= 0:
+        return int(scored)
+    if scored > TOP_KEEP and not (last is not None and last < min_score):
+        return None
+    return int(con.execute(f"SELECT count(*) FROM {KEPT_ROWS} sc WHERE {r.score} >= ?",  # Ranking's expressions
+                           [r.by, r.sid, min_score]).fetchone()[0])

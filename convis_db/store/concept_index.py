@@ -10,7 +10,9 @@ Since schema 019 the refresh also keeps concept_top: each concept's best TOP_KEE
 ranking (image level, map), with their peaks, so that a search for at most TOP_KEEP images reads those
 rows instead of one key per image of the collection (issue 24, queries at 1M images). Its rows are a
 fixed cost (at most 2 x TOP_KEEP per concept), so it is kept from TOP_FROM indexed images on;
-concept_index_state.top_through says through which image it is complete (NULL: not kept).
+concept_index_state.top_through says through which image it is complete (NULL: not kept). Since schema
+020 concept_counts is kept with it, from the same images: each concept's number of indexed images per
+ranking, so that `count` answers from a few rows too.
 
 Only writers call these (readers: `all_indexed`, `top_kept`), and a writable connection is migrated,
 so the current names are used."""
@@ -124,29 +126,37 @@ def rebuild_concept_top(con: duckdb.DuckDBPyConnection) -> None:
 def top_kept(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether concept_top holds every indexed image's place (kept, and complete through the index's
     watermark): then the best TOP_KEEP images of a concept are among its rows and the images past the
-    watermark."""
+    watermark, and concept_counts counts every indexed image."""
     row = con.execute("SELECT top_through = indexed_through FROM concept_index_state").fetchone()
     return bool(row and row[0])
 
 
 def _keep_top(con: duckdb.DuckDBPyConnection, before: int, through: int, rebuild: bool = False) -> None:
-    """Bring concept_top up to date with the images indexed through `through` (the caller's transaction):
-    merge in the images after `before` when it was complete through `before`, else rebuild it from every
-    indexed image once there are TOP_FROM of them (schema 019's concept_top_rows, the one rule)."""
+    """Bring concept_top and concept_counts up to date with the images indexed through `through` (the
+    caller's transaction): merge in the images after `before` when they were complete through `before`,
+    else rebuild them from every indexed image once there are TOP_FROM of them (schema 019's
+    concept_top_rows and 020's concept_counts_rows, the one rule each)."""
     kept = con.execute("SELECT top_through FROM concept_index_state").fetchone()[0]
     if kept is not None and kept == before and not rebuild:
         after = before
     elif con.execute("SELECT count(*) FROM images WHERE image_id <= ?", [through]).fetchone()[0] >= TOP_FROM:
         con.execute("DELETE FROM concept_top")
+        con.execute("DELETE FROM concept_counts")
         after = 0
     else:
         if kept is not None:  # not enough images (or the lists fell behind): drop them
             con.execute("DELETE FROM concept_top")
+            con.execute("DELETE FROM concept_counts")
             con.execute("UPDATE concept_index_state SET top_through = NULL")
         return
     con.execute("CREATE TEMP TABLE _top AS SELECT * FROM concept_top_rows(?, ?, ?)", [after, through, TOP_KEEP])
     con.execute("DELETE FROM concept_top")
     con.execute("INSERT INTO concept_top SELECT * FROM _top ORDER BY level, synset_id")
     con.execute("DROP TABLE _top")
+    # schema 020: the concepts' image counts, of the same images (concept_counts_rows, the one rule)
+    con.execute("CREATE TEMP TABLE _counts AS SELECT * FROM concept_counts_rows(?, ?)", [after, through])
+    con.execute("DELETE FROM concept_counts")
+    con.execute("INSERT INTO concept_counts SELECT * FROM _counts ORDER BY synset_id")
+    con.execute("DROP TABLE _counts")
     con.execute("UPDATE concept_index_state SET top_through = ?", [through])
     log.info("concept top lists: %s through image %d", "merged" if after else "built", through)
