@@ -104,6 +104,12 @@ class Ranking:
                       # in concept_peaks' map columns, an inner concept's in concept_self_peaks)
 
     @property
+    def indexed(self) -> bool:
+        """Whether `source` reads concept_order alone: every image was indexed when the ranking was made
+        (keys_source asked all_indexed), so concept_top and concept_counts may answer for it."""
+        return self.source in (INDEXED_KEYS, INDEXED_ROWS)
+
+    @property
     def hit_columns(self) -> str:
         """The source's columns a search keeps beside its keys: the self peak's pixels with only_self."""
         return ", sc.work_self_peak_x, sc.work_self_peak_y" if self.peak_x.startswith("h.") else ""
@@ -135,7 +141,7 @@ def search_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float
     Each row holds `score` (the chosen one), `map_score` and `image_score` (None where not computed).
     """
     r = ranking(con, concept, by, only_self)
-    if not only_self and 0 <= limit <= TOP_KEEP and top_kept(con) and all_indexed(con):
+    if not only_self and 0 <= limit <= TOP_KEEP and r.indexed and top_kept(con):
         rows = _search_kept(con, r, float(min_score), int(limit))
     else:
         rows = _search_keys(con, r, float(min_score), int(limit))
@@ -200,7 +206,7 @@ def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float 
     From the concept's kept rows where they decide it (_count_kept: every indexed image counted, at no
     threshold or one that fewer images pass than its list holds), else by counting its keys."""
     r = ranking(con, concept, by, only_self)
-    if not only_self and top_kept(con) and all_indexed(con):
+    if not only_self and r.indexed:
         kept = _count_kept(con, r, float(min_score))
         if kept is not None:
             return kept
@@ -210,15 +216,18 @@ def count_images(con: duckdb.DuckDBPyConnection, concept: str, min_score: float 
 
 def _count_kept(con: duckdb.DuckDBPyConnection, r: Ranking, min_score: float) -> int | None:
     """count_images from schema 020's concept_counts and 019's concept_top when they decide it, else None
-    (the caller counts the keys). The caller checks that they are kept and that every image is indexed.
+    (the caller counts the keys). The caller checks that every image is indexed; the lists and counts
+    answer only when they are kept through the index's watermark (top_kept, in the same query).
 
     Every stored score is >= 0 (sums of rank counts over positive window counts), so at min_score <= 0 the
     count is the concept's images with a score of this ranking. Above it, the concept's list holds its
     best images in the ranking's order: when it holds all of them, or its last is below min_score (an
     image left out ranks at or below the last), the images passing are in the list. One row decides."""
-    row = con.execute("SELECT map_images, image_images, image_last / (SELECT count(*) FROM synsets)::DOUBLE, "
-                      "map_last FROM concept_counts WHERE synset_id = ?", [r.sid]).fetchone()
-    if row is None:  # not counted (not expected once kept): count the keys
+    row = con.execute("""SELECT c.map_images, c.image_images, c.image_last / (SELECT count(*) FROM synsets)::DOUBLE,
+                                c.map_last
+                         FROM concept_counts c, concept_index_state st
+                         WHERE c.synset_id = ? AND st.top_through = st.indexed_through""", [r.sid]).fetchone()
+    if row is None:  # not kept (or kept behind the index): count the keys
         return None
     scored, last = (row[1], row[2]) if r.by == "image" else (row[0], row[3])
     if min_score <= 0:
