@@ -1,4 +1,4 @@
-"""The file-wide choices convis-db makes (issue 24): new files get 64 KiB blocks, and every writable
+"""The file-wide choices convis-db makes (issue 24): new files get 128 KiB blocks, and every writable
 connection writes row groups of ROW_GROUP_SIZE rows; a file with DuckDB's 256 KiB blocks (every file
 made before) keeps them and still opens, upgrades, answers and takes merges.
 
@@ -39,11 +39,11 @@ def row_groups(con, table: str) -> int:
 
 
 def test_the_shipped_settings_are_not_duckdbs_defaults():
-    assert store_db.BLOCK_SIZE == 65_536
+    assert store_db.BLOCK_SIZE == 131_072
     assert store_db.ROW_GROUP_SIZE == 1_048_576
 
 
-def test_a_file_init_creates_has_64_kib_blocks(tiny_db):
+def test_a_file_init_creates_has_128_kib_blocks(tiny_db):
     assert block_size(tiny_db) == store_db.BLOCK_SIZE != DUCKDB_BLOCK
 
 
@@ -88,19 +88,23 @@ def _merged_answers(db, shards) -> dict:
     return _everything(db)
 
 
-def test_merge_into_a_new_file_and_into_a_256_kib_file_stores_the_same(written, tiny_db, tmp_path):  # noqa: F811
+def test_merge_into_a_new_file_and_into_files_of_older_blocks_stores_the_same(written, tiny_db, tmp_path):  # noqa: F811
     new = tmp_path / "new.duckdb"
-    shutil.copyfile(tiny_db, new)  # a file init made: 64 KiB blocks
+    shutil.copyfile(tiny_db, new)  # a file init made: 128 KiB blocks
     old = tmp_path / "old.duckdb"  # the same rows at the current schema in a file of DuckDB's blocks
     copy_into_schema_below(tiny_db, old, max(m.version for m in available_migrations()) + 1)
-    assert (block_size(new), block_size(old)) == (store_db.BLOCK_SIZE, DUCKDB_BLOCK)
+    made_64 = tmp_path / "made_64.duckdb"  # and in one of 64 KiB blocks, as convis-db made them before 020
+    duckdb.connect(str(made_64), config={"default_block_size": 65_536}).close()
+    copy_into_schema_below(tiny_db, made_64, max(m.version for m in available_migrations()) + 1)
+    sizes = (store_db.BLOCK_SIZE, DUCKDB_BLOCK, 65_536)
+    assert (block_size(new), block_size(old), block_size(made_64)) == sizes
     answers = {}
-    for path in (new, old):
+    for path in (new, old, made_64):
         shards = shutil.copytree(written, tmp_path / f"shards-{path.stem}")
         answers[path] = _merged_answers(path, shards)
     assert answers[new]["search image False"]
-    assert answers[new] == answers[old]
-    assert (block_size(new), block_size(old)) == (store_db.BLOCK_SIZE, DUCKDB_BLOCK)
+    assert answers[new] == answers[old] == answers[made_64]
+    assert (block_size(new), block_size(old), block_size(made_64)) == sizes  # each file keeps its blocks
 
 
 def test_a_second_writable_open_in_this_process_names_the_open_one(tiny_db_copy):

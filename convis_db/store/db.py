@@ -90,14 +90,17 @@ _READ_ONLY_CONFIG = {
 #: stay the same, only those rows' groups are smaller.
 ROW_GROUP_SIZE = 1_048_576
 #: Block size of the files convis-db creates (DuckDB's default: 262,144). DuckDB writes each column of
-#: each row group as segments and packs them into blocks only while they fit, so 10-13-bit segments
-#: of 150-200 KB leave 20-70 % of a 256 KiB block empty, and the free blocks a checkpoint leaves are
-#: 4x larger. Measured side by side (docs/storage.md, 16 images at paper settings): `--embeddings
-#: none` 672 -> 504 KB per image, float16 2,703 -> 2,556 KB. The queries were measured with both
-#: settings together (above; cold ones 4-7x faster at 1M). The size is chosen when a file is created
-#: and kept in it: files created before keep 256 KiB blocks and open, upgrade and answer as before.
-#: Files with other than 256 KiB blocks need DuckDB >= 1.2.
-BLOCK_SIZE = 65_536
+#: each row group as segments and packs them into blocks only while they fit: in a small file,
+#: segments of 150-200 KB leave much of a 256 KiB block empty (64 KiB blocks: `--embeddings none`
+#: 672 -> 504 KB per image at 16 images, docs/storage.md). In a large one the segments are full and
+#: what counts is how many of bit-packing's 2,048-value groups fit in a block: window_top's 13-bit
+#: synset ids (3,328 B per group) fill a 64 KiB block to 96 %, a 128 KiB one to 99 %. Measured on
+#: 1,280 merged images (docs/benchmarks.md, "Blocks of 128 KiB"): `none` 422 -> 414 KB per image,
+#: float16 1,940 -> 1,932 KB, queries and merge unchanged within the noise; a 16-image file grows
+#: 0.50 -> 0.55 MB per image (a fixed cost of about 1 MB). The size is chosen when a file is created
+#: and kept in it: files created before keep their blocks (256 or 64 KiB) and open, upgrade and answer
+#: as before. Files with other than 256 KiB blocks need DuckDB >= 1.2.
+BLOCK_SIZE = 131_072
 #: Catalog names DuckDB gives its own databases: a file named so is attached under another name.
 _RESERVED_CATALOGS = frozenset({"memory", "system", "temp", "main"})
 
