@@ -651,6 +651,11 @@ class Database:
     def count(self, concept: str, *, by: str | None = None, min_score: float = 0.0, only_self: bool = False) -> int:
         """How many images `search` finds for `concept` at `min_score` (all pages).
 
+        From 10,000 indexed images on, a count at min_score 0, or at a threshold that fewer images pass
+        than `search` keeps per concept (100), reads the concept's kept rows (its counts, or its best 100)
+        whatever the collection's size; any other threshold counts one key per image of the concept
+        (schemas 019-020, docs/scale.md).
+
         Example:
             >>> db.count("dog.n.01", min_score=0.9)                         # doctest: +SKIP
         """
