@@ -19,6 +19,7 @@ from convis_db.store import concept_index
 from convis_db.store.concept_index import TOP_KEEP, refresh_concept_index, reindex_from_scores
 from convis_db.store.db import connect
 from convis_db.store.image_store import concept_peaks_inserts
+from convis_db.store.migrations import applied_versions
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema"
 
@@ -172,22 +173,30 @@ def test_small_collections_keep_no_lists(tiny_db: Path, tmp_path: Path):
         assert con.execute("SELECT top_through FROM concept_index_state").fetchone()[0] is None
         assert con.execute("SELECT count(*) FROM concept_top").fetchone()[0] == 0
         assert not concept_index.top_kept(con)
-        name = concepts(con)[1][1]
+        sid, name = concepts(con)[1]
         assert len(con.execute("SELECT * FROM images_with(?, 0.0, top := 20)", [name]).fetchall()) == 20
+        # nor counts (schema 020): count counts the keys
+        assert con.execute("SELECT count(*) FROM concept_counts").fetchone()[0] == 0
+        assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
     finally:
         con.close()
 
 
-def test_a_schema_018_file_upgrades_and_answers_as_before(collection, tmp_path):
+def older_file(source: Path, tmp_path: Path, below: int):
+    """(path, plain DuckDB connection) of a file holding `source`'s rows at the schema below `below`, as
+    the convis-db of that schema left it."""
     import duckdb
     from schema_history import copy_into_schema_below
 
-    from convis_db.store.migrations import applied_versions
-
     old = tmp_path / "old.duckdb"
-    copy_into_schema_below(collection, old, 19)
+    copy_into_schema_below(source, old, below)
     raw = duckdb.connect(str(old))
-    assert max(applied_versions(raw)) == 18
+    assert max(applied_versions(raw)) == below - 1
+    return old, raw
+
+
+def test_a_schema_018_file_upgrades_and_answers_as_before(collection, tmp_path):
+    old, raw = older_file(collection, tmp_path, 19)
     names = [n for _, n in concepts(raw)]
     before = [raw.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall() for n in names]
     raw.close()
@@ -285,30 +294,8 @@ def test_counts_follow_the_refresh_and_new_image_level_scores(collection):
         con.close()
 
 
-def test_small_collections_keep_no_counts(tiny_db: Path, tmp_path: Path):
-    db = tmp_path / "small.duckdb"
-    shutil.copyfile(tiny_db, db)
-    con = connect(db, write=True)
-    try:
-        add_images(con, 1, 60, seed=4)
-        refresh_concept_index(con)
-        assert kept_counts(con) == []
-        sid, name = concepts(con)[1]
-        assert counted(con, name, sid, keys=False) == counted(con, name, sid, keys=True)
-    finally:
-        con.close()
-
-
 def test_a_schema_019_file_upgrades_with_its_counts(collection, tmp_path):
-    import duckdb
-    from schema_history import copy_into_schema_below
-
-    from convis_db.store.migrations import applied_versions
-
-    old = tmp_path / "old.duckdb"
-    copy_into_schema_below(collection, old, 20)
-    raw = duckdb.connect(str(old))
-    assert max(applied_versions(raw)) == 19
+    old, raw = older_file(collection, tmp_path, 20)
     assert raw.execute("SELECT top_through FROM concept_index_state").fetchone()[0] == 140
     picked = concepts(raw)
     before = [raw.execute("SELECT * FROM images_with(?, 0.0004, top := 20)", [n]).fetchall() for _, n in picked]
