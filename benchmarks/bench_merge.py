@@ -268,6 +268,10 @@ def merge_duckdb_alone(con, shards: Path) -> int:
                 rows = pq.read_table(folder / "windows.parquet")
                 _insert_split_windows(con, rows, np.arange(offset, offset + 1 + most_id(rows), dtype=np.int64))
             continue
+        if table == "windows":  # schema 021: the embeddings only; none stores no window rows
+            if "embedding" not in names:
+                continue
+            names = ["image_id", "window_idx", "embedding"]
         cols = ", ".join("(r.image_id + o.image_offset)::INTEGER AS image_id" if n == "image_id"
                          else (f"{int(model_id)}::INTEGER AS model_id" if table == "images" and n == "model_id"
                                else f'r."{n}"') for n in names)
@@ -276,7 +280,8 @@ def merge_duckdb_alone(con, shards: Path) -> int:
             for statement in concept_peaks_inserts(rows):
                 con.execute(statement, {"files": files})
         else:
-            con.execute(f"INSERT INTO {table} BY NAME {rows}", {"files": files})   # table from IMAGE_TABLES
+            into = "window_embeddings" if table == "windows" else table
+            con.execute(f"INSERT INTO {into} BY NAME {rows}", {"files": files})   # table from IMAGE_TABLES
     con.execute("COMMIT")
     con.execute("DROP TABLE _offsets")
     refresh_concept_index(con)

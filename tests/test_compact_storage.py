@@ -87,6 +87,10 @@ def test_float16_and_none_keep_scores_and_top_k_exact(tiny_db, tmp_path, images,
     con = connect(dbs["none"])
     assert con.execute("SELECT count(embedding), count(embedding_f16_hi), count(embedding_f16_lo) "
                        "FROM windows").fetchone() == (0, 0, 0)
+    # schema 021: no per-window row is stored at all; the view gives every window its lattice box
+    assert con.execute("SELECT count(*) FROM window_embeddings").fetchone()[0] == 0
+    assert con.execute("SELECT count(*), count(x0) FROM windows").fetchone() == \
+        (con.execute("SELECT sum(n_windows) FROM images").fetchone()[0],) * 2
     with pytest.raises(EmbeddingsNotStoredError, match="init --embeddings none"):
         load_window_embeddings(con, 1)
     con.close()

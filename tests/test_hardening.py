@@ -157,7 +157,7 @@ def test_max_pixels_above_the_ceiling_is_refused_before_allocating(stored_copy, 
     fresh = stored_copy.with_name("fresh.duckdb")
     shutil.copyfile(stored_copy, fresh)
     con = duckdb.connect(str(fresh))
-    con.execute("DELETE FROM window_top; DELETE FROM concept_peaks; DELETE FROM windows; DELETE FROM images")
+    con.execute("DELETE FROM window_top; DELETE FROM concept_peaks; DELETE FROM window_embeddings; DELETE FROM images")
     con.close()
     _user_error(run_cli("--db", fresh, "ingest", img, "--max-pixels", "2000000000", "--device", "cpu"),
                 "--max-pixels 2000000000", "ceiling")
@@ -189,7 +189,7 @@ class _DiskFullCursor:
         self._cursor = cursor
 
     def execute(self, sql, *args, **kwargs):
-        if sql.lstrip().startswith("INSERT INTO windows"):
+        if sql.lstrip().startswith("INSERT INTO window_embeddings"):
             self._cursor.execute("ROLLBACK")
             raise duckdb.IOException('IO Error: Could not write file "stored.duckdb.wal": No space left on device')
         return self._cursor.execute(sql, *args, **kwargs)

@@ -56,8 +56,8 @@ def nothing_stored(db) -> None:
     counts = query(db, "SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM windows), "
                        "(SELECT count(*) FROM image_scores), (SELECT count(*) FROM window_concepts), "
                        "(SELECT count(*) FROM image_embeddings), (SELECT count(*) FROM merged_shards), "
-                       "(SELECT count(*) FROM ingest_failures)")[0]
-    assert counts == (0,) * 7
+                       "(SELECT count(*) FROM ingest_failures), (SELECT count(*) FROM window_embeddings)")[0]
+    assert counts == (0,) * 8
 
 
 def refused(run_cli, db, shards, *needles: str) -> str:
@@ -146,6 +146,9 @@ DAMAGE = {
     "a NULL in a window's top-K": ("window_concepts", set_at("synset_id", 3, None), "synset_id", 3),
     "a box that ends before it starts": ("windows", set_at("x1", 10, -100), "x1", 10),
     "grid_row that disagrees with window_idx": ("windows", set_at("grid_row", 13, 99), "grid_row", 13),
+    # schema 021 stores no box: the database computes it from the image's lattice, so it must be that one
+    "a box off its image's lattice": ("windows", set_at("y0", 12, 5), "y0", 12),
+    "a layout that is not one": ("images", set_at("layout", 1, "spiral"), "layout", 1),
     "NaN in a window embedding": ("windows", lambda c: c["embedding"][3].__setitem__(0, float("nan")),
                                   "embedding", 3),
     "a window embedding of another width": ("windows", lambda c: c["embedding"].__setitem__(5, [0.5] * 3),

@@ -93,7 +93,7 @@ def test_written_halves_read_back_bit_for_bit(tiny_db, tmp_path):
             np.testing.assert_array_equal(_stored_bits(con, image_id), bits)
             hi, lo, whole = zip(*con.execute(
                 "SELECT embedding_f16_hi, embedding_f16_lo, f16_embedding(embedding_f16_hi, embedding_f16_lo) "
-                "FROM windows WHERE image_id = ? ORDER BY window_idx", [image_id]).fetchall())
+                "FROM window_embeddings WHERE image_id = ? ORDER BY window_idx", [image_id]).fetchall())
             # the columns hold what their names say: the high byte of each half, then the low byte
             np.testing.assert_array_equal(np.frombuffer(b"".join(hi), np.uint8).reshape(bits.shape), bits >> 8)
             np.testing.assert_array_equal(np.frombuffer(b"".join(lo), np.uint8).reshape(bits.shape), bits & 0xFF)

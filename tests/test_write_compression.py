@@ -29,15 +29,16 @@ def test_float16_database_compresses_its_halves(tmp_path):
         # high bytes of a few values (as unit-norm vectors' halves have), low bytes random
         hi = [rng.choice([0x1C, 0x20, 0x9C, 0xA0], 512).astype(np.uint8).tobytes() for _ in range(3000)]
         lo = [rng.integers(0, 256, 512, dtype=np.uint8).tobytes() for _ in range(3000)]
-        con.execute("INSERT INTO windows (image_id, window_idx, grid_row, grid_col, x0, y0, x1, y1, embedding_f16_hi, "
-                    "embedding_f16_lo) SELECT 1, i::INTEGER, 0, 0, 0, 0, 1, 1, h, l FROM (SELECT unnest(range(3000)) "
+        con.execute("INSERT INTO window_embeddings (image_id, window_idx, embedding_f16_hi, "
+                    "embedding_f16_lo) SELECT 1, i::INTEGER, h, l FROM (SELECT unnest(range(3000)) "
                     "AS i, unnest(?::BLOB[]) AS h, unnest(?::BLOB[]) AS l)", [hi, lo])
         con.execute("CHECKPOINT")
         methods = {r[0] for r in con.execute(
-            "SELECT DISTINCT compression FROM pragma_storage_info('windows') "
+            "SELECT DISTINCT compression FROM pragma_storage_info('window_embeddings') "
             "WHERE column_name = 'embedding_f16_hi' AND segment_type <> 'VALIDITY'").fetchall()}
         assert methods == {"ZSTD"}
-        back = con.execute("SELECT embedding_f16_hi, embedding_f16_lo FROM windows ORDER BY window_idx").fetchall()
+        back = con.execute("SELECT embedding_f16_hi, embedding_f16_lo FROM window_embeddings ORDER BY window_idx"
+                           ).fetchall()
         assert [r[0] for r in back] == hi and [r[1] for r in back] == lo   # stored as given
     finally:
         con.close()

@@ -421,9 +421,13 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
             continue
         rows_of = shard.tables[table]
         names = rows_of.schema.names
-        if table == "windows" and WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
-            _insert_split_windows(con, rows_of, lookup)
-            continue
+        if table == "windows":  # schema 021: only the embeddings are stored (boxes checked, then computed)
+            if WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
+                _insert_split_windows(con, rows_of, lookup)
+                continue
+            if "embedding" not in names:  # --embeddings none: nothing to store
+                continue
+            names = ["image_id", "window_idx", "embedding"]
         select = []
         for name in names:
             if name == "image_id":
@@ -444,7 +448,8 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
             elif table == "window_concepts":  # stored as schema 012 keeps them: one window_top row per window
                 con.execute(window_top_insert(rows), {**params_base, "n_synsets": synset_count(con)})
             else:
-                con.execute(f"INSERT INTO {table} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
+                into = "window_embeddings" if table == "windows" else table
+                con.execute(f"INSERT INTO {into} BY NAME {rows}",   # table from IMAGE_TABLES or window_top
                             {**params_base, **({"model_id": shard.model_id} if table == "images" else {})})
         finally:
             try:
@@ -459,13 +464,14 @@ SPLIT_BATCH_ROWS = 65_536
 
 def _insert_split_windows(con: duckdb.DuckDBPyConnection, windows: pa.Table, lookup: np.ndarray) -> None:
     """A shard's checked windows rows that hold float16 embeddings (one BLOB of whole halves: shards keep
-    that format, shard_checks checks it) stored with the halves split into high and low bytes as schema
-    017 keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images
+    that format, shard_checks checks it) stored in window_embeddings (schema 021: the boxes are computed)
+    with the halves split into high and low bytes as schema 017 keeps them (halves.split_windows), image ids mapped local -> new by `lookup` and rows of images
     not added left out. numpy splits each Arrow batch of SPLIT_BATCH_ROWS in two strided copies while
     DuckDB reads the batches in one INSERT (memory: one batch's split copy). DuckDB's SQL for the split
     (hex, regexp_replace, unhex, as schema 017 does run alone) took 8x longer, and numpy called from SQL
     as an Arrow function in an INSERT from read_parquet was slower and wrote the same file
     (docs/benchmarks.md "Split halves")."""
+    windows = windows.select(["image_id", "window_idx", WHOLE_COLUMN])  # schema 021 stores nothing else
     split = split_windows(windows.schema.empty_table()).schema.remove_metadata()
     schema = split.set(split.get_field_index("image_id"), pa.field("image_id", pa.int32()))
 
@@ -480,7 +486,7 @@ def _insert_split_windows(con: duckdb.DuckDBPyConnection, windows: pa.Table, loo
                                        pa.array(new_ids[keep], pa.int32()))
                 yield from split_windows(rows).cast(schema).to_batches()
 
-    insert_arrow(con, "windows", pa.RecordBatchReader.from_batches(schema, batches()))
+    insert_arrow(con, "window_embeddings", pa.RecordBatchReader.from_batches(schema, batches()))
 
 
 #: A leaf's self terms against its map terms: schema 016 keeps only the map terms of a leaf (the same

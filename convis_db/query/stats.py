@@ -30,6 +30,8 @@ def database_stats(con: duckdb.DuckDBPyConnection, path: str) -> dict:
     for table in COUNTED_TABLES:
         if table == "window_concepts" and "window_top" in tables:  # a view: K rows per window_top row
             out[table] = int(con.execute("SELECT coalesce(sum(len(synset_ids)), 0) FROM window_top").fetchone()[0])
+        elif table == "windows" and "window_embeddings" in tables:  # schema 021: a view, a row per window
+            out[table] = int(con.execute("SELECT coalesce(sum(n_windows), 0) FROM images").fetchone()[0])
         elif table in tables:
             out[table] = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]  # names from the allowlist above
     if "models" in tables:

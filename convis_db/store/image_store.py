@@ -273,10 +273,24 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
                     con.execute(statement)
             finally:
                 con.unregister("_concept_peaks")
-        elif name == "windows":  # schema 017: float16 halves as their high and low bytes
-            insert_arrow(con, name, split_windows(tables[name]))
+        elif name == "windows":  # schema 021: the embeddings only (float16 as schema 017's two bytes)
+            rows = window_embedding_rows(split_windows(tables[name]))
+            if rows is not None:
+                insert_arrow(con, "window_embeddings", rows)
         else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
+
+
+#: The columns of window_embeddings (schema 021) that hold an embedding: float32, or float16 split in two.
+WINDOW_EMBEDDING_COLUMNS = ("embedding", HI_COLUMN, LO_COLUMN)
+
+
+def window_embedding_rows(windows: pa.Table) -> pa.Table | None:
+    """The window_embeddings rows of windows rows (float16 already split by halves.split_windows): image_id,
+    window_idx and the embedding columns; None where the rows hold no embedding (--embeddings none).
+    Schema 021 computes the rest of a windows row (grid position, box) from the image's lattice."""
+    kept = [c for c in WINDOW_EMBEDDING_COLUMNS if c in windows.column_names]
+    return windows.select(["image_id", "window_idx", *kept]) if kept else None
 
 
 #: The self terms of concept_peaks rows (as image_tables and shards hold them), which schema 016 stores in
@@ -449,7 +463,7 @@ def load_window_embeddings(con: duckdb.DuckDBPyConnection, image_id: int) -> np.
             f"image {image_id}'s window embeddings are not stored (this database was made with "
             "init --embeddings none): its maps need the model and the image file.")
     columns = ["embedding"] if storage == "float32" else [HI_COLUMN, LO_COLUMN]  # fixed names
-    tbl = fetch_arrow(con, f"SELECT {', '.join(columns)} FROM windows WHERE image_id = ? ORDER BY window_idx",
+    tbl = fetch_arrow(con, f"SELECT {', '.join(columns)} FROM window_embeddings WHERE image_id = ? ORDER BY window_idx",
                       [image_id])
     if tbl.num_rows == 0 or any(tbl.column(c).null_count for c in columns):
         raise DatabaseError(f"image {image_id} has no stored windows; the database may be damaged. Re-ingest it.")

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from convis_db.engine.windows import LAYOUTS
 from convis_db.errors import DatabaseError
 from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN, blob_rows
 
@@ -120,6 +121,9 @@ class Expected:
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = 'main' AND table_name = 'concept_self_peaks'").fetchall():
                 columns["concept_peaks"].setdefault(column, (dtype, nullable == "NO"))
+        if "windows" in tables and "windows" in views:  # schema 021: a view; its embeddings are NULL with none
+            columns["windows"].update({c: (columns["windows"][c][0], False)
+                                       for c in ("embedding", HI_COLUMN, LO_COLUMN) if c in columns["windows"]})
         if "windows" in tables and HI_COLUMN in columns["windows"]:  # schema 017: shards keep whole halves
             del columns["windows"][HI_COLUMN], columns["windows"][LO_COLUMN]
             columns["windows"][WHOLE_COLUMN] = ("BLOB", False)
@@ -202,6 +206,9 @@ class ShardImages:
     grid_cols: np.ndarray
     work_width: np.ndarray
     work_height: np.ndarray
+    origin: np.ndarray        # the lattice's first corner (engine.windows.lattice_origin), working pixels
+    stride: np.ndarray
+    large: np.ndarray
 
 
 def _image_of(path: Path, table: pa.Table, images: ShardImages) -> np.ndarray:
@@ -272,6 +279,9 @@ def check_images(path: Path, table: pa.Table, manifest: dict) -> ShardImages:
             values = table.column(column).to_numpy(zero_copy_only=False)
             _bad_row(path, column, values != settings[column],
                      f"differs from the manifest's settings ({column} = {settings[column]!r})")
+    layout = table.column("layout")
+    _bad_row(path, "layout", pc.invert(pc.fill_null(pc.is_in(layout, pa.array(LAYOUTS)), False))
+             .to_numpy(zero_copy_only=False), f"not one of {', '.join(LAYOUTS)}")
     if "precision" in table.column_names:
         prec = table.column("precision")
         bad = pc.invert(pc.fill_null(pc.is_in(prec, pa.array(_PRECISIONS)), True))
@@ -282,7 +292,11 @@ def check_images(path: Path, table: pa.Table, manifest: dict) -> ShardImages:
         out[ids] = _np(table, column)
         return out
 
-    return ShardImages(n, by_id("n_windows"), by_id("grid_cols"), by_id("work_width"), by_id("work_height"))
+    origin = np.zeros(n + 1, np.int64)  # schema 021 computes the boxes from it: windows rows must agree
+    origin[ids] = np.where(pc.equal(layout, "equal").to_numpy(zero_copy_only=False),
+                           _np(table, "stride") - _np(table, "large"), 0)
+    return ShardImages(n, by_id("n_windows"), by_id("grid_cols"), by_id("work_width"), by_id("work_height"),
+                       origin, by_id("stride"), by_id("large"))
 
 
 def check_windows(path: Path, table: pa.Table, images: ShardImages, expected: Expected) -> None:
@@ -292,8 +306,12 @@ def check_windows(path: Path, table: pa.Table, images: ShardImages, expected: Ex
     cols = images.grid_cols[img]
     _bad_row(path, "grid_row", _np(table, "grid_row") != idx // cols, "is not window_idx // grid_cols")
     _bad_row(path, "grid_col", _np(table, "grid_col") != idx % cols, "is not window_idx % grid_cols")
-    _bad_row(path, "x1", _np(table, "x1") <= _np(table, "x0"), "the box ends before it starts (x1 <= x0)")
-    _bad_row(path, "y1", _np(table, "y1") <= _np(table, "y0"), "the box ends before it starts (y1 <= y0)")
+    # Schema 021 stores no box: the database computes each from the image's lattice, so a box must be it.
+    origin, stride, large = images.origin[img], images.stride[img], images.large[img]
+    x0, y0 = origin + (idx % cols) * stride, origin + (idx // cols) * stride
+    for column, lattice in (("x0", x0), ("y0", y0), ("x1", x0 + large), ("y1", y0 + large)):
+        _bad_row(path, column, _np(table, column) != lattice,
+                 "is not the box of its lattice position (origin + grid position x stride, + large)")
     stored = {"float32": "embedding", "float16": WHOLE_COLUMN, "none": None}[expected.storage]
     for column in ("embedding", WHOLE_COLUMN):
         if column != stored and column in table.column_names and table.column(column).null_count < table.num_rows:

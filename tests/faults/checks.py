@@ -6,7 +6,7 @@ from pathlib import Path
 
 import duckdb
 
-DATA_TABLES = ("windows", "image_scores", "window_concepts")
+DATA_TABLES = ("windows", "image_scores", "window_concepts")  # windows: window_embeddings since schema 021
 
 
 def query(db: str | Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -25,29 +25,36 @@ def scalar(db: str | Path, sql: str, params: list | None = None):
 def broken_images(db: str | Path) -> list[str]:
     """Every way the stored images fall short of whole; empty when all are whole.
 
-    Whole: n_windows rows in windows (window_idx 0..n-1), |T| rows in image_scores (one per synset),
-    n_windows * min(top_k, |T|) rows in window_concepts, and no row of those tables without its image.
-    Where the database has a concept_index, it holds |T| rows per image up to its watermark.
+    Whole: n_windows rows in windows (window_idx 0..n-1; since schema 021 that table is
+    window_embeddings, which holds them where embeddings are kept and none with --embeddings none),
+    |T| rows in image_scores (one per synset), n_windows * min(top_k, |T|) rows in window_concepts, and
+    no row of those tables without its image. Where the database has a concept_index, it holds |T| rows
+    per image up to its watermark.
     """
     con = duckdb.connect(str(db), read_only=True)
     try:
         n_synsets = con.execute("SELECT count(*) FROM synsets").fetchone()[0]
+        stored = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        win = "window_embeddings" if "window_embeddings" in stored else "windows"
+        kept = con.execute("SELECT embeddings FROM storage_settings").fetchone()[0] != "none" \
+            if "storage_settings" in stored else True
         rows = con.execute(
-            """SELECT i.image_id, i.n_windows, least(i.top_k, ?) AS k,
-                      (SELECT count(*) FROM windows w WHERE w.image_id = i.image_id),
-                      (SELECT count(DISTINCT window_idx) FROM windows w
+            f"""SELECT i.image_id, i.n_windows, {'i.n_windows' if kept else '0'}, least(i.top_k, ?) AS k,
+                      (SELECT count(*) FROM {win} w WHERE w.image_id = i.image_id),
+                      (SELECT count(DISTINCT window_idx) FROM {win} w
                         WHERE w.image_id = i.image_id AND window_idx BETWEEN 0 AND i.n_windows - 1),
                       (SELECT count(*) FROM image_scores s WHERE s.image_id = i.image_id),
                       (SELECT count(DISTINCT synset_id) FROM image_scores s WHERE s.image_id = i.image_id),
                       (SELECT count(*) FROM window_concepts c WHERE c.image_id = i.image_id)
                FROM images i ORDER BY i.image_id""", [n_synsets]).fetchall()
         problems = []
-        for image_id, n_windows, k, n_win, n_win_distinct, n_scores, n_scores_distinct, n_concepts in rows:
+        for image_id, n_windows, window_rows, k, n_win, n_win_distinct, n_scores, n_scores_distinct, n_concepts \
+                in rows:
             if n_windows < 1:
                 problems.append(f"image {image_id}: n_windows {n_windows}")
-            if not (n_win == n_win_distinct == n_windows):
-                problems.append(f"image {image_id}: {n_win} window rows ({n_win_distinct} distinct), "
-                                f"expected {n_windows}")
+            if not (n_win == n_win_distinct == window_rows):
+                problems.append(f"image {image_id}: {n_win} rows in {win} ({n_win_distinct} distinct), "
+                                f"expected {window_rows}")
             if not (n_scores == n_scores_distinct == n_synsets):
                 problems.append(f"image {image_id}: {n_scores} image_scores rows, expected {n_synsets}")
             if n_concepts != n_windows * k:
@@ -67,7 +74,7 @@ def broken_images(db: str | Path) -> list[str]:
                                   "(SELECT 1 FROM images i WHERE i.image_id = c.image_id)").fetchone()[0]
             if orphans:
                 problems.append(f"{orphans} rows in concept_index belong to no stored image")
-        for table in DATA_TABLES:
+        for table in (win, *DATA_TABLES[1:]):
             orphans = con.execute(
                 f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "  # table names from the tuple above
                 f"(SELECT 1 FROM images i WHERE i.image_id = t.image_id)").fetchone()[0]
