@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import file_settings, header, parse_file_settings  # noqa: E402
 
 from convis_db.engine.explainer import ImageExplanation  # noqa: E402
-from convis_db.engine.saliency import Peaks  # noqa: E402
+from convis_db.engine.saliency import Peaks, grid_segments  # noqa: E402
 from convis_db.engine.settings import Settings  # noqa: E402
 from convis_db.engine.whole_image import ImageLevel  # noqa: E402
 from convis_db.engine.windows import WindowGrid, working_size  # noqa: E402
@@ -118,8 +118,12 @@ def explanation(rng: np.random.Generator, settings: Settings, n_syn: int, leaves
     def peaks() -> Peaks:
         windows = np.full(n_syn, 64, np.int32)  # the paper's settings: 8 x 8 windows over every pixel
         sums = rng.integers(0, 64 * (n_syn - 1) + 1, n_syn).astype(np.int64)  # a rank similarity in [0, 1]
-        return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)), rng.integers(0, w, n_syn).astype(np.int32),
-                     rng.integers(0, h, n_syn).astype(np.int32), sums, windows)
+        # a peak is the centre of one of the map's segments, as the engine gives it (schema 022 stores its index)
+        return Peaks(np.float64(sums) / (np.float64(windows) * float(n_syn)),
+                     xs.centres[rng.integers(0, len(xs.centres), n_syn)].astype(np.int32),
+                     ys.centres[rng.integers(0, len(ys.centres), n_syn)].astype(np.int32), sums, windows)
+
+    ys, xs = grid_segments(grid)
 
     rank = rng.integers(0, n_syn, n_syn).astype(np.int32)
     level = ImageLevel(emb[0].copy(), rank,

@@ -88,6 +88,13 @@ def _windows(s: str) -> str:
     return f"(64 + {s} % 17)"
 
 
+def _centre(pixel: str, length: int) -> str:
+    """The centre of the map segment that holds `pixel` (SQL), on an axis of `length` working pixels of the
+    generated images' lattice (stride 16, large 128, 'origin'): a peak as the engine gives it, which schema
+    022 stores as the segment's index."""
+    return f"segment_centre(segment_of(({pixel})::INT, 16, 128, 'origin'), {length}, 16, 128, 'origin')"
+
+
 def _values(n_images: int, n_synsets: int) -> str:
     """concept_peaks' generated columns for image i and synset s, in schema 013's integers. The map
     peak map_sum / (map_windows * |T|) is round(t * w * |T|) / (w * |T|) for t = 0.9 + 0.1 * (1 - p / N),
@@ -96,10 +103,11 @@ def _values(n_images: int, n_synsets: int) -> str:
     N, n = n_images, n_synsets
     return f"""round((0.9 + 0.1 * (1 - (((i - 1) * {_A} + s * {_B}) % {N}) / {N}::DOUBLE)) * {_windows('s')} * {n})::INT
                    AS map_sum, {_windows('s')}::INT AS map_windows,
-               ((i * 31 + s * 17) % 632)::INT AS work_peak_x, ((i * 13 + s * 7) % 474)::INT AS work_peak_y,
+               {_centre('(i * 31 + s * 17) % 632', 632)} AS work_peak_x, {_centre('(i * 13 + s * 7) % 474', 474)} AS work_peak_y,
                round((0.5 + 0.5 * (((i - 1) * {_C} + s * {_D}) % {N}) / {N}::DOUBLE) * {_windows('(s + 5)')} * {n})::INT
                    AS self_sum, {_windows('(s + 5)')}::INT AS self_windows,
-               ((i * 7 + s * 29) % 632)::INT AS work_self_peak_x, ((i * 11 + s * 3) % 474)::INT AS work_self_peak_y,
+               {_centre('(i * 7 + s * 29) % 632', 632)} AS work_self_peak_x,
+               {_centre('(i * 11 + s * 3) % 474', 474)} AS work_self_peak_y,
                ((i * 37 + s * 11) % {n})::INT AS image_max_rank_less, ((i * 41 + s * 13) % {n})::INT AS image_rank_less"""
 
 

@@ -23,6 +23,15 @@ CREATE TABLE concept_index_state (
     runs INTEGER NOT NULL,
     top_through INTEGER
 );
+CREATE TABLE concept_map_terms (
+    image_id INTEGER NOT NULL,
+    synset_id INTEGER NOT NULL,
+    map_sum INTEGER NOT NULL,
+    map_windows INTEGER NOT NULL,
+    peak_segment_x INTEGER NOT NULL,
+    peak_segment_y INTEGER NOT NULL,
+    image_max_rank_less INTEGER
+);
 CREATE TABLE concept_order (
     synset_id INTEGER NOT NULL,
     image_id INTEGER NOT NULL,
@@ -30,22 +39,13 @@ CREATE TABLE concept_order (
     map_windows INTEGER NOT NULL,
     image_max_rank_less INTEGER
 );
-CREATE TABLE concept_peaks (
-    image_id INTEGER NOT NULL,
-    synset_id INTEGER NOT NULL,
-    map_sum INTEGER NOT NULL,
-    map_windows INTEGER NOT NULL,
-    work_peak_x INTEGER NOT NULL,
-    work_peak_y INTEGER NOT NULL,
-    image_max_rank_less INTEGER
-);
-CREATE TABLE concept_self_peaks (
+CREATE TABLE concept_self_terms (
     image_id INTEGER NOT NULL,
     synset_id INTEGER NOT NULL,
     self_sum INTEGER NOT NULL,
     self_windows INTEGER NOT NULL,
-    work_self_peak_x INTEGER NOT NULL,
-    work_self_peak_y INTEGER NOT NULL,
+    self_peak_segment_x INTEGER NOT NULL,
+    self_peak_segment_y INTEGER NOT NULL,
     image_rank_less INTEGER
 );
 CREATE TABLE concept_top (
@@ -265,7 +265,7 @@ WITH counted AS (
         SELECT synset_id, map_images, image_images FROM concept_counts
         UNION ALL
         SELECT synset_id, count(*) AS map_images, count(image_max_rank_less) AS image_images
-        FROM concept_peaks WHERE image_id > after_image AND image_id <= through_image
+        FROM concept_map_terms WHERE image_id > after_image AND image_id <= through_image
         GROUP BY synset_id
     )
     GROUP BY synset_id
@@ -286,55 +286,8 @@ CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
     SELECT p.synset_id, p.image_id,
            p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
            p.image_max_rank_less
-    FROM concept_peaks p JOIN concept_index_state st ON p.image_id > st.indexed_through
+    FROM concept_map_terms p JOIN concept_index_state st ON p.image_id > st.indexed_through
     WHERE p.synset_id = sid;
-CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
-    SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
-           CASE WHEN s.synset_id IS NULL
-                THEN p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
-                ELSE s.self_sum::DOUBLE / (s.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
-           END AS self_score,
-           CASE WHEN s.synset_id IS NULL THEN p.work_peak_x ELSE s.work_self_peak_x END AS work_self_peak_x,
-           CASE WHEN s.synset_id IS NULL THEN p.work_peak_y ELSE s.work_self_peak_y END AS work_self_peak_y,
-           k.image_max_rank_less,
-           CASE WHEN k.image_max_rank_less IS NULL THEN NULL
-                WHEN s.synset_id IS NULL THEN p.image_max_rank_less ELSE s.image_rank_less END AS image_rank_less
-    FROM concept_keys(sid) k
-    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
-    LEFT JOIN (SELECT * FROM concept_self_peaks WHERE synset_id = sid) s
-        ON s.image_id = k.image_id AND s.synset_id = k.synset_id;
-CREATE OR REPLACE MACRO concept_top_rows(after_image, through_image, keep) AS TABLE
-WITH bar AS (  -- per concept: its lists' lengths, their worst kept image-level count and map peak
-    SELECT synset_id,
-           count(*) FILTER (WHERE level = 'image') AS n_image, count(*) FILTER (WHERE level = 'map') AS n_map,
-           min(image_max_rank_less) FILTER (WHERE level = 'image') AS worst_image,
-           min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
-               FILTER (WHERE level = 'map') AS worst_map
-    FROM concept_top GROUP BY synset_id
-), candidates AS (
-    -- the new images' rows that could enter a list (none can that ranks below a full list's last)
-    SELECT p.synset_id, p.image_id, p.map_sum, p.map_windows, p.image_max_rank_less, p.work_peak_x, p.work_peak_y
-    FROM concept_peaks p LEFT JOIN bar b ON b.synset_id = p.synset_id
-    WHERE p.image_id > after_image AND p.image_id <= through_image
-      AND (b.synset_id IS NULL OR b.n_image < keep OR b.n_map < keep OR p.image_max_rank_less >= b.worst_image
-           OR p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) >= b.worst_map)
-    UNION ALL
-    SELECT DISTINCT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
-    FROM concept_top
-), scored AS (
-    SELECT *, map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak
-    FROM candidates
-)
-SELECT level, synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
-FROM (
-    SELECT 'image' AS level, *,
-           row_number() OVER (PARTITION BY synset_id ORDER BY image_max_rank_less DESC, map_peak DESC, image_id) AS pos
-    FROM scored WHERE image_max_rank_less IS NOT NULL
-    UNION ALL
-    SELECT 'map' AS level, *, row_number() OVER (PARTITION BY synset_id ORDER BY map_peak DESC, image_id) AS pos
-    FROM scored
-)
-WHERE pos <= keep;
 CREATE MACRO descendants(concept) AS TABLE
     SELECT d.synset_id, d.name, d.definition, d.depth, c.distance
     FROM synsets a
@@ -404,17 +357,35 @@ JOIN images i ON i.image_id = r.image_id
 ORDER BY r.score DESC, r.map_score DESC, r.image_id;
 CREATE OR REPLACE MACRO inner_concepts() AS TABLE
     SELECT DISTINCT ancestor_id AS synset_id FROM closure WHERE descendant_id <> ancestor_id;
+CREATE OR REPLACE MACRO lattice_first_start(stride, origin) AS
+    origin + ((-origin) // stride + 1) * stride;
+CREATE OR REPLACE MACRO lattice_origin(layout, stride, large) AS
+    (CASE layout WHEN 'equal' THEN stride - large ELSE 0 END)::INTEGER;
+CREATE OR REPLACE MACRO lattice_starts_before_end(stride, large, origin) AS
+    (origin + large - lattice_first_start(stride, origin)) // stride + 1;
 CREATE OR REPLACE MACRO original_px(v, scale) AS CAST(floor((v + 0.5) * scale) AS INTEGER);
 CREATE MACRO parents(concept) AS TABLE
     SELECT p.synset_id, p.name, p.definition, e.kind
     FROM synsets c JOIN isa_edges e ON e.child_id = c.synset_id JOIN synsets p ON p.synset_id = e.parent_id
     WHERE c.name = concept;
+CREATE OR REPLACE MACRO segment_of(x, stride, large, layout) AS
+    (CASE WHEN x >= lattice_first_start(stride, lattice_origin(layout, stride, large))
+          THEN (x - lattice_first_start(stride, lattice_origin(layout, stride, large))) // stride + 1 ELSE 0 END
+     + CASE WHEN large % stride <> 0 AND x >= lattice_origin(layout, stride, large) + large
+            THEN (x - lattice_origin(layout, stride, large) - large) // stride + 1 ELSE 0 END)::INTEGER;
+CREATE OR REPLACE MACRO segment_start(j, stride, large, origin) AS
+    CASE WHEN j = 0 THEN 0
+         WHEN large % stride = 0 OR j <= lattice_starts_before_end(stride, large, origin)
+             THEN lattice_first_start(stride, origin) + (j - 1) * stride
+         WHEN (j - lattice_starts_before_end(stride, large, origin) - 1) % 2 = 0
+             THEN origin + large + ((j - lattice_starts_before_end(stride, large, origin) - 1) // 2) * stride
+         ELSE lattice_first_start(stride, origin)
+              + (lattice_starts_before_end(stride, large, origin)
+                 + (j - lattice_starts_before_end(stride, large, origin) - 2) // 2) * stride
+    END;
 CREATE OR REPLACE MACRO window_corner(layout, stride, large, k) AS
     (CASE layout WHEN 'equal' THEN stride - large ELSE 0 END + k * stride)::INTEGER;
-CREATE VIEW concept_full_peaks AS SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows, p.work_peak_x, p.work_peak_y, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_sum) ELSE s.self_sum END AS self_sum, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_windows) ELSE s.self_windows END AS self_windows, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_x) ELSE s.work_self_peak_x END AS work_self_peak_x, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_y) ELSE s.work_self_peak_y END AS work_self_peak_y, p.image_max_rank_less, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.image_max_rank_less) ELSE s.image_rank_less END AS image_rank_less FROM (concept_peaks AS p LEFT JOIN concept_self_peaks AS s ON (((s.image_id = p.image_id) AND (s.synset_id = p.synset_id))));
-CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_full_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
 CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
-CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_full_peaks;
 CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
 CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
 CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
@@ -432,6 +403,62 @@ FROM (
 )
 WHERE rn = 1
 ORDER BY rank_sim DESC, image_id, window_idx;
+CREATE OR REPLACE MACRO segment_centre(j, length, stride, large, layout) AS
+    ((segment_start(j, stride, large, lattice_origin(layout, stride, large))
+      + least(segment_start(j + 1, stride, large, lattice_origin(layout, stride, large)), length) - 1)
+     // 2)::INTEGER;
+CREATE VIEW concept_peaks AS SELECT t.image_id, t.synset_id, t.map_sum, t.map_windows, segment_centre(t.peak_segment_x, i.work_width, i.stride, i."large", i.layout) AS work_peak_x, segment_centre(t.peak_segment_y, i.work_height, i.stride, i."large", i.layout) AS work_peak_y, t.image_max_rank_less FROM (concept_map_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
+CREATE VIEW concept_self_peaks AS SELECT t.image_id, t.synset_id, t.self_sum, t.self_windows, segment_centre(t.self_peak_segment_x, i.work_width, i.stride, i."large", i.layout) AS work_self_peak_x, segment_centre(t.self_peak_segment_y, i.work_height, i.stride, i."large", i.layout) AS work_self_peak_y, t.image_rank_less FROM (concept_self_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
+CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
+    SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
+           CASE WHEN s.synset_id IS NULL
+                THEN p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+                ELSE s.self_sum::DOUBLE / (s.self_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE)
+           END AS self_score,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_x ELSE s.work_self_peak_x END AS work_self_peak_x,
+           CASE WHEN s.synset_id IS NULL THEN p.work_peak_y ELSE s.work_self_peak_y END AS work_self_peak_y,
+           k.image_max_rank_less,
+           CASE WHEN k.image_max_rank_less IS NULL THEN NULL
+                WHEN s.synset_id IS NULL THEN p.image_max_rank_less ELSE s.image_rank_less END AS image_rank_less
+    FROM concept_keys(sid) k
+    JOIN concept_peaks p ON p.image_id = k.image_id AND p.synset_id = k.synset_id
+    LEFT JOIN (SELECT * FROM concept_self_peaks WHERE synset_id = sid) s
+        ON s.image_id = k.image_id AND s.synset_id = k.synset_id;
+CREATE OR REPLACE MACRO concept_top_rows(after_image, through_image, keep) AS TABLE
+WITH bar AS (  -- per concept: its lists' lengths, their worst kept image-level count and map peak
+    SELECT synset_id,
+           count(*) FILTER (WHERE level = 'image') AS n_image, count(*) FILTER (WHERE level = 'map') AS n_map,
+           min(image_max_rank_less) FILTER (WHERE level = 'image') AS worst_image,
+           min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
+               FILTER (WHERE level = 'map') AS worst_map
+    FROM concept_top GROUP BY synset_id
+), candidates AS (
+    -- the new images' rows that could enter a list (none can that ranks below a full list's last)
+    SELECT p.synset_id, p.image_id, p.map_sum, p.map_windows, p.image_max_rank_less, p.work_peak_x, p.work_peak_y
+    FROM concept_peaks p LEFT JOIN bar b ON b.synset_id = p.synset_id
+    WHERE p.image_id > after_image AND p.image_id <= through_image
+      AND (b.synset_id IS NULL OR b.n_image < keep OR b.n_map < keep OR p.image_max_rank_less >= b.worst_image
+           OR p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) >= b.worst_map)
+    UNION ALL
+    SELECT DISTINCT synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
+    FROM concept_top
+), scored AS (
+    SELECT *, map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak
+    FROM candidates
+)
+SELECT level, synset_id, image_id, map_sum, map_windows, image_max_rank_less, work_peak_x, work_peak_y
+FROM (
+    SELECT 'image' AS level, *,
+           row_number() OVER (PARTITION BY synset_id ORDER BY image_max_rank_less DESC, map_peak DESC, image_id) AS pos
+    FROM scored WHERE image_max_rank_less IS NOT NULL
+    UNION ALL
+    SELECT 'map' AS level, *, row_number() OVER (PARTITION BY synset_id ORDER BY map_peak DESC, image_id) AS pos
+    FROM scored
+)
+WHERE pos <= keep;
+CREATE VIEW concept_full_peaks AS SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows, p.work_peak_x, p.work_peak_y, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_sum) ELSE s.self_sum END AS self_sum, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_windows) ELSE s.self_windows END AS self_windows, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_x) ELSE s.work_self_peak_x END AS work_self_peak_x, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_y) ELSE s.work_self_peak_y END AS work_self_peak_y, p.image_max_rank_less, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.image_max_rank_less) ELSE s.image_rank_less END AS image_rank_less FROM (concept_peaks AS p LEFT JOIN concept_self_peaks AS s ON (((s.image_id = p.image_id) AND (s.synset_id = p.synset_id))));
+CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_full_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
+CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_full_peaks;
 CREATE VIEW image_concepts AS SELECT sc.image_id, i.path, s."name" AS synset, sc.synset_id, sc.score, original_px(sc.work_peak_x, i.scale) AS peak_x, original_px(sc.work_peak_y, i.scale) AS peak_y, sc.self_score, s.depth, s.definition, (sc.image_max_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_score, (sc.image_rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS image_self_score, sc.map_peak, sc.self_map_peak FROM ((image_scores AS sc INNER JOIN images AS i ON ((i.image_id = sc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = sc.synset_id)));
 CREATE MACRO concept_scores(img) AS TABLE
 SELECT synset, score, self_score, peak_x, peak_y, depth, definition

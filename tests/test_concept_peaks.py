@@ -132,7 +132,7 @@ def test_a_database_from_before_013_upgrades_and_answers_the_same(captured, tmp_
 
     con = connect(old)  # even read-only, the open upgrades it: both tables rewritten
     assert 13 in applied_versions(con)
-    assert has_table(con, "concept_peaks") and has_table(con, "concept_order")
+    assert has_table(con, "concept_map_terms") and has_table(con, "concept_order")  # concept_peaks' since 022
     assert not has_table(con, "image_scores") and not has_table(con, "concept_index")
     con.close()
     assert _upgraded_answers(old) == current
@@ -190,7 +190,8 @@ def test_the_upgrade_runs_in_batches_with_progress_and_equals_the_sql_alone(capt
         con.close()
     assert bars == [["Upgrading: concept scores as exact integers (schema 013)", 3, "images", 3],
                     ["Upgrading: the concept-ordered search keys (schema 013)", n_synsets, "concepts", n_synsets],
-                    ["Upgrading: self peaks of concepts with descendants only (schema 016)", 3, "images", 3]]
+                    ["Upgrading: self peaks of concepts with descendants only (schema 016)", 3, "images", 3],
+                    ["Upgrading: peaks as segment indexes (schema 022)", 3, "images", 3]]
     assert tables[stepped] == tables[alone]
     assert len(tables[stepped][0]) == len(tables[stepped][1]) == 3 * n_synsets
 

@@ -154,7 +154,7 @@ def test_a_refresh_merges_the_new_images_as_a_rebuild_would(collection):
         rebuilt = con.execute("SELECT * FROM concept_top_rows(0, 230, ?) ORDER BY ALL", [TOP_KEEP]).fetchall()
         assert merged == rebuilt
         # new image-level scores (a backfill) rebuild the lists and the counts from the stored rows
-        con.execute("UPDATE concept_peaks SET image_max_rank_less = 4 WHERE image_id IN (7, 14, 21)")
+        con.execute("UPDATE concept_map_terms SET image_max_rank_less = 4 WHERE image_id IN (7, 14, 21)")
         reindex_from_scores(con)
         assert concept_index.top_kept(con)
         assert con.execute("SELECT count(*) FROM concept_top WHERE image_id = 7 AND level = 'image'").fetchone()[0]
@@ -306,7 +306,7 @@ def test_a_list_that_holds_every_image_counts_them(collection, monkeypatch):
     every threshold, its last too (at least 1 here, so that thresholds in (0, last] need the list)."""
     con = connect(collection, write=True)
     try:
-        con.execute("UPDATE concept_peaks SET image_max_rank_less = CASE WHEN image_id > 60 THEN NULL "
+        con.execute("UPDATE concept_map_terms SET image_max_rank_less = CASE WHEN image_id > 60 THEN NULL "
                     "ELSE image_max_rank_less + 1 END")
         reindex_from_scores(con)
         assert all(0 < row[2] < TOP_KEEP and row[3] >= 1 for row in kept_counts(con))

@@ -157,7 +157,8 @@ def test_max_pixels_above_the_ceiling_is_refused_before_allocating(stored_copy, 
     fresh = stored_copy.with_name("fresh.duckdb")
     shutil.copyfile(stored_copy, fresh)
     con = duckdb.connect(str(fresh))
-    con.execute("DELETE FROM window_top; DELETE FROM concept_peaks; DELETE FROM window_embeddings; DELETE FROM images")
+    con.execute("DELETE FROM window_top; DELETE FROM concept_map_terms; DELETE FROM concept_self_terms; "
+                "DELETE FROM window_embeddings; DELETE FROM images")
     con.close()
     _user_error(run_cli("--db", fresh, "ingest", img, "--max-pixels", "2000000000", "--device", "cpu"),
                 "--max-pixels 2000000000", "ceiling")

@@ -154,6 +154,8 @@ DAMAGE = {
     "a window embedding of another width": ("windows", lambda c: c["embedding"].__setitem__(5, [0.5] * 3),
                                             "embedding", 5),
     "a peak outside the working image": ("concept_peaks", set_at("work_peak_x", 12, 10_000), "work_peak_x", 12),
+    # schema 022 stores a peak as its map segment: pixel 0 is inside the first segment, never its centre
+    "a peak off its segment's centre": ("concept_peaks", set_at("work_self_peak_y", 14, 0), "work_self_peak_y", 14),
     "image-level count below the concept's own": ("concept_peaks", set_at("image_max_rank_less", 1, 0),
                                                   "image_max_rank_less", 1),
     "NaN in the image embedding": ("image_embeddings", lambda c: c["embedding"][2].__setitem__(1, float("nan")),

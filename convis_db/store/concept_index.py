@@ -57,7 +57,7 @@ def refresh_concept_index(con: duckdb.DuckDBPyConnection, max_runs: int = MAX_RU
         with transaction(con):
             con.execute(
                 f"""INSERT INTO concept_order ({COLUMNS})
-                    SELECT {COLUMNS} FROM concept_peaks WHERE image_id > ? AND image_id <= ?
+                    SELECT {COLUMNS} FROM concept_map_terms WHERE image_id > ? AND image_id <= ?
                     ORDER BY {ORDER}""", [watermark, top])  # fixed column list
             con.execute("UPDATE concept_index_state SET indexed_through = ?, runs = runs + 1", [top])
             _keep_top(con, watermark, top)
@@ -107,7 +107,7 @@ def reindex_from_scores(con: duckdb.DuckDBPyConnection) -> None:
         watermark = con.execute("SELECT indexed_through FROM concept_index_state").fetchone()[0]
         con.execute("DELETE FROM concept_order")
         con.execute(f"""INSERT INTO concept_order ({COLUMNS})
-                        SELECT {COLUMNS} FROM concept_peaks WHERE image_id <= ?
+                        SELECT {COLUMNS} FROM concept_map_terms WHERE image_id <= ?
                         ORDER BY {ORDER}""", [watermark])  # fixed column list
         con.execute("UPDATE concept_index_state SET runs = 1")
         _keep_top(con, watermark, watermark, rebuild=True)

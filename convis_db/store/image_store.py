@@ -300,14 +300,23 @@ SELF_COLUMNS = ("self_sum", "self_windows", "work_self_peak_x", "work_self_peak_
 
 def concept_peaks_inserts(source: str) -> tuple[str, str]:
     """The statements that store concept_peaks rows with their self terms (selected by the SQL `source`,
-    run by each; bind its parameters to both): the map terms of every row into concept_peaks, the self
-    terms of the inner concepts' rows (macro inner_concepts, schema 016) into concept_self_peaks. Columns
-    go by name, so rows without the image-level counts leave them NULL. Used by write_image and the
-    shard merge."""
+    run by each; bind its parameters to both): the map terms of every row into concept_map_terms, the
+    self terms of the inner concepts' rows (macro inner_concepts, schema 016) into concept_self_terms,
+    each peak's pixels as the indexes of their map segments (macro segment_of with the image's lattice,
+    schema 022; the images rows are stored first). Columns go by name, so rows without the image-level
+    counts leave them NULL. Used by write_image and the shard merge."""
     own = ", ".join(f"'{c}'" for c in SELF_COLUMNS)  # fixed names above
-    return (f"INSERT INTO concept_peaks BY NAME SELECT COLUMNS(lambda c: c NOT IN ({own})) FROM ({source})",
-            f"INSERT INTO concept_self_peaks BY NAME SELECT COLUMNS(lambda c: c IN ('image_id', 'synset_id', {own})) "
-            f"FROM ({source}) WHERE synset_id IN (SELECT synset_id FROM inner_concepts())")
+    placed = (f"(SELECT s.*, i.stride AS _stride, i.large AS _large, i.layout AS _layout FROM ({source}) s "
+              "JOIN images i ON i.image_id = s.image_id)")
+    lattice = "_stride, _large, _layout"
+    return (f"INSERT INTO concept_map_terms BY NAME SELECT COLUMNS(lambda c: c NOT IN ({own}, 'work_peak_x', "
+            f"'work_peak_y', '_stride', '_large', '_layout')), segment_of(work_peak_x, {lattice}) AS peak_segment_x, "
+            f"segment_of(work_peak_y, {lattice}) AS peak_segment_y FROM {placed}",
+            f"INSERT INTO concept_self_terms BY NAME SELECT COLUMNS(lambda c: c IN ('image_id', 'synset_id', {own}) "
+            f"AND c NOT IN ('work_self_peak_x', 'work_self_peak_y')), "
+            f"segment_of(work_self_peak_x, {lattice}) AS self_peak_segment_x, "
+            f"segment_of(work_self_peak_y, {lattice}) AS self_peak_segment_y "
+            f"FROM {placed} WHERE synset_id IN (SELECT synset_id FROM inner_concepts())")
 
 
 def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> None:
@@ -416,12 +425,12 @@ def write_image_level(con: duckdb.DuckDBPyConnection, image_id: int, level) -> N
         con.register("_level", rows)
         try:
             con.execute(
-                """UPDATE concept_peaks SET image_max_rank_less = l.image_max_rank_less
-                   FROM _level l WHERE concept_peaks.image_id = ? AND concept_peaks.synset_id = l.synset_id""",
+                """UPDATE concept_map_terms SET image_max_rank_less = l.image_max_rank_less
+                   FROM _level l WHERE concept_map_terms.image_id = ? AND concept_map_terms.synset_id = l.synset_id""",
                 [image_id])
             con.execute(  # schema 016: the inner concepts' own counts (a leaf's is its map count)
-                """UPDATE concept_self_peaks SET image_rank_less = l.image_rank_less
-                   FROM _level l WHERE concept_self_peaks.image_id = ? AND concept_self_peaks.synset_id = l.synset_id""",
+                """UPDATE concept_self_terms SET image_rank_less = l.image_rank_less
+                   FROM _level l WHERE concept_self_terms.image_id = ? AND concept_self_terms.synset_id = l.synset_id""",
                 [image_id])
         finally:
             con.unregister("_level")

@@ -139,6 +139,37 @@ def split_halves_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: 
             log.info("schema 017: %d of %d images' float16 embeddings split", start + len(batch), len(ids))
 
 
+def peak_segments_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
+    """Schema 022: concept_peaks' and concept_self_peaks' rows into concept_map_terms and
+    concept_self_terms (each peak as its segment indexes), BATCH_IMAGES images per statement (in image
+    order), with a bar counting images. The statements are 022's own: its macros, its checks that every
+    peak is a segment's centre, its tables, then its two INSERTs limited to each batch."""
+    for name in ("lattice_origin", "lattice_first_start", "lattice_starts_before_end", "segment_start",
+                 "segment_centre", "segment_of"):
+        con.execute(statement(sql, f"CREATE OR REPLACE MACRO {name}("))
+    for check in ("SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak",
+                  "SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the self"):
+        con.execute(statement(sql, check))
+    inserts = []
+    for table in ("concept_map_terms", "concept_self_terms"):
+        con.execute(statement(sql, f"CREATE TABLE IF NOT EXISTS {table}"))
+        insert = statement(sql, f"INSERT INTO {table}")
+        where = f"WHERE p.image_id > (SELECT coalesce(max(image_id), -2147483648) FROM {table})"
+        if where not in insert:
+            raise RuntimeError(f"schema 022's INSERT INTO {table} changed; update peak_segments_in_batches")
+        inserts.append(insert.replace(where, "WHERE p.image_id > ? AND p.image_id <= ?"))
+    ids = [r[0] for r in con.execute("SELECT DISTINCT image_id FROM images ORDER BY image_id").fetchall()]
+    with progress("Upgrading: peaks as segment indexes (schema 022)", len(ids), "images") as tick:
+        done = -(2**31)  # batches cover every id up to the last image's
+        for start in range(0, len(ids), BATCH_IMAGES):
+            batch = ids[start:start + BATCH_IMAGES]
+            for insert in inserts:
+                con.execute(insert, [done, batch[-1]])
+            done = batch[-1]
+            tick(len(batch))
+            log.info("schema 022: %d of %d images' peaks moved", start + len(batch), len(ids))
+
+
 #: version -> step(con, the version's SQL, progress)
 STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches, 16: self_peaks_in_batches,
-         17: split_halves_in_batches}
+         17: split_halves_in_batches, 22: peak_segments_in_batches}

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from convis_db.engine.saliency import axis_segments
 from convis_db.engine.windows import LAYOUTS
 from convis_db.errors import DatabaseError
 from convis_db.store.halves import HI_COLUMN, LO_COLUMN, WHOLE_COLUMN, blob_rows
@@ -117,10 +118,18 @@ class Expected:
         for table, column, dtype, nullable in rows:
             columns[table][column] = (dtype, nullable == "NO" or table in views)
         if "concept_peaks" in tables:  # schema 016 keeps the rows' self terms in concept_self_peaks
+            self_view = "concept_self_peaks" in {r[0] for r in con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
+                "AND table_type = 'VIEW'").fetchall()}
             for column, dtype, nullable in con.execute(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = 'main' AND table_name = 'concept_self_peaks'").fetchall():
-                columns["concept_peaks"].setdefault(column, (dtype, nullable == "NO"))
+                columns["concept_peaks"].setdefault(column, (dtype, nullable == "NO" or self_view))
+            # Since schema 022 both are views (over concept_map_terms and concept_self_terms), whose columns
+            # all read as nullable: the image-level counts are the ones a row may leave NULL.
+            for column in ("image_max_rank_less", "image_rank_less"):
+                if column in columns["concept_peaks"]:
+                    columns["concept_peaks"][column] = (columns["concept_peaks"][column][0], False)
         if "windows" in tables and "windows" in views:  # schema 021: a view; its embeddings are NULL with none
             columns["windows"].update({c: (columns["windows"][c][0], False)
                                        for c in ("embedding", HI_COLUMN, LO_COLUMN) if c in columns["windows"]})
@@ -400,6 +409,8 @@ def check_concept_peaks(path: Path, table: pa.Table, images: ShardImages, expect
                          ("work_self_peak_x", images.work_width), ("work_self_peak_y", images.work_height)):
         values = _np(table, column)
         _bad_row(path, column, (values < 0) | (values >= size[img]), "a peak outside its image's working size")
+        _bad_row(path, column, ~_segment_centres(values, img, size, images),
+                 "a peak that is not the centre of one of its map's segments (schema 022 stores the segment)")
     ranks = {}
     for column in ("image_max_rank_less", "image_rank_less"):
         if column in table.column_names:
@@ -409,6 +420,24 @@ def check_concept_peaks(path: Path, table: pa.Table, images: ShardImages, expect
     if len(ranks) == 2:
         _bad_row(path, "image_max_rank_less", ranks["image_max_rank_less"] < ranks["image_rank_less"],
                  "below image_rank_less (the maximum over a concept and its descendants includes the concept)")
+
+
+def _segment_centres(values: np.ndarray, img: np.ndarray, size: np.ndarray, images: ShardImages) -> np.ndarray:
+    """Whether each peak (in 0..size-1 on its axis) is the centre of a segment of its image's map on that
+    axis (engine/saliency.axis_segments, per distinct axis length and lattice): the only pixels the engine
+    gives, and the only ones schema 022's segment indexes can store."""
+    keys = np.stack([size[img], images.stride[img], images.large[img], images.origin[img]], axis=1)
+    if not len(keys):
+        return np.ones(0, bool)
+    found = np.zeros(len(values), bool)
+    lattices, which = np.unique(keys, axis=0, return_inverse=True)
+    for k, (length, stride, large, origin) in enumerate(lattices.tolist()):
+        rows = which.reshape(-1) == k
+        n = (length - 1 - origin) // stride + 1   # engine.windows.windows_on_axis
+        centre = np.zeros(length, bool)
+        centre[axis_segments(length, stride, large, n, origin).centres] = True
+        found[rows] = centre[values[rows]]
+    return found
 
 
 def _window_positions(path: Path, table: pa.Table, images: ShardImages,

@@ -1,0 +1,167 @@
+-- Each peak stored as the index of its map segment on each axis, not as a working pixel (issue 24).
+--
+-- A saliency map is constant on the rectangles between window edges (engine/saliency.py): on each axis
+-- the pixels are cut into segments where the set of covering windows changes, and the engine gives a
+-- peak as the centre pixel of its segment, (start + stop - 1) // 2. At the paper's settings a 632-pixel
+-- axis has 40 segments: a segment index takes 6 bits where the pixel took 10, 11 KB per image over the
+-- four peak columns. concept_map_terms and concept_self_terms hold what concept_peaks and
+-- concept_self_peaks held, with peak_segment_x/y (and self_peak_segment_x/y) in place of the pixels;
+-- concept_peaks and concept_self_peaks are now views with their old columns, the pixels computed by
+-- the macros below from the image's lattice, so every reader (the views and macros of the README,
+-- search, explain) gets the same rows. Writers convert in SQL with segment_of (store/image_store.py),
+-- and the shard merge refuses a peak that is not a segment's centre (store/shard_checks.py).
+--
+-- The segments of an axis of `length` pixels, windows at origin + k * stride (k >= 0) of side `large`
+-- (origin from the layout: 0, or stride - large for 'equal'), start at 0 and at every window start or
+-- end inside the axis: the starts origin + k * stride (k >= 1) and the ends origin + large + k * stride
+-- (k >= 0) that are > 0, two arithmetic progressions of one step, the same one when the stride divides
+-- the large side. The macros count and place them in closed form; tests/test_peak_segments.py checks
+-- them against engine/saliency.axis_segments over every layout, stride 1-24, large side stride to
+-- 3 x stride + 6 and axis lengths 1-69, 300, 473 and 632.
+
+CREATE OR REPLACE MACRO lattice_origin(layout, stride, large) AS
+    (CASE layout WHEN 'equal' THEN stride - large ELSE 0 END)::INTEGER;
+
+-- The first window start inside the axis (> 0).
+CREATE OR REPLACE MACRO lattice_first_start(stride, origin) AS
+    origin + ((-origin) // stride + 1) * stride;
+
+-- How many window starts come before the first window end (the stride not dividing the large side).
+CREATE OR REPLACE MACRO lattice_starts_before_end(stride, large, origin) AS
+    (origin + large - lattice_first_start(stride, origin)) // stride + 1;
+
+-- The first pixel of segment j.
+CREATE OR REPLACE MACRO segment_start(j, stride, large, origin) AS
+    CASE WHEN j = 0 THEN 0
+         WHEN large % stride = 0 OR j <= lattice_starts_before_end(stride, large, origin)
+             THEN lattice_first_start(stride, origin) + (j - 1) * stride
+         WHEN (j - lattice_starts_before_end(stride, large, origin) - 1) % 2 = 0
+             THEN origin + large + ((j - lattice_starts_before_end(stride, large, origin) - 1) // 2) * stride
+         ELSE lattice_first_start(stride, origin)
+              + (lattice_starts_before_end(stride, large, origin)
+                 + (j - lattice_starts_before_end(stride, large, origin) - 2) // 2) * stride
+    END;
+
+-- The centre pixel of segment j of an axis of `length` pixels: the peak the engine gives for it.
+CREATE OR REPLACE MACRO segment_centre(j, length, stride, large, layout) AS
+    ((segment_start(j, stride, large, lattice_origin(layout, stride, large))
+      + least(segment_start(j + 1, stride, large, lattice_origin(layout, stride, large)), length) - 1)
+     // 2)::INTEGER;
+
+-- The segment that holds pixel x: the window starts and ends in 1..x.
+CREATE OR REPLACE MACRO segment_of(x, stride, large, layout) AS
+    (CASE WHEN x >= lattice_first_start(stride, lattice_origin(layout, stride, large))
+          THEN (x - lattice_first_start(stride, lattice_origin(layout, stride, large))) // stride + 1 ELSE 0 END
+     + CASE WHEN large % stride <> 0 AND x >= lattice_origin(layout, stride, large) + large
+            THEN (x - lattice_origin(layout, stride, large) - large) // stride + 1 ELSE 0 END)::INTEGER;
+
+-- A peak that is not its segment's centre was not written by convis-db's engine: refuse rather than
+-- move it.
+SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak ('
+             || p.work_peak_x || ', ' || p.work_peak_y || ') is not the centre of a segment of its map, '
+             || 'so the file was not written by convis-db')
+FROM concept_peaks p JOIN images i ON i.image_id = p.image_id
+WHERE segment_centre(segment_of(p.work_peak_x, i.stride, i.large, i.layout), i.work_width, i.stride, i.large,
+                     i.layout) <> p.work_peak_x
+   OR segment_centre(segment_of(p.work_peak_y, i.stride, i.large, i.layout), i.work_height, i.stride, i.large,
+                     i.layout) <> p.work_peak_y
+LIMIT 1;
+
+SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the self peak ('
+             || p.work_self_peak_x || ', ' || p.work_self_peak_y || ') is not the centre of a segment of its '
+             || 'map, so the file was not written by convis-db')
+FROM concept_self_peaks p JOIN images i ON i.image_id = p.image_id
+WHERE segment_centre(segment_of(p.work_self_peak_x, i.stride, i.large, i.layout), i.work_width, i.stride,
+                     i.large, i.layout) <> p.work_self_peak_x
+   OR segment_centre(segment_of(p.work_self_peak_y, i.stride, i.large, i.layout), i.work_height, i.stride,
+                     i.large, i.layout) <> p.work_self_peak_y
+LIMIT 1;
+
+CREATE TABLE IF NOT EXISTS concept_map_terms (
+    image_id            INTEGER NOT NULL,
+    synset_id           INTEGER NOT NULL,
+    map_sum             INTEGER NOT NULL,
+    map_windows         INTEGER NOT NULL,
+    peak_segment_x      INTEGER NOT NULL,  -- the map peak's column segment: segment_centre gives its pixel
+    peak_segment_y      INTEGER NOT NULL,  -- and its row segment
+    image_max_rank_less INTEGER
+);
+
+CREATE TABLE IF NOT EXISTS concept_self_terms (
+    image_id            INTEGER NOT NULL,
+    synset_id           INTEGER NOT NULL,  -- a concept with descendants (schema 016)
+    self_sum            INTEGER NOT NULL,
+    self_windows        INTEGER NOT NULL,
+    self_peak_segment_x INTEGER NOT NULL,
+    self_peak_segment_y INTEGER NOT NULL,
+    image_rank_less     INTEGER
+);
+
+-- The rows in image order. convis-db runs these statements itself a batch of images at a time, with
+-- progress (store/migration_steps.py); run alone, they move all.
+INSERT INTO concept_map_terms
+SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows,
+       segment_of(p.work_peak_x, i.stride, i.large, i.layout), segment_of(p.work_peak_y, i.stride, i.large, i.layout),
+       p.image_max_rank_less
+FROM concept_peaks p JOIN images i ON i.image_id = p.image_id
+WHERE p.image_id > (SELECT coalesce(max(image_id), -2147483648) FROM concept_map_terms)
+ORDER BY p.image_id, p.synset_id;
+
+INSERT INTO concept_self_terms
+SELECT p.image_id, p.synset_id, p.self_sum, p.self_windows,
+       segment_of(p.work_self_peak_x, i.stride, i.large, i.layout),
+       segment_of(p.work_self_peak_y, i.stride, i.large, i.layout), p.image_rank_less
+FROM concept_self_peaks p JOIN images i ON i.image_id = p.image_id
+WHERE p.image_id > (SELECT coalesce(max(image_id), -2147483648) FROM concept_self_terms)
+ORDER BY p.image_id, p.synset_id;
+
+DROP TABLE concept_peaks;
+DROP TABLE concept_self_peaks;
+
+CREATE OR REPLACE VIEW concept_peaks AS
+SELECT t.image_id, t.synset_id, t.map_sum, t.map_windows,
+       segment_centre(t.peak_segment_x, i.work_width, i.stride, i.large, i.layout) AS work_peak_x,
+       segment_centre(t.peak_segment_y, i.work_height, i.stride, i.large, i.layout) AS work_peak_y,
+       t.image_max_rank_less
+FROM concept_map_terms t JOIN images i ON i.image_id = t.image_id;
+
+CREATE OR REPLACE VIEW concept_self_peaks AS
+SELECT t.image_id, t.synset_id, t.self_sum, t.self_windows,
+       segment_centre(t.self_peak_segment_x, i.work_width, i.stride, i.large, i.layout) AS work_self_peak_x,
+       segment_centre(t.self_peak_segment_y, i.work_height, i.stride, i.large, i.layout) AS work_self_peak_y,
+       t.image_rank_less
+FROM concept_self_terms t JOIN images i ON i.image_id = t.image_id;
+
+-- Readers that need no peak read the terms alone (no join with images): schema 018's pending keys and
+-- schema 020's counts, restated over concept_map_terms with the same rows.
+CREATE OR REPLACE MACRO concept_keys(sid) AS TABLE
+    SELECT synset_id, image_id,
+           map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           image_max_rank_less
+    FROM concept_order WHERE synset_id = sid
+    UNION ALL
+    SELECT p.synset_id, p.image_id,
+           p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_peak,
+           p.image_max_rank_less
+    FROM concept_map_terms p JOIN concept_index_state st ON p.image_id > st.indexed_through
+    WHERE p.synset_id = sid;
+
+CREATE OR REPLACE MACRO concept_counts_rows(after_image, through_image) AS TABLE
+WITH counted AS (
+    SELECT synset_id, sum(map_images)::BIGINT AS map_images, sum(image_images)::BIGINT AS image_images
+    FROM (
+        SELECT synset_id, map_images, image_images FROM concept_counts
+        UNION ALL
+        SELECT synset_id, count(*) AS map_images, count(image_max_rank_less) AS image_images
+        FROM concept_map_terms WHERE image_id > after_image AND image_id <= through_image
+        GROUP BY synset_id
+    )
+    GROUP BY synset_id
+), ends AS (
+    SELECT synset_id, min(image_max_rank_less) FILTER (WHERE level = 'image') AS image_last,
+           min(map_sum::DOUBLE / (map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE))
+               FILTER (WHERE level = 'map') AS map_last
+    FROM concept_top GROUP BY synset_id
+)
+SELECT c.synset_id, c.map_images, c.image_images, e.image_last, e.map_last
+FROM counted c LEFT JOIN ends e ON e.synset_id = c.synset_id;
