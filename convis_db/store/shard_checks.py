@@ -424,20 +424,23 @@ def check_concept_peaks(path: Path, table: pa.Table, images: ShardImages, expect
 
 def _segment_centres(values: np.ndarray, img: np.ndarray, size: np.ndarray, images: ShardImages) -> np.ndarray:
     """Whether each peak (in 0..size-1 on its axis) is the centre of a segment of its image's map on that
-    axis (engine/saliency.axis_segments, per distinct axis length and lattice): the only pixels the engine
-    gives, and the only ones schema 022's segment indexes can store."""
-    keys = np.stack([size[img], images.stride[img], images.large[img], images.origin[img]], axis=1)
-    if not len(keys):
-        return np.ones(0, bool)
-    found = np.zeros(len(values), bool)
-    lattices, which = np.unique(keys, axis=0, return_inverse=True)
-    for k, (length, stride, large, origin) in enumerate(lattices.tolist()):
-        rows = which.reshape(-1) == k
-        n = (length - 1 - origin) // stride + 1   # engine.windows.windows_on_axis
-        centre = np.zeros(length, bool)
-        centre[axis_segments(length, stride, large, n, origin).centres] = True
-        found[rows] = centre[values[rows]]
-    return found
+    axis (engine/saliency.axis_segments): the only pixels the engine gives, and the only ones schema 022's
+    segment indexes can store. One flag per pixel of each image's axis, laid end to end, looked up once
+    per row (the segments computed once per distinct axis length and lattice)."""
+    ids = np.arange(1, images.n + 1)
+    start = np.zeros(images.n + 1, np.int64)   # where image i's axis starts in `centre`
+    start[1:] = np.cumsum(size[ids]) - size[ids]
+    centre = np.zeros(int(size[ids].sum()), bool)
+    known: dict[tuple[int, ...], np.ndarray] = {}
+    for i in ids.tolist():
+        length, stride, large, origin = (int(size[i]), int(images.stride[i]), int(images.large[i]),
+                                         int(images.origin[i]))
+        key = (length, stride, large, origin)
+        if key not in known:
+            n = (length - 1 - origin) // stride + 1   # engine.windows.windows_on_axis
+            known[key] = axis_segments(length, stride, large, n, origin).centres
+        centre[start[i] + known[key]] = True
+    return centre[start[img] + values]
 
 
 def _window_positions(path: Path, table: pa.Table, images: ShardImages,
