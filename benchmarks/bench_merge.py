@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import file_settings, header, parse_file_settings  # noqa: E402
+from common import file_settings, header, parse_file_settings, segment_centres_sql  # noqa: E402
 
 from convis_db.engine.explainer import ImageExplanation  # noqa: E402
 from convis_db.engine.saliency import Peaks, grid_segments  # noqa: E402
@@ -286,6 +286,8 @@ def merge_duckdb_alone(con, shards: Path) -> int:
         else:
             into = "window_embeddings" if table == "windows" else table
             con.execute(f"INSERT INTO {into} BY NAME {rows}", {"files": files})   # table from IMAGE_TABLES
+            if table == "images":   # schema 022: the segment centres the peaks index (the merge computes them)
+                con.execute(segment_centres_sql())
     con.execute("COMMIT")
     con.execute("DROP TABLE _offsets")
     refresh_concept_index(con)

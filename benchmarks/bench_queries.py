@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, timeit  # noqa: E402
+from common import header, segment_centres_sql, timeit  # noqa: E402
 
 from convis_db.store.concept_index import rebuild_concept_top  # noqa: E402
 from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402
@@ -62,7 +62,7 @@ QUERIED = ("dog.n.01", "animal.n.01", "vehicle.n.01", "entity.n.01")
 #: Rows per row group of the tables convis-db writes (DuckDB's own default is 122,880).
 DEFAULT_ROW_GROUP = ROW_GROUP_SIZE
 #: The big tables, whose row groups a query must prune.
-BIG_TABLES = ("concept_peaks", "concept_order")
+BIG_TABLES = ("concept_map_terms", "concept_order")  # concept_peaks is a view over the first since schema 022
 
 
 def full_images(n_images: int) -> list[int]:
@@ -141,6 +141,7 @@ def build(db: Path, n_images: int, n_concepts: int | None = None, row_group_size
                     SELECT sha256(i::VARCHAR), 'generated/' || i || '.jpg', 1, 800, 600, 632, 474, 800.0 / 632, 16, 64,
                            128, 300000, 100, 30, 40, 1200
                     FROM range(1, ? + 1) t(i)""", [n_images])
+    con.execute(segment_centres_sql())   # schema 022: the segment centres its peaks index
     # Every image has image-level scores (schema 005), so search ranks by image by default as on a new database.
     con.execute("INSERT INTO image_embeddings SELECT i::INT, [0.0]::FLOAT[] FROM range(1, ? + 1) t(i)", [n_images])
     con.execute("CHECKPOINT")

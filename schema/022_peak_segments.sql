@@ -4,20 +4,24 @@
 -- the pixels are cut into segments where the set of covering windows changes, and the engine gives a
 -- peak as the centre pixel of its segment, (start + stop - 1) // 2. At the paper's settings a 632-pixel
 -- axis has 40 segments: a segment index takes 6 bits where the pixel took 10, 11 KB per image over the
--- four peak columns. concept_map_terms and concept_self_terms hold what concept_peaks and
--- concept_self_peaks held, with peak_segment_x/y (and self_peak_segment_x/y) in place of the pixels;
--- concept_peaks and concept_self_peaks are now views with their old columns, the pixels computed by
--- the macros below from the image's lattice, so every reader (the views and macros of the README,
--- search, explain) gets the same rows. Writers convert in SQL with segment_of (store/image_store.py),
--- and the shard merge refuses a peak that is not a segment's centre (store/shard_checks.py).
+-- four peak columns.
+--
+-- images.segment_centres_x / _y list each image's segment centres along x and y (working pixels, about
+-- 70 numbers: 0.1 KB per image). concept_map_terms and concept_self_terms hold what concept_peaks and
+-- concept_self_peaks held, with peak_segment_x/y (and self_peak_segment_x/y), a peak's index in those
+-- lists (from 0), in place of its pixels. concept_peaks and concept_self_peaks are now views with their
+-- old columns, each pixel read from its image's list, so every reader (the views and macros of the
+-- README, search, explain) gets the same rows. Writers fill the lists from the engine's segments and
+-- convert each peak with list_position (store/image_store.py); the shard merge refuses a peak that is no
+-- segment's centre (store/shard_checks.py).
 --
 -- The segments of an axis of `length` pixels, windows at origin + k * stride (k >= 0) of side `large`
 -- (origin from the layout: 0, or stride - large for 'equal'), start at 0 and at every window start or
 -- end inside the axis: the starts origin + k * stride (k >= 1) and the ends origin + large + k * stride
 -- (k >= 0) that are > 0, two arithmetic progressions of one step, the same one when the stride divides
--- the large side. The macros count and place them in closed form; tests/test_peak_segments.py checks
--- them against engine/saliency.axis_segments over every layout, stride 1-24, large side stride to
--- 3 x stride + 6 and axis lengths 1-69, 300, 473 and 632.
+-- the large side. The macros below count and place them in closed form, for this upgrade's lists and for
+-- SQL users; tests/test_peak_segments.py checks them against engine/saliency.axis_segments over every
+-- layout, stride 1-24, large side stride to 3 x stride + 6 and axis lengths 1-69, 300, 473 and 632.
 
 CREATE OR REPLACE MACRO lattice_origin(layout, stride, large) AS
     (CASE layout WHEN 'equal' THEN stride - large ELSE 0 END)::INTEGER;
@@ -55,26 +59,31 @@ CREATE OR REPLACE MACRO segment_of(x, stride, large, layout) AS
      + CASE WHEN large % stride <> 0 AND x >= lattice_origin(layout, stride, large) + large
             THEN (x - lattice_origin(layout, stride, large) - large) // stride + 1 ELSE 0 END)::INTEGER;
 
+-- Each image's segment centres, as the engine's axis_segments gives them.
+ALTER TABLE images ADD COLUMN IF NOT EXISTS segment_centres_x INTEGER[];
+ALTER TABLE images ADD COLUMN IF NOT EXISTS segment_centres_y INTEGER[];
+UPDATE images SET
+    segment_centres_x = list_transform(range(segment_of(work_width - 1, stride, large, layout) + 1),
+                                       lambda j: segment_centre(j, work_width, stride, large, layout)),
+    segment_centres_y = list_transform(range(segment_of(work_height - 1, stride, large, layout) + 1),
+                                       lambda j: segment_centre(j, work_height, stride, large, layout))
+WHERE segment_centres_x IS NULL OR segment_centres_y IS NULL;
+
 -- A peak that is not its segment's centre was not written by convis-db's engine: refuse rather than
 -- move it.
 SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak ('
              || p.work_peak_x || ', ' || p.work_peak_y || ') is not the centre of a segment of its map, '
              || 'so the file was not written by convis-db')
 FROM concept_peaks p JOIN images i ON i.image_id = p.image_id
-WHERE segment_centre(segment_of(p.work_peak_x, i.stride, i.large, i.layout), i.work_width, i.stride, i.large,
-                     i.layout) <> p.work_peak_x
-   OR segment_centre(segment_of(p.work_peak_y, i.stride, i.large, i.layout), i.work_height, i.stride, i.large,
-                     i.layout) <> p.work_peak_y
+WHERE NOT list_contains(i.segment_centres_x, p.work_peak_x) OR NOT list_contains(i.segment_centres_y, p.work_peak_y)
 LIMIT 1;
 
 SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the self peak ('
              || p.work_self_peak_x || ', ' || p.work_self_peak_y || ') is not the centre of a segment of its '
              || 'map, so the file was not written by convis-db')
 FROM concept_self_peaks p JOIN images i ON i.image_id = p.image_id
-WHERE segment_centre(segment_of(p.work_self_peak_x, i.stride, i.large, i.layout), i.work_width, i.stride,
-                     i.large, i.layout) <> p.work_self_peak_x
-   OR segment_centre(segment_of(p.work_self_peak_y, i.stride, i.large, i.layout), i.work_height, i.stride,
-                     i.large, i.layout) <> p.work_self_peak_y
+WHERE NOT list_contains(i.segment_centres_x, p.work_self_peak_x)
+   OR NOT list_contains(i.segment_centres_y, p.work_self_peak_y)
 LIMIT 1;
 
 CREATE TABLE IF NOT EXISTS concept_map_terms (
@@ -82,8 +91,8 @@ CREATE TABLE IF NOT EXISTS concept_map_terms (
     synset_id           INTEGER NOT NULL,
     map_sum             INTEGER NOT NULL,
     map_windows         INTEGER NOT NULL,
-    peak_segment_x      INTEGER NOT NULL,  -- the map peak's column segment: segment_centre gives its pixel
-    peak_segment_y      INTEGER NOT NULL,  -- and its row segment
+    peak_segment_x      INTEGER NOT NULL,  -- the map peak's index in images.segment_centres_x, from 0
+    peak_segment_y      INTEGER NOT NULL,  -- and in segment_centres_y
     image_max_rank_less INTEGER
 );
 
@@ -101,7 +110,7 @@ CREATE TABLE IF NOT EXISTS concept_self_terms (
 -- progress (store/migration_steps.py); run alone, they move all.
 INSERT INTO concept_map_terms
 SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows,
-       segment_of(p.work_peak_x, i.stride, i.large, i.layout), segment_of(p.work_peak_y, i.stride, i.large, i.layout),
+       list_position(i.segment_centres_x, p.work_peak_x) - 1, list_position(i.segment_centres_y, p.work_peak_y) - 1,
        p.image_max_rank_less
 FROM concept_peaks p JOIN images i ON i.image_id = p.image_id
 WHERE p.image_id > (SELECT coalesce(max(image_id), -2147483648) FROM concept_map_terms)
@@ -109,8 +118,8 @@ ORDER BY p.image_id, p.synset_id;
 
 INSERT INTO concept_self_terms
 SELECT p.image_id, p.synset_id, p.self_sum, p.self_windows,
-       segment_of(p.work_self_peak_x, i.stride, i.large, i.layout),
-       segment_of(p.work_self_peak_y, i.stride, i.large, i.layout), p.image_rank_less
+       list_position(i.segment_centres_x, p.work_self_peak_x) - 1,
+       list_position(i.segment_centres_y, p.work_self_peak_y) - 1, p.image_rank_less
 FROM concept_self_peaks p JOIN images i ON i.image_id = p.image_id
 WHERE p.image_id > (SELECT coalesce(max(image_id), -2147483648) FROM concept_self_terms)
 ORDER BY p.image_id, p.synset_id;
@@ -120,15 +129,15 @@ DROP TABLE concept_self_peaks;
 
 CREATE OR REPLACE VIEW concept_peaks AS
 SELECT t.image_id, t.synset_id, t.map_sum, t.map_windows,
-       segment_centre(t.peak_segment_x, i.work_width, i.stride, i.large, i.layout) AS work_peak_x,
-       segment_centre(t.peak_segment_y, i.work_height, i.stride, i.large, i.layout) AS work_peak_y,
+       i.segment_centres_x[t.peak_segment_x + 1] AS work_peak_x,
+       i.segment_centres_y[t.peak_segment_y + 1] AS work_peak_y,
        t.image_max_rank_less
 FROM concept_map_terms t JOIN images i ON i.image_id = t.image_id;
 
 CREATE OR REPLACE VIEW concept_self_peaks AS
 SELECT t.image_id, t.synset_id, t.self_sum, t.self_windows,
-       segment_centre(t.self_peak_segment_x, i.work_width, i.stride, i.large, i.layout) AS work_self_peak_x,
-       segment_centre(t.self_peak_segment_y, i.work_height, i.stride, i.large, i.layout) AS work_self_peak_y,
+       i.segment_centres_x[t.self_peak_segment_x + 1] AS work_self_peak_x,
+       i.segment_centres_y[t.self_peak_segment_y + 1] AS work_self_peak_y,
        t.image_rank_less
 FROM concept_self_terms t JOIN images i ON i.image_id = t.image_id;
 

@@ -82,7 +82,9 @@ CREATE TABLE images (
     n_windows INTEGER NOT NULL,
     ingested_at TIMESTAMP DEFAULT(current_timestamp) NOT NULL,
     layout VARCHAR DEFAULT('origin'),
-    "precision" VARCHAR
+    "precision" VARCHAR,
+    segment_centres_x INTEGER[],
+    segment_centres_y INTEGER[]
 );
 CREATE TABLE ingest_failures (
     path VARCHAR PRIMARY KEY,
@@ -385,30 +387,14 @@ CREATE OR REPLACE MACRO segment_start(j, stride, large, origin) AS
     END;
 CREATE OR REPLACE MACRO window_corner(layout, stride, large, k) AS
     (CASE layout WHEN 'equal' THEN stride - large ELSE 0 END + k * stride)::INTEGER;
+CREATE VIEW concept_peaks AS SELECT t.image_id, t.synset_id, t.map_sum, t.map_windows, i.segment_centres_x[(t.peak_segment_x + 1)] AS work_peak_x, i.segment_centres_y[(t.peak_segment_y + 1)] AS work_peak_y, t.image_max_rank_less FROM (concept_map_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
+CREATE VIEW concept_self_peaks AS SELECT t.image_id, t.synset_id, t.self_sum, t.self_windows, i.segment_centres_x[(t.self_peak_segment_x + 1)] AS work_self_peak_x, i.segment_centres_y[(t.self_peak_segment_y + 1)] AS work_self_peak_y, t.image_rank_less FROM (concept_self_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
 CREATE VIEW database_profile AS WITH first_image AS (SELECT model_id, max_pixels, stride, small, "large", top_k FROM images ORDER BY image_id LIMIT 1), embedded AS (SELECT DISTINCT model_id FROM definition_embeddings), profile_model AS (SELECT m.* FROM models AS m WHERE ((m.model_id = (SELECT model_id FROM first_image)) OR ((NOT EXISTS(SELECT 1 FROM first_image)) AND (m.model_id = (SELECT min(model_id) FROM embedded))))) SELECT m.model_id, m."name" AS model, m.pretrained, m.is_random, m.embed_dim, m.image_size, m.definition_precision, (SELECT layout FROM window_layout LIMIT 1) AS layout, i.max_pixels, i.stride, i.small, i."large", i.top_k, (SELECT embeddings FROM storage_settings LIMIT 1) AS embeddings, (SELECT "name" FROM vocabulary LIMIT 1) AS vocabulary, (SELECT hierarchy FROM vocabulary LIMIT 1) AS hierarchy, (SELECT count_star() FROM synsets) AS n_synsets, (SELECT count_star() FROM images) AS n_images, (SELECT count_star() FROM embedded) AS n_models FROM (((SELECT 1) AS one LEFT JOIN profile_model AS m ON (true)) LEFT JOIN first_image AS i ON (true));
 CREATE VIEW mutual_concepts AS SELECT e.explanation_id, e.image_id, e.path, e.predicted, e.decomposition, e.bank, t.rank, t."text", t.synset_id, s."name" AS synset, t.score FROM ((mutual_textual_concepts AS t INNER JOIN mutual_explanations AS e USING (explanation_id)) LEFT JOIN synsets AS s ON ((s.synset_id = t.synset_id))) WHERE (t.side = 'mutual');
 CREATE VIEW regions_with_exact_above AS SELECT image_id, (1.0 - (top_k / (SELECT count_star() FROM synsets))) AS exact_above FROM images;
 CREATE VIEW window_concepts AS SELECT image_id, window_idx, k, synset_id, CAST(COALESCE("ties"[k], ((SELECT count_star() FROM synsets) - k)) AS INTEGER) AS rank_less FROM (SELECT image_id, window_idx, rank_less AS "ties", CAST(unnest("range"(1, (len(synset_ids) + 1))) AS SMALLINT) AS k, unnest(synset_ids) AS synset_id FROM window_top);
 CREATE VIEW window_top_concepts AS SELECT wc.image_id, wc.window_idx, wc.k, s."name" AS synset, wc.synset_id, (wc.rank_less / CAST((SELECT count_star() FROM synsets) AS DOUBLE)) AS rank_sim, CAST(greatest(floor((window_corner(i.layout, i.stride, i."large", (wc.window_idx % i.grid_cols)) * i.scale)), 0) AS INTEGER) AS x0, CAST(greatest(floor((window_corner(i.layout, i.stride, i."large", (wc.window_idx // i.grid_cols)) * i.scale)), 0) AS INTEGER) AS y0, CAST(least(ceil(((window_corner(i.layout, i.stride, i."large", (wc.window_idx % i.grid_cols)) + i."large") * i.scale)), i.width) AS INTEGER) AS x1, CAST(least(ceil(((window_corner(i.layout, i.stride, i."large", (wc.window_idx // i.grid_cols)) + i."large") * i.scale)), i.height) AS INTEGER) AS y1 FROM ((window_concepts AS wc INNER JOIN images AS i ON ((i.image_id = wc.image_id))) INNER JOIN synsets AS s ON ((s.synset_id = wc.synset_id)));
 CREATE VIEW windows AS SELECT i.image_id, g.window_idx, CAST((g.window_idx // i.grid_cols) AS INTEGER) AS grid_row, CAST((g.window_idx % i.grid_cols) AS INTEGER) AS grid_col, window_corner(i.layout, i.stride, i."large", (g.window_idx % i.grid_cols)) AS x0, window_corner(i.layout, i.stride, i."large", (g.window_idx // i.grid_cols)) AS y0, CAST((window_corner(i.layout, i.stride, i."large", (g.window_idx % i.grid_cols)) + i."large") AS INTEGER) AS x1, CAST((window_corner(i.layout, i.stride, i."large", (g.window_idx // i.grid_cols)) + i."large") AS INTEGER) AS y1, e.embedding, e.embedding_f16_hi, e.embedding_f16_lo FROM ((images AS i CROSS JOIN (SELECT CAST(unnest("range"(i.n_windows)) AS INTEGER) AS window_idx) AS g) LEFT JOIN window_embeddings AS e ON (((e.image_id = i.image_id) AND (e.window_idx = g.window_idx))));
-CREATE MACRO regions_with(concept, min_score) AS TABLE
-SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
-FROM (
-    SELECT wt.image_id, wt.window_idx, wt.x0, wt.y0, wt.x1, wt.y1, wt.synset AS best_synset, wt.rank_sim,
-           row_number() OVER (PARTITION BY wt.image_id, wt.window_idx ORDER BY wt.rank_sim DESC, wt.k) AS rn
-    FROM window_top_concepts wt
-    JOIN closure c ON c.descendant_id = wt.synset_id
-    JOIN synsets a ON a.synset_id = c.ancestor_id
-    WHERE a.name = concept AND wt.rank_sim >= min_score
-)
-WHERE rn = 1
-ORDER BY rank_sim DESC, image_id, window_idx;
-CREATE OR REPLACE MACRO segment_centre(j, length, stride, large, layout) AS
-    ((segment_start(j, stride, large, lattice_origin(layout, stride, large))
-      + least(segment_start(j + 1, stride, large, lattice_origin(layout, stride, large)), length) - 1)
-     // 2)::INTEGER;
-CREATE VIEW concept_peaks AS SELECT t.image_id, t.synset_id, t.map_sum, t.map_windows, segment_centre(t.peak_segment_x, i.work_width, i.stride, i."large", i.layout) AS work_peak_x, segment_centre(t.peak_segment_y, i.work_height, i.stride, i."large", i.layout) AS work_peak_y, t.image_max_rank_less FROM (concept_map_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
-CREATE VIEW concept_self_peaks AS SELECT t.image_id, t.synset_id, t.self_sum, t.self_windows, segment_centre(t.self_peak_segment_x, i.work_width, i.stride, i."large", i.layout) AS work_self_peak_x, segment_centre(t.self_peak_segment_y, i.work_height, i.stride, i."large", i.layout) AS work_self_peak_y, t.image_rank_less FROM (concept_self_terms AS t INNER JOIN images AS i ON ((i.image_id = t.image_id)));
 CREATE OR REPLACE MACRO concept_rows(sid) AS TABLE
     SELECT k.synset_id, k.image_id, k.map_peak AS score, p.work_peak_x, p.work_peak_y,
            CASE WHEN s.synset_id IS NULL
@@ -456,6 +442,22 @@ FROM (
     FROM scored
 )
 WHERE pos <= keep;
+CREATE MACRO regions_with(concept, min_score) AS TABLE
+SELECT image_id, window_idx, x0, y0, x1, y1, best_synset, rank_sim
+FROM (
+    SELECT wt.image_id, wt.window_idx, wt.x0, wt.y0, wt.x1, wt.y1, wt.synset AS best_synset, wt.rank_sim,
+           row_number() OVER (PARTITION BY wt.image_id, wt.window_idx ORDER BY wt.rank_sim DESC, wt.k) AS rn
+    FROM window_top_concepts wt
+    JOIN closure c ON c.descendant_id = wt.synset_id
+    JOIN synsets a ON a.synset_id = c.ancestor_id
+    WHERE a.name = concept AND wt.rank_sim >= min_score
+)
+WHERE rn = 1
+ORDER BY rank_sim DESC, image_id, window_idx;
+CREATE OR REPLACE MACRO segment_centre(j, length, stride, large, layout) AS
+    ((segment_start(j, stride, large, lattice_origin(layout, stride, large))
+      + least(segment_start(j + 1, stride, large, lattice_origin(layout, stride, large)), length) - 1)
+     // 2)::INTEGER;
 CREATE VIEW concept_full_peaks AS SELECT p.image_id, p.synset_id, p.map_sum, p.map_windows, p.work_peak_x, p.work_peak_y, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_sum) ELSE s.self_sum END AS self_sum, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.map_windows) ELSE s.self_windows END AS self_windows, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_x) ELSE s.work_self_peak_x END AS work_self_peak_x, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.work_peak_y) ELSE s.work_self_peak_y END AS work_self_peak_y, p.image_max_rank_less, CASE  WHEN ((s.synset_id IS NULL)) THEN (p.image_max_rank_less) ELSE s.image_rank_less END AS image_rank_less FROM (concept_peaks AS p LEFT JOIN concept_self_peaks AS s ON (((s.image_id = p.image_id) AND (s.synset_id = p.synset_id))));
 CREATE VIEW concept_index AS SELECT o.synset_id, o.image_id, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, p.work_peak_x, p.work_peak_y, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, p.work_self_peak_x, p.work_self_peak_y, o.image_max_rank_less, CASE  WHEN ((o.image_max_rank_less IS NULL)) THEN (NULL) ELSE p.image_rank_less END AS image_rank_less, (CAST(o.map_sum AS DOUBLE) / (CAST(o.map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(p.self_sum AS DOUBLE) / (CAST(p.self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM (concept_order AS o INNER JOIN concept_full_peaks AS p ON (((p.image_id = o.image_id) AND (p.synset_id = o.synset_id))));
 CREATE VIEW image_scores AS SELECT image_id, synset_id, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS score, work_peak_x, work_peak_y, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_score, work_self_peak_x, work_self_peak_y, image_max_rank_less, image_rank_less, (CAST(map_sum AS DOUBLE) / (CAST(map_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS map_peak, (CAST(self_sum AS DOUBLE) / (CAST(self_windows AS DOUBLE) * CAST((SELECT count_star() FROM synsets) AS DOUBLE))) AS self_map_peak FROM concept_full_peaks;

@@ -98,6 +98,9 @@ def test_stored_peaks_are_the_engines_pixels(written):
             np.testing.assert_array_equal(got, want)
             ys, xs = axis_segments(exp.grid.height, exp.grid.stride, exp.grid.large, exp.grid.rows, exp.grid.origin), \
                 axis_segments(exp.grid.width, exp.grid.stride, exp.grid.large, exp.grid.cols, exp.grid.origin)
+            centres = con.execute("SELECT segment_centres_x, segment_centres_y FROM images WHERE image_id = ?",
+                                  [image_id]).fetchone()
+            assert centres == (xs.centres.tolist(), ys.centres.tolist())   # written from the engine's segments
             stored = np.array(con.execute("SELECT peak_segment_x, peak_segment_y FROM concept_map_terms "
                                           "WHERE image_id = ? ORDER BY synset_id", [image_id]).fetchall())
             np.testing.assert_array_equal(xs.centres[stored[:, 0]], exp.scores.x)   # indexes of the segments
@@ -117,6 +120,7 @@ def test_a_schema_021_file_upgrades_with_the_same_rows(written, tmp_path, monkey
     con = connect(db)
     try:
         now = _rows(con)
+        lists = con.execute("SELECT image_id, segment_centres_x, segment_centres_y FROM images ORDER BY 1").fetchall()
     finally:
         con.close()
     old = tmp_path / "old.duckdb"
@@ -152,6 +156,9 @@ def test_a_schema_021_file_upgrades_with_the_same_rows(written, tmp_path, monkey
     con = connect(old)
     try:
         assert _rows(con) == before
+        # the upgrade's lists, from the SQL macros, are the ones the engine's segments gave the new file
+        assert con.execute("SELECT image_id, segment_centres_x, segment_centres_y FROM images ORDER BY 1"
+                           ).fetchall() == lists
         assert con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = 'concept_peaks'"
                            ).fetchone() == ("VIEW",)
     finally:

@@ -56,6 +56,7 @@ from convis_db.store.image_store import (
     record_failure,
     window_top_insert,
     window_top_rows,
+    with_segment_centres,
     with_work_peak_names,
 )
 from convis_db.store.halves import WHOLE_COLUMN, split_windows
@@ -338,6 +339,7 @@ def read_shard(con: duckdb.DuckDBPyConnection, folder: Path, manifest: dict, mod
         sc.check_failures(folder / f"{FAILURES}.parquet", failures, manifest)
         return {}, failures
     shard_images = sc.check_images(folder / "images.parquet", images, manifest)
+    tables["images"] = with_segment_centres(images)   # schema 022: from each image's lattice, never the shard's
     sc.check_windows(folder / "windows.parquet", tables["windows"], shard_images, expected)
     if old:  # each DOUBLE peak as its exact terms (schema 013's rule), checked as concept_peaks rows
         path = folder / "image_scores.parquet"

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from convis_db.engine.explainer import ImageExplanation
+from convis_db.engine.saliency import grid_segments
 from convis_db.engine.settings import Settings
 from convis_db.engine.windows import DEFAULT_LAYOUT, WindowGrid
 from convis_db.errors import DatabaseError, NotFoundError
@@ -277,6 +278,8 @@ def insert_tables(con: duckdb.DuckDBPyConnection, tables: dict[str, pa.Table]) -
             rows = window_embedding_rows(split_windows(tables[name]))
             if rows is not None:
                 insert_arrow(con, "window_embeddings", rows)
+        elif name == "images":  # schema 022: each with its segment centres, which its peaks index
+            insert_arrow(con, name, with_segment_centres(tables[name]))
         else:
             insert_arrow(con, name, tables[name])  # name from the allowlist
 
@@ -302,21 +305,40 @@ def concept_peaks_inserts(source: str) -> tuple[str, str]:
     """The statements that store concept_peaks rows with their self terms (selected by the SQL `source`,
     run by each; bind its parameters to both): the map terms of every row into concept_map_terms, the
     self terms of the inner concepts' rows (macro inner_concepts, schema 016) into concept_self_terms,
-    each peak's pixels as the indexes of their map segments (macro segment_of with the image's lattice,
-    schema 022; the images rows are stored first). Columns go by name, so rows without the image-level
+    each peak's pixels as their indexes in the image's segment centres (images.segment_centres_x / _y,
+    schema 022; the images rows are stored first, with_segment_centres). Columns go by name, so rows without the image-level
     counts leave them NULL. Used by write_image and the shard merge."""
     own = ", ".join(f"'{c}'" for c in SELF_COLUMNS)  # fixed names above
-    placed = (f"(SELECT s.*, i.stride AS _stride, i.large AS _large, i.layout AS _layout FROM ({source}) s "
+    placed = (f"(SELECT s.*, i.segment_centres_x AS _centres_x, i.segment_centres_y AS _centres_y FROM ({source}) s "
               "JOIN images i ON i.image_id = s.image_id)")
-    lattice = "_stride, _large, _layout"
+    helpers = "'_centres_x', '_centres_y'"
     return (f"INSERT INTO concept_map_terms BY NAME SELECT COLUMNS(lambda c: c NOT IN ({own}, 'work_peak_x', "
-            f"'work_peak_y', '_stride', '_large', '_layout')), segment_of(work_peak_x, {lattice}) AS peak_segment_x, "
-            f"segment_of(work_peak_y, {lattice}) AS peak_segment_y FROM {placed}",
+            f"'work_peak_y', {helpers})), list_position(_centres_x, work_peak_x) - 1 AS peak_segment_x, "
+            f"list_position(_centres_y, work_peak_y) - 1 AS peak_segment_y FROM {placed}",
             f"INSERT INTO concept_self_terms BY NAME SELECT COLUMNS(lambda c: c IN ('image_id', 'synset_id', {own}) "
             f"AND c NOT IN ('work_self_peak_x', 'work_self_peak_y')), "
-            f"segment_of(work_self_peak_x, {lattice}) AS self_peak_segment_x, "
-            f"segment_of(work_self_peak_y, {lattice}) AS self_peak_segment_y "
+            f"list_position(_centres_x, work_self_peak_x) - 1 AS self_peak_segment_x, "
+            f"list_position(_centres_y, work_self_peak_y) - 1 AS self_peak_segment_y "
             f"FROM {placed} WHERE synset_id IN (SELECT synset_id FROM inner_concepts())")
+
+
+def with_segment_centres(images: pa.Table) -> pa.Table:
+    """images rows with segment_centres_x / _y (schema 022) set from each row's lattice: the centre pixels
+    of its saliency map's segments along x and y, as the engine places its peaks (engine/saliency.py's
+    grid_segments; a peak is stored as its index in these). Values a row already holds are replaced, so a
+    shard's images rows cannot bring others."""
+    xs, ys = [], []
+    for row in images.select(["work_width", "work_height", "stride", "small", "large", "layout"]).to_pylist():
+        grid = WindowGrid(row["work_height"], row["work_width"], row["stride"], row["small"], row["large"],
+                          row["layout"])
+        rows, cols = grid_segments(grid)
+        xs.append(cols.centres.tolist())
+        ys.append(rows.centres.tolist())
+    for name, values in (("segment_centres_x", xs), ("segment_centres_y", ys)):
+        column = pa.array(values, pa.list_(pa.int32()))
+        at = images.schema.get_field_index(name)
+        images = images.set_column(at, name, column) if at >= 0 else images.append_column(name, column)
+    return images
 
 
 def insert_window_top(con: duckdb.DuckDBPyConnection, concepts: pa.Table) -> None:

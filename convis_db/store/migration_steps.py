@@ -142,11 +142,14 @@ def split_halves_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: 
 def peak_segments_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress: Progress = no_progress) -> None:
     """Schema 022: concept_peaks' and concept_self_peaks' rows into concept_map_terms and
     concept_self_terms (each peak as its segment indexes), BATCH_IMAGES images per statement (in image
-    order), with a bar counting images. The statements are 022's own: its macros, its checks that every
-    peak is a segment's centre, its tables, then its two INSERTs limited to each batch."""
+    order), with a bar counting images. The statements are 022's own: its macros, each image's segment
+    centres, its checks that every peak is one of them, its tables, then its two INSERTs limited to each batch."""
     for name in ("lattice_origin", "lattice_first_start", "lattice_starts_before_end", "segment_start",
                  "segment_centre", "segment_of"):
         con.execute(statement(sql, f"CREATE OR REPLACE MACRO {name}("))
+    for column in ("segment_centres_x", "segment_centres_y"):
+        con.execute(statement(sql, f"ALTER TABLE images ADD COLUMN IF NOT EXISTS {column}"))
+    con.execute(statement(sql, "UPDATE images SET"))
     for check in ("SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak",
                   "SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the self"):
         con.execute(statement(sql, check))
