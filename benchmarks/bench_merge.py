@@ -46,7 +46,8 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import file_settings, header, parse_file_settings, segment_centres_sql  # noqa: E402
+from common import file_settings, header, parse_file_settings  # noqa: E402
+from convis_db.store.migration_steps import segment_centres_sql  # noqa: E402
 
 from convis_db.engine.explainer import ImageExplanation  # noqa: E402
 from convis_db.engine.saliency import Peaks, grid_segments  # noqa: E402

@@ -44,7 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import header, segment_centres_sql, timeit  # noqa: E402
+from common import header, timeit  # noqa: E402
+from convis_db.store.migration_steps import segment_centres_sql  # noqa: E402
 
 from convis_db.store.concept_index import rebuild_concept_top  # noqa: E402
 from convis_db.store.db import ROW_GROUP_SIZE, connect  # noqa: E402

@@ -109,12 +109,3 @@ def file_settings(block: int, rows: int):
     finally:
         store_db.BLOCK_SIZE, store_db.ROW_GROUP_SIZE = saved
 
-
-def segment_centres_sql() -> str:
-    """Schema 022's UPDATE that fills images.segment_centres_x / _y from each image's lattice (its SQL
-    macros), for images a benchmark inserts in SQL: convis-db's writers fill them from the engine."""
-    from convis_db.store.migration_steps import statement
-    from convis_db.store.migrations import available_migrations
-
-    (sql,) = [m.sql for m in available_migrations() if m.version == 22]
-    return statement(sql, "UPDATE images SET")

@@ -174,3 +174,64 @@ WITH counted AS (
 )
 SELECT c.synset_id, c.map_images, c.image_images, e.image_last, e.map_last
 FROM counted c LEFT JOIN ends e ON e.synset_id = c.synset_id;
+
+-- images_with (schema 019) with the same rows: the rows it ranks without peaks (every key when the kept
+-- lists do not answer, the images past the watermark when they do) take their segments from
+-- concept_map_terms for the rows it returns only, and their pixels from the images row it joins for the
+-- path. Through the concept_peaks view DuckDB joined every image's row to find them: 38-48 instead of 14
+-- ms at 100k generated images (docs/benchmarks.md, "Peaks as segment indexes").
+CREATE OR REPLACE MACRO images_with(concept, min_score, level := NULL, top := NULL) AS TABLE
+WITH chosen AS (
+    SELECT CASE
+        WHEN coalesce(level, 'auto') NOT IN ('auto', 'image', 'map')
+            THEN error('images_with: level ' || level || ' is not image or map')
+        WHEN level IS NOT NULL THEN level
+        WHEN EXISTS (SELECT 1 FROM image_embeddings) THEN 'image'
+        ELSE 'map' END AS ranked_by
+), kept AS (  -- one row when concept_top answers: kept through the watermark, and top <= its 100
+    SELECT indexed_through FROM concept_index_state
+    WHERE top_through = indexed_through AND coalesce(top, 9223372036854775807) <= 100
+), scanned AS (  -- one row when it does not: every key is ranked
+    SELECT 1 AS one WHERE NOT EXISTS (SELECT 1 FROM kept)
+), keyed AS (
+    SELECT k.image_id, k.synset_id, k.map_peak AS map_score,
+           k.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           NULL::INTEGER AS work_peak_x, NULL::INTEGER AS work_peak_y
+    FROM concept_keys((SELECT synset_id FROM synsets WHERE name = concept)) k JOIN scanned ON true, chosen c
+    UNION ALL
+    SELECT t.image_id, t.synset_id,
+           t.map_sum::DOUBLE / (t.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_score,
+           t.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           t.work_peak_x, t.work_peak_y
+    FROM concept_top t JOIN kept ON true JOIN chosen c ON t.level = c.ranked_by
+    WHERE t.synset_id = (SELECT synset_id FROM synsets WHERE name = concept)
+    UNION ALL  -- with concept_top: the images past the watermark too (not yet in any list)
+    SELECT p.image_id, p.synset_id,
+           p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_score,
+           p.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
+           NULL::INTEGER AS work_peak_x, NULL::INTEGER AS work_peak_y
+    FROM concept_map_terms p JOIN kept ON p.image_id > kept.indexed_through, chosen c
+    WHERE p.synset_id = (SELECT synset_id FROM synsets WHERE name = concept)
+), ranked AS (
+    SELECT image_id, synset_id, map_score, image_score, work_peak_x, work_peak_y,
+           CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END AS score
+    FROM keyed
+    WHERE (CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END) >= min_score
+    ORDER BY score DESC, map_score DESC, image_id
+    LIMIT coalesce(top, 9223372036854775807)
+), placed AS (  -- the rows without peaks (keys, pending images) get their segments from the terms
+    SELECT r.image_id, r.score, r.map_score, r.image_score, r.work_peak_x, r.work_peak_y,
+           NULL::INTEGER AS peak_segment_x, NULL::INTEGER AS peak_segment_y
+    FROM ranked r WHERE r.work_peak_x IS NOT NULL
+    UNION ALL
+    SELECT r.image_id, r.score, r.map_score, r.image_score, NULL, NULL, t.peak_segment_x, t.peak_segment_y
+    FROM (SELECT * FROM ranked WHERE work_peak_x IS NULL) r
+    JOIN concept_map_terms t ON t.image_id = r.image_id AND t.synset_id = r.synset_id
+)
+SELECT r.image_id, i.path, r.score,
+       original_px(coalesce(r.work_peak_x, i.segment_centres_x[r.peak_segment_x + 1]), i.scale) AS peak_x,
+       original_px(coalesce(r.work_peak_y, i.segment_centres_y[r.peak_segment_y + 1]), i.scale) AS peak_y,
+       r.map_score, r.image_score
+FROM placed r
+JOIN images i ON i.image_id = r.image_id
+ORDER BY r.score DESC, r.map_score DESC, r.image_id;

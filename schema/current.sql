@@ -333,8 +333,8 @@ WITH chosen AS (
     SELECT p.image_id, p.synset_id,
            p.map_sum::DOUBLE / (p.map_windows::DOUBLE * (SELECT count(*) FROM synsets)::DOUBLE) AS map_score,
            p.image_max_rank_less / (SELECT count(*) FROM synsets)::DOUBLE AS image_score, c.ranked_by,
-           p.work_peak_x, p.work_peak_y
-    FROM concept_peaks p JOIN kept ON p.image_id > kept.indexed_through, chosen c
+           NULL::INTEGER AS work_peak_x, NULL::INTEGER AS work_peak_y
+    FROM concept_map_terms p JOIN kept ON p.image_id > kept.indexed_through, chosen c
     WHERE p.synset_id = (SELECT synset_id FROM synsets WHERE name = concept)
 ), ranked AS (
     SELECT image_id, synset_id, map_score, image_score, work_peak_x, work_peak_y,
@@ -343,16 +343,18 @@ WITH chosen AS (
     WHERE (CASE WHEN ranked_by = 'image' THEN image_score ELSE map_score END) >= min_score
     ORDER BY score DESC, map_score DESC, image_id
     LIMIT coalesce(top, 9223372036854775807)
-), placed AS (
-    SELECT r.image_id, r.score, r.map_score, r.image_score, r.work_peak_x, r.work_peak_y
+), placed AS (  -- the rows without peaks (keys, pending images) get their segments from the terms
+    SELECT r.image_id, r.score, r.map_score, r.image_score, r.work_peak_x, r.work_peak_y,
+           NULL::INTEGER AS peak_segment_x, NULL::INTEGER AS peak_segment_y
     FROM ranked r WHERE r.work_peak_x IS NOT NULL
     UNION ALL
-    SELECT r.image_id, r.score, r.map_score, r.image_score, p.work_peak_x, p.work_peak_y
+    SELECT r.image_id, r.score, r.map_score, r.image_score, NULL, NULL, t.peak_segment_x, t.peak_segment_y
     FROM (SELECT * FROM ranked WHERE work_peak_x IS NULL) r
-    JOIN concept_peaks p ON p.image_id = r.image_id AND p.synset_id = r.synset_id
+    JOIN concept_map_terms t ON t.image_id = r.image_id AND t.synset_id = r.synset_id
 )
 SELECT r.image_id, i.path, r.score,
-       original_px(r.work_peak_x, i.scale) AS peak_x, original_px(r.work_peak_y, i.scale) AS peak_y,
+       original_px(coalesce(r.work_peak_x, i.segment_centres_x[r.peak_segment_x + 1]), i.scale) AS peak_x,
+       original_px(coalesce(r.work_peak_y, i.segment_centres_y[r.peak_segment_y + 1]), i.scale) AS peak_y,
        r.map_score, r.image_score
 FROM placed r
 JOIN images i ON i.image_id = r.image_id

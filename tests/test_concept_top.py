@@ -19,6 +19,7 @@ from convis_db.store import concept_index
 from convis_db.store.concept_index import TOP_KEEP, refresh_concept_index, reindex_from_scores
 from convis_db.store.db import connect
 from convis_db.store.image_store import concept_peaks_inserts
+from convis_db.store.migration_steps import segment_centres_sql
 from convis_db.store.migrations import applied_versions
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema"
@@ -32,13 +33,20 @@ def add_images(con, first: int, last: int, seed: int) -> None:
                    SELECT i, sha256(i::VARCHAR), 'generated/' || i || '.jpg', (SELECT min(model_id) FROM models),
                           160, 120, 160, 120, 1.0, 16, 32, 48, 20000, 8, 6, 8, 48
                    FROM range(?, ? + 1) t(i)""", [first, last])
+    con.execute(segment_centres_sql())   # schema 022: the segment centres a peak is one of
     h = f"hash(i * 7919 + s * 104729 + {seed})"
+
+    def centre(pixel: str, length: int) -> str:   # the centre of the segment holding the pixel
+        return f"segment_centre(segment_of(({pixel})::INT, 16, 48, 'origin'), {length}, 16, 48, 'origin')"
+
     rows = f"""SELECT i::INT AS image_id, s::INT AS synset_id,
                       ({h} % 12)::INT AS map_sum, (1 + ({h} // 12) % 3)::INT AS map_windows,
-                      (({h} // 36) % 160)::INT AS work_peak_x, (({h} // 5760) % 120)::INT AS work_peak_y,
+                      {centre(f"({h} // 36) % 160", 160)} AS work_peak_x,
+                      {centre(f"({h} // 5760) % 120", 120)} AS work_peak_y,
                       CASE WHEN i % 7 = 0 THEN NULL ELSE (({h} // 99) % 5)::INT END AS image_max_rank_less,
                       ({h} % 12)::INT AS self_sum, (1 + ({h} // 12) % 3)::INT AS self_windows,
-                      (({h} // 36) % 160)::INT AS work_self_peak_x, (({h} // 5760) % 120)::INT AS work_self_peak_y,
+                      {centre(f"({h} // 36) % 160", 160)} AS work_self_peak_x,
+                      {centre(f"({h} // 5760) % 120", 120)} AS work_self_peak_y,
                       CASE WHEN i % 7 = 0 THEN NULL ELSE (({h} // 99) % 5)::INT END AS image_rank_less
                FROM range({first}, {last} + 1) a(i), (SELECT synset_id AS s FROM synsets)"""
     for statement in concept_peaks_inserts(rows):

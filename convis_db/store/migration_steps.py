@@ -173,6 +173,16 @@ def peak_segments_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress:
             log.info("schema 022: %d of %d images' peaks moved", start + len(batch), len(ids))
 
 
+def segment_centres_sql() -> str:
+    """Schema 022's UPDATE that fills images.segment_centres_x / _y from each image's lattice with its SQL
+    macros, for images rows inserted in SQL (tests, benchmarks, a tool of one's own); convis-db's writers
+    fill them from the engine's segments (image_store.with_segment_centres)."""
+    from convis_db.store.migrations import available_migrations
+
+    (sql,) = [m.sql for m in available_migrations() if m.version == 22]
+    return statement(sql, "UPDATE images SET")
+
+
 #: version -> step(con, the version's SQL, progress)
 STEPS = {12: window_top_in_batches, 13: concept_peaks_in_batches, 16: self_peaks_in_batches,
          17: split_halves_in_batches, 22: peak_segments_in_batches}
