@@ -11,8 +11,8 @@ original pixels. With scale = original / working (`images.scale`):
   every original pixel that a covered working pixel touches.
 
 SQL has the point formula once, the `original_px` macro (schema/010_tidy.sql; `sql_original_point`
-calls it), and the box formula in the view window_top_concepts (schema/005); tests/test_pixels.py
-holds both equal to these functions.
+calls it), and the box formula in the view window_top_concepts (schema/005; since schema/021 its
+working-pixel boxes come from the lattice); tests/test_pixels.py holds both equal to these functions.
 """
 
 from __future__ import annotations
