@@ -31,7 +31,7 @@ def _leaves(con) -> np.ndarray:
     return np.array([r[0] for r in rows], np.int64)
 
 
-def _ingest(tiny_db, tmp_path, monkeypatch, no_kernels: bool):
+def _ingest(tiny_db, tmp_path, monkeypatch, no_kernels: bool, settings=SETTINGS):
     import torch
 
     from convis_db.store import image_store
@@ -51,7 +51,7 @@ def _ingest(tiny_db, tmp_path, monkeypatch, no_kernels: bool):
     monkeypatch.setattr(image_store, "image_tables", capture)
     if no_kernels:  # the torch path of saliency.peaks (as on a GPU)
         monkeypatch.setattr(saliency, "load_kernels", lambda: None)
-    with Ingestor(db, device=torch.device("cpu"), settings=SETTINGS, batch_size=16) as ing:
+    with Ingestor(db, device=torch.device("cpu"), settings=settings, batch_size=16) as ing:
         assert ing.run([folder]).count("ingested") == 4
     return db, explanations
 

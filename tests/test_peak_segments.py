@@ -22,6 +22,7 @@ from test_leaf_self_peaks import _ingest
 from test_split_halves import _shard
 
 from convis_db.engine.saliency import axis_segments
+from convis_db.engine.settings import Settings
 from convis_db.engine.windows import LAYOUTS, lattice_origin, windows_on_axis
 from convis_db.errors import ConvisError
 from convis_db.store import migration_steps
@@ -83,8 +84,21 @@ def written(tiny_db, tmp_path_factory):
         mp.undo()
 
 
-def test_stored_peaks_are_the_engines_pixels(written):
-    db, explanations = written
+@pytest.fixture(scope="module")
+def written_uneven(tiny_db, tmp_path_factory):
+    """The same images explained with a stride that does not divide the large side (24 and 64): segments
+    of two lengths alternate, the closed forms' other branch."""
+    mp = pytest.MonkeyPatch()
+    try:
+        return _ingest(tiny_db, tmp_path_factory.mktemp("segments-uneven"), mp, no_kernels=False,
+                       settings=Settings(max_pixels=9_000, stride=24, small=32, large=64, top_k=5))
+    finally:
+        mp.undo()
+
+
+@pytest.mark.parametrize("files", ["written", "written_uneven"])
+def test_stored_peaks_are_the_engines_pixels(files, request):
+    db, explanations = request.getfixturevalue(files)
     con = connect(db)
     try:
         ids = [r[0] for r in con.execute("SELECT image_id FROM images ORDER BY image_id").fetchall()]
@@ -98,6 +112,8 @@ def test_stored_peaks_are_the_engines_pixels(written):
             np.testing.assert_array_equal(got, want)
             ys, xs = axis_segments(exp.grid.height, exp.grid.stride, exp.grid.large, exp.grid.rows, exp.grid.origin), \
                 axis_segments(exp.grid.width, exp.grid.stride, exp.grid.large, exp.grid.cols, exp.grid.origin)
+            if files == "written_uneven":   # segments of two lengths inside the axis: the other branch
+                assert len(set(np.diff(xs.start)[:-1].tolist())) == 2
             centres = con.execute("SELECT segment_centres_x, segment_centres_y FROM images WHERE image_id = ?",
                                   [image_id]).fetchone()
             assert centres == (xs.centres.tolist(), ys.centres.tolist())   # written from the engine's segments
