@@ -69,6 +69,15 @@ UPDATE images SET
                                        lambda j: segment_centre(j, work_height, stride, large, layout))
 WHERE segment_centres_x IS NULL OR segment_centres_y IS NULL;
 
+-- A row of no image has no lattice to place its peaks in: refuse rather than drop it (convis-db writes an
+-- image's rows with its images row, in one transaction; such rows are left by a hand-made DELETE).
+SELECT error('schema 022: concept_peaks holds rows of image ' || p.image_id || ', which images does not hold: '
+             || 'delete them (DELETE FROM concept_peaks WHERE image_id NOT IN (SELECT image_id FROM images), '
+             || 'and the same in concept_self_peaks) with DuckDB, then open the file again')
+FROM (SELECT image_id FROM concept_peaks UNION ALL SELECT image_id FROM concept_self_peaks) p
+WHERE p.image_id NOT IN (SELECT image_id FROM images)
+LIMIT 1;
+
 -- A peak that is not its segment's centre was not written by convis-db's engine: refuse rather than
 -- move it.
 SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak ('

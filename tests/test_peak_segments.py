@@ -207,6 +207,24 @@ def test_an_upgrade_refuses_a_peak_off_its_segments_centre_and_keeps_the_file(wr
         raw.close()
 
 
+def test_an_upgrade_refuses_rows_of_no_image_and_keeps_the_file(written, tmp_path):
+    db, _ = written
+    old = tmp_path / "old.duckdb"
+    copy_into_schema_below(db, old, 22)
+    raw = duckdb.connect(str(old))
+    raw.execute("INSERT INTO concept_self_peaks SELECT 99, synset_id, self_sum, self_windows, work_self_peak_x, "
+                "work_self_peak_y, image_rank_less FROM concept_self_peaks WHERE image_id = 1")
+    raw.close()
+    with pytest.raises((ConvisError, duckdb.Error), match="concept_peaks holds rows of image 99, which images does "
+                                                           "not hold: delete them"):
+        connect(old, write=True).close()
+    raw = duckdb.connect(str(old), read_only=True)
+    try:
+        assert max(applied_versions(raw)) == 21
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("column", ["work_peak_x", "work_self_peak_y"])
 def test_a_merge_refuses_a_peak_off_its_segments_centre(tiny_db, tmp_path, column):
     from convis_db.distributed.shards import finished_shards, merge_folder

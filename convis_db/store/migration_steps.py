@@ -143,14 +143,15 @@ def peak_segments_in_batches(con: duckdb.DuckDBPyConnection, sql: str, progress:
     """Schema 022: concept_peaks' and concept_self_peaks' rows into concept_map_terms and
     concept_self_terms (each peak as its segment indexes), BATCH_IMAGES images per statement (in image
     order), with a bar counting images. The statements are 022's own: its macros, each image's segment
-    centres, its checks that every peak is one of them, its tables, then its two INSERTs limited to each batch."""
+    centres, its checks that every row has its image and every peak is a centre, its tables, then its two INSERTs limited to each batch."""
     for name in ("lattice_origin", "lattice_first_start", "lattice_starts_before_end", "segment_start",
                  "segment_centre", "segment_of"):
         con.execute(statement(sql, f"CREATE OR REPLACE MACRO {name}("))
     for column in ("segment_centres_x", "segment_centres_y"):
         con.execute(statement(sql, f"ALTER TABLE images ADD COLUMN IF NOT EXISTS {column}"))
     con.execute(statement(sql, "UPDATE images SET"))
-    for check in ("SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak",
+    for check in ("SELECT error('schema 022: concept_peaks holds rows of image '",
+                  "SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the peak",
                   "SELECT error('schema 022: image ' || p.image_id || ' concept ' || p.synset_id || ': the self"):
         con.execute(statement(sql, check))
     inserts = []
