@@ -252,7 +252,7 @@ def merge_duckdb_alone(con, shards: Path) -> int:
     same machine (float16 windows: split by the merge's own numpy step, per shard)."""
     from convis_db.distributed.shards import _insert_split_windows, read_manifest
     from convis_db.store.halves import WHOLE_COLUMN
-    from convis_db.store.image_store import concept_peaks_inserts
+    from convis_db.store.image_store import WINDOW_EMBEDDING_COLUMNS, concept_peaks_inserts
 
     folders = list(finished_shards(shards).values())
     offsets, total = [], 0
@@ -274,9 +274,9 @@ def merge_duckdb_alone(con, shards: Path) -> int:
                 _insert_split_windows(con, rows, np.arange(offset, offset + 1 + most_id(rows), dtype=np.int64))
             continue
         if table == "windows":  # schema 021: the embeddings only; none stores no window rows
-            if "embedding" not in names:
+            names = [n for n in names if n in ("image_id", "window_idx", *WINDOW_EMBEDDING_COLUMNS)]
+            if names == ["image_id", "window_idx"]:
                 continue
-            names = ["image_id", "window_idx", "embedding"]
         cols = ", ".join("(r.image_id + o.image_offset)::INTEGER AS image_id" if n == "image_id"
                          else (f"{int(model_id)}::INTEGER AS model_id" if table == "images" and n == "model_id"
                                else f'r."{n}"') for n in names)

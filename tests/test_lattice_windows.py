@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from schema_history import copy_into_schema_below
+from test_concept_top import older_file
 from test_split_halves import _ingested, _shard
 from test_upgrade_work_peaks_and_profile import SETTINGS
 
@@ -124,9 +125,7 @@ def test_a_schema_020_file_upgrades_with_the_same_windows(stored, tmp_path, stor
     ("DELETE FROM windows WHERE image_id = 1 AND window_idx = 5", "image 1 has .* window rows for its"),
 ])
 def test_an_upgrade_refuses_windows_off_the_lattice_and_keeps_the_file(stored, tmp_path, damage, message):
-    old = tmp_path / "old.duckdb"
-    copy_into_schema_below(stored["none"], old, 21)
-    raw = duckdb.connect(str(old))
+    old, raw = older_file(stored["none"], tmp_path, 21)
     raw.execute(damage)
     before = _windows(raw)
     raw.close()

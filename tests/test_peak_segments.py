@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from schema_history import copy_into_schema_below
+from test_concept_top import older_file
 from test_leaf_self_peaks import _ingest
 from test_split_halves import _shard
 
@@ -189,40 +190,32 @@ def test_a_schema_021_file_upgrades_with_the_same_rows(written, tmp_path, monkey
         raw.close()
 
 
+def _refused_and_kept(old, message: str) -> None:
+    """Opening the schema 021 file `old` for writing refuses its upgrade with `message`, and leaves it at 021."""
+    with pytest.raises((ConvisError, duckdb.Error), match=message):
+        connect(old, write=True).close()
+    raw = duckdb.connect(str(old), read_only=True)
+    try:
+        assert max(applied_versions(raw)) == 21
+    finally:
+        raw.close()
+
+
 @pytest.mark.parametrize("table, column", [("concept_peaks", "work_peak_x"), ("concept_self_peaks", "work_self_peak_y")])
 def test_an_upgrade_refuses_a_peak_off_its_segments_centre_and_keeps_the_file(written, tmp_path, table, column):
-    db, _ = written
-    old = tmp_path / "old.duckdb"
-    copy_into_schema_below(db, old, 22)
-    raw = duckdb.connect(str(old))
+    old, raw = older_file(written[0], tmp_path, 22)
     synset = raw.execute(f"SELECT min(synset_id) FROM {table} WHERE image_id = 2").fetchone()[0]
     raw.execute(f"UPDATE {table} SET {column} = {column} + 1 WHERE image_id = 2 AND synset_id = ?", [synset])
     raw.close()
-    with pytest.raises((ConvisError, duckdb.Error), match=f"image 2 concept {synset}: the .*peak .* is not the centre"):
-        connect(old, write=True).close()
-    raw = duckdb.connect(str(old), read_only=True)
-    try:
-        assert max(applied_versions(raw)) == 21
-    finally:
-        raw.close()
+    _refused_and_kept(old, f"image 2 concept {synset}: the .*peak .* is not the centre")
 
 
 def test_an_upgrade_refuses_rows_of_no_image_and_keeps_the_file(written, tmp_path):
-    db, _ = written
-    old = tmp_path / "old.duckdb"
-    copy_into_schema_below(db, old, 22)
-    raw = duckdb.connect(str(old))
+    old, raw = older_file(written[0], tmp_path, 22)
     raw.execute("INSERT INTO concept_self_peaks SELECT 99, synset_id, self_sum, self_windows, work_self_peak_x, "
                 "work_self_peak_y, image_rank_less FROM concept_self_peaks WHERE image_id = 1")
     raw.close()
-    with pytest.raises((ConvisError, duckdb.Error), match="concept_peaks holds rows of image 99, which images does "
-                                                           "not hold: delete them"):
-        connect(old, write=True).close()
-    raw = duckdb.connect(str(old), read_only=True)
-    try:
-        assert max(applied_versions(raw)) == 21
-    finally:
-        raw.close()
+    _refused_and_kept(old, "concept_peaks holds rows of image 99, which images does not hold: delete them")
 
 
 @pytest.mark.parametrize("column", ["work_peak_x", "work_self_peak_y"])

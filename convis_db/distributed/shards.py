@@ -55,6 +55,7 @@ from convis_db.store.image_store import (
     next_image_ids,
     record_failure,
     window_top_insert,
+    window_embedding_rows,
     window_top_rows,
     with_segment_centres,
     with_work_peak_names,
@@ -427,9 +428,10 @@ def _insert_checked(con: duckdb.DuckDBPyConnection, shard: _CheckedShard, lookup
             if WHOLE_COLUMN in names:  # float16: stored as schema 017's high and low bytes
                 _insert_split_windows(con, rows_of, lookup)
                 continue
-            if "embedding" not in names:  # --embeddings none: nothing to store
+            stored = window_embedding_rows(rows_of)
+            if stored is None:  # --embeddings none: nothing to store
                 continue
-            names = ["image_id", "window_idx", "embedding"]
+            names = stored.schema.names
         select = []
         for name in names:
             if name == "image_id":

@@ -114,13 +114,11 @@ class Expected:
         # nullable; the rows it stands for have a value in every column.
         views = {r[0] for r in con.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' AND table_type = 'VIEW' "
-            "AND table_name IN (SELECT unnest(?))", [list(tables)]).fetchall()}
+            "AND table_name IN (SELECT unnest(?))", [[*tables, "concept_self_peaks"]]).fetchall()}
         for table, column, dtype, nullable in rows:
             columns[table][column] = (dtype, nullable == "NO" or table in views)
         if "concept_peaks" in tables:  # schema 016 keeps the rows' self terms in concept_self_peaks
-            self_view = "concept_self_peaks" in {r[0] for r in con.execute(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' "
-                "AND table_type = 'VIEW'").fetchall()}
+            self_view = "concept_self_peaks" in views
             for column, dtype, nullable in con.execute(
                     "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
                     "WHERE table_schema = 'main' AND table_name = 'concept_self_peaks'").fetchall():

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import duckdb
 
-DATA_TABLES = ("windows", "image_scores", "window_concepts")  # windows: window_embeddings since schema 021
+#: Tables of per-image rows besides the windows' (window_embeddings since schema 021, windows before).
+DATA_TABLES = ("image_scores", "window_concepts")
 
 
 def query(db: str | Path, sql: str, params: list | None = None) -> list[tuple]:
@@ -74,7 +75,7 @@ def broken_images(db: str | Path) -> list[str]:
                                   "(SELECT 1 FROM images i WHERE i.image_id = c.image_id)").fetchone()[0]
             if orphans:
                 problems.append(f"{orphans} rows in concept_index belong to no stored image")
-        for table in (win, *DATA_TABLES[1:]):
+        for table in (win, *DATA_TABLES):
             orphans = con.execute(
                 f"SELECT count(*) FROM {table} t WHERE NOT EXISTS "  # table names from the tuple above
                 f"(SELECT 1 FROM images i WHERE i.image_id = t.image_id)").fetchone()[0]
